@@ -1,0 +1,127 @@
+"""Run configuration: one pydantic tree, validated once at the boundary (YAML or CLI).
+
+Inside the library, code trusts a config it is handed. A wrong key is an error, not a silent
+default (`extra="forbid"`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+
+from raysegment.errors import ConfigError
+
+DECODERS = ("fpn", "unet", "deeplabv3plus", "segformer")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    root: str = Field(description="dataset root (local path)")
+    layout: Literal["raysegment", "cityscapes", "acdc"] = "raysegment"
+    domain: str = Field("clear", description="domain folder (raysegment), ACDC condition, or 'cityscapes'")
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    labelled_limit: PositiveInt | None = Field(None, description="use only the first k labelled images (few-shot)")
+    num_workers: NonNegativeInt = 0
+
+
+class PretrainedConfig(_Strict):
+    """Where backbone (or whole-model) weights come from."""
+
+    source: Literal["none", "timm", "file", "checkpoint"] = "none"
+    uri: str | None = Field(None, description="file/URI for 'file' (safetensors) or a checkpoint folder for 'checkpoint'")
+
+
+class ModelConfig(_Strict):
+    backbone: str = "efficientnet_lite0"
+    decoder: Literal["fpn", "unet", "deeplabv3plus", "segformer"] = "fpn"
+    decoder_channels: PositiveInt = 64
+    pretrained: PretrainedConfig = PretrainedConfig()
+    freeze_depth: NonNegativeInt = Field(0, description="backbone stages kept frozen, counted from the stem")
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    decay: float = Field(0.95, gt=0, le=1, description="lr_t = lr * decay**t")
+    decay_every: Literal["epoch", "step"] = "epoch"
+    warmup_steps: NonNegativeInt = 0
+    grad_clip: PositiveFloat | None = 1.0
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 8
+    class_weights: list[PositiveFloat] | None = None
+    amp: Literal["none", "bf16", "fp16"] = Field("bf16", description="mixed precision, used on CUDA only")
+    seed: int = 0
+
+
+class AugmentConfig(_Strict):
+    crop: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(H, W) training crop; None keeps the size")
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = True
+    rotate_degrees: float = Field(5.0, ge=0, le=45)
+    scale: tuple[float, float] = (0.9, 1.1)
+    jitter: float = Field(0.2, ge=0, le=1, description="colour jitter strength")
+    blur_p: float = Field(0.2, ge=0, le=1)
+    noise_std: float = Field(0.02, ge=0, le=0.5)
+
+
+class EvalConfig(_Strict):
+    mode: Literal["whole", "slide"] = "whole"
+    window: tuple[PositiveInt, PositiveInt] | None = Field(None, description="sliding window (H, W); default = crop")
+    overlap: float = Field(1 / 3, ge=0, lt=1)
+    batch_size: PositiveInt = 8
+
+
+class RunConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str = "runs/default"
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: `source: a.b.c: message`."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{where}: {err['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML run config; `overrides` is a nested dict merged on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
+    return parse_config(deep_merge(data, overrides or {}), str(path))
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

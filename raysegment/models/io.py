@@ -1,0 +1,101 @@
+"""Model files: `model.safetensors` (weights) + `model.json` (how to rebuild it). Never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from raysegment.config import ModelConfig
+from raysegment.errors import CheckpointError
+from raysegment.storage import atomic_write_json, fetch_to_local, is_uri, read_bytes
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+class ModelMeta(BaseModel):
+    """Everything needed to rebuild a segmenter and present its output."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelConfig
+    num_classes: int
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    ignore_index: int = 255
+    metrics: dict[str, float] = {}
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(folder: str | Path, model: torch.nn.Module, meta: ModelMeta) -> Path:
+    """Write weights and meta atomically into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    save_file(state_dict_for_saving(model), tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    atomic_write_json(folder / META_FILE, meta.model_dump(mode="json"))
+    return folder
+
+
+def read_meta(folder: str) -> ModelMeta:
+    path = f"{folder.rstrip('/')}/{META_FILE}"
+    try:
+        return ModelMeta.model_validate(json.loads(read_bytes(path)))
+    except Exception as exc:
+        raise CheckpointError(f"{path} is missing or invalid ({exc}); a model folder holds "
+                              f"{WEIGHTS_FILE} and {META_FILE}") from exc
+
+
+def read_weights(folder: str) -> dict[str, torch.Tensor]:
+    path = f"{folder.rstrip('/')}/{WEIGHTS_FILE}"
+    local = fetch_to_local(path) if is_uri(path) else Path(path)
+    if not local.is_file():
+        raise CheckpointError(f"{path} is missing; a model folder holds {WEIGHTS_FILE} and {META_FILE}")
+    try:
+        return load_file(str(local))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def load_weights_into(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load a checkpoint's weights; a head of another class count is left at its init."""
+    weights = read_weights(str(folder))
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if any(not k.startswith("head.") for k in mismatched):
+        raise CheckpointError(f"checkpoint {folder} does not fit this architecture (first mismatch: {mismatched[0]})")
+    usable = {k: v for k, v in weights.items() if k not in mismatched}
+    missing = [k for k in own if k not in usable and not k.startswith("head.")]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} lacks {len(missing)} tensors, e.g. {missing[0]}; "
+                              f"was it saved from another backbone or decoder?")
+    model.load_state_dict(usable, strict=False)
+
+
+def load_model(folder: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
+    """Rebuild a saved segmenter (eval mode, CPU) and its meta."""
+    from raysegment.models.segmenter import build_segmenter
+
+    meta = read_meta(str(folder))
+    cfg = meta.model.model_copy(update={"pretrained": meta.model.pretrained.model_copy(update={"source": "none", "uri": None})})
+    model = build_segmenter(cfg, meta.num_classes)
+    weights = read_weights(str(folder))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{folder}/{WEIGHTS_FILE} does not match {META_FILE}: {str(exc)[:300]}") from exc
+    return model.eval(), meta

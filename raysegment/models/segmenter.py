@@ -1,0 +1,125 @@
+"""`build_segmenter(cfg, num_classes)`: encoder -> decoder -> head, and nothing else."""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysegment.config import ModelConfig
+from raysegment.errors import ModelError, WeightsError
+from raysegment.models import freeze as freezing
+from raysegment.models.decoders import DECODERS
+from raysegment.storage import fetch_to_local
+
+
+class Segmenter(nn.Module):
+    """`forward(images (B,3,H,W) float in [0,1]) -> logits (B,C,H,W)` at input resolution.
+
+    ImageNet-style normalisation lives inside the model (from the backbone's pretrained config),
+    so training, evaluation and serving all feed plain [0,1] images. Inputs of any size are padded
+    to the backbone's largest stride and the logits cropped back.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, num_classes: int, freeze_depth: int = 0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        cfg = getattr(encoder, "pretrained_cfg", None) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
+        self.stride = max(encoder.feature_info.reduction())
+        self.num_classes = num_classes
+        self.freeze_depth = freeze_depth
+        self._frozen = freezing.freeze(encoder, freeze_depth)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ModelError(f"expected images of shape (B,3,H,W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        x = (images - self.mean) / self.std
+        pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        logits = self.head(self.decoder(self.encoder(x)))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+    def train(self, mode: bool = True) -> "Segmenter":
+        super().train(mode)
+        for module in self._frozen:
+            if freezing.is_batchnorm(module):
+                module.eval()
+        return self
+
+    @property
+    def num_stages(self) -> int:
+        return freezing.num_stages(self.encoder)
+
+
+def check_backbone_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ModelError(f"timm does not know backbone {name!r}{hint}")
+
+
+def create_encoder(cfg: ModelConfig) -> nn.Module:
+    """The timm features_only backbone, with weights from the configured source."""
+    check_backbone_name(cfg.backbone)
+    source, uri = cfg.pretrained.source, cfg.pretrained.uri
+    try:
+        if source == "timm":
+            return _create_from_hub(cfg.backbone)
+        if source == "file":
+            if not uri:
+                raise WeightsError("pretrained.source=file needs pretrained.uri (a .safetensors file or URI)")
+            local = fetch_to_local(uri)
+            if local.suffix != ".safetensors":
+                raise WeightsError(f"{uri} is not a .safetensors file; convert foreign weights with "
+                                   f"`raysegment weights import {uri} --arch {cfg.backbone} --out X.safetensors`")
+            return timm.create_model(cfg.backbone, features_only=True, pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(local)))
+        return timm.create_model(cfg.backbone, features_only=True, pretrained=False)
+    except WeightsError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise WeightsError(f"weights from {uri or source} do not fit backbone {cfg.backbone}: {str(exc)[:300]}") from exc
+
+
+def _create_from_hub(name: str) -> nn.Module:
+    try:
+        return timm.create_model(name, features_only=True, pretrained=True)
+    except Exception as exc:  # timm raises many types (HTTP, hub, OS) for an unreachable hub
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise WeightsError(f"could not fetch timm hub weights for {name}{offline}: {type(exc).__name__}; "
+                           f"without network, import a local file with `raysegment weights import` "
+                           f"and set pretrained.source=file") from exc
+
+
+def build_segmenter(cfg: ModelConfig, num_classes: int) -> Segmenter:
+    """Build encoder + decoder + head; `pretrained.source=checkpoint` also loads decoder and head."""
+    if cfg.pretrained.source == "checkpoint":
+        from raysegment.models.io import load_weights_into
+
+        encoder = create_encoder(cfg.model_copy(update={"pretrained": cfg.pretrained.model_copy(update={"source": "none"})}))
+        model = _assemble(cfg, encoder, num_classes, freeze_depth=0)
+        if not cfg.pretrained.uri:
+            raise WeightsError("pretrained.source=checkpoint needs pretrained.uri (a checkpoint folder)")
+        load_weights_into(model, cfg.pretrained.uri)
+        model._frozen = freezing.freeze(model.encoder, cfg.freeze_depth)
+        model.freeze_depth = cfg.freeze_depth
+        return model
+    return _assemble(cfg, create_encoder(cfg), num_classes, cfg.freeze_depth)
+
+
+def _assemble(cfg: ModelConfig, encoder: nn.Module, num_classes: int, freeze_depth: int) -> Segmenter:
+    info = encoder.feature_info
+    decoder = DECODERS[cfg.decoder](info.channels(), info.reduction(), cfg.decoder_channels)
+    return Segmenter(encoder, decoder, num_classes, freeze_depth)

@@ -1,0 +1,125 @@
+"""One path/URI helper for every file the library reads or writes.
+
+Local paths, `file://`, `s3://`, `gs://` and anything else pyarrow.fs understands take the same
+code path, so a registry or a pretrained file can live on a bucket without special cases.
+Writes that matter are atomic: a temporary sibling, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from raysegment.errors import RaySegmentError
+
+
+def is_uri(location: str) -> bool:
+    """True for `scheme://...` locations other than plain local paths."""
+    return "://" in str(location)
+
+
+def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """Return the filesystem and the path inside it for a local path or a URI."""
+    location = str(location)
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pafs.ArrowInvalid, OSError, ValueError) as exc:  # type: ignore[attr-defined]
+        raise RaySegmentError(f"cannot open {location}: {exc}") from exc
+
+
+def exists(location: str | os.PathLike) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(location: str | os.PathLike) -> bytes:
+    """Read a whole file from a local path or URI."""
+    fs, path = resolve(location)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError as exc:
+        raise RaySegmentError(f"{location} does not exist") from exc
+    except OSError as exc:
+        raise RaySegmentError(f"cannot read {location}: {exc}") from exc
+
+
+def fetch_to_local(location: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return a local path for `location`, copying remote files into `cache_dir` first."""
+    location = str(location)
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    if not is_uri(location):
+        path = Path(location).expanduser()
+        if not path.is_file():
+            raise RaySegmentError(f"{path} does not exist or is not a file")
+        return path
+    cache = Path(cache_dir or Path(tempfile.gettempdir()) / "raysegment-cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / (location.replace("://", "_").replace("/", "_"))
+    if not target.exists():
+        atomic_write_bytes(target, read_bytes(location))
+    return target
+
+
+def atomic_write_bytes(location: str | os.PathLike, data: bytes) -> None:
+    """Write `data` so a reader sees the old file or the new one, never a torn one."""
+    location = str(location)
+    if is_uri(location) and not location.startswith("file://"):
+        fs, path = resolve(location)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+        return
+    path = Path(location.removeprefix("file://")).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(location: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(location, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Atomically move a fully written folder into place, replacing an older one."""
+    for root, _, files in os.walk(tmp_dir):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+    if final_dir.exists():
+        trash = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
+        os.replace(final_dir, trash)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
+    fsync_dir(final_dir.parent)
