@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 
 import timm
@@ -84,6 +85,8 @@ def create_encoder(cfg: ModelConfig) -> nn.Module:
             if local.suffix != ".safetensors":
                 raise WeightsError(f"{uri} is not a .safetensors file; convert foreign weights with "
                                    f"`raysegment weights import {uri} --arch {cfg.backbone} --out X.safetensors`")
+            # timm logs the dropped classifier keys as "unexpected"; for features_only that is the point.
+            logging.getLogger("timm.models._builder").setLevel(logging.ERROR)
             return timm.create_model(cfg.backbone, features_only=True, pretrained=True,
                                      pretrained_cfg_overlay=dict(file=str(local)))
         return timm.create_model(cfg.backbone, features_only=True, pretrained=False)

@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`, each setting up .venv on a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/raysegment demo --out demo_out
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --timeout=600
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_augment.py
+	$(BIN)/python benchmarks/bench_step.py
+
+clean:
+	rm -rf demo_out runs .pytest_cache

@@ -1,0 +1,200 @@
+"""`raysegment` command line. Library errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """`a.b=3` -> {"a": {"b": 3}}; values are parsed as YAML scalars."""
+    from raysegment.errors import ConfigError
+
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raysegment.config import load_config
+    from raysegment.data import open_split
+    from raysegment.engine import fit
+    from raysegment.models import save_model
+
+    cfg = load_config(args.config, _parse_overrides(args.set))
+    d = cfg.data
+    train = open_split(d.root, d.domain, d.train_split, d.layout, d.labelled_limit)
+    val = open_split(d.root, d.domain, d.val_split, d.layout)
+    tuner = fit(cfg, train, val, resume=not args.restart)
+    result = tuner.evaluate(val)
+    meta = tuner.meta.model_copy(update={"metrics": result.as_metrics("val_")})
+    final = save_model(Path(cfg.output_dir) / "model", tuner.model, meta)
+    print(f"val mIoU {100 * result.miou:.1f}; model written to {final}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from raysegment.config import EvalConfig
+    from raysegment.data import open_split
+    from raysegment.engine import evaluate
+    from raysegment.models import load_model
+
+    model, meta = load_model(args.model)
+    data = open_split(args.data, args.domain, args.split, args.layout)
+    cfg = EvalConfig(mode=args.mode, window=tuple(args.window) if args.window else None)
+    result = evaluate(model, data, cfg)
+    print(f"{args.domain}/{args.split}: mIoU {100 * result.miou:.2f}  pixel acc {100 * result.pixel_accuracy:.2f}  "
+          f"({result.images} images)")
+    for name, iou in result.per_class.items():
+        print(f"  {name:<16} {100 * iou:6.2f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from torchvision.io import write_png
+
+    from raysegment.data.dataset import read_image
+    from raysegment.engine.predict import segment
+    from raysegment.errors import DatasetError
+    from raysegment.models import load_model
+    from raysegment.viz import overlay_png
+
+    model, meta = load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in map(Path, args.images):
+        if not path.is_file():
+            raise DatasetError(f"{path} does not exist")
+        image = read_image(path)
+        mask = segment(model, image)
+        write_png(mask.to(dtype=__import__("torch").uint8)[None], str(out / f"{path.stem}_mask.png"))
+        overlay_png(out / f"{path.stem}_overlay.png", image, mask, meta.classes, meta.palette, title=path.name)
+        print(f"{path} -> {out / (path.stem + '_overlay.png')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from raysegment.demo import run_demo
+
+    kwargs = dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
+    run_demo(args.out, **kwargs)
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from raysegment.data import synth
+
+    root = synth.generate(args.out, tuple(args.domains), args.images, args.height, args.width, args.seed)
+    print(f"wrote {len(args.domains)} domains x {args.images} images to {root}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from raysegment.data import open_split
+
+    data = open_split(args.root, args.domain, args.split, args.layout)
+    print(f"{args.root} {args.domain}/{args.split}: {len(data)} valid pairs, {data.info.num_classes} classes")
+    return 0
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    from raysegment.models.weights_import import import_weights
+
+    path, mode, n = import_weights(args.src, args.arch, args.out)
+    print(f"{n} tensors mapped onto {args.arch} by {mode} -> {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from raysegment.data.synth import DOMAINS
+
+    parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune one model in this process from a YAML config")
+    p.add_argument("--config", required=True, help="YAML RunConfig (data, model, optim, augment, eval)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
+    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mIoU and per-class IoU of a saved model on a split")
+    p.add_argument("--model", required=True, help="model folder (model.safetensors + model.json)")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--domain", default="clear")
+    p.add_argument("--split", default="test")
+    p.add_argument("--layout", default="raysegment", choices=["raysegment", "cityscapes", "acdc"])
+    p.add_argument("--mode", default="whole", choices=["whole", "slide"])
+    p.add_argument("--window", type=int, nargs=2, metavar=("H", "W"))
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment images; write masks and overlay PNGs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="the end-to-end demo on generated domains")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="generate procedural street-scene domains")
+    p.add_argument("--out", required=True)
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
+    p.add_argument("--images", type=int, default=60, help="images per domain")
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("check", help="validate a dataset split (missing masks, sizes, labels)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--domain", default="clear")
+    p.add_argument("--split", default="all")
+    p.add_argument("--layout", default="raysegment", choices=["raysegment", "cityscapes", "acdc"])
+    p.set_defaults(func=cmd_data_check)
+
+    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command", required=True)
+    p = weights.add_parser("import", help="convert a foreign .pth state dict to timm-named safetensors")
+    p.add_argument("src", help="state dict (.pth), local path or URI; loaded with weights_only=True")
+    p.add_argument("--arch", required=True, help="timm architecture name, e.g. efficientnet_lite0")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.set_defaults(func=cmd_weights_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from raysegment.errors import RaySegmentError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RaySegmentError as exc:
+        print(f"raysegment: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"raysegment: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("raysegment: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

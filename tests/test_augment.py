@@ -1,0 +1,53 @@
+import torch
+
+from raysegment.augment import SegmentationAugment
+from raysegment.config import AugmentConfig
+from raysegment.data import synth
+
+PALETTE = torch.tensor(synth.PALETTE, dtype=torch.float32) / 255
+
+
+def _palette_batch(synth_root, n=4):
+    from raysegment.data import open_split
+
+    data = open_split(synth_root, "clear", "train")
+    masks = torch.stack([data[i][1] for i in range(n)])
+    images = (PALETTE[masks].permute(0, 3, 1, 2) * 255).round().to(torch.uint8)  # image derived from the mask
+    return images, masks
+
+
+def test_geometric_augmentation_keeps_image_and_mask_aligned(synth_root):
+    torch.manual_seed(0)
+    images, masks = _palette_batch(synth_root)
+    aug = SegmentationAugment(AugmentConfig(crop=(48, 96), rotate_degrees=20, scale=(0.8, 1.2), jitter=0,
+                                            blur_p=0, noise_std=0), ignore_index=255)
+    out_images, out_masks = aug(images, masks)
+    assert out_images.shape == (4, 3, 48, 96) and out_masks.shape == (4, 48, 96)
+    assert out_images.dtype == torch.float32 and out_masks.dtype == torch.long
+    # Recover the class of every pixel from its colour and compare with the augmented mask.
+    dist = ((out_images.permute(0, 2, 3, 1)[..., None, :] - PALETTE) ** 2).sum(-1)
+    recovered = dist.argmin(-1)
+    labelled = out_masks != 255
+    agreement = (recovered[labelled] == out_masks[labelled]).float().mean()
+    assert agreement > 0.97, f"only {agreement:.3f} of pixels agree after augmentation"
+    assert set(out_masks.unique().tolist()) <= set(range(7)) | {255}  # nearest resampling: no new labels
+
+
+def test_rotation_padding_becomes_ignore_not_class_zero(synth_root):
+    torch.manual_seed(1)
+    images, masks = _palette_batch(synth_root)
+    masks = torch.ones_like(masks)  # every real pixel is class 1
+    aug = SegmentationAugment(AugmentConfig(hflip=False, rotate_degrees=45, scale=(0.6, 0.6), jitter=0,
+                                            blur_p=0, noise_std=0), ignore_index=255)
+    aug.pipeline[0].p = 1.0
+    _, out = aug(images, masks)
+    assert (out == 255).any() and not (out == 0).any()
+
+
+def test_photometric_ops_leave_masks_untouched(synth_root):
+    images, masks = _palette_batch(synth_root)
+    aug = SegmentationAugment(AugmentConfig(hflip=False, rotate_degrees=0, scale=(1.0, 1.0), jitter=0.5,
+                                            blur_p=1.0, noise_std=0.1))
+    out_images, out_masks = aug(images, masks)
+    assert torch.equal(out_masks, masks)
+    assert not torch.allclose(out_images, images.float() / 255)

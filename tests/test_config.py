@@ -1,0 +1,30 @@
+import pytest
+
+from raysegment.config import load_config, parse_config
+from raysegment.errors import ConfigError
+
+
+def test_unknown_key_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match="optim.decya"):
+        parse_config({"data": {"root": "x"}, "optim": {"decya": 0.9}})
+
+
+def test_decay_must_be_in_zero_one():
+    with pytest.raises(ConfigError, match="optim.decay"):
+        parse_config({"data": {"root": "x"}, "optim": {"decay": 1.5}})
+
+
+def test_yaml_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {root: /d, domain: fog}\noptim: {lr: 0.01, epochs: 3}\n")
+    cfg = load_config(path, {"optim": {"epochs": 7}, "model": {"freeze_depth": 2}})
+    assert (cfg.data.domain, cfg.optim.lr, cfg.optim.epochs, cfg.model.freeze_depth) == ("fog", 0.01, 7, 2)
+
+
+def test_missing_and_malformed_files_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)

@@ -1,0 +1,145 @@
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from raysegment.data import EpochSampler, list_domains, open_split, pad_collate, synth
+from raysegment.errors import DatasetError
+
+
+def _digest(folder):
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.png")))).hexdigest()
+
+
+def test_synth_is_deterministic_per_seed(tmp_path):
+    a = synth.generate(tmp_path / "a", domains=("clear", "night"), images_per_domain=3, height=64, width=96, seed=1)
+    b = synth.generate(tmp_path / "b", domains=("clear", "night"), images_per_domain=3, height=64, width=96, seed=1)
+    c = synth.generate(tmp_path / "c", domains=("clear", "night"), images_per_domain=3, height=64, width=96, seed=2)
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_synth_scenes_hold_the_street_classes(synth_root):
+    data = open_split(synth_root, "clear", "all")
+    seen = torch.unique(torch.cat([data[i][1].flatten() for i in range(len(data))]))
+    assert len(synth.CLASSES) >= 6
+    assert {0, 1, 2, 3, 4, 5}.issubset(set(seen.tolist()))  # road..vehicle always; people most of the time
+    assert list_domains(synth_root) == ["clear", "fog", "night"]
+
+
+def test_targets_share_labels_but_shift_appearance(synth_root):
+    clear = open_split(synth_root, "clear", "all")
+    night = open_split(synth_root, "night", "all")
+    fog = open_split(synth_root, "fog", "all")
+    mean = lambda d: torch.stack([d[i][0].float().mean() for i in range(len(d))]).mean()
+    assert mean(night) < 0.5 * mean(clear)       # night is dark
+    contrast = lambda d: torch.stack([d[i][0].float().std() for i in range(len(d))]).mean()
+    assert contrast(fog) < 0.8 * contrast(clear)  # fog washes contrast out
+
+
+def test_splits_are_disjoint_and_cover_the_domain(synth_root):
+    splits = json.loads((synth_root / "clear" / "splits.json").read_text())
+    stems = splits["train"] + splits["val"] + splits["test"]
+    assert len(stems) == len(set(stems)) == 12
+    assert len(open_split(synth_root, "clear", "train", limit=3)) == 3
+
+
+@pytest.fixture
+def domain_copy(synth_root, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns("fog", "night"))
+    return root
+
+
+def test_image_without_mask_names_the_file(domain_copy):
+    (domain_copy / "clear" / "masks" / "clear_00001.png").unlink()
+    with pytest.raises(DatasetError, match=r"clear_00001.png is missing .*every image needs a mask"):
+        open_split(domain_copy, "clear", "train")
+
+
+def test_size_mismatch_names_both_files(domain_copy):
+    Image.new("L", (10, 10)).save(domain_copy / "clear" / "masks" / "clear_00002.png")
+    with pytest.raises(DatasetError, match=r"masks/clear_00002.png is 10x10 but .*images/clear_00002.png is 128x64"):
+        open_split(domain_copy, "clear", "train")
+
+
+def test_labels_outside_the_classes_are_rejected(domain_copy):
+    Image.new("L", (128, 64), color=42).save(domain_copy / "clear" / "masks" / "clear_00003.png")
+    with pytest.raises(DatasetError, match=r"label values \[42\] outside \[0, 7\)"):
+        open_split(domain_copy, "clear", "train")
+
+
+def test_ignore_label_is_allowed(domain_copy):
+    Image.new("L", (128, 64), color=255).save(domain_copy / "clear" / "masks" / "clear_00003.png")
+    assert len(open_split(domain_copy, "clear", "train")) == 7
+
+
+def test_unreadable_image_is_reported(domain_copy):
+    (domain_copy / "clear" / "images" / "clear_00000.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="clear_00000.png is unreadable"):
+        open_split(domain_copy, "clear", "train")
+
+
+def test_empty_split_and_unknown_domain(domain_copy):
+    splits = json.loads((domain_copy / "clear" / "splits.json").read_text())
+    splits["val"] = []
+    (domain_copy / "clear" / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(DatasetError, match="split 'val' .* is empty"):
+        open_split(domain_copy, "clear", "val")
+    with pytest.raises(DatasetError, match=r"domain 'snow' not found \(domains: clear\)"):
+        open_split(domain_copy, "snow", "train")
+
+
+def test_missing_dataset_json_says_how_to_make_one(tmp_path):
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="dataset.json is missing"):
+        open_split(tmp_path, "d", "train")
+
+
+def _write_pair(image_path, mask_path, value=0):
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 16), color=(10, 20, 30)).save(image_path)
+    Image.new("L", (32, 16), color=value).save(mask_path)
+
+
+def test_cityscapes_layout(tmp_path):
+    for city, n in (("aachen", 2), ("bremen", 1)):
+        for i in range(n):
+            stem = f"{city}_000000_00000{i}"
+            _write_pair(tmp_path / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
+                        tmp_path / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png", value=13)
+    data = open_split(tmp_path, "cityscapes", "train", layout="cityscapes")
+    assert len(data) == 3 and data.info.num_classes == 19 and data.info.classes[13] == "car"
+    image, mask = data[0]
+    assert image.shape == (3, 16, 32) and image.dtype == torch.uint8 and int(mask.unique()) == 13
+
+
+def test_acdc_layout_uses_the_condition_as_domain(tmp_path):
+    _write_pair(tmp_path / "rgb_anon" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000041_rgb_anon.png",
+                tmp_path / "gt" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000041_gt_labelTrainIds.png")
+    assert len(open_split(tmp_path, "fog", "train", layout="acdc")) == 1
+    with pytest.raises(DatasetError, match="night/train is missing"):
+        open_split(tmp_path, "night", "train", layout="acdc")
+
+
+def test_pad_collate_pads_masks_with_ignore():
+    a = (torch.ones(3, 4, 6, dtype=torch.uint8), torch.zeros(4, 6, dtype=torch.long))
+    b = (torch.ones(3, 8, 5, dtype=torch.uint8), torch.ones(8, 5, dtype=torch.long))
+    images, masks = pad_collate([a, b], ignore_index=255)
+    assert images.shape == (2, 3, 8, 6) and masks.shape == (2, 8, 6)
+    assert (masks[0, 4:] == 255).all() and (masks[1, :, 5] == 255).all() and (masks[0, :4, :6] == 0).all()
+
+
+def test_epoch_sampler_shards_are_disjoint_and_reproducible():
+    shards = [list(EpochSampler(10, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    s = EpochSampler(10, seed=3)
+    s.set_epoch(1)
+    first = list(s)
+    s.set_epoch(2)
+    assert list(s) != first
+    s.set_epoch(1)
+    assert list(s) == first
