@@ -1,0 +1,73 @@
+"""The CLI as a user runs it: a real subprocess, real files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import TINY_BACKBONE
+
+
+def raysegment(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "raysegment.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["data", "synth"],
+                                     ["weights", "import"]])
+def test_help_for_every_command(command):
+    result = raysegment(*command, "--help")
+    assert result.returncode == 0 and "usage: raysegment" in result.stdout
+
+
+def test_bad_config_is_one_line_on_stderr_and_exit_2(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data: {root: /nowhere}\noptim: {decay: 3}\n")
+    result = raysegment("train", "--config", cfg)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "optim.decay" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    result = raysegment("data", "check", "--root", tmp_path, "--domain", "clear")
+    assert result.returncode == 2 and "dataset.json is missing" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path):
+    data = tmp_path / "data"
+    assert raysegment("data", "synth", "--out", data, "--domains", "clear", "fog", "--images", "8",
+                      "--height", "64", "--width", "128").returncode == 0
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {{root: {data}, domain: clear}}\n"
+                   f"model: {{backbone: {TINY_BACKBONE}, decoder: unet, decoder_channels: 8}}\n"
+                   f"optim: {{epochs: 2, batch_size: 4}}\noutput_dir: {tmp_path / 'run'}\n")
+    train = raysegment("train", "--config", cfg, "--set", "optim.lr=0.004")
+    assert train.returncode == 0, train.stderr
+    assert "epoch 2/2" in train.stdout and "model written to" in train.stdout
+    meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert meta["model"]["decoder"] == "unet" and "val_miou" in meta["metrics"]
+
+    evaluation = raysegment("evaluate", "--model", tmp_path / "run" / "model", "--data", data, "--domain", "fog",
+                            "--split", "all", "--mode", "slide", "--window", "64", "64")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "fog/all: mIoU" in evaluation.stdout and "sidewalk" in evaluation.stdout
+
+    image = data / "fog" / "images" / "fog_00000.png"
+    pred = raysegment("predict", "--model", tmp_path / "run" / "model", "--out", tmp_path / "pred", image)
+    assert pred.returncode == 0, pred.stderr
+    overlay = Image.open(tmp_path / "pred" / "fog_00000_overlay.png")
+    mask = Image.open(tmp_path / "pred" / "fog_00000_mask.png")
+    assert overlay.format == "PNG" and overlay.size[0] > 128 and mask.size == (128, 64)
+    assert __import__("numpy").asarray(mask).max() < 7
+
+
+def test_weights_import_cli(tmp_path):
+    from raysegment.models.weights_import import bundled_efficientnet_lite0
+
+    result = raysegment("weights", "import", bundled_efficientnet_lite0(), "--arch", "efficientnet_lite0",
+                        "--out", tmp_path / "w.safetensors")
+    assert result.returncode == 0 and "296 tensors" in result.stdout and (tmp_path / "w.safetensors").stat().st_size > 10e6
+    bad = raysegment("weights", "import", bundled_efficientnet_lite0(), "--arch", "resnet18", "--out", tmp_path / "x.safetensors")
+    assert bad.returncode == 2 and "cannot map weights onto resnet18" in bad.stderr
