@@ -12,11 +12,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING, Any
 
 from raysegment.errors import RaySegmentError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 
 def is_uri(location: str) -> bool:
@@ -24,8 +25,10 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
-def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+def resolve(location: str | os.PathLike) -> tuple["pafs.FileSystem", str]:
     """Return the filesystem and the path inside it for a local path or a URI."""
+    import pyarrow.fs as pafs  # imported on use: plain local paths never need it
+
     location = str(location)
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
@@ -36,6 +39,8 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def exists(location: str | os.PathLike) -> bool:
+    import pyarrow.fs as pafs
+
     fs, path = resolve(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
