@@ -81,12 +81,27 @@ class EvalConfig(_Strict):
     batch_size: PositiveInt = 8
 
 
+class ScaleConfig(_Strict):
+    """How Ray Train spreads one fine-tune (ignored by the one-process engine)."""
+
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="used when use_gpu")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    sync_batchnorm: bool | None = Field(None, description="SyncBatchNorm across ranks; default: on GPU only")
+    max_failures: int = Field(2, ge=-1, description="restarts from the latest checkpoint after a worker dies")
+    storage_path: str | None = Field(None, description="Ray Train storage (folder or URI); default output_dir/ray")
+    start_timeout_s: float = Field(120.0, gt=0, description="fail if the workers' resources never appear")
+
+
 class RunConfig(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     eval: EvalConfig = EvalConfig()
+    scale: ScaleConfig = ScaleConfig()
     output_dir: str = "runs/default"
 
 
