@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     meta = tuner.meta.model_copy(update={"metrics": result.as_metrics("val_")})
     final = save_model(Path(cfg.output_dir) / "model", tuner.model, meta)
     print(f"val mIoU {100 * result.miou:.1f}; model written to {final}")
+    return 0
+
+
+def cmd_fine_tune(args: argparse.Namespace) -> int:
+    from raysegment.config import load_config
+    from raysegment.train import fine_tune
+
+    cfg = load_config(args.config, _parse_overrides(args.set))
+    result = fine_tune(cfg, name=args.name)
+    print(f"epoch {result.metrics.get('epoch')} val mIoU {100 * result.metrics.get('val_miou', float('nan')):.1f} "
+          f"in {result.seconds:.0f} s; checkpoint {result.checkpoint_dir}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from raysegment import jobs
+
+    job_id = jobs.submit(args.spec, args.address)
+    print(f"submitted {job_id} to {args.address}", flush=True)
+    if args.no_wait:
+        return 0
+    final = jobs.follow(job_id, args.address)
+    print(f"job {job_id} {final}")
+    return 0 if str(final) == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from raysegment import jobs
+
+    if args.action == "status":
+        print(jobs.status(args.job_id, args.address))
+    elif args.action == "logs":
+        print(jobs.logs(args.job_id, args.address), end="")
+    else:
+        print(f"stop {args.job_id}: {'requested' if jobs.stop(args.job_id, args.address) else 'already finished'}")
     return 0
 
 
@@ -129,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fine-tune", help="distributed fine-tune on Ray Train (config's scale section)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", help="Ray Train run name (default: output_dir's name)")
+    p.set_defaults(func=cmd_fine_tune)
+
+    p = sub.add_parser("submit", help="submit a job spec (jobs/specs/*.yaml) to a Ray cluster and stream its logs")
+    p.add_argument("spec")
+    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"))
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"))
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("evaluate", help="mIoU and per-class IoU of a saved model on a split")
     p.add_argument("--model", required=True, help="model folder (model.safetensors + model.json)")

@@ -70,12 +70,13 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"[rank 0] epoch {tuner.epoch}/{cfg.optim.epochs} loss {stats['loss']:.4f} lr {stats['lr']:.2e} "
                   f"val mIoU {100 * result.miou:.1f} ({stats['images_per_s']:.1f} img/s per rank)", flush=True)
-            progress.parent.mkdir(parents=True, exist_ok=True)
-            with open(progress, "a") as handle:
-                handle.write(json.dumps({**metrics, "time": time.time()}) + "\n")
             with tempfile.TemporaryDirectory() as tmp:
                 tuner.save(Path(tmp) / "engine")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # One line per reported (committed) epoch: learning curves and recovery checks read it.
+            progress.parent.mkdir(parents=True, exist_ok=True)
+            with open(progress, "a") as handle:
+                handle.write(json.dumps({**metrics, "time": time.time()}) + "\n")
         else:
             ray.train.report(metrics)
 

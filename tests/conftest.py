@@ -55,3 +55,98 @@ def tiny_config(synth_root, tmp_path):
             base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
         return parse_config(base, "test")
     return make
+
+
+# ----------------------------------------------------------------------------------------------
+# One real Ray cluster per test session: a head and a worker node started with `ray start` on
+# 127.0.0.1, 1 CPU each (the machine has 2), own ports and a short temp dir, stopped by pid.
+# Never `ray stop`: it would kill every Ray process on the host.
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ["RAY_AUTH_MODE"] = "disabled"  # same behaviour with or without ~/.ray/auth_token
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayCluster:
+    address: str
+    dashboard_url: str
+    temp_dir: str
+    processes: list
+
+
+def _node_ports() -> list[str]:
+    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--min-worker-port={free_port() // 2 * 0 + 20000 + (os.getpid() % 200) * 100}",
+            f"--max-worker-port={20000 + (os.getpid() % 200) * 100 + 99}"]
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import httpx
+    import ray
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    gcs, dash = free_port(), free_port()
+    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={gcs}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
+                             "--disable-usage-stats", *_node_ports()],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs = [head]
+    cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, procs)
+    try:
+        _wait(lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200, 90,
+              "Ray head dashboard")
+        worker_ports = _node_ports()
+        worker_ports[-2:] = [f"--min-worker-port={21000 + (os.getpid() % 200) * 100}",
+                             f"--max-worker-port={21000 + (os.getpid() % 200) * 100 + 99}"]
+        procs.append(subprocess.Popen([str(bin_dir / "ray"), "start", "--block", f"--address={cluster.address}",
+                                       "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+                                       "--disable-usage-stats", *worker_ports],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        ray.init(address=cluster.address, log_to_driver=False)
+        _wait(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 90, "Ray worker node")
+        yield cluster
+    finally:
+        ray.shutdown()
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

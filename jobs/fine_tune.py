@@ -1,0 +1,25 @@
+"""Ray Job entry point: distributed fine-tune from one YAML spec.
+
+    python jobs/fine_tune.py jobs/specs/fine_tune.yaml
+The spec is `{job: fine_tune, name: ..., run: <RunConfig>}`. Runs on the cluster the job was
+submitted to (RAY_ADDRESS is set by Ray Jobs), or on an embedded local Ray when run by hand.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from raysegment.jobspec import load_spec
+from raysegment.train import fine_tune
+
+
+def main(path: str) -> int:
+    spec = load_spec(path, expected="fine_tune")
+    result = fine_tune(spec.run, name=spec.name)
+    print(f"fine-tune {spec.name} finished in {result.seconds:.0f} s: epoch {result.metrics.get('epoch')} "
+          f"val mIoU {100 * result.metrics.get('val_miou', float('nan')):.1f}; checkpoint {result.checkpoint_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

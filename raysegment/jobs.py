@@ -1,0 +1,68 @@
+"""Submit job specs to a Ray cluster and follow them (`raysegment submit`, `raysegment jobs ...`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from raysegment.errors import RaySegmentError
+from raysegment.jobspec import load_spec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXCLUDES = [".venv", ".git", "runs", "demo_out", ".gpu_wheels", "**/__pycache__", "*.egg-info", "data"]
+TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+
+
+def client(address: str) -> JobSubmissionClient:
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # connection refused, 401, bad URL: all user-facing
+        raise RaySegmentError(f"cannot reach the Ray dashboard at {address}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def submit(spec_path: str | Path, address: str) -> str:
+    """Submit a spec; the job runs `jobs/<kind>.py` with the project shipped as working_dir."""
+    spec_path = Path(spec_path).resolve()
+    spec = load_spec(spec_path)
+    entry = PROJECT_ROOT / "jobs" / f"{spec.job}.py"
+    if not entry.is_file():
+        raise RaySegmentError(f"no job entry point {entry} for job kind {spec.job!r}")
+    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES,
+                   "env_vars": {"PYTHONPATH": "."}}
+    return client(address).submit_job(entrypoint=f"python jobs/{spec.job}.py {spec_path}", runtime_env=runtime_env,
+                                      metadata={"raysegment_job": spec.job, "name": spec.name})
+
+
+def follow(job_id: str, address: str, out=sys.stdout, timeout_s: float | None = None) -> JobStatus:
+    """Stream the job's logs until it ends; returns its final status."""
+    c = client(address)
+    printed = 0
+    start = time.monotonic()
+    while True:
+        status = c.get_job_status(job_id)
+        logs = c.get_job_logs(job_id)
+        if len(logs) > printed:
+            out.write(logs[printed:])
+            out.flush()
+            printed = len(logs)
+        if status in TERMINAL:
+            return status
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise RaySegmentError(f"job {job_id} still {status} after {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
+def status(job_id: str, address: str) -> str:
+    info = client(address).get_job_info(job_id)
+    return f"{job_id}: {info.status} {info.message or ''}".strip()
+
+
+def logs(job_id: str, address: str) -> str:
+    return client(address).get_job_logs(job_id)
+
+
+def stop(job_id: str, address: str) -> bool:
+    return client(address).stop_job(job_id)
