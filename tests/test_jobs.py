@@ -1,0 +1,70 @@
+"""Ray Jobs against the session's real head node: submit a fine-tune spec, follow it to SUCCEEDED."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raysegment import jobs
+from raysegment.errors import ConfigError
+from raysegment.jobspec import load_spec
+from raysegment.models import load_model
+
+from conftest import TINY_BACKBONE
+
+
+def _spec(tmp_path, synth_root, **run_extra):
+    spec = {"job": "fine_tune", "name": "job-test",
+            "run": {"data": {"root": str(synth_root), "domain": "clear"},
+                    "model": {"backbone": TINY_BACKBONE, "decoder_channels": 8},
+                    "optim": {"epochs": 2, "batch_size": 4},
+                    "scale": {"num_workers": 1},
+                    "output_dir": "out", **run_extra}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_spec_paths_resolve_against_the_spec_folder(tmp_path, synth_root):
+    spec = load_spec(_spec(tmp_path, synth_root))
+    assert spec.run.output_dir == str(tmp_path / "out")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job: train_everything\nrun: {data: {root: x}}\n")
+    with pytest.raises(ConfigError, match="job"):
+        load_spec(bad)
+
+
+def test_example_spec_is_valid():
+    spec = load_spec(Path(__file__).resolve().parent.parent / "jobs" / "specs" / "fine_tune.yaml")
+    assert spec.job == "fine_tune" and spec.run.scale.num_workers == 2
+
+
+def test_submitted_fine_tune_job_succeeds_and_leaves_a_checkpoint(ray_cluster, tmp_path, synth_root):
+    job_id = jobs.submit(_spec(tmp_path, synth_root), ray_cluster.dashboard_url)
+    out = io.StringIO()
+    status = jobs.follow(job_id, ray_cluster.dashboard_url, out=out, timeout_s=400)
+    assert str(status) == "SUCCEEDED", out.getvalue()[-3000:]
+    assert "fine-tune job-test finished" in out.getvalue()
+    checkpoints = sorted((tmp_path / "out" / "ray" / "job-test").glob("checkpoint_*/engine"))
+    assert checkpoints, "no checkpoint in the job's storage"
+    model, meta = load_model(checkpoints[-1])
+    assert meta.model.backbone == TINY_BACKBONE
+    assert "SUCCEEDED" in jobs.status(job_id, ray_cluster.dashboard_url)
+
+
+def test_cli_submit_and_unreachable_cluster(ray_cluster, tmp_path, synth_root):
+    cli = [sys.executable, "-m", "raysegment.cli"]
+    done = subprocess.run([*cli, "submit", str(_spec(tmp_path, synth_root)), "--address", ray_cluster.dashboard_url],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "SUCCEEDED" in done.stdout
+    job_id = done.stdout.split()[1]
+    logs = subprocess.run([*cli, "jobs", "logs", job_id, "--address", ray_cluster.dashboard_url],
+                          capture_output=True, text=True, timeout=60)
+    assert "fine-tune job-test finished" in logs.stdout
+    refused = subprocess.run([*cli, "jobs", "status", "x", "--address", "http://127.0.0.1:9"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "cannot reach the Ray dashboard" in refused.stderr
