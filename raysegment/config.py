@@ -121,18 +121,23 @@ def parse_config(data: dict, source: str = "config") -> RunConfig:
         raise ConfigError(format_validation_error(exc, source)) from exc
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read a YAML run config; `overrides` is a nested dict merged on top."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """Parse a YAML file that must hold a mapping; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
-    return parse_config(deep_merge(data, overrides or {}), str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML run config; `overrides` is a nested dict merged on top."""
+    return parse_config(deep_merge(read_yaml_mapping(path), overrides or {}), str(path))
 
 
 def deep_merge(base: dict, top: dict) -> dict:

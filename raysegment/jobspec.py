@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from raysegment.config import RunConfig, format_validation_error
+from raysegment.config import RunConfig, format_validation_error, read_yaml_mapping
 from raysegment.errors import ConfigError
 
 JOB_KINDS = ("fine_tune",)
@@ -28,14 +27,7 @@ class JobSpec(BaseModel):
 
 def load_spec(path: str | Path, expected: str | None = None) -> JobSpec:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"job spec {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping with job, name and run")
+    raw = read_yaml_mapping(path, "job spec")
     run = raw.get("run")
     if isinstance(run, dict):
         base = path.resolve().parent
