@@ -82,6 +82,32 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    import json
+
+    from raysegment.registry import Registry
+
+    reg = Registry(args.registry)
+    if args.action == "ls":
+        for row in reg.list():
+            base = f" base={row['base']['domain']}@{row['base']['version']}" if row["base"] else ""
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in row["metrics"].items() if isinstance(v, (int, float)))
+            print(f"{row['domain']}@{row['version']} {','.join(row['aliases']) or '-'} {row['bytes']} B{base} {metrics}")
+        return 0
+    if not args.ref:
+        raise SystemExit(f"raysegment registry {args.action} needs DOMAIN@VERSION")
+    entry = reg.resolve(args.ref)
+    if args.action == "show":
+        print(json.dumps(entry.manifest, indent=2))
+    elif args.action == "promote":
+        reg.promote(entry.domain, entry.version, args.alias)
+        print(f"{entry.ref} is now {args.alias}")
+    else:
+        reg.remove(entry.domain, entry.version)
+        print(f"removed {entry.ref}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raysegment.config import EvalConfig
     from raysegment.data import open_split
@@ -183,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"))
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("registry", help="list, show, promote or remove registered domain models")
+    p.add_argument("action", choices=["ls", "show", "promote", "rm"])
+    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS")
+    p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
+    p.add_argument("--alias", default="production")
+    p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("evaluate", help="mIoU and per-class IoU of a saved model on a split")
     p.add_argument("--model", required=True, help="model folder (model.safetensors + model.json)")

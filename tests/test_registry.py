@@ -1,0 +1,137 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from raysegment.config import ModelConfig
+from raysegment.models import ModelMeta, build_segmenter
+from raysegment.registry import Registry, RegistryError
+
+from conftest import TINY_BACKBONE
+
+CFG = ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8)
+META = ModelMeta(model=CFG, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
+
+
+def _model(seed=0, freeze_depth=0):
+    torch.manual_seed(seed)
+    return build_segmenter(CFG.model_copy(update={"freeze_depth": freeze_depth}), 3)
+
+
+def test_register_get_promote_and_list(tmp_path):
+    reg = Registry(tmp_path)
+    v1 = reg.register("fog", _model(1), META, {"miou": 0.5})
+    v2 = reg.register("fog", _model(2), META, {"miou": 0.6})
+    assert (v1, v2) == (1, 2)
+    reg.promote("fog", 1)
+    model, meta, entry = reg.load("fog")  # production alias
+    assert entry.version == 1 and torch.equal(model.head.weight, _model(1).head.weight)
+    assert reg.load("fog@2")[2].version == 2
+    rows = reg.list()
+    assert [(r["version"], r["aliases"]) for r in rows] == [(1, ["production"]), (2, [])]
+    with pytest.raises(RegistryError, match="no alias 'staging'"):
+        reg.resolve("fog@staging")
+    with pytest.raises(RegistryError, match="no version 9"):
+        reg.get_entry("fog", 9)
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b"])
+def test_bad_domain_names_never_become_paths(tmp_path, name):
+    with pytest.raises(RegistryError, match="invalid domain name"):
+        Registry(tmp_path).register(name, _model(), META)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_weights_fail_the_hash_check(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register("night", _model(), META)
+    path = tmp_path / "night" / "versions" / "0001" / "weights.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="does not match its manifest hash"):
+        reg.load("night@1")
+
+
+def test_delta_stores_only_changed_tensors_and_rebuilds(tmp_path):
+    reg = Registry(tmp_path)
+    base = _model(0)
+    reg.register("clear", base, META)
+    child = _model(0, freeze_depth=4)
+    with torch.no_grad():  # a fine-tune that only moved the unfrozen part
+        for name, p in child.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    version = reg.register("fog", child, META, parent="clear@1")
+    entry = reg.get_entry("fog", version)
+    full = reg.get_entry("clear", 1)
+    assert entry.manifest["base"] == {"domain": "clear", "version": 1}
+    assert entry.manifest["bytes"] < full.manifest["bytes"]
+    loaded, _, _ = reg.load(f"fog@{version}")
+    for key, value in child.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(RegistryError, match="base of fog@1"):
+        reg.remove("clear", 1)
+
+
+WRITER = """
+import sys, torch
+from raysegment.config import ModelConfig
+from raysegment.models import ModelMeta, build_segmenter
+from raysegment.registry import Registry
+cfg = ModelConfig(backbone="{backbone}", decoder_channels=8)
+meta = ModelMeta(model=cfg, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
+reg = Registry(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    print(reg.register("fog", build_segmenter(cfg, 3), meta, {{"writer": float(sys.argv[3])}}), flush=True)
+""".format(backbone=TINY_BACKBONE)
+
+
+def test_concurrent_registrations_never_collide(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "4", str(w)], stdout=subprocess.PIPE,
+                              text=True) for w in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    versions = sorted(int(v) for out in outputs for v in out.split())
+    assert versions == list(range(1, 17))
+    reg = Registry(tmp_path)
+    assert reg.versions("fog") == versions
+    for v in versions:
+        reg.load(f"fog@{v}")  # every version complete and hash-valid
+
+
+def test_kill_9_mid_write_leaves_registry_readable(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register("fog", _model(7), META)
+    for delay in (0.8, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "1000", "1"], stdout=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        versions = reg.versions("fog")
+        assert versions[0] == 1
+        for v in versions:
+            reg.load(f"fog@{v}")
+        assert torch.equal(reg.load("fog@1")[0].head.weight, _model(7).head.weight)
+    assert reg.register("fog", _model(), META) == max(reg.versions("fog"))
+
+
+def test_registry_cli(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register("fog", _model(1), META, {"miou": 0.42})
+    reg.register("fog", _model(2), META)
+    cli = [sys.executable, "-m", "raysegment.cli", "registry"]
+    run = lambda *a: subprocess.run([*cli, *a, "--registry", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run("promote", "fog@2").returncode == 0
+    listing = run("ls").stdout.splitlines()
+    assert listing[0].startswith("fog@1 - ") and "miou=0.42" in listing[0] and listing[1].startswith("fog@2 production")
+    assert json.loads(run("show", "fog@production").stdout)["version"] == 2
+    refused = run("rm", "fog@2")
+    assert refused.returncode == 2 and "aliased as production" in refused.stderr
+    assert run("rm", "fog@1").returncode == 0 and Registry(tmp_path).versions("fog") == [2]
+    bad = run("show", "../x@1")
+    assert bad.returncode == 2 and "invalid domain name" in bad.stderr
