@@ -51,7 +51,7 @@ def main() -> None:
         plain = fit(plain_cfg, open_split(root, "clear", "all"), resume=False, progress=False, log=lambda s: None)
         plain_s = steady(plain.history)
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, log_to_driver=False)  # dashboard needed: Train V2 cleans PGs via the State API
 
         def ray_epoch_seconds(c) -> float:
             fine_tune(c)

@@ -105,6 +105,24 @@ class RunConfig(_Strict):
     output_dir: str = "runs/default"
 
 
+class SearchConfig(_Strict):
+    """Per-domain hyper-parameter search (Ray Tune). Ranges are inclusive."""
+
+    decay: tuple[float, float] = Field((0.85, 0.999), description="uniform range of the lr decay")
+    lr: tuple[PositiveFloat, PositiveFloat] = Field((1e-4, 3e-3), description="log-uniform range")
+    freeze_depth: list[NonNegativeInt] | None = Field(None, description="choices; default 0..number of stages")
+    decoder: list[Literal["fpn", "unet", "deeplabv3plus", "segformer"]] | None = Field(
+        None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)")
+    jitter: list[float] = Field([0.0, 0.2, 0.4], description="augmentation strength choices")
+    num_samples: PositiveInt = 8
+    max_epochs: PositiveInt = 8
+    early_stopping: bool = Field(True, description="ASHA; False runs every trial to max_epochs (FIFO)")
+    grace_period: PositiveInt = 2
+    reduction_factor: float = Field(2.0, gt=1)
+    max_concurrent_trials: PositiveInt | None = Field(None, description="default: what the cluster's CPUs fit")
+    seed: int = 0
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem: `source: a.b.c: message`."""
     parts = []

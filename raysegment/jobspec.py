@@ -9,20 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raysegment.config import RunConfig, format_validation_error, read_yaml_mapping
+from raysegment.config import RunConfig, SearchConfig, format_validation_error, read_yaml_mapping
 from raysegment.errors import ConfigError
 
-JOB_KINDS = ("fine_tune",)
+JOB_KINDS = ("fine_tune", "tune")
 
 
 class JobSpec(BaseModel):
+    """`fine_tune` uses `run`; `tune` also needs `targets`, `source` and `registry`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: Literal["fine_tune"]
+    job: Literal["fine_tune", "tune"]
     name: str = "raysegment"
     run: RunConfig
+    targets: list[str] = Field(default_factory=list, description="target domains to search (tune)")
+    search: SearchConfig = SearchConfig()
+    registry: str | None = Field(None, description="registry folder the winners go to (tune)")
+    source: str | None = Field(None, description="source model: a model folder, or DOMAIN@VERSION in the registry")
+    source_domain: str = Field("source", description="registry domain for a source given as a folder")
+
+    @model_validator(mode="after")
+    def _tune_needs_targets(self) -> "JobSpec":
+        if self.job == "tune" and not (self.targets and self.registry and self.source):
+            raise ValueError("a tune spec needs targets, registry and source")
+        return self
 
 
 def load_spec(path: str | Path, expected: str | None = None) -> JobSpec:
@@ -38,6 +51,10 @@ def load_spec(path: str | Path, expected: str | None = None) -> JobSpec:
         if "://" not in str(run.get("output_dir", "runs/default")):
             run["output_dir"] = str((base / run.get("output_dir", "runs/default")).resolve())
         raw = {**raw, "run": run}
+    for key in ("registry", "source"):
+        value = raw.get(key)
+        if isinstance(value, str) and "://" not in value and "@" not in value:
+            raw = {**raw, key: str((path.resolve().parent / value).resolve())}
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:

@@ -1,0 +1,21 @@
+"""Ray Job entry point: per-domain Tune search from one YAML spec (`job: tune`).
+
+    python jobs/tune.py jobs/specs/tune.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+
+from raysegment.jobspec import load_spec
+from raysegment.tune import format_table, run_search
+
+
+def main(path: str) -> int:
+    spec = load_spec(path, expected="tune")
+    print(format_table(run_search(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

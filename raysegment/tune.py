@@ -1,0 +1,212 @@
+"""Ray Tune shell: per target domain, search decay, freeze depth, lr, decoder and augmentation
+strength with ASHA early stopping on target validation mIoU; every trial is a Ray Train fine-tune.
+
+The winner per domain goes into the registry as a delta on the source model, with its config,
+metrics and trial id. A search interrupted half-way resumes (`Tuner.restore`) when run again
+with the same spec; a domain whose winner is already registered is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from raysegment.config import RunConfig, SearchConfig
+from raysegment.data import open_split
+from raysegment.engine import evaluate
+from raysegment.errors import RaySegmentError
+from raysegment.jobspec import JobSpec
+from raysegment.models import load_model, save_model
+from raysegment.registry import Registry
+from raysegment.train import check_resources, scaling_config, train_loop_per_worker
+from raysegment.viz import bar_chart_png, curves_png
+
+DONE_FILE = "winner.json"
+
+
+@dataclass
+class DomainOutcome:
+    domain: str
+    trials: int
+    epochs_spent: int
+    best_val_miou: float
+    source_val_miou: float
+    config: dict[str, Any]
+    trial_id: str
+    version: int | None
+    curves: dict[str, list[float]]
+
+
+def trial_run_config(base: dict, domain: str, params: dict, out_dir: str) -> RunConfig:
+    """The RunConfig of one trial: the spec's run with this trial's sampled parameters."""
+    run = json.loads(json.dumps(base))
+    run["data"]["domain"] = domain
+    run["model"]["freeze_depth"] = params["freeze_depth"]
+    run["model"]["decoder"] = params["decoder"]
+    run["optim"].update(lr=params["lr"], decay=params["decay"], epochs=params["max_epochs"])
+    run["augment"]["jitter"] = params["jitter"]
+    run["output_dir"] = out_dir
+    return RunConfig.model_validate(run)
+
+
+def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
+    """One Tune trial = one Ray Train fine-tune, reporting to Tune every epoch."""
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    cfg = trial_run_config(base, domain, params, str(Path(storage) / "trial_runs" / trial_id))
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.model_dump(mode="json")},
+        scaling_config=scaling_config(cfg),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=str(Path(storage) / "trial_train"),
+                                       callbacks=[TuneReportCallback()],
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+    )
+    trainer.fit()
+
+
+def param_space(search: SearchConfig, run: RunConfig, num_stages: int) -> dict:
+    depths = search.freeze_depth if search.freeze_depth is not None else list(range(num_stages + 1))
+    decoders = search.decoder or [run.model.decoder]
+    return {"decay": tune.uniform(*search.decay), "lr": tune.loguniform(*search.lr),
+            "freeze_depth": tune.choice(depths), "decoder": tune.choice(decoders),
+            "jitter": tune.choice(search.jitter), "max_epochs": search.max_epochs}
+
+
+def concurrency(search: SearchConfig, run: RunConfig) -> int:
+    """Trials that fit at once: each trial's workers reserve CPUs; its driver reserves none."""
+    if search.max_concurrent_trials:
+        return search.max_concurrent_trials
+    per_trial = run.scale.num_workers * max(run.scale.cpus_per_worker, 1e-9)
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+
+
+def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log=print) -> tuple[Any, str]:
+    """Run (or resume) the search for one domain; returns (ResultGrid, experiment path)."""
+    search, run = spec.search, spec.run
+    base = run.model_copy(update={"model": run.model.model_copy(update={
+        "pretrained": run.model.pretrained.model_copy(update={"source": "checkpoint", "uri": str(source_dir)})})})
+    model, _ = load_model(source_dir)
+    storage.mkdir(parents=True, exist_ok=True)
+    trainable = tune.with_resources(
+        partial(tune_trial, base=base.model_dump(mode="json"), domain=domain, storage=str(storage)),
+        {"cpu": 0, "memory": 1})  # trial drivers take no CPU: the workers do (2-CPU deadlock otherwise)
+    experiment = f"search-{domain}"
+    path = str(storage / experiment)
+    if tune.Tuner.can_restore(path):
+        log(f"[tune] {domain}: resuming the interrupted search at {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = (ASHAScheduler(max_t=search.max_epochs, grace_period=min(search.grace_period, search.max_epochs),
+                                   reduction_factor=search.reduction_factor)
+                     if search.early_stopping else FIFOScheduler())
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(search, run, model.num_stages),
+            tune_config=tune.TuneConfig(metric="val_miou", mode="max", scheduler=scheduler,
+                                        num_samples=search.num_samples,
+                                        search_alg=BasicVariantGenerator(random_state=search.seed,
+                                                                         max_concurrent=concurrency(search, run))),
+            run_config=tune.RunConfig(name=experiment, storage_path=str(storage), verbose=0),
+        )
+    return tuner.fit(), path
+
+
+def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[Path, str]:
+    """A local model folder for the source and its registry ref (registering a folder source once)."""
+    if "@" in spec.source:
+        model, meta, entry = registry.load(spec.source)
+        folder = storage / "source_model"
+        save_model(folder, model, meta)
+        return folder, entry.ref
+    folder = Path(spec.source)
+    model, meta = load_model(folder)
+    for entry in registry.entries():
+        if entry.domain == spec.source_domain and entry.manifest["lineage"].get("source_path") == str(folder):
+            return folder, entry.ref
+    version = registry.register(spec.source_domain, model, meta, meta.metrics, meta.model.model_dump(mode="json"),
+                                lineage={"source_path": str(folder), "method": "source"})
+    return folder, f"{spec.source_domain}@{version}"
+
+
+def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
+    """Search every target domain; register and promote each winner; write the PNG summary."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
+    check_resources(spec.run)
+    storage = Path(spec.run.output_dir).resolve() / spec.name
+    registry = Registry(spec.registry)
+    source_dir, source_ref = source_model_dir(spec, registry, storage)
+    source_model, _ = load_model(source_dir)
+    outcomes = []
+    for domain in spec.targets:
+        done = storage / f"search-{domain}" / DONE_FILE
+        if done.is_file():
+            outcome = DomainOutcome(**json.loads(done.read_text()))
+            log(f"[tune] {domain}: winner already registered as {domain}@{outcome.version}")
+            outcomes.append(outcome)
+            continue
+        d = spec.run.data
+        val = open_split(d.root, domain, d.val_split, d.layout)
+        source_val = evaluate(source_model, val, spec.run.eval).miou
+        results, _ = tune_domain(spec, domain, source_dir, storage, log)
+        finished = [r for r in results if r.metrics and "val_miou" in r.metrics]
+        if not finished:
+            errors = [str(r.error)[:300] for r in results if r.error]
+            raise RaySegmentError(f"no trial for {domain} reported a score; first error: {errors[:1]}")
+        best = max(finished, key=lambda r: r.metrics["val_miou"])
+        curves = {r.metrics["trial_id"]: list(r.metrics_dataframe["val_miou"]) for r in finished}
+        epochs_spent = sum(len(c) for c in curves.values())
+        ckpt = Path(best.metrics["checkpoint_path"]) / "engine"
+        winner, meta = load_model(ckpt)
+        params = {k: best.config[k] for k in ("decay", "lr", "freeze_depth", "decoder", "jitter")}
+        version = registry.register(
+            domain, winner, meta, {"val_miou": best.metrics["val_miou"], "source_val_miou": source_val},
+            trial_run_config(spec.run.model_dump(mode="json"), domain, best.config, str(ckpt)).model_dump(mode="json"),
+            parent=source_ref,
+            lineage={"trial_id": best.metrics["trial_id"], "method": "finetune", "search": spec.name,
+                     "target_labels": len(open_split(d.root, domain, d.train_split, d.layout, d.labelled_limit))})
+        if best.metrics["val_miou"] >= source_val:  # labelled target images are the judge
+            registry.promote(domain, version)
+        outcome = DomainOutcome(domain, len(list(results)), epochs_spent, best.metrics["val_miou"], source_val,
+                                params, best.metrics["trial_id"], version, curves)
+        done.write_text(json.dumps(outcome.__dict__))
+        outcomes.append(outcome)
+        log(f"[tune] {domain}: {outcome.trials} trials, {epochs_spent} epochs, best val mIoU "
+            f"{100 * outcome.best_val_miou:.1f} (source-only {100 * source_val:.1f}) -> {domain}@{version}")
+    write_summary(outcomes, storage)
+    return outcomes
+
+
+def write_summary(outcomes: list[DomainOutcome], storage: Path) -> tuple[Path, Path]:
+    curves = {f"{o.domain}/{tid[-5:]}": [100 * v for v in c] for o in outcomes for tid, c in o.curves.items()}
+    curves_path = curves_png(storage / "tune_curves.png", curves, "trial validation mIoU (ASHA stops the weak ones)",
+                             "val mIoU (%)")
+    bars = bar_chart_png(storage / "tune_winners.png",
+                         {"source-only": {o.domain: 100 * o.source_val_miou for o in outcomes},
+                          "tuned winner": {o.domain: 100 * o.best_val_miou for o in outcomes}},
+                         title="winner per target domain (val mIoU)")
+    return curves_path, bars
+
+
+def format_table(outcomes: list[DomainOutcome]) -> str:
+    lines = [f"{'domain':<10} {'trials':>6} {'epochs':>6} {'source':>7} {'winner':>7}  version  config"]
+    for o in outcomes:
+        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.config.items())
+        lines.append(f"{o.domain:<10} {o.trials:>6} {o.epochs_spent:>6} {100 * o.source_val_miou:>6.1f}% "
+                     f"{100 * o.best_val_miou:>6.1f}%  {o.domain}@{o.version}  {cfg}")
+    return "\n".join(lines)

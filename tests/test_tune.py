@@ -1,0 +1,98 @@
+"""Per-domain Ray Tune search on the session's two-node cluster, winners into the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from raysegment.data import open_split
+from raysegment.engine import fit
+from raysegment.jobspec import load_spec
+from raysegment.registry import Registry
+from raysegment.tune import format_table, run_search
+
+from conftest import TINY_BACKBONE
+
+
+@pytest.fixture(scope="module")
+def source_model(synth_root, tmp_path_factory):
+    from raysegment.config import parse_config
+
+    out = tmp_path_factory.mktemp("source")
+    cfg = parse_config({"data": {"root": str(synth_root)}, "model": {"backbone": TINY_BACKBONE, "decoder_channels": 16},
+                        "optim": {"epochs": 3, "batch_size": 4, "lr": 5e-3}, "output_dir": str(out)})
+    fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda s: None)
+    return out / "checkpoints" / "epoch_0003"
+
+
+def _spec(tmp_path, synth_root, source_model, num_samples=4, max_epochs=3):
+    spec = {"job": "tune", "name": "search", "targets": ["fog"], "registry": str(tmp_path / "registry"),
+            "source": str(source_model),
+            "search": {"num_samples": num_samples, "max_epochs": max_epochs, "grace_period": 1,
+                       "freeze_depth": [0, 2, 4], "lr": [1e-3, 1e-2]},
+            "run": {"data": {"root": str(synth_root), "domain": "clear"},
+                    "model": {"backbone": TINY_BACKBONE, "decoder_channels": 16},
+                    "optim": {"batch_size": 4}, "scale": {"num_workers": 1},
+                    "output_dir": str(tmp_path / "tune")}}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root, source_model):
+    spec = load_spec(_spec(tmp_path, synth_root, source_model))
+    outcomes = run_search(spec, log=lambda s: None)
+    (fog,) = outcomes
+    assert fog.trials == 4 and 4 <= fog.epochs_spent <= 12
+    assert set(fog.config) == {"decay", "lr", "freeze_depth", "decoder", "jitter"}
+    assert 0.85 <= fog.config["decay"] <= 0.999 and fog.config["freeze_depth"] in (0, 2, 4)
+    assert fog.best_val_miou == max(max(c) if c else 0 for c in fog.curves.values()) or fog.best_val_miou > 0
+    reg = Registry(tmp_path / "registry")
+    entry = reg.get_entry("fog", fog.version)
+    assert entry.manifest["lineage"]["trial_id"] == fog.trial_id
+    assert entry.manifest["base"] == {"domain": "source", "version": 1}   # stored as a delta on the source
+    assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_val_miou)
+    assert entry.manifest["config"]["model"]["freeze_depth"] == fog.config["freeze_depth"]
+    if fog.best_val_miou >= fog.source_val_miou:
+        assert reg.aliases("fog") == {"production": fog.version}
+    reg.load(f"fog@{fog.version}")
+    storage = tmp_path / "tune" / "search"
+    for png in ("tune_curves.png", "tune_winners.png"):
+        assert Image.open(storage / png).format == "PNG"
+    assert "fog@1" in format_table(outcomes)
+    # Running the same spec again does not search again: the winner is already registered.
+    again = run_search(spec, log=lambda s: None)
+    assert again[0].version == fog.version and reg.versions("fog") == [fog.version]
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_where_it_stopped(ray_cluster, tmp_path, synth_root, source_model):
+    spec_path = _spec(tmp_path, synth_root, source_model, num_samples=4, max_epochs=4)
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "jobs" / "tune.py"), str(spec_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = tmp_path / "tune" / "search" / "trial_runs"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(runs.glob("*/progress.jsonl")):
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name for p in runs.iterdir()}
+    assert before and not (tmp_path / "tune" / "search" / "search-fog" / "winner.json").exists()
+    time.sleep(5)  # let the cluster notice the dead driver and free its trials' resources
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming the interrupted search" in done.stdout
+    winner = json.loads((tmp_path / "tune" / "search" / "search-fog" / "winner.json").read_text())
+    assert winner["trials"] == 4  # the four trials of the first run, not four more
+    assert before <= {p.name for p in runs.iterdir()}
