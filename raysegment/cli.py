@@ -82,6 +82,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from raysegment.jobspec import load_spec
+    from raysegment.tune import format_table, run_search
+
+    spec = load_spec(args.spec, expected="tune")
+    print(format_table(run_search(spec)))
+    print(f"plots: {Path(spec.run.output_dir) / spec.name}/tune_curves.png, tune_winners.png")
+    return 0
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     import json
 
@@ -209,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"))
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("tune", help="per-domain Ray Tune search from a tune spec; winners into the registry")
+    p.add_argument("spec", help="YAML spec with job: tune (see jobs/specs/tune.yaml)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("registry", help="list, show, promote or remove registered domain models")
     p.add_argument("action", choices=["ls", "show", "promote", "rm"])
