@@ -92,6 +92,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    import ray
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+    from raysegment.serving.config import ServeConfig
+
+    cfg = ServeConfig(registry=str(Path(args.registry).resolve()), max_replicas=args.max_replicas)
+    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+    print(f"serving {len(__import__('raysegment.registry', fromlist=['Registry']).Registry(cfg.registry).domains())} "
+          f"domains on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     import json
 
@@ -223,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="per-domain Ray Tune search from a tune spec; winners into the registry")
     p.add_argument("spec", help="YAML spec with job: tune (see jobs/specs/tune.yaml)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("serve", help="serve every registered domain over HTTP (Ray Serve, embedded default)")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-replicas", type=int, default=2)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("registry", help="list, show, promote or remove registered domain models")
     p.add_argument("action", choices=["ls", "show", "promote", "rm"])

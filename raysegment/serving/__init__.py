@@ -1,0 +1,1 @@
+"""Ray Serve: per-domain segmentation endpoints, one model per domain multiplexed on shared replicas."""

@@ -1,0 +1,120 @@
+"""Ray Serve app on the session cluster, exercised with real HTTP requests."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raysegment.config import ModelConfig
+from raysegment.models import ModelMeta, build_segmenter
+from raysegment.registry import Registry
+from raysegment.serving.config import ServeConfig
+
+from conftest import TINY_BACKBONE, free_port
+
+CLASSES = ["road", "sky", "car", "tree"]
+META = ModelMeta(model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), num_classes=4, classes=CLASSES,
+                 palette=[(128, 64, 128), (70, 130, 180), (0, 0, 142), (107, 142, 35)])
+
+
+def constant_model(cls: int) -> torch.nn.Module:
+    """A segmenter whose head makes it answer `cls` everywhere: responses reveal which model ran."""
+    model = build_segmenter(META.model, 4)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), 4).float() * 10)
+    return model
+
+
+def png(width=48, height=32, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+
+    root = tmp_path_factory.mktemp("registry")
+    reg = Registry(root)
+    reg.register("base", constant_model(0), META)
+    for i, domain in enumerate(["fog", "night", "rain"], start=1):
+        reg.register(domain, constant_model(i), META, {"val_miou": 0.5 + i / 10}, parent="base@1")
+        reg.promote(domain, 1)
+    reg.register("fog", constant_model(0), META, parent="base@1")  # fog@2: not production
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = ServeConfig(registry=str(root), max_image_bytes=200_000, max_pixels=512 * 512, max_replicas=1,
+                      cpus_per_replica=0.25, ingress_cpus=0.1, batch_wait_timeout_s=0.05)
+    serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def test_health_docs_and_domain_listing(served):
+    assert httpx.get(f"{served}/healthz").json()["status"] == "ok"
+    assert httpx.get(f"{served}/docs").status_code == 200
+    domains = httpx.get(f"{served}/v1/domains").json()["domains"]
+    assert domains["fog"]["aliases"] == {"production": 1} and len(domains["fog"]["versions"]) == 2
+    assert domains["night"]["versions"][0]["metrics"]["val_miou"] == pytest.approx(0.7)
+
+
+def test_segment_png_json_and_overlay(served):
+    body = png()
+    r = httpx.post(f"{served}/v1/domains/night/segment", content=body, headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    mask = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert mask.shape == (32, 48) and (mask == 2).all()  # night's model answers class 2
+    j = httpx.post(f"{served}/v1/domains/fog/segment?format=json", content=body).json()
+    assert j["version"] == 1 and j["shares"]["sky"] == pytest.approx(1.0)
+    old = httpx.post(f"{served}/v1/domains/fog/segment?format=json&version=2", content=body).json()
+    assert old["version"] == 2 and old["shares"]["road"] == pytest.approx(1.0)
+    overlay = httpx.post(f"{served}/v1/domains/rain/segment?format=overlay", content=body)
+    assert Image.open(io.BytesIO(overlay.content)).size == (48, 32)
+
+
+def test_concurrent_mixed_domains_each_get_their_own_model(served):
+    cases = [(d, cls, w) for d, cls in (("fog", 1), ("night", 2), ("rain", 3)) for w in (40, 56, 64)] * 6
+    bodies = {w: png(width=w) for w in (40, 56, 64)}
+
+    def call(case):
+        domain, cls, w = case
+        r = httpx.post(f"{served}/v1/domains/{domain}/segment", content=bodies[w], timeout=60)
+        mask = np.asarray(Image.open(io.BytesIO(r.content)))
+        return r.status_code, mask.shape == (32, w) and (mask == cls).all(), int(r.headers["x-batch-size"])
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, cases))
+    assert all(status == 200 for status, _, _ in results)
+    assert all(right for _, right, _ in results), "a response came from another domain's model"
+    assert max(b for _, _, b in results) > 1, "no request was batched"
+
+
+@pytest.mark.parametrize("body,headers,url,status,needle", [
+    (b"", {}, "/v1/domains/fog/segment", 400, "empty body"),
+    (b"hello world", {}, "/v1/domains/fog/segment", 400, "not a valid image"),
+    (png()[:60], {}, "/v1/domains/fog/segment", 400, "not a valid image"),
+    (png(), {"content-type": "text/plain"}, "/v1/domains/fog/segment", 415, "unsupported content type"),
+    (b"\x89PNG\r\n\x1a\n" + b"0" * 300_000, {}, "/v1/domains/fog/segment", 413, "too large"),
+    (png(width=600, height=600), {}, "/v1/domains/fog/segment", 413, "too large"),
+    (png(), {}, "/v1/domains/snow/segment", 404, "unknown domain"),
+    (png(), {}, "/v1/domains/fog/segment?version=7", 404, "unknown domain"),
+    (png(), {}, "/v1/domains/fog/segment?version=staging", 404, "unknown domain"),
+    (png(), {}, "/v1/domains/bad..name/segment", 400, "bad domain name"),
+    (png(), {}, "/v1/domains/%20x%3B/segment", 400, "bad domain name"),
+    (png(), {}, "/v1/domains/fog/segment?format=gif", 422, ""),
+])
+def test_bad_input_is_4xx_json_and_never_crashes(served, body, headers, url, status, needle):
+    r = httpx.post(served + url, content=body, headers=headers, timeout=60)
+    assert r.status_code == status, r.text
+    assert needle in r.json().get("error", str(r.json()))
+    assert httpx.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
