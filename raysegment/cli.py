@@ -182,10 +182,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from raysegment.demo import run_demo
+    if args.engine_only:
+        from raysegment.demo import run_demo
 
-    kwargs = dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
-    run_demo(args.out, **kwargs)
+        kwargs = dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
+        run_demo(args.out, **kwargs)
+        return 0
+    from raysegment.pipeline import run_pipeline
+
+    kwargs = (dict(images_per_domain=16, height=64, width=128, source_epochs=2, trials=2, trial_epochs=2, shots=4,
+                   targets=("fog", "night")) if args.quick else {})
+    run_pipeline(args.out, **kwargs)
     return 0
 
 
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the end-to-end demo on generated domains")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--engine-only", action="store_true",
+                   help="the one-process version (no Ray): source fine-tune + few-shot per target")
     p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

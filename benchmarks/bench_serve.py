@@ -1,0 +1,160 @@
+"""Serve throughput and latency on loopback, bounded in time, against the in-process limit.
+
+For the Serve app with batching, the same without batching (max_batch_size=1), and the model's
+own in-process forward (best of batch 1 and batch 8): throughput and p50/p99 latency at
+concurrency 1, 8 and 32, on one domain and on a mix of 4 domains; then replica memory (RSS)
+with 1, 4 and 8 domains loaded. Ratios are printed against figures measured in this run.
+
+    python benchmarks/bench_serve.py [--seconds 5] [--height 128 --width 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from ray import serve  # noqa: E402
+
+from raysegment.config import ModelConfig  # noqa: E402
+from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
+from raysegment.registry import Registry  # noqa: E402
+from raysegment.serving.app import build_app  # noqa: E402
+from raysegment.serving.config import ServeConfig  # noqa: E402
+
+DOMAINS = [f"d{i}" for i in range(8)]
+
+
+def make_registry(root: Path) -> ModelMeta:
+    cfg = ModelConfig(backbone="efficientnet_lite0", decoder="fpn")
+    meta = ModelMeta(model=cfg, num_classes=7, classes=[f"c{i}" for i in range(7)], palette=[(0, 0, 0)] * 7)
+    reg = Registry(root)
+    torch.manual_seed(0)
+    base = build_segmenter(cfg.model_copy(update={"freeze_depth": 3}), 7)
+    reg.register("base", base, meta)
+    for i, domain in enumerate(DOMAINS):
+        with torch.no_grad():
+            for p in base.parameters():
+                if p.requires_grad:
+                    p.add_(0.001 * (i + 1))
+        reg.register(domain, base, meta, parent="base@1")
+    return meta
+
+
+def in_process(root: Path, image: torch.Tensor, seconds: float) -> float:
+    model, _, _ = Registry(root).load("d0@1")
+    torch.set_num_threads(2)
+    best = 0.0
+    for batch in (1, 8):
+        x = image.float().div(255)[None].repeat(batch, 1, 1, 1)
+        with torch.inference_mode():
+            model(x)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                model(x).argmax(1)
+                n += batch
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def load(url: str, body: bytes, domains: list[str], concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    def worker(k: int) -> None:
+        nonlocal errors
+        with httpx.Client(timeout=60) as client:
+            i = k
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                r = client.post(f"{url}/v1/domains/{domains[i % len(domains)]}/segment", content=body)
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+                i += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    elapsed = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
+    return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000, errors
+
+
+def replica_rss_mb() -> float:
+    from ray.util.state import list_actors
+
+    pids = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")]) if "SegmentModels" in (a.class_name or "")]
+    return sum(_rss_kb(pid) for pid in pids) / 1e3
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "registry"
+        make_registry(root)
+        image = torch.randint(0, 255, (3, args.height, args.width), dtype=torch.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, "PNG")
+        body = buf.getvalue()
+        limit = in_process(root, image, args.seconds)
+        ray.init(address="local", num_cpus=2, log_to_driver=False)
+        port = 18000 + os.getpid() % 1000
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        rows = []
+        for label, batch in (("batched", 8), ("unbatched", 1)):
+            cfg = ServeConfig(registry=str(root), max_batch_size=batch, max_replicas=1, min_replicas=1,
+                              cpus_per_replica=1, max_models_per_replica=8)
+            serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+            for mix in (["d0"], DOMAINS[:4]):
+                load(url, body, mix, 2, 1.0)  # warm the models
+                for conc in (1, 8, 32):
+                    rps, p50, p99, errors = load(url, body, mix, conc, args.seconds)
+                    rows.append((label, len(mix), conc, rps, p50, p99, errors))
+            if label == "batched":
+                memory = []
+                for n in (1, 4, 8):
+                    load(url, body, DOMAINS[:n], 4, 1.5)
+                    memory.append((n, replica_rss_mb()))
+            serve.delete("raysegment")
+        serve.shutdown()
+        ray.shutdown()
+    print(f"{args.height}x{args.width} PNG, EfficientNet-Lite0 + FPN, {os.cpu_count()} CPUs, loopback, "
+          f"{args.seconds:.0f} s per cell")
+    print(f"in-process limit (best of batch 1/8): {limit:.1f} img/s")
+    print(f"{'app':<10} {'domains':>7} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'vs limit':>8}")
+    for label, n, conc, rps, p50, p99, errors in rows:
+        print(f"{label:<10} {n:>7} {conc:>4} {rps:>7.1f} {p50:>7.0f} {p99:>7.0f} {errors:>6} {rps / limit:>8.2f}")
+    best = {lab: max(r[3] for r in rows if r[0] == lab) for lab in ("batched", "unbatched")}
+    print(f"best batched / in-process limit: {best['batched'] / limit:.2f} (goal >= 0.85)")
+    print(f"best batched / best unbatched:   {best['batched'] / best['unbatched']:.2f} (goal >= 3 on a GPU; CPU as measured)")
+    for n, mb in memory:
+        print(f"replica RSS with {n} domain(s) loaded: {mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

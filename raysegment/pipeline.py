@@ -1,0 +1,135 @@
+"""The main job, end to end on the embedded default (local Ray): what `make demo` runs.
+
+generated domains -> source fine-tune on Ray Train (ImageNet EfficientNet-Lite0) -> per-domain
+Tune search with a few target labels -> winners into the registry -> Serve app up -> one real
+HTTP request per domain, overlay written -> clean shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from raysegment.config import parse_config
+from raysegment.data import open_split, synth
+from raysegment.engine import evaluate
+from raysegment.jobspec import JobSpec
+from raysegment.models import load_model, save_model
+from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
+from raysegment.registry import Registry
+from raysegment.viz import bar_chart_png
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, height: int = 128, width: int = 256,
+                 source_epochs: int = 10, trials: int = 4, trial_epochs: int = 4, shots: int = 10,
+                 targets: tuple[str, ...] = synth.DOMAINS[1:], log=print) -> dict:
+    import ray
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+    from raysegment.serving.config import ServeConfig
+    from raysegment.train import fine_tune
+    from raysegment.tune import format_table, run_search
+
+    out = Path(out).resolve()
+    start = time.perf_counter()
+    data = synth.generate(out / "data", domains=("clear", *targets), images_per_domain=images_per_domain,
+                          height=height, width=width)
+    log(f"[demo] 1/6 synthesised clear + {', '.join(targets)}: {images_per_domain} images each at {height}x{width}")
+    weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
+                                   out / "weights" / "efficientnet_lite0_imagenet.safetensors")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), num_cpus=None if os.environ.get("RAY_ADDRESS") else 2,
+                 log_to_driver=False)
+    try:
+        source_cfg = parse_config({
+            "data": {"root": str(data), "domain": "clear"},
+            "model": {"backbone": "efficientnet_lite0", "decoder": "fpn",
+                      "pretrained": {"source": "file", "uri": str(weights)}},
+            "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
+            "scale": {"num_workers": 1, "cpus_per_worker": 2},
+            "output_dir": str(out / "runs" / "source")}, "demo source")
+        log(f"[demo] 2/6 fine-tuning the source on Ray Train ({source_epochs} epochs)")
+        result = fine_tune(source_cfg, name="source")
+        source_model, meta = load_model(result.checkpoint_dir)
+        save_model(out / "runs" / "source" / "model", source_model, meta)
+
+        log(f"[demo] 3/6 per-domain Tune search: {trials} trials x <= {trial_epochs} epochs, {shots} target labels")
+        spec = JobSpec.model_validate({
+            "job": "tune", "name": "demo", "targets": list(targets), "registry": str(out / "registry"),
+            "source": str(out / "runs" / "source" / "model"), "source_domain": "clear",
+            "search": {"num_samples": trials, "max_epochs": trial_epochs, "grace_period": 1,
+                       "freeze_depth": [0, 1, 2, 3], "lr": [3e-4, 3e-3], "jitter": [0.0, 0.2]},
+            "run": {**source_cfg.model_dump(mode="json"),
+                    "data": {"root": str(data), "domain": "clear", "labelled_limit": shots},
+                    "optim": {"batch_size": 5}, "scale": {"num_workers": 1, "cpus_per_worker": 1},
+                    "output_dir": str(out / "runs" / "tune")}})
+        outcomes = run_search(spec, log=log)
+        log(format_table(outcomes))
+
+        log("[demo] 4/6 test-split mIoU: source-only vs registered winner")
+        registry = Registry(out / "registry")
+        table = {}
+        for domain in ("clear", *targets):
+            test = open_split(data, domain, "test")
+            row = {"source_only": evaluate(source_model, test, source_cfg.eval).miou}
+            if domain != "clear":
+                winner, _, entry = registry.load(f"{domain}@{next(o.version for o in outcomes if o.domain == domain)}")
+                row["tuned"] = evaluate(winner, test, source_cfg.eval).miou
+                row["version"] = entry.version
+            table[domain] = row
+        lines = [f"{'domain':<9} {'source-only':>11} {'tuned':>7} {'gain':>6}"]
+        for domain, row in table.items():
+            tuned = row.get("tuned", row["source_only"])
+            lines.append(f"{domain:<9} {100 * row['source_only']:>10.1f}% {100 * tuned:>6.1f}% "
+                         f"{100 * (tuned - row['source_only']):>+6.1f}")
+        log("\n".join(lines))
+        chart = bar_chart_png(out / "miou_per_domain.png", {
+            "source-only": {d: 100 * r["source_only"] for d, r in table.items()},
+            f"tuned winner ({shots} labels)": {d: 100 * r.get("tuned", r["source_only"]) for d, r in table.items()}},
+            title="test mIoU per domain")
+
+        log("[demo] 5/6 Serve app up; one HTTP request per domain")
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(ServeConfig(registry=str(out / "registry"), max_replicas=1, cpus_per_replica=0.5,
+                                        max_models_per_replica=len(targets) + 1).model_dump()),
+                  name="raysegment", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        served = {}
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+        for domain in targets:
+            image_path = open_split(data, domain, "test").pairs[0][0]
+            body = image_path.read_bytes()
+            reply = httpx.post(f"{url}/v1/domains/{domain}/segment?format=overlay", content=body,
+                               headers={"content-type": "image/png"}, timeout=120)
+            reply.raise_for_status()
+            (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
+            shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
+            served[domain] = {"version": shares["version"], "shares": shares["shares"]}
+            log(f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
+                f"{out / 'overlays' / (domain + '.png')}")
+        log(f"  try it: curl --data-binary @{image_path} '{url}/v1/domains/{targets[-1]}/segment?format=json'")
+    finally:
+        log("[demo] 6/6 shutting down Serve and Ray")
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+    summary = {"table": table, "served": served, "seconds": time.perf_counter() - start, "chart": str(chart)}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {out / 'registry'}")
+    return summary
