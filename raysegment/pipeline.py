@@ -50,16 +50,20 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
     weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
                                    out / "weights" / "efficientnet_lite0_imagenet.safetensors")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
+    started_ray = not ray.is_initialized()
+    if started_ray:
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"), num_cpus=None if os.environ.get("RAY_ADDRESS") else 2,
                  log_to_driver=False)
+    from raysegment.train import largest_node_cpus
+
     try:
+        source_cpus = min(2.0, largest_node_cpus())
         source_cfg = parse_config({
             "data": {"root": str(data), "domain": "clear"},
             "model": {"backbone": "efficientnet_lite0", "decoder": "fpn",
                       "pretrained": {"source": "file", "uri": str(weights)}},
             "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-            "scale": {"num_workers": 1, "cpus_per_worker": 2},
+            "scale": {"num_workers": 1, "cpus_per_worker": source_cpus},
             "output_dir": str(out / "runs" / "source")}, "demo source")
         log(f"[demo] 2/6 fine-tuning the source on Ray Train ({source_epochs} epochs)")
         result = fine_tune(source_cfg, name="source")
@@ -123,12 +127,13 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
                 f"{out / 'overlays' / (domain + '.png')}")
         log(f"  try it: curl --data-binary @{image_path} '{url}/v1/domains/{targets[-1]}/segment?format=json'")
     finally:
-        log("[demo] 6/6 shutting down Serve and Ray")
+        log("[demo] 6/6 shutting down Serve" + (" and Ray" if started_ray else ""))
         try:
             serve.shutdown()
         except Exception:
             pass
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
     summary = {"table": table, "served": served, "seconds": time.perf_counter() - start, "chart": str(chart)}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {out / 'registry'}")

@@ -106,11 +106,19 @@ def check_resources(cfg: RunConfig) -> None:
     if s.use_gpu and s.num_workers * s.gpus_per_worker > total.get("GPU", 0):
         raise RaySegmentError(f"scale asks for {s.num_workers * s.gpus_per_worker} GPU but the cluster has "
                               f"{total.get('GPU', 0)}; set scale.use_gpu=false or add GPU nodes")
+    largest = largest_node_cpus()
+    if s.cpus_per_worker > largest:
+        raise RaySegmentError(f"one worker needs {s.cpus_per_worker} CPU but the largest node has {largest}; "
+                              f"lower scale.cpus_per_worker")
     if s.placement_strategy == "STRICT_SPREAD":
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= s.cpus_per_worker]
         if len(nodes) < s.num_workers:
             raise RaySegmentError(f"STRICT_SPREAD needs {s.num_workers} nodes with {s.cpus_per_worker} CPU each; "
                                   f"the cluster has {len(nodes)}")
+
+
+def largest_node_cpus() -> float:
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
 def fine_tune(cfg: RunConfig, name: str | None = None) -> FineTuneResult:

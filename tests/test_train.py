@@ -99,6 +99,8 @@ def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config)
     cfg = tiny_config(scale={"num_workers": 3})
     with pytest.raises(RaySegmentError, match=r"3 workers x 1.0 CPU = 3.0 CPU but the cluster has 2.0"):
         fine_tune(cfg)
+    with pytest.raises(RaySegmentError, match="largest node has 1.0"):
+        fine_tune(tiny_config(scale={"num_workers": 1, "cpus_per_worker": 2}))
     with pytest.raises(RaySegmentError, match="GPU"):
         fine_tune(tiny_config(scale={"use_gpu": True}))
 

@@ -1,0 +1,26 @@
+"""The main job end to end (what `make demo` runs), in quick mode on the session's cluster."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from raysegment.pipeline import run_pipeline
+from raysegment.registry import Registry
+
+
+def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
+    lines = []
+    summary = run_pipeline(tmp_path, images_per_domain=16, height=64, width=128, source_epochs=2, trials=2,
+                           trial_epochs=2, shots=4, targets=("fog", "night"), log=lines.append)
+    assert set(summary["table"]) == {"clear", "fog", "night"}
+    registry = Registry(tmp_path / "registry")
+    assert registry.domains() == ["clear", "fog", "night"]
+    for domain in ("fog", "night"):
+        assert summary["served"][domain]["version"] in registry.versions(domain)
+        assert abs(sum(summary["served"][domain]["shares"].values()) - 1) < 1e-6
+        overlay = Image.open(tmp_path / "overlays" / f"{domain}.png")
+        assert overlay.size == (128, 64) and np.asarray(overlay).std() > 0
+    assert Image.open(tmp_path / "miou_per_domain.png").format == "PNG"
+    assert json.loads((tmp_path / "results.json").read_text())["seconds"] > 0
+    assert any("6/6" in line for line in lines)
