@@ -98,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from raysegment.registry import Registry
     from raysegment.serving.app import build_app
     from raysegment.serving.config import ServeConfig
 
@@ -105,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
-    print(f"serving {len(__import__('raysegment.registry', fromlist=['Registry']).Registry(cfg.registry).domains())} "
+    print(f"serving {len(Registry(cfg.registry).domains())} "
           f"domains on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops", flush=True)
     try:
         while True:
@@ -159,6 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
     from torchvision.io import write_png
 
     from raysegment.data.dataset import read_image
@@ -175,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise DatasetError(f"{path} does not exist")
         image = read_image(path)
         mask = segment(model, image)
-        write_png(mask.to(dtype=__import__("torch").uint8)[None], str(out / f"{path.stem}_mask.png"))
+        write_png(mask.to(torch.uint8)[None], str(out / f"{path.stem}_mask.png"))
         overlay_png(out / f"{path.stem}_overlay.png", image, mask, meta.classes, meta.palette, title=path.name)
         print(f"{path} -> {out / (path.stem + '_overlay.png')}")
     return 0

@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from raysegment.config import parse_config
 from raysegment.data import open_split
@@ -27,7 +26,6 @@ def run_demo(out: str | Path = "demo_out", images_per_domain: int = 80, source_e
              target_epochs: int = 8, shots: int = 10, height: int = 128, width: int = 256, log=print) -> dict:
     out = Path(out)
     start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data_root = synth.generate(out / "data", images_per_domain=images_per_domain, height=height, width=width)
     log(f"[demo] synthesised {len(synth.DOMAINS)} domains x {images_per_domain} images at {height}x{width} -> {data_root}")
     weights, mode, n = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",

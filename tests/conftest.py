@@ -93,7 +93,7 @@ def _node_ports() -> list[str]:
     return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--min-worker-port={free_port() // 2 * 0 + 20000 + (os.getpid() % 200) * 100}",
+            f"--min-worker-port={20000 + (os.getpid() % 200) * 100}",
             f"--max-worker-port={20000 + (os.getpid() % 200) * 100 + 99}"]
 
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -60,7 +61,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     overlay = Image.open(tmp_path / "pred" / "fog_00000_overlay.png")
     mask = Image.open(tmp_path / "pred" / "fog_00000_mask.png")
     assert overlay.format == "PNG" and overlay.size[0] > 128 and mask.size == (128, 64)
-    assert __import__("numpy").asarray(mask).max() < 7
+    assert np.asarray(mask).max() < 7
 
 
 def test_weights_import_cli(tmp_path):
