@@ -89,15 +89,21 @@ class RayCluster:
     processes: list
 
 
-def _node_ports() -> list[str]:
+def _worker_port_range(slot: int) -> list[str]:
+    """Worker ports below the kernel's ephemeral range (32768+), where `free_port()` never lands:
+    Ray refuses to start a node whose component port falls inside its worker-port range."""
+    base = 10000 + (os.getpid() % 50) * 400 + slot * 200
+    return [f"--min-worker-port={base}", f"--max-worker-port={base + 199}"]
+
+
+def _node_ports(slot: int) -> list[str]:
     return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--min-worker-port={20000 + (os.getpid() % 200) * 100}",
-            f"--max-worker-port={20000 + (os.getpid() % 200) * 100 + 99}"]
+            *_worker_port_range(slot)]
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
+def _wait(predicate, timeout: float, what: str, logs: list[Path] = ()) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -106,7 +112,19 @@ def _wait(predicate, timeout: float, what: str) -> None:
         except Exception:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+    tails = "".join(f"\n--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                    for log in logs if log.is_file())
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s{tails}")
+
+
+def _start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """`ray start --block` in its own session, its output kept in `log` for failure reports."""
+    bin_dir = Path(sys.executable).parent
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(bin_dir / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", *args],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
 
 
 @pytest.fixture(scope="session")
@@ -117,28 +135,19 @@ def ray_cluster():
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    logs = [Path(temp_dir) / "head.out", Path(temp_dir) / "worker.out"]
     gcs, dash = free_port(), free_port()
-    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--port={gcs}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=true",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
-                             "--disable-usage-stats", *_node_ports()],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    procs = [head]
+    procs = [_start_node(["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                          f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+                          f"--temp-dir={temp_dir}", *_node_ports(0)], logs[0], env)]
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, procs)
     try:
         _wait(lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200, 90,
-              "Ray head dashboard")
-        worker_ports = _node_ports()
-        worker_ports[-2:] = [f"--min-worker-port={21000 + (os.getpid() % 200) * 100}",
-                             f"--max-worker-port={21000 + (os.getpid() % 200) * 100 + 99}"]
-        procs.append(subprocess.Popen([str(bin_dir / "ray"), "start", "--block", f"--address={cluster.address}",
-                                       "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
-                                       "--disable-usage-stats", *worker_ports],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))
+              "Ray head dashboard", logs)
+        procs.append(_start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env))
         ray.init(address=cluster.address, log_to_driver=False)
-        _wait(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 90, "Ray worker node")
+        _wait(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 90, "Ray worker node",
+              logs + sorted(Path(temp_dir).glob("session_latest/logs/raylet*.out")))
         yield cluster
     finally:
         ray.shutdown()
