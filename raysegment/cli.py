@@ -32,18 +32,31 @@ def _parse_overrides(pairs: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from raysegment.config import load_config
     from raysegment.data import open_split
-    from raysegment.engine import fit
+    from raysegment.engine.adapt import adapt
     from raysegment.models import save_model
 
     cfg = load_config(args.config, _parse_overrides(args.set))
     d = cfg.data
-    train = open_split(d.root, d.domain, d.train_split, d.layout, d.labelled_limit)
-    val = open_split(d.root, d.domain, d.val_split, d.layout)
-    tuner = fit(cfg, train, val, resume=not args.restart)
-    result = tuner.evaluate(val)
-    meta = tuner.meta.model_copy(update={"metrics": result.as_metrics("val_")})
-    final = save_model(Path(cfg.output_dir) / "model", tuner.model, meta)
-    print(f"val mIoU {100 * result.miou:.1f}; model written to {final}")
+    tuner = adapt(cfg, resume=not args.restart)
+    scores = tuner.score(open_split(d.root, d.domain, d.val_split, d.layout))
+    meta = tuner.meta.model_copy(update={"metrics": {f"val_{k}" if k == "miou" else k: v for k, v in scores.items()}})
+    final = save_model(Path(cfg.output_dir) / "model", tuner.deployable, meta)
+    judge = f"val mIoU {100 * scores['val_miou']:.1f}"
+    if cfg.adapt.judged_by == "proxy":
+        judge += f", proxy score {100 * scores['score']:.1f} (judge: proxy, no target labels used)"
+    print(f"{cfg.adapt.method}: {judge}; model written to {final}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from raysegment.study import format_table, run_study
+
+    reports = run_study(args.source, args.data, args.source_domain, args.targets, tuple(args.methods),
+                        tuple(args.shots), oracle=not args.no_oracle, out=args.out,
+                        epochs={"self_training": args.epochs, "tent": max(1, args.epochs // 4), "finetune": args.epochs},
+                        lr=args.lr)
+    print(format_table(reports))
+    print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
     return 0
 
 
@@ -228,11 +241,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune one model in this process from a YAML config")
+    p = sub.add_parser("train", help="fine-tune or adapt (config adapt.method) one model in this process from a YAML config")
     p.add_argument("--config", required=True, help="YAML RunConfig (data, model, optim, augment, eval)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("adapt", help="compare adaptation methods per target domain: 0 labels, k labels, oracle")
+    p.add_argument("--source", required=True, help="source model folder (raysegment train output)")
+    p.add_argument("--data", required=True, help="dataset root holding the source and target domains")
+    p.add_argument("--source-domain", required=True)
+    p.add_argument("--targets", nargs="+", required=True)
+    p.add_argument("--methods", nargs="+", default=["adabn", "tent", "self_training"],
+                   choices=["adabn", "tent", "self_training"])
+    p.add_argument("--shots", nargs="*", type=int, default=[1, 5, 10], help="few-shot label counts")
+    p.add_argument("--no-oracle", action="store_true", help="skip the all-labels fine-tune")
+    p.add_argument("--epochs", type=int, default=8, help="self-training and fine-tuning epochs")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--out", default="adapt_out")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("fine-tune", help="distributed fine-tune on Ray Train (config's scale section)")
     p.add_argument("--config", required=True)

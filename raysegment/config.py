@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
+                      model_validator)
 
 from raysegment.errors import ConfigError
 
@@ -95,6 +96,39 @@ class ScaleConfig(_Strict):
     start_timeout_s: float = Field(120.0, gt=0, description="fail if the workers' resources never appear")
 
 
+METHODS = ("finetune", "adabn", "tent", "self_training")
+
+
+class AdaptConfig(_Strict):
+    """How a source model is adapted to the target domain named by `data.domain`.
+
+    `finetune` trains on the target's labelled images (`data.labelled_limit` of them); `adabn`,
+    `tent` and `self_training` use the target's train images without their labels.
+    """
+
+    method: Literal["finetune", "adabn", "tent", "self_training"] = "finetune"
+    source_domain: str | None = Field(None, description="labelled source domain under data.root (self_training)")
+    judge: Literal["labels", "proxy"] | None = Field(
+        None, description="what scores a result: target val labels, or unsupervised proxies on the val images "
+                          "(default: labels for finetune, proxy for the label-free methods)")
+    ema_alpha: float = Field(0.99, ge=0, lt=1, description="mean-teacher EMA: teacher = a*teacher + (1-a)*student")
+    pseudo_threshold: float = Field(0.9, gt=0, lt=1, description="teacher confidence that counts as a sure pixel")
+    classmix: bool = Field(True, description="ClassMix source classes onto target images")
+    fda_beta: float = Field(0.0, ge=0, le=0.2, description="Fourier domain adaptation window; 0 = off")
+    rare_class_temperature: float | None = Field(None, gt=0, description="rare-class sampling of source images; "
+                                                                         "None = uniform")
+    strong_jitter: float = Field(0.4, ge=0, le=1, description="photometric strength of the student's view")
+    proxy_confidence: float = Field(0.9, gt=0, lt=1, description="source-confident pixels for the agreement proxy")
+
+    @property
+    def uses_target_labels(self) -> bool:
+        return self.method == "finetune"
+
+    @property
+    def judged_by(self) -> str:
+        return self.judge or ("labels" if self.uses_target_labels else "proxy")
+
+
 class RunConfig(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
@@ -102,7 +136,18 @@ class RunConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     eval: EvalConfig = EvalConfig()
     scale: ScaleConfig = ScaleConfig()
+    adapt: AdaptConfig = AdaptConfig()
     output_dir: str = "runs/default"
+
+    @model_validator(mode="after")
+    def _adaptation_needs_a_source_model(self) -> "RunConfig":
+        a = self.adapt
+        if a.method != "finetune" and self.model.pretrained.source != "checkpoint":
+            raise ValueError(f"adapt.method={a.method} adapts a trained model: set model.pretrained "
+                             f"{{source: checkpoint, uri: SOURCE_MODEL_FOLDER}}")
+        if a.method == "self_training" and not a.source_domain:
+            raise ValueError("adapt.method=self_training trains on source labels too: set adapt.source_domain")
+        return self
 
 
 class SearchConfig(_Strict):
@@ -114,6 +159,17 @@ class SearchConfig(_Strict):
     decoder: list[Literal["fpn", "unet", "deeplabv3plus", "segformer"]] | None = Field(
         None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)")
     jitter: list[float] = Field([0.0, 0.2, 0.4], description="augmentation strength choices")
+    method: list[Literal["finetune", "adabn", "tent", "self_training"]] = Field(
+        ["finetune"], description="adaptation methods to try (label-free ones need no target labels)")
+    ema_alpha: list[float] = Field([0.99, 0.999], description="self_training teacher EMA choices")
+    fda_beta: list[float] = Field([0.0, 0.01], description="self_training FDA window choices")
+    judge: Literal["labels", "proxy"] | None = Field(
+        None, description="what scores every trial of a domain: target val labels, or the unsupervised proxy "
+                          "(default: labels when finetune is searched, else proxy, so trials stay comparable)")
+
+    @property
+    def judged_by(self) -> str:
+        return self.judge or ("labels" if "finetune" in self.method else "proxy")
     num_samples: PositiveInt = 8
     max_epochs: PositiveInt = 8
     early_stopping: bool = Field(True, description="ASHA; False runs every trial to max_epochs (FIFO)")

@@ -23,7 +23,7 @@ import torch
 
 from raysegment.config import RunConfig
 from raysegment.data import open_split
-from raysegment.engine.finetuner import FineTuner
+from raysegment.engine.adapt import build_tuner
 from raysegment.errors import RaySegmentError
 
 PROGRESS_FILE = "progress.jsonl"
@@ -45,7 +45,6 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scale.cpus_per_worker) or 1))
     d = cfg.data
-    train_set = open_split(d.root, d.domain, d.train_split, d.layout, d.labelled_limit)
     val_set = open_split(d.root, d.domain, d.val_split, d.layout)
     sync_bn = cfg.scale.sync_batchnorm if cfg.scale.sync_batchnorm is not None else device.type == "cuda"
 
@@ -54,7 +53,7 @@ def train_loop_per_worker(config: dict) -> None:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return ray.train.torch.prepare_model(model)
 
-    tuner = FineTuner(cfg, train_set, device, rank=rank, world_size=world, wrap_model=wrap)
+    tuner = build_tuner(cfg, device, rank=rank, world_size=world, wrap_model=wrap)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -63,13 +62,16 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729)
     progress = Path(cfg.output_dir) / PROGRESS_FILE
-    while tuner.epoch < cfg.optim.epochs:
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    while tuner.epoch < tuner.total_epochs:
         stats = tuner.train_epoch()
-        result = tuner.evaluate(val_set)  # sharded; torchmetrics sums confusion matrices over ranks
-        metrics = {**stats, "val_miou": result.miou, "world_size": world, "resumed": checkpoint is not None}
+        scores = tuner.score(val_set)  # mIoU sharded (confusion matrices summed over ranks); proxies per rank
+        metrics = {**stats, **scores, "world_size": world, "resumed": checkpoint is not None,
+                   "method": cfg.adapt.method, "weights_checksum": weights_checksum(tuner.deployable)}
         if rank == 0:
-            print(f"[rank 0] epoch {tuner.epoch}/{cfg.optim.epochs} loss {stats['loss']:.4f} lr {stats['lr']:.2e} "
-                  f"val mIoU {100 * result.miou:.1f} ({stats['images_per_s']:.1f} img/s per rank)", flush=True)
+            print(f"[rank 0] {cfg.adapt.method} epoch {tuner.epoch}/{tuner.total_epochs} loss {stats['loss']:.4f} "
+                  f"lr {stats['lr']:.2e} val mIoU {100 * scores['val_miou']:.1f} score {100 * scores['score']:.1f} "
+                  f"({stats['images_per_s']:.1f} img/s per rank)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 tuner.save(Path(tmp) / "engine")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -79,6 +81,15 @@ def train_loop_per_worker(config: dict) -> None:
                 handle.write(json.dumps({**metrics, "time": time.time()}) + "\n")
         else:
             ray.train.report(metrics)
+        # Every rank's line: replicas (a mean teacher's EMA included) must stay identical across ranks.
+        with open(Path(cfg.output_dir) / f"ranks.{rank}.jsonl", "a") as handle:
+            handle.write(json.dumps({"epoch": tuner.epoch, "weights_checksum": metrics["weights_checksum"]}) + "\n")
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    """A cheap fingerprint of the weights (sum of |w|, float64) to compare replicas across ranks."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().abs().sum() for p in model.state_dict().values() if p.is_floating_point()))
 
 
 def scaling_config(cfg: RunConfig) -> ray.train.ScalingConfig:

@@ -42,6 +42,21 @@ def imagenet_weights(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def source_model_dir(synth_root, tmp_path_factory):
+    """A tiny segmenter trained on `clear` (the source) and saved as a model folder."""
+    from raysegment.data import open_split
+    from raysegment.engine import fit
+    from raysegment.models import save_model
+
+    out = tmp_path_factory.mktemp("source")
+    cfg = parse_config({"data": {"root": str(synth_root), "domain": "clear"},
+                        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16},
+                        "optim": {"epochs": 20, "batch_size": 4, "lr": 5e-3}, "output_dir": str(out / "run")})
+    tuner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda line: None)
+    return save_model(out / "model", tuner.model, tuner.meta)
+
+
 @pytest.fixture
 def tiny_config(synth_root, tmp_path):
     """A RunConfig on the synthetic data with a tiny backbone; override with `.model_copy`."""

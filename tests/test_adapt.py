@@ -1,9 +1,15 @@
+"""Adaptation methods: AdaBN, Tent, mean-teacher self-training, few-shot fine-tuning."""
+
+import pytest
 import torch
 
-from raysegment.config import ModelConfig
-from raysegment.data import open_split
-from raysegment.engine.adapt import adapt_batchnorm
-from raysegment.models import build_segmenter
+from raysegment.config import ModelConfig, parse_config
+from raysegment.data import UnlabelledView, open_split
+from raysegment.engine import evaluate
+from raysegment.engine.adapt import EMATeacher, adapt, adapt_batchnorm, training_sets
+from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors
+from raysegment.errors import ConfigError
+from raysegment.models import build_segmenter, load_model
 
 from conftest import TINY_BACKBONE
 
@@ -25,3 +31,106 @@ def test_adabn_sets_bn_statistics_to_the_target_mean(synth_root):
     weights_before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     adapt_batchnorm(model, night, batch_size=4)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights_before.items())  # only statistics move
+
+
+def test_ema_teacher_follows_the_formula():
+    torch.manual_seed(0)
+    student = build_segmenter(ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), 4)
+    teacher = EMATeacher(student, alpha=0.99)
+    assert teacher.decay_at(0) == 0.0 and teacher.decay_at(9) == pytest.approx(0.9) and teacher.decay_at(10_000) == 0.99
+    for step in (0, 3, 500):
+        before = [t.clone() for t in teacher.model.parameters()]
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        teacher.update(student, step)
+        a = min(1 - 1 / (step + 1), 0.99)
+        for old, new, s in zip(before, teacher.model.parameters(), student.parameters()):
+            assert torch.allclose(new, a * old + (1 - a) * s, atol=1e-6)
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_pseudo_label_weight_is_the_share_of_confident_pixels():
+    student = build_segmenter(ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), 3)
+    with torch.no_grad():
+        student.head.weight.zero_()
+        student.head.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # p(class 0) = 0.987 everywhere
+    teacher = EMATeacher(student, 0.99)
+    labels, weights = teacher.pseudo_labels(torch.rand(2, 3, 32, 32), threshold=0.9)
+    assert labels.shape == (2, 32, 32) and (labels == 0).all() and torch.allclose(weights, torch.ones(2, 32, 32))
+    _, weights = teacher.pseudo_labels(torch.rand(2, 3, 32, 32), threshold=0.99)
+    assert torch.allclose(weights, torch.zeros(2, 32, 32))
+
+
+def _adapt_config(synth_root, source_model_dir, tmp_path, method, domain="night", **adapt_extra):
+    return parse_config({
+        "data": {"root": str(synth_root), "domain": domain},
+        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16,
+                  "pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
+        "optim": {"epochs": 4, "batch_size": 4, "lr": 2e-3},
+        "adapt": {"method": method, "source_domain": "clear", **adapt_extra},
+        "output_dir": str(tmp_path / method)})
+
+
+def _source_miou(synth_root, source_model_dir, domain):
+    model, _ = load_model(source_model_dir)
+    return evaluate(model, open_split(synth_root, domain, "test"), parse_config({"data": {"root": "."}}).eval).miou
+
+
+@pytest.mark.parametrize("method", ["adabn", "tent", "self_training"])
+def test_label_free_methods_improve_a_photometric_shift(synth_root, source_model_dir, tmp_path, method):
+    """Night is a photometric shift: the source model's BN statistics are wrong there."""
+    cfg = _adapt_config(synth_root, source_model_dir, tmp_path, method)
+    tuner = adapt(cfg, resume=False, log=lambda line: None)
+    test = open_split(synth_root, "night", "test")
+    before = _source_miou(synth_root, source_model_dir, "night")
+    after = evaluate(tuner.deployable, test, cfg.eval).miou
+    assert after > before + 0.05, (method, before, after)
+    scores = tuner.score(open_split(synth_root, "night", "val"))
+    assert {"proxy_consistency", "proxy_agreement", "proxy_entropy", "score"} <= set(scores)
+
+
+def test_label_free_methods_never_see_target_labels(synth_root, source_model_dir, tmp_path):
+    for method in ("adabn", "tent", "self_training"):
+        sets = training_sets(_adapt_config(synth_root, source_model_dir, tmp_path, method))
+        target = sets[-1]
+        assert isinstance(target, UnlabelledView)
+        assert all((target[i][1] == target.info.ignore_index).all() for i in range(len(target)))
+    source, _ = training_sets(_adapt_config(synth_root, source_model_dir, tmp_path, "self_training"))
+    assert source.pairs[0][0].parts[-3] == "clear"  # supervised half: the labelled source domain
+
+
+def test_self_training_checkpoints_the_teacher_and_resumes_exactly(synth_root, source_model_dir, tmp_path):
+    cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.02,
+                        rare_class_temperature=0.1)
+    full = adapt(cfg, resume=False, log=lambda line: None)
+    ckpt = latest_checkpoint(cfg.output_dir)
+    student = load_extra_tensors(ckpt)
+    assert student and all(k.startswith("student/") for k in student)
+    deployed, _ = load_model(ckpt)
+    assert all(torch.equal(v, full.teacher.model.state_dict()[k]) for k, v in deployed.state_dict().items())
+    # Interrupt after 2 epochs, resume to 4: same teacher as the uninterrupted run.
+    short = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2}),
+                                   "output_dir": str(tmp_path / "resumed")})
+    adapt(short, resume=False, log=lambda line: None)
+    resumed = adapt(cfg.model_copy(update={"output_dir": short.output_dir}), resume=True, log=lambda line: None)
+    for (k, a), b in zip(full.teacher.model.state_dict().items(), resumed.teacher.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+
+
+def test_few_shot_finetune_uses_exactly_k_labels(synth_root, source_model_dir, tmp_path):
+    cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "finetune", domain="fog")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"labelled_limit": 3})})
+    (train,) = training_sets(cfg)
+    assert len(train) == 3 and cfg.adapt.judged_by == "labels"
+    tuner = adapt(cfg, resume=False, log=lambda line: None)
+    assert evaluate(tuner.deployable, open_split(synth_root, "fog", "test"), cfg.eval).miou > \
+        _source_miou(synth_root, source_model_dir, "fog")
+
+
+def test_adaptation_configs_name_what_is_missing(synth_root):
+    with pytest.raises(ConfigError, match="pretrained"):
+        parse_config({"data": {"root": str(synth_root)}, "adapt": {"method": "adabn"}})
+    with pytest.raises(ConfigError, match="source_domain"):
+        parse_config({"data": {"root": str(synth_root)}, "adapt": {"method": "self_training"},
+                      "model": {"pretrained": {"source": "checkpoint", "uri": "x"}}})

@@ -51,3 +51,48 @@ def test_photometric_ops_leave_masks_untouched(synth_root):
     out_images, out_masks = aug(images, masks)
     assert torch.equal(out_masks, masks)
     assert not torch.allclose(out_images, images.float() / 255)
+
+
+def test_class_mix_takes_source_classes_and_their_labels():
+    from raysegment.augment import class_mix
+
+    source = torch.ones(2, 3, 8, 8)
+    target = torch.zeros(2, 3, 8, 8)
+    source_labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    source_labels[:, :, 4:] = 1  # two classes: ClassMix pastes one of them
+    pseudo = torch.full((2, 8, 8), 2, dtype=torch.long)
+    weights = torch.full((2, 8, 8), 0.25)
+    images, labels, pixel_weights = class_mix(source, source_labels, target, pseudo, weights,
+                                              generator=torch.Generator().manual_seed(0))
+    pasted = images[:, 0] == 1
+    assert pasted.any() and (~pasted).any()
+    assert torch.equal(labels[pasted], source_labels[pasted]) and (labels[~pasted] == 2).all()
+    assert (pixel_weights[pasted] == 1).all() and (pixel_weights[~pasted] == 0.25).all()
+    for i in range(2):  # whole classes move, never parts of one
+        moved = set(source_labels[i][pasted[i]].unique().tolist())
+        assert moved in ({0}, {1})
+
+
+def test_fda_swaps_only_the_low_frequency_amplitude():
+    from raysegment.augment import fourier_domain_adaptation
+
+    torch.manual_seed(0)
+    source, target = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32) * 0.3
+    assert torch.equal(fourier_domain_adaptation(source, target, 0.0), source)
+    styled = fourier_domain_adaptation(source, target, 0.1)
+    assert styled.shape == source.shape and 0 <= styled.min() and styled.max() <= 1
+    # The mean (DC amplitude) moves to the target's; the image keeps the source's structure.
+    assert abs(styled.mean() - target.mean()) < abs(source.mean() - target.mean()) / 2
+    assert torch.corrcoef(torch.stack([styled.flatten(), source.flatten()]))[0, 1] > 0.5
+
+
+def test_rare_class_sampling_shows_rare_classes_more_often():
+    from raysegment.data import RareClassSampler
+
+    classes = [{0}] * 18 + [{0, 1}] * 2  # class 1 is in 10% of the images
+    sampler = RareClassSampler(classes, temperature=0.1, seed=0)
+    order = list(sampler)
+    assert len(order) == 20 and list(sampler) == order  # same epoch, same order
+    assert sum(i >= 18 for i in order) >= 6  # uniform sampling would give ~2
+    sampler.set_epoch(1)
+    assert list(sampler) != order

@@ -55,14 +55,14 @@ def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root,
     assert fog.trials == 4 and 4 <= fog.epochs_spent <= 12
     assert set(fog.config) == {"decay", "lr", "freeze_depth", "decoder", "jitter"}
     assert 0.85 <= fog.config["decay"] <= 0.999 and fog.config["freeze_depth"] in (0, 2, 4)
-    assert fog.best_val_miou == max(max(c) if c else 0 for c in fog.curves.values()) or fog.best_val_miou > 0
+    assert fog.best_score == max(max(c) if c else 0 for c in fog.curves.values()) or fog.best_score > 0
     reg = Registry(tmp_path / "registry")
     entry = reg.get_entry("fog", fog.version)
     assert entry.manifest["lineage"]["trial_id"] == fog.trial_id
     assert entry.manifest["base"] == {"domain": "source", "version": 1}   # stored as a delta on the source
-    assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_val_miou)
+    assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_score)
     assert entry.manifest["config"]["model"]["freeze_depth"] == fog.config["freeze_depth"]
-    if fog.best_val_miou >= fog.source_val_miou:
+    if fog.best_score >= fog.source_score:
         assert reg.aliases("fog") == {"production": fog.version}
     reg.load(f"fog@{fog.version}")
     storage = tmp_path / "tune" / "search"

@@ -82,3 +82,21 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: in
         images[i, :, : img.shape[1], : img.shape[2]] = img
         masks[i, : mask.shape[0], : mask.shape[1]] = mask
     return images, masks
+
+
+class UnlabelledView(Dataset):
+    """The images of a dataset with every mask pixel set to the ignore index.
+
+    Label-free adaptation reads target images through this view, so no code path can learn from
+    (or be judged by) target labels that a team would not have.
+    """
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset, self.info = dataset, dataset.info
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, _ = self.dataset[index]
+        return image, torch.full(image.shape[1:], self.info.ignore_index, dtype=torch.long)

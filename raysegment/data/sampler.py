@@ -34,3 +34,27 @@ class EpochSampler(Sampler[int]):
         total = len(self) * self.world_size
         order = torch.cat([order, order[: total - self.size]]) if total > self.size else order
         return iter(order[self.rank::self.world_size].tolist())
+
+
+class RareClassSampler(EpochSampler):
+    """Rare-class sampling (DAFormer): draw classes with P(c) ~ exp((1 - f_c) / T), f_c the share
+    of images containing class c, then an image containing that class. Rare classes are seen
+    more often, so self-training does not forget them. Order depends on (seed, epoch) only.
+    """
+
+    def __init__(self, image_classes: list[set[int]], temperature: float, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__(len(image_classes), seed, rank, world_size)
+        classes = sorted(set().union(*image_classes)) if image_classes else []
+        freq = torch.tensor([sum(c in s for s in image_classes) / len(image_classes) for c in classes])
+        self.class_probs = torch.softmax((1 - freq) / temperature, 0) if classes else torch.ones(0)
+        self.images_of = [[i for i, s in enumerate(image_classes) if c in s] for c in classes]
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        total = len(self) * self.world_size
+        if not self.images_of:
+            return iter([])
+        picks = torch.multinomial(self.class_probs, total, replacement=True, generator=g).tolist()
+        order = [self.images_of[c][int(torch.randint(len(self.images_of[c]), (1,), generator=g))] for c in picks]
+        return iter(order[self.rank::self.world_size])

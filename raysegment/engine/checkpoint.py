@@ -52,8 +52,10 @@ def set_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> No
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, counters: dict[str, Any]) -> Path:
-    """Write a full training checkpoint atomically to `folder`."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, counters: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a full training checkpoint atomically to `folder`; `extra_tensors` (a mean teacher's
+    student, say) travel in the train state under `extra/`."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -69,6 +71,7 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta,
                     extra[f"{pid}/{key}"] = value
         rng_tensors, rng_json = rng_state()
         tensors.update(rng_tensors)
+        tensors.update({f"extra/{k}": v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
         save_file(tensors, str(tmp / STATE_TENSORS))
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         atomic_write_json(tmp / STATE_JSON, {"param_groups": opt["param_groups"], "optim_scalars": extra,
@@ -106,6 +109,12 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     if restore_rng:
         set_rng_state(tensors, state["rng"])
     return state["counters"]
+
+
+def load_extra_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The `extra` tensors a checkpoint was saved with (empty if none)."""
+    tensors = load_file(str(Path(folder) / STATE_TENSORS))
+    return {k.removeprefix("extra/"): v for k, v in tensors.items() if k.startswith("extra/")}
 
 
 def epoch_dir(run_dir: str | Path, epoch: int) -> Path:

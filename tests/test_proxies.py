@@ -1,0 +1,49 @@
+"""Unsupervised proxies that judge label-free adaptation."""
+
+import torch
+
+from raysegment.config import ModelConfig
+from raysegment.data import UnlabelledView, open_split
+from raysegment.engine.proxies import class_mean_iou, proxy_scores
+from raysegment.models import build_segmenter, load_model
+
+from conftest import TINY_BACKBONE
+
+
+def collapsed_model(num_classes: int, cls: int) -> torch.nn.Module:
+    model = build_segmenter(ModelConfig(backbone=TINY_BACKBONE, decoder_channels=16), num_classes)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), num_classes).float() * 10)
+    return model.eval()
+
+
+def test_class_mean_iou_counts_dropped_classes_as_zero():
+    confusion = torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    assert class_mean_iou(confusion) == 1.0
+    assert class_mean_iou(confusion, torch.tensor([True, True, False])) == 0.5
+
+
+def test_a_collapsed_model_scores_below_a_sound_one(synth_root, source_model_dir):
+    """On the source's own domain the source is sound; a one-class model is perfectly stable but
+    drops every other class the source predicts, and scores lower. (On a strong shift a weak
+    source can be less stable than a collapsed model: the proxy is a heuristic, benchmarked in
+    bench_adapt against what labels would pick.)"""
+    source, meta = load_model(source_model_dir)
+    images = UnlabelledView(open_split(synth_root, "clear", "val"))
+    own = proxy_scores(source, source, images, meta.num_classes, confidence=0.5)
+    collapsed = proxy_scores(collapsed_model(meta.num_classes, 0), source, images, meta.num_classes, confidence=0.5)
+    assert own.agreement == 1.0 and 0 < own.consistency <= 1
+    assert collapsed.score < own.score  # perfectly stable, but it dropped every class but one
+    assert collapsed.entropy < 0.01 < own.entropy  # why entropy alone never decides
+
+
+def test_proxies_are_deterministic_and_leave_the_global_rng_alone(synth_root, source_model_dir):
+    source, meta = load_model(source_model_dir)
+    images = UnlabelledView(open_split(synth_root, "night", "val"))
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = proxy_scores(source, source, images, meta.num_classes)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert proxy_scores(source, source, images, meta.num_classes) == first
