@@ -178,10 +178,7 @@ class Registry:
 
     def load_state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """Full state dict of a version (its base's tensors overlaid by its own), hash-checked."""
-        path = self.root / entry.domain / "versions" / f"{entry.version:04d}" / WEIGHTS
-        if sha256_file(path) != entry.manifest["sha256"]:
-            raise RegistryError(f"{entry.ref}: {WEIGHTS} does not match its manifest hash (corrupt or tampered)")
-        own = load_file(str(path))
+        own = self._own_state(entry)
         base = entry.manifest.get("base")
         if not base:
             return own
@@ -190,16 +187,61 @@ class Registry:
         return full
 
     def load(self, ref: str) -> tuple[torch.nn.Module, ModelMeta, Entry]:
-        from raysegment.models.segmenter import build_segmenter
-
         entry = self.resolve(ref)
         meta = ModelMeta.model_validate(entry.manifest["meta"])
-        cfg = meta.model.model_copy(update={"pretrained": meta.model.pretrained.model_copy(update={"source": "none", "uri": None})})
-        model = build_segmenter(cfg, meta.num_classes)
+        model = _skeleton(meta)
         model.load_state_dict(self.load_state(entry))
         return model.eval(), meta, entry
+
+    def load_shared(self, ref: str, bases: "SharedBases") -> tuple[torch.nn.Module, ModelMeta, Entry]:
+        """Load for inference, taking every tensor a version inherits from the one copy in `bases`.
+
+        Models of many domains built on one base then hold only their own deltas in memory. The
+        shared tensors must never be written to (inference only).
+        """
+        entry = self.resolve(ref)
+        meta = ModelMeta.model_validate(entry.manifest["meta"])
+        own = self._own_state(entry)
+        base = entry.manifest.get("base")
+        state = dict(bases.get(self, base["domain"], base["version"])) if base else {}
+        state.update({k: v.to(bases.device) for k, v in own.items()})
+        model = _skeleton(meta)
+        model.load_state_dict(state, assign=True)  # adopt the tensors themselves, no copy
+        return model.eval().to(bases.device), meta, entry
+
+    def _own_state(self, entry: Entry) -> dict[str, torch.Tensor]:
+        path = self.root / entry.domain / "versions" / f"{entry.version:04d}" / WEIGHTS
+        if sha256_file(path) != entry.manifest["sha256"]:
+            raise RegistryError(f"{entry.ref}: {WEIGHTS} does not match its manifest hash (corrupt or tampered)")
+        return load_file(str(path))
 
     def _next_version(self, domain: str) -> int:
         folder = self.root / domain / "versions"
         taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
         return max(taken, default=0) + 1
+
+
+def _skeleton(meta: ModelMeta) -> torch.nn.Module:
+    from raysegment.models.segmenter import build_segmenter
+
+    cfg = meta.model.model_copy(update={"pretrained": meta.model.pretrained.model_copy(update={"source": "none", "uri": None})})
+    return build_segmenter(cfg, meta.num_classes)
+
+
+class SharedBases:
+    """Full state dicts of base versions, loaded once per process (a Serve replica) and shared
+    by every model built on them."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    def get(self, registry: Registry, domain: str, version: int) -> dict[str, torch.Tensor]:
+        key = (domain, version)
+        if key not in self._states:
+            entry = registry.get_entry(domain, version)
+            self._states[key] = {k: v.to(self.device) for k, v in registry.load_state(entry).items()}
+        return self._states[key]
+
+    def __len__(self) -> int:
+        return len(self._states)

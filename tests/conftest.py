@@ -159,10 +159,21 @@ def ray_cluster():
     try:
         _wait(lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200, 90,
               "Ray head dashboard", logs)
-        procs.append(_start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env))
         ray.init(address=cluster.address, log_to_driver=False)
-        _wait(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 90, "Ray worker node",
-              logs + sorted(Path(temp_dir).glob("session_latest/logs/raylet*.out")))
+        for attempt in range(2):  # a worker node that fails to join is replaced once, on fresh ports
+            worker = _start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env)
+            procs.append(worker)
+            try:
+                _wait(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 60, "Ray worker node",
+                      logs + sorted(Path(temp_dir).glob("session_latest/logs/raylet*.out")))
+                break
+            except TimeoutError:
+                if attempt == 1:
+                    raise
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+                logs[1].rename(logs[1].with_suffix(".first"))
+                logs.append(logs[1].with_suffix(".first"))
         yield cluster
     finally:
         ray.shutdown()

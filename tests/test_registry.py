@@ -135,3 +135,31 @@ def test_registry_cli(tmp_path):
     assert run("rm", "fog@1").returncode == 0 and Registry(tmp_path).versions("fog") == [2]
     bad = run("show", "../x@1")
     assert bad.returncode == 2 and "invalid domain name" in bad.stderr
+
+
+def test_shared_loading_keeps_one_copy_of_the_base(tmp_path):
+    from raysegment.config import ModelConfig
+    from raysegment.models import ModelMeta, build_segmenter
+    from raysegment.registry import SharedBases
+
+    meta = ModelMeta(model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), num_classes=3,
+                     classes=["a", "b", "c"], palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)])
+    torch.manual_seed(0)
+    base = build_segmenter(meta.model, 3).eval()
+    reg = Registry(tmp_path)
+    reg.register("base", base, meta)
+    for i, domain in enumerate(("fog", "night")):
+        variant = build_segmenter(meta.model, 3).eval()
+        variant.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            variant.head.bias.fill_(float(i + 1))
+        reg.register(domain, variant, meta, parent="base@1")
+    bases = SharedBases()
+    fog, _, _ = reg.load_shared("fog@1", bases)
+    night, _, _ = reg.load_shared("night@1", bases)
+    assert len(bases) == 1
+    assert fog.encoder.conv_stem.weight.data_ptr() == night.encoder.conv_stem.weight.data_ptr()  # one copy
+    assert fog.head.bias.data_ptr() != night.head.bias.data_ptr()
+    x = torch.rand(1, 3, 32, 32)
+    full, _, _ = reg.load("night@1")
+    assert torch.allclose(night(x), full(x))

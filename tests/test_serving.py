@@ -118,3 +118,120 @@ def test_bad_input_is_4xx_json_and_never_crashes(served, body, headers, url, sta
     assert r.status_code == status, r.text
     assert needle in r.json().get("error", str(r.json()))
     assert httpx.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
+
+
+def test_snapshot_is_refused_while_online_adabn_is_off(served):
+    r = httpx.post(f"{served}/v1/domains/fog/adabn-snapshot")
+    assert r.status_code == 409 and "online AdaBN is off" in r.json()["error"]
+
+
+def _load(served: str, seconds: float, threads: int, stop_after: int | None = None) -> list[tuple[float, int]]:
+    """Closed-loop load over three domains: (time sent, status) per request; bounded in time and count."""
+    import threading
+    import time
+
+    body, out, lock = png(), [], threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            i = 0
+            while time.monotonic() < deadline:
+                with lock:
+                    if stop_after is not None and len(out) >= stop_after:
+                        return
+                sent = time.monotonic()
+                try:
+                    status = client.post(f"{served}/v1/domains/{('fog', 'night', 'rain')[(k + i) % 3]}/segment",
+                                         content=body).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    out.append((sent, status))
+                i += 1
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return out
+
+
+@pytest.mark.slow
+def test_ten_thousand_requests_at_concurrency_16_without_errors(served):
+    import time
+
+    start = time.monotonic()
+    results = _load(served, seconds=240, threads=16, stop_after=10_000)
+    seconds = time.monotonic() - start
+    errors = [s for _, s in results if s != 200]
+    print(f"{len(results)} requests at concurrency 16 in {seconds:.0f} s ({len(results) / seconds:.0f} req/s), "
+          f"{len(errors)} errors")
+    assert len(results) >= 10_000 and not errors
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_recovers(served):
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    def replica_pids() -> list[int]:
+        return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")]) if "SegmentModels" in a.class_name]
+
+    (pid,) = replica_pids()
+    box: dict = {}
+    runner = threading.Thread(target=lambda: box.update(results=_load(served, seconds=25, threads=8)))
+    runner.start()
+    time.sleep(4)
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    runner.join()
+    results = box["results"]
+    failed = [(t, s) for t, s in results if s != 200]
+    print(f"replica killed under load: {len(failed)} of {len(results)} requests failed "
+          f"(statuses {sorted({s for _, s in failed})}); new replica pid {replica_pids()}")
+    assert all(s in (200, 503) for _, s in results), "a lost replica must surface as 503, never another error"
+    assert replica_pids() and replica_pids() != [pid], "Serve did not replace the killed replica"
+    late = [s for t, s in results if t > killed_at + 15]
+    assert late and all(s == 200 for s in late), "the service did not recover within 15 s"
+    assert httpx.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
+
+
+def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, tmp_path):
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+
+    torch.manual_seed(0)
+    model = build_segmenter(META.model, 4).eval()
+    reg = Registry(tmp_path / "registry")
+    reg.register("base", model, META)
+    reg.register("fog", model, META, {"val_miou": 0.5}, parent="base@1")
+    reg.promote("fog", 1)
+    cfg = ServeConfig(registry=str(tmp_path / "registry"), online_adabn=True, online_adabn_momentum=0.5,
+                      max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05)
+    serve.run(build_app(cfg.model_dump()), name="adabn", route_prefix="/adabn")
+    try:
+        url = f"{served}/adabn/v1/domains/fog"
+        assert httpx.post(f"{url}/adabn-snapshot").status_code == 409  # nothing seen yet
+        dark = io.BytesIO()
+        Image.fromarray(np.random.default_rng(1).integers(0, 40, (32, 48, 3), dtype=np.uint8)).save(dark, "PNG")
+        for _ in range(5):
+            assert httpx.post(f"{url}/segment", content=dark.getvalue(), timeout=60).status_code == 200
+        snap = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)
+        assert snap.status_code == 200, snap.text
+        assert snap.json()["images"] == 5 and snap.json()["version"] == 2
+    finally:
+        serve.delete("adabn")
+    entry = reg.get_entry("fog", 2)
+    assert entry.manifest["lineage"]["method"] == "adabn_online" and entry.manifest["lineage"]["target_labels"] == 0
+    assert reg.aliases("fog")["production"] == 2
+    before, after = reg.load_state(reg.get_entry("fog", 1)), reg.load_state(entry)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("running_" in k or "num_batches" in k for k in changed)  # statistics only
+    assert entry.manifest["bytes"] < reg.get_entry("base", 1).manifest["bytes"] / 2  # stored as a small delta

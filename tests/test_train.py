@@ -147,3 +147,20 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
     print(f"recovery: first epoch after the kill finished {recovery_s:.1f} s after it; epochs {epochs_seen}")
     model, _ = load_model(outcome["result"].checkpoint_dir)
     assert torch.isfinite(model(torch.rand(1, 3, 64, 128))).all()
+
+
+def test_self_training_keeps_the_mean_teacher_identical_on_every_rank(ray_cluster, tiny_config, source_model_dir):
+    cfg = tiny_config(data={"domain": "night"}, optim={"epochs": 2, "batch_size": 2}, scale={"num_workers": 2},
+                      model={"pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
+                      adapt={"method": "self_training", "source_domain": "clear", "ema_alpha": 0.9})
+    result = fine_tune(cfg, name="self-training")
+    assert result.metrics["method"] == "self_training" and result.metrics["epoch"] == 2
+    assert "proxy_consistency" in result.metrics and result.metrics["score"] == result.metrics["proxy_consistency"]
+    ranks = [[json.loads(line) for line in (Path(cfg.output_dir) / f"ranks.{r}.jsonl").read_text().splitlines()]
+             for r in range(2)]
+    assert [r["epoch"] for r in ranks[0]] == [r["epoch"] for r in ranks[1]] == [1, 2]
+    for a, b in zip(*ranks):
+        assert a["weights_checksum"] == b["weights_checksum"], "the teachers drifted apart across ranks"
+    teacher, _ = load_model(result.checkpoint_dir)  # the checkpoint's model is the (deployable) teacher
+    from raysegment.train import weights_checksum
+    assert weights_checksum(teacher) == pytest.approx(ranks[0][-1]["weights_checksum"], rel=1e-9)

@@ -53,7 +53,8 @@ def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root,
     outcomes = run_search(spec, log=lambda s: None)
     (fog,) = outcomes
     assert fog.trials == 4 and 4 <= fog.epochs_spent <= 12
-    assert set(fog.config) == {"decay", "lr", "freeze_depth", "decoder", "jitter"}
+    assert set(fog.config) == {"method", "decay", "lr", "freeze_depth", "decoder", "jitter"}
+    assert fog.config["method"] == "finetune"
     assert 0.85 <= fog.config["decay"] <= 0.999 and fog.config["freeze_depth"] in (0, 2, 4)
     assert fog.best_score == max(max(c) if c else 0 for c in fog.curves.values()) or fog.best_score > 0
     reg = Registry(tmp_path / "registry")
@@ -62,6 +63,8 @@ def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root,
     assert entry.manifest["base"] == {"domain": "source", "version": 1}   # stored as a delta on the source
     assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_score)
     assert entry.manifest["config"]["model"]["freeze_depth"] == fog.config["freeze_depth"]
+    assert entry.manifest["lineage"]["method"] == "finetune" and entry.manifest["lineage"]["judge"] == "labels"
+    assert entry.manifest["lineage"]["target_labels"] == len(open_split(synth_root, "fog", "train"))
     if fog.best_score >= fog.source_score:
         assert reg.aliases("fog") == {"production": fog.version}
     reg.load(f"fog@{fog.version}")
@@ -72,6 +75,23 @@ def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root,
     # Running the same spec again does not search again: the winner is already registered.
     again = run_search(spec, log=lambda s: None)
     assert again[0].version == fog.version and reg.versions("fog") == [fog.version]
+
+
+def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir):
+    raw = yaml.safe_load(_spec(tmp_path, synth_root, source_model_dir, num_samples=2, max_epochs=2).read_text())
+    raw["targets"] = ["night"]
+    raw["search"].update(method=["adabn", "self_training"], freeze_depth=[0], ema_alpha=[0.9])
+    (tmp_path / "label_free.yaml").write_text(yaml.safe_dump(raw))
+    spec = load_spec(tmp_path / "label_free.yaml")
+    assert spec.search.judged_by == "proxy"
+    (night,) = run_search(spec, log=lambda s: None)
+    entry = Registry(tmp_path / "registry").get_entry("night", night.version)
+    lineage, metrics = entry.manifest["lineage"], entry.manifest["metrics"]
+    assert lineage["method"] in ("adabn", "self_training") and lineage["method"] == night.config["method"]
+    assert lineage["target_labels"] == 0 and lineage["judge"] == "proxy" and metrics["judge"] == "proxy"
+    assert metrics["score"] == pytest.approx(metrics["proxy_consistency"]) == pytest.approx(night.best_score)
+    promoted = Registry(tmp_path / "registry").aliases("night").get("production") == night.version
+    assert promoted == (night.best_score > night.source_score)  # do no harm: the proxy decides
 
 
 @pytest.mark.slow

@@ -6,6 +6,11 @@ body on bad input), then calls the `SegmentModels` deployment with
 `multiplexed_model_id="domain@version"`. There each replica keeps an LRU of loaded models
 (`@serve.multiplexed`) and batches concurrent requests for the same model (`@serve.batch`),
 padding images of different sizes to one tensor and cropping each result back.
+
+Models of many domains share their base's tensors on a replica (`Registry.load_shared`): a
+domain loaded next to others costs only its delta. With `online_adabn`, each domain's BatchNorm
+statistics follow the images its endpoint receives (its own copy of those buffers, never the
+shared ones); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new registry version.
 """
 
 
@@ -19,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from raysegment.augment import to_float
-from raysegment.registry import Registry, RegistryError, check_domain
+from raysegment.registry import Entry, Registry, RegistryError, SharedBases, check_domain
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.imaging import BadImage, class_shares, decode_upload, mask_png, overlay_png, sniff
 
@@ -37,11 +42,15 @@ class SegmentModels:
         self.cfg = ServeConfig.model_validate(cfg)
         self.registry = Registry(self.cfg.registry)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.bases = SharedBases(self.device)
+        self.adapted_images: dict[str, int] = {}
 
         # Plain closures, not bound methods: Serve keeps its LRU / batch queue on the wrapped object.
         async def load(model_id: str) -> torch.nn.Module:
-            model, _, _ = await asyncio.to_thread(self.registry.load, model_id)
-            return model.to(self.device).eval()
+            model, _, _ = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
+            if self.cfg.online_adabn:
+                own_batchnorm_buffers(model)
+            return model
 
         async def segment_batch(images: list[torch.Tensor]) -> list[dict[str, Any]]:
             return await self._segment_batch(images)
@@ -56,6 +65,9 @@ class SegmentModels:
         h = max(i.shape[1] for i in images)
         w = max(i.shape[2] for i in images)
         batch = torch.stack([F.pad(to_float(i), (0, w - i.shape[2], 0, h - i.shape[1])) for i in images])
+        if self.cfg.online_adabn:
+            update_batchnorm_statistics(model, batch.to(self.device), self.cfg.online_adabn_momentum)
+            self.adapted_images[model_id] = self.adapted_images.get(model_id, 0) + len(images)
         with torch.inference_mode():
             preds = model(batch.to(self.device)).argmax(1).cpu()
         return [{"mask": preds[k, : img.shape[1], : img.shape[2]], "model_id": model_id, "batch_size": len(images)}
@@ -63,6 +75,13 @@ class SegmentModels:
 
     async def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return await self.segment(image)
+
+    async def batchnorm_snapshot(self) -> dict[str, Any]:
+        """This replica's BatchNorm statistics for the request's model and how many images shaped them."""
+        model_id = serve.get_multiplexed_model_id()
+        model = await self.get_model(model_id)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+        return {"model_id": model_id, "images": self.adapted_images.get(model_id, 0), "state": state}
 
 
 @serve.ingress(api)
@@ -114,7 +133,10 @@ class Gateway:
             return error(400, "not a valid image", str(exc))
         if image.shape[1] * image.shape[2] > self.cfg.max_pixels:
             return error(413, "image too large", f"{image.shape[2]}x{image.shape[1]} px > limit {self.cfg.max_pixels} px")
-        result = await self.models.options(multiplexed_model_id=f"{entry.domain}@{entry.version}").remote(image)
+        try:
+            result = await self._call_models(entry.ref, image)
+        except Exception as exc:  # a replica died and its replacement is not up yet
+            return error(503, "model replica unavailable", f"{type(exc).__name__}; retry shortly")
         mask = result["mask"]
         headers = {"x-model-version": str(entry.version), "x-model-id": result["model_id"],
                    "x-batch-size": str(result["batch_size"])}
@@ -128,6 +150,69 @@ class Gateway:
         else:
             png = mask_png(mask)
         return Response(content=png, media_type="image/png", headers=headers)
+
+
+    async def _call_models(self, model_id: str, image: torch.Tensor, attempts: int = 3) -> dict[str, Any]:
+        """Call the model deployment, retrying when the replica it picked has died."""
+        for attempt in range(attempts):
+            try:
+                return await self.models.options(multiplexed_model_id=model_id).remote(image)
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @api.post("/v1/domains/{domain}/adabn-snapshot")
+    async def adabn_snapshot(self, domain: str, version: str = Query("production"), promote: bool = False):
+        """Store the online-adapted BatchNorm statistics of domain@version as a new version."""
+        if not self.cfg.online_adabn:
+            return error(409, "online AdaBN is off", "start the app with online_adabn: true")
+        try:
+            check_domain(domain)
+            entry = self.registry.get_entry(domain, None if version == "production" and
+                                            "production" not in self.registry.aliases(domain) else version)
+        except RegistryError as exc:
+            return error(404, "unknown domain or version", str(exc))
+        snap = await self.models.batchnorm_snapshot.options(multiplexed_model_id=entry.ref).remote()
+        if snap["images"] == 0:
+            return error(409, "nothing to store", f"{entry.ref} has seen no images on this replica yet")
+        new_version = await asyncio.to_thread(self._register_adapted, entry, snap, promote)
+        return {"domain": domain, "version": new_version, "parent": entry.ref, "images": snap["images"],
+                "promoted": promote}
+
+    def _register_adapted(self, entry: Entry, snap: dict[str, Any], promote: bool) -> int:
+        model, meta, _ = self.registry.load(entry.ref)
+        model.load_state_dict({**model.state_dict(), **snap["state"]})
+        version = self.registry.register(entry.domain, model, meta, entry.manifest["metrics"], entry.manifest["config"],
+                                         parent=entry.ref, lineage={"method": "adabn_online", "target_labels": 0,
+                                                                    "images": snap["images"]})
+        if promote:
+            self.registry.promote(entry.domain, version)
+        return version
+
+
+def own_batchnorm_buffers(model: torch.nn.Module) -> None:
+    """Give the model private copies of its BatchNorm statistics (the rest stays shared)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            module.running_mean = module.running_mean.clone()
+            module.running_var = module.running_var.clone()
+            module.num_batches_tracked = module.num_batches_tracked.clone()
+
+
+@torch.no_grad()
+def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, momentum: float) -> None:
+    """One AdaBN step: move running statistics towards this batch's, weights untouched."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = momentum
+        m.train()
+    model(batch)
+    for m, old in zip(layers, saved):
+        m.momentum = old
+    model.eval()
 
 
 def build_app(args: dict) -> serve.Application:
