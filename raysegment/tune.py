@@ -106,11 +106,16 @@ def concurrency(search: SearchConfig, run: RunConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 
+def from_source(run: RunConfig, source_dir: Path) -> RunConfig:
+    """The spec's run, starting from the source model (every trial adapts it)."""
+    return run.model_copy(update={"model": run.model.model_copy(update={
+        "pretrained": run.model.pretrained.model_copy(update={"source": "checkpoint", "uri": str(source_dir)})})})
+
+
 def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log=print) -> tuple[Any, str]:
     """Run (or resume) the search for one domain; returns (ResultGrid, experiment path)."""
     search, run = spec.search, spec.run
-    base = run.model_copy(update={"model": run.model.model_copy(update={
-        "pretrained": run.model.pretrained.model_copy(update={"source": "checkpoint", "uri": str(source_dir)})})})
+    base = from_source(run, source_dir)
     model, _ = load_model(source_dir)
     storage.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
@@ -194,7 +199,8 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         metrics = {k: v for k, v in best.metrics.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
         version = registry.register(
             domain, winner, meta, {**metrics, "source_score": source_val, "judge": judge},
-            trial_run_config(spec.run.model_dump(mode="json"), domain, best.config, str(ckpt)).model_dump(mode="json"),
+            trial_run_config(from_source(spec.run, source_dir).model_dump(mode="json"), domain, best.config,
+                             str(ckpt)).model_dump(mode="json"),
             parent=source_ref,
             lineage={"trial_id": best.metrics["trial_id"], "method": method, "search": spec.name,
                      "target_labels": labels_seen, "judge": judge})
