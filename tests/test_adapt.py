@@ -134,3 +134,13 @@ def test_adaptation_configs_name_what_is_missing(synth_root):
     with pytest.raises(ConfigError, match="source_domain"):
         parse_config({"data": {"root": str(synth_root)}, "adapt": {"method": "self_training"},
                       "model": {"pretrained": {"source": "checkpoint", "uri": "x"}}})
+
+
+@pytest.mark.gpu
+def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, source_model_dir, tmp_path):
+    cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.01)
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2, "amp": "bf16"})})
+    tuner = adapt(cfg, device="cuda", resume=False, log=lambda line: None)
+    assert tuner.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in tuner.history)
+    assert next(tuner.teacher.model.parameters()).is_cuda
+    assert evaluate(tuner.deployable, open_split(synth_root, "night", "test"), cfg.eval, "cuda").miou > 0

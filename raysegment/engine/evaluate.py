@@ -58,12 +58,12 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
     return sorted({min(i * stride, size - window) for i in range(n)})
 
 
-def evaluate(model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, device: torch.device | str = "cpu",
+def evaluate(model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, device: torch.device | str | None = None,
              window: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1) -> EvalResult:
     """Score `model` on `dataset` (its `.info` names the classes). Under torch.distributed each
     rank scores its shard and the confusion matrices are summed across ranks."""
     info = dataset.info
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     shard = Subset(dataset, list(range(rank, len(dataset), world_size))) if world_size > 1 else dataset
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False,
                         collate_fn=lambda b: pad_collate(b, info.ignore_index))
