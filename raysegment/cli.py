@@ -206,7 +206,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from raysegment.pipeline import run_pipeline
 
     kwargs = (dict(images_per_domain=16, height=64, width=128, source_epochs=2, trials=2, trial_epochs=2, shots=4,
-                   targets=("fog", "night")) if args.quick else {})
+                   targets=("fog", "night"), study_methods=("adabn", "tent"), study_shots=(2,), study_epochs=1)
+              if args.quick else {})
     run_pipeline(args.out, **kwargs)
     return 0
 
@@ -236,7 +237,7 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from raysegment.data.synth import DOMAINS
+    from raysegment.config import SYNTH_DOMAINS as DOMAINS  # not data.synth: `--help` must not import torch
 
     parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloa
 from raysegment.errors import ConfigError
 
 DECODERS = ("fpn", "unet", "deeplabv3plus", "segformer")
+SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
 
 
 class _Strict(BaseModel):

@@ -22,6 +22,8 @@ from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
+from raysegment.study import LABEL_FREE, run_study
+from raysegment.study import format_table as format_study
 from raysegment.viz import bar_chart_png
 
 
@@ -33,7 +35,10 @@ def _free_port() -> int:
 
 def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, height: int = 128, width: int = 256,
                  source_epochs: int = 10, trials: int = 4, trial_epochs: int = 4, shots: int = 10,
-                 targets: tuple[str, ...] = synth.DOMAINS[1:], log=print) -> dict:
+                 targets: tuple[str, ...] = synth.DOMAINS[1:], study_methods: tuple[str, ...] = LABEL_FREE,
+                 study_shots: tuple[int, ...] = (1, 5), study_epochs: int = 3,
+                 backbone: str = "efficientnet_lite0", log=print) -> dict:
+    """`backbone` other than efficientnet_lite0 starts from random weights (the ImageNet file is Lite0's)."""
     import ray
     from ray import serve
 
@@ -47,8 +52,11 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
     data = synth.generate(out / "data", domains=("clear", *targets), images_per_domain=images_per_domain,
                           height=height, width=width)
     log(f"[demo] 1/6 synthesised clear + {', '.join(targets)}: {images_per_domain} images each at {height}x{width}")
-    weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
-                                   out / "weights" / "efficientnet_lite0_imagenet.safetensors")
+    pretrained = {"source": "none"}
+    if backbone == "efficientnet_lite0":
+        weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
+                                       out / "weights" / "efficientnet_lite0_imagenet.safetensors")
+        pretrained = {"source": "file", "uri": str(weights)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -60,8 +68,7 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
         source_cpus = min(2.0, largest_node_cpus())
         source_cfg = parse_config({
             "data": {"root": str(data), "domain": "clear"},
-            "model": {"backbone": "efficientnet_lite0", "decoder": "fpn",
-                      "pretrained": {"source": "file", "uri": str(weights)}},
+            "model": {"backbone": backbone, "decoder": "fpn", "pretrained": pretrained},
             "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
             "scale": {"num_workers": 1, "cpus_per_worker": source_cpus},
             "output_dir": str(out / "runs" / "source")}, "demo source")
@@ -105,6 +112,13 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
             f"tuned winner ({shots} labels)": {d: 100 * r.get("tuned", r["source_only"]) for d, r in table.items()}},
             title="test mIoU per domain")
 
+        log(f"[demo] 4b/6 adaptation without labels ({', '.join(study_methods)}), with {list(study_shots)} labels "
+            f"and with all labels (oracle), per target")
+        reports = run_study(out / "runs" / "source" / "model", data, "clear", list(targets), study_methods,
+                            study_shots, out=out / "adapt", epochs={"self_training": study_epochs,
+                                                                    "finetune": study_epochs + 2}, log=log)
+        log(format_study(reports))
+
         log("[demo] 5/6 Serve app up; one HTTP request per domain")
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -134,7 +148,8 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
             pass
         if started_ray:
             ray.shutdown()
-    summary = {"table": table, "served": served, "seconds": time.perf_counter() - start, "chart": str(chart)}
+    summary = {"table": table, "served": served, "seconds": time.perf_counter() - start, "chart": str(chart),
+               "adapt": json.loads((out / "adapt" / "results.json").read_text())}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {out / 'registry'}")
     return summary

@@ -182,6 +182,6 @@ def ray_cluster():
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=8)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)

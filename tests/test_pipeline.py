@@ -8,11 +8,14 @@ from PIL import Image
 from raysegment.pipeline import run_pipeline
 from raysegment.registry import Registry
 
+from conftest import TINY_BACKBONE
+
 
 def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
     lines = []
     summary = run_pipeline(tmp_path, images_per_domain=16, height=64, width=128, source_epochs=2, trials=2,
-                           trial_epochs=2, shots=4, targets=("fog", "night"), log=lines.append)
+                           trial_epochs=2, shots=4, targets=("fog", "night"), study_methods=("adabn",),
+                           study_shots=(2,), study_epochs=1, backbone=TINY_BACKBONE, log=lines.append)
     assert set(summary["table"]) == {"clear", "fog", "night"}
     registry = Registry(tmp_path / "registry")
     assert registry.domains() == ["clear", "fog", "night"]
@@ -24,3 +27,7 @@ def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
     assert Image.open(tmp_path / "miou_per_domain.png").format == "PNG"
     assert json.loads((tmp_path / "results.json").read_text())["seconds"] > 0
     assert any("6/6" in line for line in lines)
+    adapted = {row["domain"]: row for row in summary["adapt"]}
+    assert set(adapted) == {"fog", "night"} and set(adapted["fog"]["methods"]) == {"adabn"}
+    assert adapted["night"]["oracle"] is not None and set(adapted["night"]["few_shot"]) == {"2"}
+    assert Image.open(tmp_path / "adapt" / "adapt_miou.png").format == "PNG"

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.io import write_png
 
+from raysegment.config import SYNTH_DOMAINS
 from raysegment.data.info import DatasetInfo
 from raysegment.errors import DatasetError
 
@@ -25,7 +26,7 @@ CLASSES = ["road", "sidewalk", "building", "vegetation", "sky", "vehicle", "pers
 PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (107, 142, 35), (70, 130, 180), (0, 0, 142), (220, 20, 60)]
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, VEHICLE, PERSON = range(7)
 IGNORE = 255
-DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")
+DOMAINS = SYNTH_DOMAINS
 
 
 @dataclass(frozen=True)

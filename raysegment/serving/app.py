@@ -15,6 +15,7 @@ shared ones); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new re
 
 
 import asyncio
+import time
 from typing import Any, Optional
 
 import torch
@@ -90,6 +91,7 @@ class Gateway:
         self.models = models
         self.cfg = ServeConfig.model_validate(cfg)
         self.registry = Registry(self.cfg.registry)
+        self._entries: dict[tuple[str, str], tuple[float, Entry]] = {}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -112,8 +114,7 @@ class Gateway:
         except RegistryError as exc:
             return error(400, "bad domain name", str(exc))
         try:
-            entry = self.registry.get_entry(domain, None if version == "production" and
-                                            "production" not in self.registry.aliases(domain) else version)
+            entry = self._resolve(domain, version)
         except RegistryError as exc:
             return error(404, "unknown domain or version", str(exc))
         length = request.headers.get("content-length")
@@ -152,6 +153,18 @@ class Gateway:
         return Response(content=png, media_type="image/png", headers=headers)
 
 
+    def _resolve(self, domain: str, version: str, fresh: bool = False) -> Entry:
+        """domain + version/alias -> registry entry ("production" falls back to the newest), cached for
+        `resolve_ttl_s` so a hot endpoint does not re-read manifests on every request."""
+        key, now = (domain, version), time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and not fresh and now - hit[0] < self.cfg.resolve_ttl_s:
+            return hit[1]
+        entry = self.registry.get_entry(domain, None if version == "production" and
+                                        "production" not in self.registry.aliases(domain) else version)
+        self._entries[key] = (now, entry)
+        return entry
+
     async def _call_models(self, model_id: str, image: torch.Tensor, attempts: int = 3) -> dict[str, Any]:
         """Call the model deployment, retrying when the replica it picked has died."""
         for attempt in range(attempts):
@@ -170,8 +183,7 @@ class Gateway:
             return error(409, "online AdaBN is off", "start the app with online_adabn: true")
         try:
             check_domain(domain)
-            entry = self.registry.get_entry(domain, None if version == "production" and
-                                            "production" not in self.registry.aliases(domain) else version)
+            entry = self._resolve(domain, version, fresh=True)
         except RegistryError as exc:
             return error(404, "unknown domain or version", str(exc))
         snap = await self.models.batchnorm_snapshot.options(multiplexed_model_id=entry.ref).remote()

@@ -20,6 +20,8 @@ class ServeConfig(BaseModel):
     cpus_per_replica: float = Field(0.5, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     ingress_cpus: float = Field(0.1, ge=0)
+    resolve_ttl_s: float = Field(1.0, ge=0, description="how long the gateway trusts a resolved domain@alias; "
+                                                         "a promotion is live within this time")
     online_adabn: bool = Field(False, description="adapt each domain's BatchNorm statistics to the images its "
                                                   "endpoint receives (label-free); POST .../adabn-snapshot stores them")
     online_adabn_momentum: float = Field(0.01, gt=0, le=1, description="weight of each new batch's statistics")
