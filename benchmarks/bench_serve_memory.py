@@ -4,7 +4,7 @@
 Deltas of three kinds on EfficientNet-Lite0 + FPN: `adabn` (only BatchNorm statistics differ,
 what AdaBN/online AdaBN store), `freeze 4` (stem + 4 stages frozen) and `freeze 0` (everything
 trained). Each cell loads 1, 4 or 8 domains in a fresh process and reports the resident-memory
-growth (psutil RSS) after loading, per domain, and the ratio shared / whole.
+growth (resident set, /proc/self/statm) after loading, per domain, and the ratio shared / whole.
 
     python benchmarks/bench_serve_memory.py
 """
@@ -50,26 +50,32 @@ def build_registry(root: Path, kind: str, domains: int) -> None:
 
 def child(root: str, n: int, shared: bool) -> None:
     import gc
+    import os
 
-    import psutil
+    def rss() -> int:  # resident bytes, from the kernel (Linux)
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     torch.set_num_threads(1)
     reg = Registry(root)
-    proc = psutil.Process()
     build_segmenter(ModelConfig(backbone="efficientnet_lite0"), 7)  # warm up imports and allocator
     gc.collect()
-    before = proc.memory_info().rss
+    before = rss()
     bases = SharedBases()
     models = [reg.load_shared(f"d{d}@1", bases)[0] if shared else reg.load(f"d{d}@1")[0] for d in range(n)]
     gc.collect()
-    print(json.dumps({"rss_mb": (proc.memory_info().rss - before) / 2**20, "models": len(models)}))
+    storages = {}
+    for model in models:  # every distinct tensor storage the loaded models hold, counted once
+        for t in model.state_dict(keep_vars=True).values():
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    print(json.dumps({"rss_mb": (rss() - before) / 2**20, "tensor_mb": sum(storages.values()) / 2**20}))
 
 
 def main() -> None:
     if len(sys.argv) == 4:
         return child(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "shared")
-    print(f"{'delta kind':<10} {'domains':>7} {'whole MB':>9} {'shared MB':>10} {'MB/domain whole':>16} "
-          f"{'MB/domain shared':>17} {'ratio':>6}")
+    print("tensor MB: distinct weight storage the loaded models hold (exact); RSS MB: resident growth (allocator noise)")
+    print(f"{'delta kind':<10} {'domains':>7} {'tensor MB whole':>15} {'tensor MB shared':>16} {'per domain shared':>17} "
+          f"{'ratio':>6} {'RSS MB whole':>12} {'RSS MB shared':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("adabn", "freeze 4", "freeze 0"):
             root = Path(tmp) / kind.replace(" ", "")
@@ -79,9 +85,10 @@ def main() -> None:
                 for mode in ("whole", "shared"):
                     out = subprocess.run([sys.executable, __file__, str(root), str(n), mode], capture_output=True,
                                          text=True, check=True).stdout
-                    cells[mode] = json.loads(out.strip().splitlines()[-1])["rss_mb"]
-                print(f"{kind:<10} {n:>7} {cells['whole']:>9.1f} {cells['shared']:>10.1f} {cells['whole'] / n:>16.1f} "
-                      f"{cells['shared'] / n:>17.1f} {cells['shared'] / max(cells['whole'], 1e-9):>6.2f}")
+                    cells[mode] = json.loads(out.strip().splitlines()[-1])
+                w, sh = cells["whole"], cells["shared"]
+                print(f"{kind:<10} {n:>7} {w['tensor_mb']:>15.1f} {sh['tensor_mb']:>16.1f} {sh['tensor_mb'] / n:>17.2f} "
+                      f"{sh['tensor_mb'] / w['tensor_mb']:>6.2f} {w['rss_mb']:>12.1f} {sh['rss_mb']:>13.1f}")
 
 
 if __name__ == "__main__":
