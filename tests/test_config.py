@@ -28,3 +28,20 @@ def test_missing_and_malformed_files_are_clear(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_shipped_serve_config_and_job_specs_validate():
+    from pathlib import Path
+
+    import yaml
+
+    from raysegment.jobspec import load_spec
+    from raysegment.serving.config import ServeConfig
+
+    root = Path(__file__).resolve().parent.parent
+    app = yaml.safe_load((root / "serve" / "config.yaml").read_text())["applications"][0]
+    assert app["import_path"] == "raysegment.serving.app:build_app"
+    assert ServeConfig.model_validate(app["args"]).online_adabn is False
+    spec = load_spec(root / "jobs" / "specs" / "tune.yaml")
+    assert "self_training" in spec.search.method and spec.search.judged_by == "labels"
+    assert load_spec(root / "jobs" / "specs" / "fine_tune.yaml").job == "fine_tune"
