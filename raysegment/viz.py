@@ -52,7 +52,7 @@ def bar_chart_png(path: str | Path, scores: Mapping[str, Mapping[str, float]], t
     domains = list(dict.fromkeys(d for s in series for d in scores[s]))
     x = np.arange(len(domains))
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(domains)), 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(domains)) + 2.2, 4), dpi=100)
     for i, name in enumerate(series):
         values = [scores[name].get(d, np.nan) for d in domains]
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
@@ -60,7 +60,7 @@ def bar_chart_png(path: str | Path, scores: Mapping[str, Mapping[str, float]], t
     ax.set_xticks(x, domains)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # never over the bars
     fig.tight_layout()
     return _save(fig, path)
 
