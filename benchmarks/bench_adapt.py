@@ -53,7 +53,7 @@ def main() -> None:
                             "optim": {"epochs": args.source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
                             "output_dir": str(out / "source_run")})
         tuner = fit(cfg, open_split(root, "clear", "train"), open_split(root, "clear", "val"), resume=False)
-        save_model(source_dir, tuner.model, tuner.meta)
+        save_model(source_dir, tuner.selected_model(), tuner.meta)
     print(f"[bench] source model ready after {time.perf_counter() - start:.0f} s")
     reports = run_study(source_dir, root, "clear", args.targets, tuple(args.methods), tuple(args.shots),
                         out=out, epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs})

@@ -14,7 +14,7 @@ import torch
 
 from raysegment.config import parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine.finetuner import FineTuner
+from raysegment.engine.learner import Finetune
 from raysegment.engine.loss import segmentation_loss
 
 
@@ -37,30 +37,30 @@ def main() -> None:
                               width=args.width)
         cfg = parse_config({"data": {"root": str(root)}, "optim": {"batch_size": args.batch},
                             "output_dir": f"{tmp}/run"})
-        tuner = FineTuner(cfg, open_split(root, "clear", "all"), device)
+        learner = Finetune(cfg, open_split(root, "clear", "all"), device)
         times = {"load": 0.0, "augment": 0.0, "forward": 0.0, "backward": 0.0}
         steps = 0
         while steps < args.steps + 1:
-            it = iter(tuner.loader)
+            it = iter(learner.loader)
             while True:
                 t0 = time.perf_counter()
                 try:
-                    images, masks = next(it)
+                    batch = next(it)
                 except StopIteration:
                     break
-                images, masks = images.to(device), masks.to(device)
+                images, masks = learner.to_device(batch)
                 sync(device)
                 t1 = time.perf_counter()
-                images, masks = tuner.augment(images, masks)
+                images, masks = learner.augment(images, masks)
                 sync(device)
                 t2 = time.perf_counter()
-                logits = tuner.module(images)
+                logits = learner.module(images)
                 loss = segmentation_loss(logits, masks, 255)
                 sync(device)
                 t3 = time.perf_counter()
-                tuner.optimizer.zero_grad()
+                learner.optimizer.zero_grad()
                 loss.backward()
-                tuner.optimizer.step()
+                learner.optimizer.step()
                 sync(device)
                 t4 = time.perf_counter()
                 if steps > 0:  # first step is warm-up

@@ -17,7 +17,7 @@ def main(path: str) -> int:
     spec = load_spec(path, expected="fine_tune")
     result = fine_tune(spec.run, name=spec.name)
     print(f"fine-tune {spec.name} finished in {result.seconds:.0f} s: epoch {result.metrics.get('epoch')} "
-          f"val mIoU {100 * result.metrics.get('val_miou', float('nan')):.1f}; checkpoint {result.checkpoint_dir}")
+          f"score {100 * result.metrics.get('score', float('nan')):.1f}; selected model {result.model_dir}")
     return 0
 
 

@@ -31,30 +31,40 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raysegment.config import load_config
-    from raysegment.data import open_split
     from raysegment.engine.adapt import adapt
     from raysegment.models import save_model
 
-    cfg = load_config(args.config, _parse_overrides(args.set))
-    d = cfg.data
-    tuner = adapt(cfg, resume=not args.restart)
-    scores = tuner.score(open_split(d.root, d.domain, d.val_split, d.layout))
-    meta = tuner.meta.model_copy(update={"metrics": {f"val_{k}" if k == "miou" else k: v for k, v in scores.items()}})
-    final = save_model(Path(cfg.output_dir) / "model", tuner.deployable, meta)
-    judge = f"val mIoU {100 * scores['val_miou']:.1f}"
-    if cfg.adapt.judged_by == "proxy":
-        judge += f", proxy score {100 * scores['score']:.1f} (judge: proxy, no target labels used)"
-    print(f"{cfg.adapt.method}: {judge}; model written to {final}")
+    overrides = _parse_overrides(args.set)
+    if args.unlabelled:
+        overrides.setdefault("data", {})["unlabelled"] = True
+    cfg = load_config(args.config, overrides)
+    result = adapt(cfg, resume=not args.restart)
+    metrics = {k: v for k, v in result.scores.items() if isinstance(v, (int, float))}
+    final = save_model(Path(cfg.output_dir) / "model", result.model, result.meta.model_copy(update={"metrics": metrics}))
+    if cfg.judge == "labels":
+        judge = f"val mIoU {100 * result.scores['val_miou']:.1f}"
+    else:
+        judge = f"proxy score {100 * result.scores['score']:.1f} (judge: proxy, no target labels read)"
+    epoch = result.scores.get("selected_epoch")
+    print(f"{cfg.adapt.method}: {judge}" + (f" at epoch {epoch}" if epoch is not None else "")
+          + f"; model written to {final}")
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from raysegment.study import format_table, run_study
 
+    from raysegment.config import ResizeConfig
+
+    resize = None
+    if args.short_side or args.scale:
+        resize = ResizeConfig(short_side=args.short_side, scale=args.scale)
     reports = run_study(args.source, args.data, args.source_domain, args.targets, tuple(args.methods),
                         tuple(args.shots), oracle=not args.no_oracle, out=args.out,
-                        epochs={"self_training": args.epochs, "tent": max(1, args.epochs // 4), "finetune": args.epochs},
-                        lr=args.lr)
+                        epochs={"self_training": args.epochs, "tent": max(1, args.epochs // 4), "finetune": args.epochs,
+                                "oracle": args.epochs},
+                        lr=args.lr, batch_size=args.batch_size, resize=resize, unlabelled=args.unlabelled,
+                        layout=args.layout)
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
     return 0
@@ -66,8 +76,8 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _parse_overrides(args.set))
     result = fine_tune(cfg, name=args.name)
-    print(f"epoch {result.metrics.get('epoch')} val mIoU {100 * result.metrics.get('val_miou', float('nan')):.1f} "
-          f"in {result.seconds:.0f} s; checkpoint {result.checkpoint_dir}")
+    print(f"epoch {result.metrics.get('epoch')} score {100 * result.metrics.get('score', float('nan')):.1f} "
+          f"in {result.seconds:.0f} s; selected model {result.model_dir}")
     return 0
 
 
@@ -164,9 +174,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, meta = load_model(args.model)
     data = open_split(args.data, args.domain, args.split, args.layout)
     cfg = EvalConfig(mode=args.mode, window=tuple(args.window) if args.window else None)
-    result = evaluate(model, data, cfg)
-    print(f"{args.domain}/{args.split}: mIoU {100 * result.miou:.2f}  pixel acc {100 * result.pixel_accuracy:.2f}  "
-          f"({result.images} images)")
+    result = evaluate(model, data, cfg, resize=meta.resize)
+    scale = f", model working scale {meta.resize.model_dump(exclude_none=True)}" if meta.resize else ""
+    print(f"{args.domain}/{args.split}: mIoU {100 * result.miou:.2f} ({result.images} labelled images, "
+          f"scored at full resolution{scale})")
     for name, iou in result.per_class.items():
         print(f"  {name:<16} {100 * iou:6.2f}")
     return 0
@@ -189,7 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise DatasetError(f"{path} does not exist")
         image = read_image(path)
-        mask = segment(model, image)
+        mask = segment(model, image, resize=meta.resize)
         write_png(mask.to(torch.uint8)[None], str(out / f"{path.stem}_mask.png"))
         overlay_png(out / f"{path.stem}_overlay.png", image, mask, meta.classes, meta.palette, title=path.name)
         print(f"{path} -> {out / (path.stem + '_overlay.png')}")
@@ -224,7 +235,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from raysegment.data import open_split
 
     data = open_split(args.root, args.domain, args.split, args.layout)
-    print(f"{args.root} {args.domain}/{args.split}: {len(data)} valid pairs, {data.info.num_classes} classes")
+    print(f"{args.root} {args.domain}/{args.split}: {len(data)} images, {data.labelled_count} labelled, "
+          f"{data.info.num_classes} classes")
     return 0
 
 
@@ -237,7 +249,8 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from raysegment.config import SYNTH_DOMAINS as DOMAINS  # not data.synth: `--help` must not import torch
+    from raysegment.config import LABEL_FREE_METHODS, LAYOUTS  # not data.*: `--help` must not import torch
+    from raysegment.config import SYNTH_DOMAINS as DOMAINS
 
     parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML RunConfig (data, model, optim, augment, eval)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="read the target domain as unlabelled even where masks exist (label-free methods)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapt", help="compare adaptation methods per target domain: 0 labels, k labels, oracle")
@@ -253,12 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root holding the source and target domains")
     p.add_argument("--source-domain", required=True)
     p.add_argument("--targets", nargs="+", required=True)
-    p.add_argument("--methods", nargs="+", default=["adabn", "tent", "self_training"],
-                   choices=["adabn", "tent", "self_training"])
+    p.add_argument("--methods", nargs="+", default=list(LABEL_FREE_METHODS), choices=list(LABEL_FREE_METHODS))
     p.add_argument("--shots", nargs="*", type=int, default=[1, 5, 10], help="few-shot label counts")
     p.add_argument("--no-oracle", action="store_true", help="skip the all-labels fine-tune")
-    p.add_argument("--epochs", type=int, default=8, help="self-training and fine-tuning epochs")
+    p.add_argument("--epochs", type=int, default=8, help="self-training and fine-tuning epochs (tent: a quarter)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--short-side", type=int, help="working scale: resize so the short side has this many px")
+    scale.add_argument("--scale", type=float, help="working scale: resize by this factor")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="read the targets as unlabelled: no target mask is opened, candidates are judged by the proxy")
+    p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
     p.add_argument("--out", default="adapt_out")
     p.set_defaults(func=cmd_adapt)
 
@@ -303,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--domain", default="clear")
     p.add_argument("--split", default="test")
-    p.add_argument("--layout", default="raysegment", choices=["raysegment", "cityscapes", "acdc"])
+    p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
     p.add_argument("--mode", default="whole", choices=["whole", "slide"])
     p.add_argument("--window", type=int, nargs=2, metavar=("H", "W"))
     p.set_defaults(func=cmd_evaluate)
@@ -334,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--domain", default="clear")
     p.add_argument("--split", default="all")
-    p.add_argument("--layout", default="raysegment", choices=["raysegment", "cityscapes", "acdc"])
+    p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
     p.set_defaults(func=cmd_data_check)
 
     weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command", required=True)

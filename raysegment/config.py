@@ -7,7 +7,7 @@ default (`extra="forbid"`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
@@ -15,7 +15,14 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloa
 
 from raysegment.errors import ConfigError
 
-DECODERS = ("fpn", "unet", "deeplabv3plus", "segformer")
+# The one list of each kind of name: the Literal types validate configs, the tuples feed CLIs and searches.
+Decoder = Literal["fpn", "unet", "deeplabv3plus", "segformer"]
+Method = Literal["finetune", "adabn", "tent", "self_training"]
+Layout = Literal["raysegment", "cityscapes", "acdc"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+DECODERS: tuple[str, ...] = get_args(Decoder)
+METHODS: tuple[str, ...] = get_args(Method)
+LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "finetune")
 SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
 
 
@@ -23,15 +30,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+class ResizeConfig(_Strict):
+    """The scale a model works at: images are resized on the training device, predictions are scored
+    (and served) at full resolution. Exactly one of the two is set."""
+
+    short_side: PositiveInt | None = Field(None, description="resize so the shorter side has this many pixels")
+    scale: PositiveFloat | None = Field(None, le=4, description="resize by this factor")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ResizeConfig":
+        if (self.short_side is None) == (self.scale is None):
+            raise ValueError("set exactly one of resize.short_side and resize.scale")
+        return self
+
+    def factor(self, height: int, width: int) -> float:
+        """The resize factor for an image of this size."""
+        return self.scale if self.scale is not None else self.short_side / min(height, width)
+
+
 class DataConfig(_Strict):
     root: str = Field(description="dataset root (local path)")
-    layout: Literal["raysegment", "cityscapes", "acdc"] = "raysegment"
+    layout: Layout = "raysegment"
     domain: str = Field("clear", description="domain folder (raysegment), ACDC condition, or 'cityscapes'")
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
     labelled_limit: PositiveInt | None = Field(None, description="use only the first k labelled images (few-shot)")
-    num_workers: NonNegativeInt = 0
+    unlabelled: bool = Field(False, description="read the target domain as unlabelled even where masks exist")
+    resize: ResizeConfig | None = Field(None, description="working scale of the model; None keeps the files' size")
+    num_workers: NonNegativeInt | None = Field(None, description="decoding processes per loader; None: by the "
+                                                                 "CPUs this process may use (0 on <= 2 CPUs)")
 
 
 class PretrainedConfig(_Strict):
@@ -43,7 +71,7 @@ class PretrainedConfig(_Strict):
 
 class ModelConfig(_Strict):
     backbone: str = "efficientnet_lite0"
-    decoder: Literal["fpn", "unet", "deeplabv3plus", "segformer"] = "fpn"
+    decoder: Decoder = "fpn"
     decoder_channels: PositiveInt = 64
     pretrained: PretrainedConfig = PretrainedConfig()
     freeze_depth: NonNegativeInt = Field(0, description="backbone stages kept frozen, counted from the stem")
@@ -62,6 +90,13 @@ class OptimConfig(_Strict):
     batch_size: PositiveInt = 8
     class_weights: list[PositiveFloat] | None = None
     amp: Literal["none", "bf16", "fp16"] = Field("bf16", description="mixed precision, used on CUDA only")
+    compile: bool = Field(False, description="torch.compile the model (pays on a GPU after warm-up)")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="backbone lr = lr * this (slower backbone)")
+    eval_every: PositiveInt = Field(1, description="score on the val split every N epochs (and the last)")
+    checkpoint_every: PositiveInt = Field(1, description="write a checkpoint every N epochs (and the last)")
+    select: Literal["best", "last"] = Field(
+        "best", description="the result: the best scored epoch (the start model included when labels judge), "
+                            "or the last epoch")
     seed: int = 0
 
 
@@ -97,7 +132,6 @@ class ScaleConfig(_Strict):
     start_timeout_s: float = Field(120.0, gt=0, description="fail if the workers' resources never appear")
 
 
-METHODS = ("finetune", "adabn", "tent", "self_training")
 
 
 class AdaptConfig(_Strict):
@@ -107,8 +141,11 @@ class AdaptConfig(_Strict):
     `tent` and `self_training` use the target's train images without their labels.
     """
 
-    method: Literal["finetune", "adabn", "tent", "self_training"] = "finetune"
-    source_domain: str | None = Field(None, description="labelled source domain under data.root (self_training)")
+    method: Method = "finetune"
+    source_domain: str | None = Field(None, description="labelled source domain under data.root (self_training, "
+                                                         "and finetune with source_replay)")
+    source_replay: bool = Field(False, description="finetune: mix every target batch with a source batch, so a "
+                                                   "few labels adapt the model without making it forget")
     judge: Literal["labels", "proxy"] | None = Field(
         None, description="what scores a result: target val labels, or unsupervised proxies on the val images "
                           "(default: labels for finetune, proxy for the label-free methods)")
@@ -125,10 +162,6 @@ class AdaptConfig(_Strict):
     def uses_target_labels(self) -> bool:
         return self.method == "finetune"
 
-    @property
-    def judged_by(self) -> str:
-        return self.judge or ("labels" if self.uses_target_labels else "proxy")
-
 
 class RunConfig(_Strict):
     data: DataConfig
@@ -140,6 +173,11 @@ class RunConfig(_Strict):
     adapt: AdaptConfig = AdaptConfig()
     output_dir: str = "runs/default"
 
+    @property
+    def judge(self) -> str:
+        """What scores this run on held-back target images: their labels, or the unsupervised proxy."""
+        return self.adapt.judge or ("labels" if self.adapt.uses_target_labels else "proxy")
+
     @model_validator(mode="after")
     def _adaptation_needs_a_source_model(self) -> "RunConfig":
         a = self.adapt
@@ -148,6 +186,11 @@ class RunConfig(_Strict):
                              f"{{source: checkpoint, uri: SOURCE_MODEL_FOLDER}}")
         if a.method == "self_training" and not a.source_domain:
             raise ValueError("adapt.method=self_training trains on source labels too: set adapt.source_domain")
+        if a.source_replay and not a.source_domain:
+            raise ValueError("adapt.source_replay mixes in source batches: set adapt.source_domain")
+        if a.method == "finetune" and self.data.unlabelled:
+            raise ValueError("adapt.method=finetune needs target labels but data.unlabelled is set; "
+                             "choose a label-free method (adabn, tent, self_training)")
         return self
 
 
@@ -157,10 +200,10 @@ class SearchConfig(_Strict):
     decay: tuple[float, float] = Field((0.85, 0.999), description="uniform range of the lr decay")
     lr: tuple[PositiveFloat, PositiveFloat] = Field((1e-4, 3e-3), description="log-uniform range")
     freeze_depth: list[NonNegativeInt] | None = Field(None, description="choices; default 0..number of stages")
-    decoder: list[Literal["fpn", "unet", "deeplabv3plus", "segformer"]] | None = Field(
+    decoder: list[Decoder] | None = Field(
         None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)")
     jitter: list[float] = Field([0.0, 0.2, 0.4], description="augmentation strength choices")
-    method: list[Literal["finetune", "adabn", "tent", "self_training"]] = Field(
+    method: list[Method] = Field(
         ["finetune"], description="adaptation methods to try (label-free ones need no target labels)")
     ema_alpha: list[float] = Field([0.99, 0.999], description="self_training teacher EMA choices")
     fda_beta: list[float] = Field([0.0, 0.01], description="self_training FDA window choices")

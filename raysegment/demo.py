@@ -40,13 +40,13 @@ def run_demo(out: str | Path = "demo_out", images_per_domain: int = 80, source_e
     source_cfg = parse_config(base, "demo source")
     log("[demo] fine-tuning on the source domain 'clear'")
     source = fit(source_cfg, open_split(data_root, "clear", "train"), open_split(data_root, "clear", "val"), resume=False)
-    source_dir = out / "runs" / "source" / "checkpoints" / f"epoch_{source_epochs:04d}"
+    source_dir = out / "runs" / "source" / "checkpoints" / f"epoch_{source_epochs:04d}" / "selected"
     curves = {"source (clear)": [h["loss"] for h in source.history]}
 
     table: dict[str, dict[str, float]] = {}
     for domain in synth.DOMAINS:
         test = open_split(data_root, domain, "test")
-        table[domain] = {"source_only": evaluate(source.model, test, source_cfg.eval).miou}
+        table[domain] = {"source_only": evaluate(source.selected_model(), test, source_cfg.eval).miou}
     for domain in synth.DOMAINS[1:]:
         cfg = parse_config({**base, "data": {"root": str(data_root), "domain": domain, "labelled_limit": shots},
                             "model": {**base["model"], "freeze_depth": 1,
@@ -54,12 +54,13 @@ def run_demo(out: str | Path = "demo_out", images_per_domain: int = 80, source_e
                             "optim": {"epochs": target_epochs, "batch_size": 5, "lr": 1e-3, "decay": 0.9},
                             "output_dir": str(out / "runs" / domain)}, f"demo {domain}")
         log(f"[demo] fine-tuning on target '{domain}' with {shots} labelled images")
-        tuner = fit(cfg, open_split(data_root, domain, "train", limit=shots), resume=False)
+        tuner = fit(cfg, open_split(data_root, domain, "train").labelled(shots), open_split(data_root, domain, "val"),
+                    resume=False)
         curves[f"target {domain}"] = [h["loss"] for h in tuner.history]
         test = open_split(data_root, domain, "test")
-        table[domain]["fine_tuned"] = evaluate(tuner.model, test, cfg.eval).miou
+        table[domain]["fine_tuned"] = evaluate(tuner.selected_model(), test, cfg.eval).miou
         image, _ = test[0]
-        overlay_png(out / "overlays" / f"{domain}.png", image, segment(tuner.model, image),
+        overlay_png(out / "overlays" / f"{domain}.png", image, segment(tuner.selected_model(), image),
                     test.info.classes, test.info.palette, title=f"{domain}: fine-tuned with {shots} labels")
     clear_test = open_split(data_root, "clear", "test")
     model, meta = load_model(source_dir)

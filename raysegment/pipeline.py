@@ -22,7 +22,8 @@ from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
-from raysegment.study import LABEL_FREE, run_study
+from raysegment.config import LABEL_FREE_METHODS
+from raysegment.study import run_study
 from raysegment.study import format_table as format_study
 from raysegment.viz import bar_chart_png
 
@@ -35,7 +36,7 @@ def _free_port() -> int:
 
 def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, height: int = 128, width: int = 256,
                  source_epochs: int = 10, trials: int = 3, trial_epochs: int = 3, shots: int = 10,
-                 targets: tuple[str, ...] = synth.DOMAINS[1:], study_methods: tuple[str, ...] = LABEL_FREE,
+                 targets: tuple[str, ...] = synth.DOMAINS[1:], study_methods: tuple[str, ...] = LABEL_FREE_METHODS,
                  study_shots: tuple[int, ...] = (1, 5), study_epochs: int = 3,
                  study_targets: tuple[str, ...] | None = ("fog", "night"),
                  backbone: str = "efficientnet_lite0", log=print) -> dict:
@@ -78,7 +79,7 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
             "output_dir": str(out / "runs" / "source")}, "demo source")
         log(f"[demo] 2/6 fine-tuning the source on Ray Train ({source_epochs} epochs)")
         result = fine_tune(source_cfg, name="source")
-        source_model, meta = load_model(result.checkpoint_dir)
+        source_model, meta = load_model(result.model_dir)
         save_model(out / "runs" / "source" / "model", source_model, meta)
 
         log(f"[demo] 3/6 per-domain Tune search: {trials} trials x <= {trial_epochs} epochs, {shots} target labels")
@@ -121,7 +122,8 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
         study_on = [t for t in targets if study_targets is None or t in study_targets]
         reports = run_study(out / "runs" / "source" / "model", data, "clear", study_on, study_methods,
                             study_shots, out=out / "adapt", epochs={"self_training": study_epochs,
-                                                                    "finetune": study_epochs + 2}, log=log)
+                                                                    "finetune": study_epochs + 2,
+                                                                    "oracle": study_epochs + 2}, log=log)
         log(format_study(reports))
 
         log("[demo] 5/6 Serve app up; one HTTP request per domain")
@@ -134,7 +136,7 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
         served = {}
         (out / "overlays").mkdir(parents=True, exist_ok=True)
         for domain in targets:
-            image_path = open_split(data, domain, "test").pairs[0][0]
+            image_path = open_split(data, domain, "test").samples[0][0]
             body = image_path.read_bytes()
             reply = httpx.post(f"{url}/v1/domains/{domain}/segment?format=overlay", content=body,
                                headers={"content-type": "image/png"}, timeout=120)

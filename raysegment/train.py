@@ -1,4 +1,4 @@
-"""Ray Train shell around the engine: `fine_tune(cfg)` runs `FineTuner` on every rank.
+"""Ray Train shell around the engine: `fine_tune(cfg)` runs the engine's one epoch loop on every rank.
 
 Each rank reads its shard (the epoch sampler splits by rank), augments on its own device with
 Kornia, and steps a DDP model (nccl on GPU, gloo on CPU). Every epoch all ranks report metrics;
@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,12 @@ import ray.train.torch
 import torch
 
 from raysegment.config import RunConfig
-from raysegment.data import open_split
-from raysegment.engine.adapt import build_tuner
+from raysegment.engine.adapt import adabn_model, adabn_scores, build_learner, open_val
+from raysegment.engine.checkpoint import SELECTED
+from raysegment.engine.learner import Learner
+from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
 from raysegment.errors import RaySegmentError
+from raysegment.models import save_model
 
 PROGRESS_FILE = "progress.jsonl"
 
@@ -32,20 +36,72 @@ PROGRESS_FILE = "progress.jsonl"
 @dataclass
 class FineTuneResult:
     metrics: dict[str, Any]
-    checkpoint_dir: Path | None
+    checkpoint_dir: Path | None  # the last engine checkpoint (resumable)
+    model_dir: Path | None       # the run's selected model inside it (best-scored epoch, or last)
     storage_dir: str
     seconds: float
 
 
+EpochHook = Callable[[Any, dict[str, Any], int], None]  # (learner or model, metrics, rank), e.g. for tests
+
+
+def ray_sink(cfg: RunConfig, rank: int, resumed: bool, hook: EpochHook | None = None) -> EpochSink:
+    """The Ray Train sink of the shared epoch loop: every rank reports each scored or checkpointed
+    epoch, rank 0 with the engine checkpoint; rank 0 also appends a progress line (a committed epoch)."""
+    progress = Path(cfg.output_dir) / PROGRESS_FILE
+    last_score: dict[str, Any] = {}
+
+    def sink(learner: Learner, stats: dict[str, Any], save: bool) -> None:
+        if "score" in stats:
+            last_score.update(score=stats["score"], score_epoch=stats["epoch"])
+        elif not save:
+            return  # nothing scored, nothing to checkpoint: no report (Tune needs a score in each)
+        metrics = {**last_score, **stats, "world_size": learner.world_size, "resumed": resumed,
+                   "method": cfg.adapt.method}
+        if hook is not None:
+            hook(learner, metrics, rank)
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        print(f"[rank 0] {epoch_line(learner, stats)}", flush=True)
+        if save:
+            with tempfile.TemporaryDirectory() as tmp:
+                learner.save(Path(tmp) / "engine")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        with open(progress, "a") as handle:
+            handle.write(json.dumps({**metrics, "time": time.time()}) + "\n")
+
+    return sink
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """The per-rank function Ray Train runs: a plain function of a config dict."""
+    """The per-rank function Ray Train runs: a plain function of a config dict (`run`: the RunConfig;
+    optional `epoch_hook`: called with each rank's epoch, for tests that compare ranks)."""
     cfg = RunConfig.model_validate(config["run"])
+    hook = config.get("epoch_hook")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scale.cpus_per_worker) or 1))
-    d = cfg.data
-    val_set = open_split(d.root, d.domain, d.val_split, d.layout)
+    val_set = open_val(cfg)
+    checkpoint = ray.train.get_checkpoint()
+    if cfg.adapt.method == "adabn":  # a function, not a loop: one report with the adapted model
+        model, meta = adabn_model(cfg, device)
+        metrics = {**adabn_scores(cfg, model, val_set, device), "epoch": 1, "world_size": world,
+                   "resumed": checkpoint is not None, "method": "adabn"}
+        if hook is not None:
+            hook(model, metrics, rank)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_model(Path(tmp) / "engine", model, meta)
+                save_model(Path(tmp) / "engine" / SELECTED, model, meta)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        return
     sync_bn = cfg.scale.sync_batchnorm if cfg.scale.sync_batchnorm is not None else device.type == "cuda"
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,37 +109,13 @@ def train_loop_per_worker(config: dict) -> None:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return ray.train.torch.prepare_model(model)
 
-    tuner = build_tuner(cfg, device, rank=rank, world_size=world, wrap_model=wrap)
-    checkpoint = ray.train.get_checkpoint()
+    learner = build_learner(cfg, device, rank=rank, world_size=world, wrap_model=wrap)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            tuner.restore(Path(folder) / "engine")
-        torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729 + tuner.epoch)  # per-rank augmentation stream
-    else:
-        torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729)
-    progress = Path(cfg.output_dir) / PROGRESS_FILE
-    progress.parent.mkdir(parents=True, exist_ok=True)
-    while tuner.epoch < tuner.total_epochs:
-        stats = tuner.train_epoch()
-        scores = tuner.score(val_set)  # mIoU sharded (confusion matrices summed over ranks); proxies per rank
-        metrics = {**stats, **scores, "world_size": world, "resumed": checkpoint is not None,
-                   "method": cfg.adapt.method, "weights_checksum": weights_checksum(tuner.deployable)}
-        if rank == 0:
-            print(f"[rank 0] {cfg.adapt.method} epoch {tuner.epoch}/{tuner.total_epochs} loss {stats['loss']:.4f} "
-                  f"lr {stats['lr']:.2e} val mIoU {100 * scores['val_miou']:.1f} score {100 * scores['score']:.1f} "
-                  f"({stats['images_per_s']:.1f} img/s per rank)", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                tuner.save(Path(tmp) / "engine")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            # One line per reported (committed) epoch: learning curves and recovery checks read it.
-            progress.parent.mkdir(parents=True, exist_ok=True)
-            with open(progress, "a") as handle:
-                handle.write(json.dumps({**metrics, "time": time.time()}) + "\n")
-        else:
-            ray.train.report(metrics)
-        # Every rank's line: replicas (a mean teacher's EMA included) must stay identical across ranks.
-        with open(Path(cfg.output_dir) / f"ranks.{rank}.jsonl", "a") as handle:
-            handle.write(json.dumps({"epoch": tuner.epoch, "weights_checksum": metrics["weights_checksum"]}) + "\n")
+            learner.restore(Path(folder) / "engine")
+    # Each rank's augmentation stream, re-seeded per (rank, epoch reached) so a restart stays reproducible.
+    torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729 + learner.epoch)
+    run_epochs(learner, val_set, ray_sink(cfg, rank, checkpoint is not None, hook))
 
 
 def weights_checksum(model: torch.nn.Module) -> float:
@@ -157,5 +189,5 @@ def fine_tune(cfg: RunConfig, name: str | None = None) -> FineTuneResult:
     ckpt_dir = None
     if result.checkpoint is not None:
         ckpt_dir = Path(result.checkpoint.path) / "engine" if "://" not in result.checkpoint.path else None
-    return FineTuneResult(dict(result.metrics or {}), ckpt_dir, f"{storage_path(cfg)}/{run_name}",
-                          time.perf_counter() - start)
+    return FineTuneResult(dict(result.metrics or {}), ckpt_dir, ckpt_dir / SELECTED if ckpt_dir else None,
+                          f"{storage_path(cfg)}/{run_name}", time.perf_counter() - start)

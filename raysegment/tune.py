@@ -29,7 +29,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from raysegment.config import RunConfig, SearchConfig
 import torch
 
-from raysegment.data import UnlabelledView, open_split
+from raysegment.data import open_split
+from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine import evaluate
 from raysegment.engine.proxies import proxy_scores
 from raysegment.errors import RaySegmentError
@@ -127,7 +128,7 @@ def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log
         log(f"[tune] {domain}: resuming the interrupted search at {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = (ASHAScheduler(max_t=search.max_epochs, grace_period=min(search.grace_period, search.max_epochs),
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=search.max_epochs, grace_period=min(search.grace_period, search.max_epochs),
                                    reduction_factor=search.reduction_factor)
                      if search.early_stopping else FIFOScheduler())
         tuner = tune.Tuner(
@@ -177,26 +178,29 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
             outcomes.append(outcome)
             continue
         d = spec.run.data
-        val = open_split(d.root, domain, d.val_split, d.layout)
         judge = spec.search.judged_by
+        val = open_split(d.root, domain, d.val_split, d.layout, unlabelled=judge == "proxy")
         source_val = source_score(source_model, val, spec.run, judge)
         results, _ = tune_domain(spec, domain, source_dir, storage, log)
         finished = [r for r in results if r.metrics and "score" in r.metrics]
         if not finished:
             errors = [str(r.error)[:300] for r in results if r.error]
             raise RaySegmentError(f"no trial for {domain} reported a score; first error: {errors[:1]}")
-        best = max(finished, key=lambda r: r.metrics["score"])
+        best = max(finished, key=selected_score)
+        best_score = selected_score(best)
         curves = {r.metrics["trial_id"]: list(r.metrics_dataframe["score"]) for r in finished}
         epochs_spent = sum(len(c) for c in curves.values())
-        ckpt = Path(best.metrics["checkpoint_path"]) / "engine"
+        ckpt = Path(best.metrics["checkpoint_path"]) / "engine" / SELECTED  # the trial's selected epoch
         winner, meta = load_model(ckpt)
         method = best.config["method"]
         params = {k: best.config[k] for k in ("method", "decay", "lr", "freeze_depth", "decoder", "jitter")}
         if method == "self_training":
             params.update(ema_alpha=best.config["ema_alpha"], fda_beta=best.config["fda_beta"])
-        labels_seen = (len(open_split(d.root, domain, d.train_split, d.layout, d.labelled_limit))
+        labels_seen = (len(open_split(d.root, domain, d.train_split, d.layout).labelled(d.labelled_limit))
                        if method == "finetune" else 0)
-        metrics = {k: v for k, v in best.metrics.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
+        reported = {k.removeprefix("selected_"): v for k, v in best.metrics.items() if k.startswith("selected_")}
+        reported = reported or best.metrics  # AdaBN reports once: that report is its result
+        metrics = {k: v for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
         version = registry.register(
             domain, winner, meta, {**metrics, "source_score": source_val, "judge": judge},
             trial_run_config(from_source(spec.run, source_dir).model_dump(mode="json"), domain, best.config,
@@ -204,12 +208,12 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
             parent=source_ref,
             lineage={"trial_id": best.metrics["trial_id"], "method": method, "search": spec.name,
                      "target_labels": labels_seen, "judge": judge})
-        if best.metrics["score"] > source_val or (judge == "labels" and best.metrics["score"] == source_val):
+        if best_score > source_val or (judge == "labels" and best_score == source_val):
             registry.promote(domain, version)  # do no harm: only a result the judge prefers goes live
         else:
             log(f"[tune] {domain}: {domain}@{version} kept out of production: {judge} score "
-                f"{100 * best.metrics['score']:.1f} <= source {100 * source_val:.1f}")
-        outcome = DomainOutcome(domain, len(list(results)), epochs_spent, best.metrics["score"], source_val,
+                f"{100 * best_score:.1f} <= source {100 * source_val:.1f}")
+        outcome = DomainOutcome(domain, len(list(results)), epochs_spent, best_score, source_val,
                                 params, best.metrics["trial_id"], version, curves)
         done.write_text(json.dumps(outcome.__dict__))
         outcomes.append(outcome)
@@ -219,12 +223,17 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
     return outcomes
 
 
+def selected_score(result: Any) -> float:
+    """A trial's result: its selected (best-scored) epoch's score, not blindly its last epoch's."""
+    return result.metrics.get("selected_score", result.metrics["score"])
+
+
 def source_score(model: torch.nn.Module, val: Any, run: RunConfig, judge: str) -> float:
     """The source model's score by the domain's judge: val mIoU, or its proxy (agreement 1 by definition)."""
     if judge == "labels":
-        return evaluate(model, val, run.eval).miou
-    return proxy_scores(model, model, UnlabelledView(val), val.info.num_classes, run.adapt.proxy_confidence,
-                        batch_size=run.eval.batch_size).score
+        return evaluate(model, val, run.eval, resize=run.data.resize).miou
+    return proxy_scores(model, model, val, val.info.num_classes, run.adapt.proxy_confidence,
+                        batch_size=run.eval.batch_size, resize=run.data.resize).score
 
 
 def write_summary(outcomes: list[DomainOutcome], storage: Path) -> tuple[Path, Path]:

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from raysegment.config import ModelConfig, parse_config
-from raysegment.data import UnlabelledView, open_split
+from raysegment.data import open_split
 from raysegment.engine import evaluate
-from raysegment.engine.adapt import EMATeacher, adapt, adapt_batchnorm, training_sets
-from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors
+from raysegment.engine.adapt import EMATeacher, adapt, adapt_batchnorm, open_source_train, open_target_train
+from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors, load_selected_weights
 from raysegment.errors import ConfigError
 from raysegment.models import build_segmenter, load_model
 
@@ -81,50 +81,52 @@ def _source_miou(synth_root, source_model_dir, domain):
 def test_label_free_methods_improve_a_photometric_shift(synth_root, source_model_dir, tmp_path, method):
     """Night is a photometric shift: the source model's BN statistics are wrong there."""
     cfg = _adapt_config(synth_root, source_model_dir, tmp_path, method)
-    tuner = adapt(cfg, resume=False, log=lambda line: None)
+    result = adapt(cfg, resume=False, log=lambda line: None)
     test = open_split(synth_root, "night", "test")
     before = _source_miou(synth_root, source_model_dir, "night")
-    after = evaluate(tuner.deployable, test, cfg.eval).miou
+    after = evaluate(result.model, test, cfg.eval).miou
     assert after > before + 0.05, (method, before, after)
-    scores = tuner.score(open_split(synth_root, "night", "val"))
-    assert {"proxy_consistency", "proxy_agreement", "proxy_entropy", "score"} <= set(scores)
+    assert {"proxy_consistency", "proxy_agreement", "proxy_entropy", "score"} <= set(result.scores)
+    assert "val_miou" not in result.scores  # judged without labels: no mIoU was computed
 
 
 def test_label_free_methods_never_see_target_labels(synth_root, source_model_dir, tmp_path):
     for method in ("adabn", "tent", "self_training"):
-        sets = training_sets(_adapt_config(synth_root, source_model_dir, tmp_path, method))
-        target = sets[-1]
-        assert isinstance(target, UnlabelledView)
+        target = open_target_train(_adapt_config(synth_root, source_model_dir, tmp_path, method))
+        assert target.labelled_count == 0 and all(mask is None for _, mask in target.samples)
         assert all((target[i][1] == target.info.ignore_index).all() for i in range(len(target)))
-    source, _ = training_sets(_adapt_config(synth_root, source_model_dir, tmp_path, "self_training"))
-    assert source.pairs[0][0].parts[-3] == "clear"  # supervised half: the labelled source domain
+    source = open_source_train(_adapt_config(synth_root, source_model_dir, tmp_path, "self_training"))
+    assert source.samples[0][0].parts[-3] == "clear" and source.labelled_count == len(source)
 
 
 def test_self_training_checkpoints_the_teacher_and_resumes_exactly(synth_root, source_model_dir, tmp_path):
     cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.02,
                         rare_class_temperature=0.1)
-    full = adapt(cfg, resume=False, log=lambda line: None)
+    full = adapt(cfg, resume=False, log=lambda line: None).learner
     ckpt = latest_checkpoint(cfg.output_dir)
     student = load_extra_tensors(ckpt)
     assert student and all(k.startswith("student/") for k in student)
     deployed, _ = load_model(ckpt)
     assert all(torch.equal(v, full.teacher.model.state_dict()[k]) for k, v in deployed.state_dict().items())
+    selected = load_selected_weights(ckpt)  # the best-scored epoch's teacher is the run's result
+    assert all(torch.equal(v, full.selected_model().state_dict()[k]) for k, v in selected.items())
     # Interrupt after 2 epochs, resume to 4: same teacher as the uninterrupted run.
     short = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2}),
                                    "output_dir": str(tmp_path / "resumed")})
     adapt(short, resume=False, log=lambda line: None)
-    resumed = adapt(cfg.model_copy(update={"output_dir": short.output_dir}), resume=True, log=lambda line: None)
+    resumed = adapt(cfg.model_copy(update={"output_dir": short.output_dir}), resume=True, log=lambda line: None).learner
     for (k, a), b in zip(full.teacher.model.state_dict().items(), resumed.teacher.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    assert resumed.best_epoch == full.best_epoch
 
 
 def test_few_shot_finetune_uses_exactly_k_labels(synth_root, source_model_dir, tmp_path):
     cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "finetune", domain="fog")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"labelled_limit": 3})})
-    (train,) = training_sets(cfg)
-    assert len(train) == 3 and cfg.adapt.judged_by == "labels"
-    tuner = adapt(cfg, resume=False, log=lambda line: None)
-    assert evaluate(tuner.deployable, open_split(synth_root, "fog", "test"), cfg.eval).miou > \
+    train = open_target_train(cfg)
+    assert len(train) == 3 and cfg.judge == "labels"
+    result = adapt(cfg, resume=False, log=lambda line: None)
+    assert evaluate(result.model, open_split(synth_root, "fog", "test"), cfg.eval).miou > \
         _source_miou(synth_root, source_model_dir, "fog")
 
 
@@ -140,7 +142,8 @@ def test_adaptation_configs_name_what_is_missing(synth_root):
 def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, source_model_dir, tmp_path):
     cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.01)
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2, "amp": "bf16"})})
-    tuner = adapt(cfg, device="cuda", resume=False, log=lambda line: None)
-    assert tuner.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in tuner.history)
-    assert next(tuner.teacher.model.parameters()).is_cuda
-    assert evaluate(tuner.deployable, open_split(synth_root, "night", "test"), cfg.eval, "cuda").miou > 0
+    result = adapt(cfg, device="cuda", resume=False, log=lambda line: None)
+    learner = result.learner
+    assert learner.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in learner.history)
+    assert next(learner.teacher.model.parameters()).is_cuda
+    assert evaluate(result.model, open_split(synth_root, "night", "test"), cfg.eval, "cuda").miou > 0

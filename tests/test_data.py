@@ -43,7 +43,7 @@ def test_splits_are_disjoint_and_cover_the_domain(synth_root):
     splits = json.loads((synth_root / "clear" / "splits.json").read_text())
     stems = splits["train"] + splits["val"] + splits["test"]
     assert len(stems) == len(set(stems)) == 12
-    assert len(open_split(synth_root, "clear", "train", limit=3)) == 3
+    assert len(open_split(synth_root, "clear", "train").labelled(3)) == 3
 
 
 @pytest.fixture
@@ -53,10 +53,47 @@ def domain_copy(synth_root, tmp_path):
     return root
 
 
-def test_image_without_mask_names_the_file(domain_copy):
+def test_an_image_without_mask_is_kept_unlabelled(domain_copy):
     (domain_copy / "clear" / "masks" / "clear_00001.png").unlink()
-    with pytest.raises(DatasetError, match=r"clear_00001.png is missing .*every image needs a mask"):
+    data = open_split(domain_copy, "clear", "train")
+    assert len(data) == 7 and data.labelled_count == 6
+    unlabelled = [i for i, (_, mask) in enumerate(data.samples) if mask is None]
+    assert [data.samples[i][0].name for i in unlabelled] == ["clear_00001.png"]
+    assert (data[unlabelled[0]][1] == 255).all()  # an all-ignore mask, made in memory
+    assert len(data.labelled()) == 6 and len(data.labelled(2)) == 2
+
+
+def test_a_domain_without_masks_folder_is_unlabelled(domain_copy):
+    shutil.rmtree(domain_copy / "clear" / "masks")
+    data = open_split(domain_copy, "clear", "train")
+    assert len(data) == 7 and data.labelled_count == 0
+    with pytest.raises(DatasetError, match="none of the 7 images .* has a mask.*label-free method"):
+        data.labelled()
+
+
+def test_unlabelled_reading_never_looks_at_masks(domain_copy):
+    # Garbage masks would fail validation if anything opened them.
+    for mask in (domain_copy / "clear" / "masks").glob("*.png"):
+        mask.write_bytes(b"not a png")
+    data = open_split(domain_copy, "clear", "train", unlabelled=True)
+    assert data.labelled_count == 0 and data[0][0].shape == (3, 64, 128)
+    with pytest.raises(DatasetError, match="unreadable"):
         open_split(domain_copy, "clear", "train")
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16"])
+def test_grayscale_palette_rgba_and_16_bit_images_read_as_8_bit_rgb(tmp_path, mode):
+    import numpy as np
+
+    from raysegment.data.dataset import read_image
+
+    values = (np.arange(35, dtype=np.uint8).reshape(5, 7) * 7)
+    image = Image.fromarray(values.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(values).convert(mode)
+    image.save(tmp_path / "x.png")
+    tensor = read_image(tmp_path / "x.png")
+    assert tensor.shape == (3, 5, 7) and tensor.dtype == torch.uint8
+    if mode in ("L", "LA", "I;16", "RGBA"):
+        assert torch.equal(tensor[0], torch.from_numpy(values)) and torch.equal(tensor[0], tensor[2])
 
 
 def test_size_mismatch_names_both_files(domain_copy):
@@ -128,8 +165,8 @@ def test_acdc_layout_uses_the_condition_as_domain(tmp_path):
 def test_pad_collate_pads_masks_with_ignore():
     a = (torch.ones(3, 4, 6, dtype=torch.uint8), torch.zeros(4, 6, dtype=torch.long))
     b = (torch.ones(3, 8, 5, dtype=torch.uint8), torch.ones(8, 5, dtype=torch.long))
-    images, masks = pad_collate([a, b], ignore_index=255)
-    assert images.shape == (2, 3, 8, 6) and masks.shape == (2, 8, 6)
+    images, masks, sizes = pad_collate([a, b], ignore_index=255)
+    assert images.shape == (2, 3, 8, 6) and masks.shape == (2, 8, 6) and sizes.tolist() == [[4, 6], [8, 5]]
     assert (masks[0, 4:] == 255).all() and (masks[1, :, 5] == 255).all() and (masks[0, :4, :6] == 0).all()
 
 

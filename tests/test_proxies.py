@@ -3,8 +3,8 @@
 import torch
 
 from raysegment.config import ModelConfig
-from raysegment.data import UnlabelledView, open_split
-from raysegment.engine.proxies import class_mean_iou, proxy_scores
+from raysegment.data import open_split
+from raysegment.engine.proxies import mean_iou_over, proxy_scores
 from raysegment.models import build_segmenter, load_model
 
 from conftest import TINY_BACKBONE
@@ -18,10 +18,10 @@ def collapsed_model(num_classes: int, cls: int) -> torch.nn.Module:
     return model.eval()
 
 
-def test_class_mean_iou_counts_dropped_classes_as_zero():
-    confusion = torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 0, 0]])
-    assert class_mean_iou(confusion) == 1.0
-    assert class_mean_iou(confusion, torch.tensor([True, True, False])) == 0.5
+def test_mean_iou_counts_dropped_classes_as_zero():
+    iou = torch.tensor([1.0, float("nan"), float("nan")])  # class 0 perfect, classes 1 and 2 absent
+    assert mean_iou_over(iou) == 1.0
+    assert mean_iou_over(iou, torch.tensor([True, True, False])) == 0.5
 
 
 def test_a_collapsed_model_scores_below_a_sound_one(synth_root, source_model_dir):
@@ -30,7 +30,7 @@ def test_a_collapsed_model_scores_below_a_sound_one(synth_root, source_model_dir
     source can be less stable than a collapsed model: the proxy is a heuristic, benchmarked in
     bench_adapt against what labels would pick.)"""
     source, meta = load_model(source_model_dir)
-    images = UnlabelledView(open_split(synth_root, "clear", "val"))
+    images = open_split(synth_root, "clear", "val", unlabelled=True)
     own = proxy_scores(source, source, images, meta.num_classes, confidence=0.5)
     collapsed = proxy_scores(collapsed_model(meta.num_classes, 0), source, images, meta.num_classes, confidence=0.5)
     assert own.agreement == 1.0 and 0 < own.consistency <= 1
@@ -40,7 +40,7 @@ def test_a_collapsed_model_scores_below_a_sound_one(synth_root, source_model_dir
 
 def test_proxies_are_deterministic_and_leave_the_global_rng_alone(synth_root, source_model_dir):
     source, meta = load_model(source_model_dir)
-    images = UnlabelledView(open_split(synth_root, "night", "val"))
+    images = open_split(synth_root, "night", "val", unlabelled=True)
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)

@@ -1,8 +1,9 @@
 """Datasets on disk: the raysegment domain layout, Cityscapes and ACDC, and a synthetic generator."""
 
-from raysegment.data.dataset import SegmentationDataset, UnlabelledView, pad_collate
+from raysegment.data.dataset import Batch, SegmentationDataset, pad_collate
 from raysegment.data.info import DatasetInfo
 from raysegment.data.sources import list_domains, open_split
 from raysegment.data.sampler import EpochSampler, RareClassSampler
 
-__all__ = ["DatasetInfo", "EpochSampler", "RareClassSampler", "SegmentationDataset", "UnlabelledView", "list_domains", "open_split", "pad_collate"]
+__all__ = ["Batch", "DatasetInfo", "EpochSampler", "RareClassSampler", "SegmentationDataset", "list_domains",
+           "open_split", "pad_collate"]

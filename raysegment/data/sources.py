@@ -1,6 +1,7 @@
 """Find (image, mask) pairs for a split in the layouts users already have.
 
-- raysegment: `<root>/dataset.json`, `<root>/<domain>/{images,masks}/<stem>.png|jpg`,
+- raysegment: `<root>/dataset.json`, `<root>/<domain>/images/<stem>.png|jpg` and, where labelled,
+  `<root>/<domain>/masks/<stem>.png` (no masks folder, or masks for only some images, is fine),
   optional `<root>/<domain>/splits.json` = {"train": [stems], "val": [...], "test": [...]}.
   Without splits.json every split is derived deterministically from the sorted stems
   (70% train, 15% val, 15% test) and split "all" lists everything.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from raysegment.data.dataset import SegmentationDataset
+from raysegment.data.dataset import Sample, SegmentationDataset
 from raysegment.data.info import CITYSCAPES, DatasetInfo
 from raysegment.errors import DatasetError
 
@@ -30,30 +31,29 @@ def list_domains(root: str | Path) -> list[str]:
 
 
 def open_split(root: str | Path, domain: str, split: str, layout: str = "raysegment",
-               limit: int | None = None, validate: bool = True) -> SegmentationDataset:
-    """Build the dataset of one domain's split; `limit` keeps the first k pairs (few-shot)."""
+               unlabelled: bool = False) -> SegmentationDataset:
+    """Build the dataset of one domain's split. Images without a mask are kept, unlabelled;
+    `unlabelled=True` reads every image that way without looking at the masks at all."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist")
     if layout == "raysegment":
-        info, pairs = DatasetInfo.read(root), _raysegment_pairs(root, domain, split)
+        info, samples = DatasetInfo.read(root), _raysegment_samples(root, domain, split, unlabelled)
     elif layout == "cityscapes":
-        info, pairs = CITYSCAPES, _suffix_pairs(root / "leftImg8bit" / split, "_leftImg8bit",
-                                                root / "gtFine" / split, "_gtFine_labelTrainIds.png")
+        info, samples = CITYSCAPES, _suffix_samples(root / "leftImg8bit" / split, "_leftImg8bit",
+                                                    root / "gtFine" / split, "_gtFine_labelTrainIds.png", unlabelled)
     elif layout == "acdc":
-        info, pairs = CITYSCAPES, _suffix_pairs(root / "rgb_anon" / domain / split, "_rgb_anon",
-                                                root / "gt" / domain / split, "_gt_labelTrainIds.png")
+        info, samples = CITYSCAPES, _suffix_samples(root / "rgb_anon" / domain / split, "_rgb_anon",
+                                                    root / "gt" / domain / split, "_gt_labelTrainIds.png", unlabelled)
     else:
         raise DatasetError(f"unknown layout {layout!r}; use raysegment, cityscapes or acdc")
-    if limit is not None:
-        pairs = pairs[:limit]
-    if not pairs:
+    if not samples:
         raise DatasetError(f"split {split!r} of domain {domain!r} under {root} is empty; "
                            f"check the split name and splits.json")
-    return SegmentationDataset(pairs, info, validate=validate)
+    return SegmentationDataset(samples, info)
 
 
-def _raysegment_pairs(root: Path, domain: str, split: str) -> list[tuple[Path, Path]]:
+def _raysegment_samples(root: Path, domain: str, split: str, unlabelled: bool) -> list[Sample]:
     folder = root / domain
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not images_dir.is_dir():
@@ -61,17 +61,13 @@ def _raysegment_pairs(root: Path, domain: str, split: str) -> list[tuple[Path, P
         raise DatasetError(f"{images_dir} is missing: domain {domain!r} not found (domains: {known})")
     images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     stems = _split_stems(folder, sorted(images), split)
-    pairs = []
+    samples: list[Sample] = []
     for stem in stems:
         if stem not in images:
             raise DatasetError(f"{folder / 'splits.json'} lists {stem!r} but {images_dir}/{stem}.png|jpg is missing")
-        mask = masks_dir / f"{stem}.png"
-        if not mask.is_file():
-            n_masks = len(list(masks_dir.glob("*.png"))) if masks_dir.is_dir() else 0
-            raise DatasetError(f"{mask} is missing (every image needs a mask of the same stem); "
-                               f"found {len(images)} images and {n_masks} masks")
-        pairs.append((images[stem], mask))
-    return pairs
+        mask = None if unlabelled else masks_dir / f"{stem}.png"
+        samples.append((images[stem], mask if mask is not None and mask.is_file() else None))
+    return samples
 
 
 def _split_stems(folder: Path, stems: list[str], split: str) -> list[str]:
@@ -92,16 +88,19 @@ def _split_stems(folder: Path, stems: list[str], split: str) -> list[str]:
     return stems[round(lo * len(stems)):round(hi * len(stems))]
 
 
-def _suffix_pairs(images_dir: Path, image_suffix: str, masks_dir: Path, mask_suffix: str) -> list[tuple[Path, Path]]:
+def _suffix_samples(images_dir: Path, image_suffix: str, masks_dir: Path, mask_suffix: str,
+                    unlabelled: bool) -> list[Sample]:
+    """Official layouts: a missing label folder means unlabelled; a missing label file is a broken export."""
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir} is missing; check the dataset root, split and domain")
-    pairs = []
+    labelled = not unlabelled and masks_dir.is_dir()
+    samples: list[Sample] = []
     for image in sorted(images_dir.rglob(f"*{image_suffix}.png")):
         rel = image.relative_to(images_dir).parent
         stem = image.name[: -len(f"{image_suffix}.png")]
-        mask = masks_dir / rel / f"{stem}{mask_suffix}"
-        if not mask.is_file():
+        mask = masks_dir / rel / f"{stem}{mask_suffix}" if labelled else None
+        if mask is not None and not mask.is_file():
             raise DatasetError(f"{mask} is missing for {image}; generate labelTrainIds with the "
                                f"dataset's official scripts (createTrainIdLabelImgs.py)")
-        pairs.append((image, mask))
-    return pairs
+        samples.append((image, mask))
+    return samples

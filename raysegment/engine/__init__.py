@@ -1,6 +1,7 @@
-"""One-process fine-tuning and evaluation. Ray Train/Tune wrap these; nothing here imports Ray."""
+"""One-process training, adaptation and evaluation. Ray Train/Tune wrap these; nothing here imports Ray."""
 
 from raysegment.engine.evaluate import EvalResult, evaluate
-from raysegment.engine.finetuner import FineTuner, fit
+from raysegment.engine.learner import Finetune, Learner
+from raysegment.engine.loop import fit, run_epochs, train_in_process
 
-__all__ = ["EvalResult", "FineTuner", "evaluate", "fit"]
+__all__ = ["EvalResult", "Finetune", "Learner", "evaluate", "fit", "run_epochs", "train_in_process"]

@@ -1,7 +1,8 @@
 """Training checkpoints: model + optimiser + scheduler + counters + RNG, never pickled.
 
-A checkpoint is a folder: `model.safetensors` + `model.json` (loadable on its own by
-`models.load_model`), `train_state.safetensors` (optimiser tensors, RNG states) and
+A checkpoint is a folder: `model.safetensors` + `model.json` (the model being trained, loadable on
+its own by `models.load_model`), `selected/` (the run's result so far: the best-scored epoch's
+model, also a model folder), `train_state.safetensors` (optimiser tensors, RNG states) and
 `train_state.json` (param groups, scheduler, epoch, step, history, Python/NumPy RNG).
 It is written into a temporary sibling and renamed into place, so a crash leaves either the
 previous checkpoint or the new one, never half of one.
@@ -27,6 +28,7 @@ from raysegment.storage import atomic_write_json, publish_dir
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 LATEST = "latest.json"
+SELECTED = "selected"
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -53,14 +55,17 @@ def set_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> No
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, counters: dict[str, Any],
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    extra_tensors: dict[str, torch.Tensor] | None = None,
+                    selected: torch.nn.Module | None = None) -> Path:
     """Write a full training checkpoint atomically to `folder`; `extra_tensors` (a mean teacher's
-    student, say) travel in the train state under `extra/`."""
+    student, say) travel in the train state under `extra/`; `selected` (default: `model`) is the
+    run's result so far, written as the model folder `selected/`."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_model(tmp, model, meta)
+        save_model(tmp / SELECTED, selected if selected is not None else model, meta)
         opt = optimizer.state_dict()
         tensors, extra = {}, {}
         for pid, pstate in opt["state"].items():
@@ -84,7 +89,7 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta,
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, restore_rng: bool = True) -> dict[str, Any]:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the counters."""
     from raysegment.models.io import read_weights
 
@@ -106,9 +111,15 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     sched = scheduler.state_dict()
     sched.update(state["scheduler"])
     scheduler.load_state_dict(sched)
-    if restore_rng:
-        set_rng_state(tensors, state["rng"])
+    set_rng_state(tensors, state["rng"])
     return state["counters"]
+
+
+def load_selected_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of the checkpoint's `selected/` model."""
+    from raysegment.models.io import read_weights
+
+    return read_weights(str(Path(folder) / SELECTED))
 
 
 def load_extra_tensors(folder: str | Path) -> dict[str, torch.Tensor]:

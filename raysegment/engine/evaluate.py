@@ -1,32 +1,31 @@
-"""mIoU and per-class IoU (torchmetrics confusion matrix), whole-image or sliding-window."""
+"""mIoU and per-class IoU (torchmetrics), whole-image or sliding-window, at the model's working scale.
+
+Images are resized to the working scale (`data.resize`) for the forward pass and the logits are
+resized back, so scores are always against the full-resolution labels. Items of one size run
+together, unpadded.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassJaccardIndex
 
-from raysegment.augment import to_float
-from raysegment.config import EvalConfig
-from raysegment.data.dataset import pad_collate
+from raysegment.augment import same_size_groups, to_float
+from raysegment.config import EvalConfig, ResizeConfig
+from raysegment.data.dataset import SegmentationDataset, pad_collate
 
 
 @dataclass
 class EvalResult:
     miou: float
     per_class: dict[str, float]
-    pixel_accuracy: float
     images: int = 0
-    confusion: list[list[int]] = field(default_factory=list, repr=False)
-
-    def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        out = {f"{prefix}miou": self.miou, f"{prefix}pixel_accuracy": self.pixel_accuracy}
-        out.update({f"{prefix}iou/{name}": v for name, v in self.per_class.items()})
-        return out
 
 
 @torch.no_grad()
@@ -58,29 +57,46 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
     return sorted({min(i * stride, size - window) for i in range(n)})
 
 
-def evaluate(model: torch.nn.Module, dataset: Dataset, cfg: EvalConfig, device: torch.device | str | None = None,
-             window: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1) -> EvalResult:
-    """Score `model` on `dataset` (its `.info` names the classes). Under torch.distributed each
-    rank scores its shard and the confusion matrices are summed across ranks."""
+@torch.no_grad()
+def predict_full_size(model: torch.nn.Module, images: torch.Tensor, full_size: tuple[int, int], cfg: EvalConfig,
+                      window: tuple[int, int] | None = None) -> torch.Tensor:
+    """images (B,3,h,w) at working scale -> logits (B,C,*full_size)."""
+    logits = predict_logits(model, images, cfg, window)
+    if tuple(logits.shape[-2:]) != tuple(full_size):
+        logits = F.interpolate(logits, size=full_size, mode="bilinear", align_corners=False)
+    return logits
+
+
+def scaled_batches(dataset: Dataset, batch_size: int, resize: ResizeConfig | None, device: torch.device,
+                   ignore_index: int = 255) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]:
+    """(images (b,3,h,w) float at working scale, masks (b,H,W) at full size, (H,W)) per same-size group."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=lambda items: pad_collate(items, ignore_index))
+    for batch in loader:
+        images = to_float(batch.images.to(device))
+        for index, scaled, (h, w) in same_size_groups(images, batch.sizes, resize):
+            yield scaled, batch.masks[index, :h, :w].to(device), (h, w)
+
+
+def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg: EvalConfig,
+             device: torch.device | str | None = None, window: tuple[int, int] | None = None,
+             resize: ResizeConfig | None = None, rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Score `model` on the labelled images of `dataset` (its `.info` names the classes). Under
+    torch.distributed each rank scores its shard and torchmetrics sums the counts across ranks."""
     info = dataset.info
+    labelled = dataset.labelled()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    shard = Subset(dataset, list(range(rank, len(dataset), world_size))) if world_size > 1 else dataset
-    loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False,
-                        collate_fn=lambda b: pad_collate(b, info.ignore_index))
-    metric = MulticlassConfusionMatrix(num_classes=info.num_classes, ignore_index=info.ignore_index).to(device)
+    shard = Subset(labelled, list(range(rank, len(labelled), world_size))) if world_size > 1 else labelled
+    # Classes absent from both labels and predictions have no IoU (NaN, left out of the mean), not 0.
+    metric = MulticlassJaccardIndex(num_classes=info.num_classes, ignore_index=info.ignore_index,
+                                    average="none", zero_division=float("nan")).to(device)
     was_training = model.training
     model.eval()
-    for images, masks in loader:
-        images, masks = to_float(images.to(device)), masks.to(device)
-        preds = predict_logits(model, images, cfg, window).argmax(1)
-        metric.update(preds, masks)
+    for images, masks, size in scaled_batches(shard, cfg.batch_size, resize, device, info.ignore_index):
+        metric.update(predict_full_size(model, images, size, cfg, window).argmax(1), masks)
     model.train(was_training)
-    conf = metric.compute().double().cpu()
-    tp = conf.diag()
-    denom = conf.sum(0) + conf.sum(1) - tp
-    iou = torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+    iou = metric.compute().double().cpu()
     valid = ~torch.isnan(iou)
     miou = float(iou[valid].mean()) if valid.any() else float("nan")
-    acc = float(tp.sum() / conf.sum().clamp(min=1))
-    per_class = {name: float(v) for name, v in zip(info.classes, iou)}
-    return EvalResult(miou, per_class, acc, len(dataset), conf.long().tolist())
+    return EvalResult(miou, {name: float(v) for name, v in zip(info.classes, iou)}, len(labelled))
+

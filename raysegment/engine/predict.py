@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from raysegment.augment import to_float
-from raysegment.config import EvalConfig
-from raysegment.engine.evaluate import predict_logits
+from raysegment.augment import resize_images, scaled_size, to_float
+from raysegment.config import EvalConfig, ResizeConfig
+from raysegment.engine.evaluate import predict_full_size
 
 
 @torch.no_grad()
 def segment(model: torch.nn.Module, image: torch.Tensor, cfg: EvalConfig = EvalConfig(),
-            window: tuple[int, int] | None = None) -> torch.Tensor:
-    """image (3,H,W) uint8 -> (H,W) int64 class ids."""
+            window: tuple[int, int] | None = None, resize: ResizeConfig | None = None) -> torch.Tensor:
+    """image (3,H,W) uint8 -> (H,W) int64 class ids at full size; `resize`: the model's working scale."""
     model.eval()
     device = next(model.parameters()).device
-    logits = predict_logits(model, to_float(image.unsqueeze(0).to(device)), cfg, window)
-    return logits.argmax(1)[0].cpu()
+    h, w = image.shape[-2:]
+    images = resize_images(to_float(image.unsqueeze(0).to(device)), scaled_size(h, w, resize))
+    return predict_full_size(model, images, (h, w), cfg, window).argmax(1)[0].cpu()

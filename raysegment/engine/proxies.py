@@ -13,8 +13,9 @@ These proxies score a candidate on held-back unlabelled target images:
   confidence above a threshold (a diagnostic: on a strong shift the source is often confidently
   wrong, so agreement would keep a model from fixing exactly that).
 
-`score = consistency`. The registry promotes a label-free result only when its score beats the
-source model's own score on the same images.
+`score = consistency`. A label-free result should replace the source model only when its score
+beats the source model's own score on the same held-back images; the callers that register or
+pick a result (the Tune search, `raysegment adapt`) compare the two.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassJaccardIndex
 
-from raysegment.augment import to_float
-from raysegment.data.dataset import pad_collate
+from raysegment.config import ResizeConfig
+from raysegment.data.dataset import SegmentationDataset
+from raysegment.engine.evaluate import scaled_batches
 
 
 @dataclass(frozen=True)
@@ -45,54 +47,53 @@ class ProxyScores:
                 "proxy_agreement": self.agreement, "proxy_score": self.score}
 
 
-def class_mean_iou(confusion: torch.Tensor, classes: torch.Tensor | None = None) -> float:
-    """Mean IoU over `classes` (bool mask; default: those occurring in either labelling)."""
-    tp = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0 if classes is None else classes
-    union = union.clamp(min=1)
-    return float((tp[present] / union[present]).mean()) if present.any() else 0.0
+def _iou_metric(num_classes: int, device: torch.device) -> MulticlassJaccardIndex:
+    return MulticlassJaccardIndex(num_classes=num_classes, average="none", zero_division=float("nan")).to(device)
 
 
-def _confusion(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return torch.bincount(a.flatten() * num_classes + b.flatten(), minlength=num_classes ** 2).view(
-        num_classes, num_classes).double().cpu()
+def mean_iou_over(iou: torch.Tensor, classes: torch.Tensor | None = None) -> float:
+    """Mean of per-class IoU over `classes` (bool mask; an absent class there counts 0), or over the
+    classes that occur (not NaN) when `classes` is None."""
+    iou = iou.double().cpu()
+    if classes is None:
+        classes = ~torch.isnan(iou)
+    return float(torch.nan_to_num(iou[classes], nan=0.0).mean()) if classes.any() else 0.0
 
 
 @torch.no_grad()
-def proxy_scores(model: torch.nn.Module, reference: torch.nn.Module, images: Dataset, num_classes: int,
+def proxy_scores(model: torch.nn.Module, reference: torch.nn.Module, images: SegmentationDataset, num_classes: int,
                  confidence: float = 0.9, device: torch.device | str = "cpu", batch_size: int = 8,
-                 seed: int = 0) -> ProxyScores:
-    """Score `model` against `reference` (the source model) on unlabelled `images`.
+                 resize: ResizeConfig | None = None, seed: int = 0) -> ProxyScores:
+    """Score `model` against `reference` (the source model) on the images of `images` (masks never read).
 
     Deterministic for a given seed: the perturbation is drawn from a private generator state.
     """
     device = torch.device(device)
+    images = images.without_labels()
     was_training = model.training
     model.eval()
     reference.eval()
     perturb = K.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0).to(device)
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, collate_fn=pad_collate)
-    consistency = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    agreement = torch.zeros_like(consistency)
+    consistency, agreement = _iou_metric(num_classes, device), _iou_metric(num_classes, device)
     entropy_sum, pixels = 0.0, 0
     source_classes = torch.zeros(num_classes, dtype=torch.bool)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for batch, _ in loader:
-            x = to_float(batch.to(device))
+        for x, _, _ in scaled_batches(images, batch_size, resize, device):
             probs = model(x).float().softmax(1)
             pred = probs.argmax(1)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(num_classes)
             entropy_sum += float(entropy.sum())
             pixels += entropy.numel()
             twin = model(perturb(x).flip(-1)).argmax(1).flip(-1)
-            consistency += _confusion(pred, twin, num_classes)
+            consistency.update(twin, pred)
             ref_conf, ref_pred = reference(x).float().softmax(1).max(1)
             sure = ref_conf > confidence
-            agreement += _confusion(ref_pred[sure], pred[sure], num_classes)
+            if sure.any():
+                agreement.update(pred[sure], ref_pred[sure])
             source_classes |= torch.bincount(ref_pred.flatten().cpu(), minlength=num_classes) > 0
     model.train(was_training)
-    predicted = (consistency.sum(0) + consistency.sum(1)) > 0
-    return ProxyScores(entropy_sum / max(1, pixels), class_mean_iou(consistency, predicted | source_classes),
-                       class_mean_iou(agreement))
+    consistency_iou = consistency.compute()
+    predicted = ~torch.isnan(consistency_iou.cpu())
+    return ProxyScores(entropy_sum / max(1, pixels), mean_iou_over(consistency_iou, predicted | source_classes),
+                       mean_iou_over(agreement.compute()) if agreement.update_count else 0.0)

@@ -16,15 +16,17 @@ def lr_factor(step: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Optimise trainable parameters only; norm and bias parameters get no weight decay."""
-    decay, no_decay = [], []
+    """Optimise trainable parameters only; norm and bias parameters get no weight decay; the backbone
+    (`model.encoder`) learns at `lr * backbone_lr_scale` (a slower backbone keeps what pretraining knew)."""
+    groups = {(enc, wd): [] for enc in (True, False) for wd in (True, False)}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(name.startswith("encoder."), param.ndim > 1)].append(param)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if wd else 0.0,
+                     "lr": cfg.lr * (cfg.backbone_lr_scale if enc else 1.0)} for (enc, wd), params in groups.items()]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int) -> LambdaLR:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from raysegment.config import ModelConfig
+from raysegment.config import ModelConfig, ResizeConfig
 from raysegment.errors import CheckpointError
 from raysegment.storage import atomic_write_json, fetch_to_local, is_uri, read_bytes
 
@@ -30,6 +30,7 @@ class ModelMeta(BaseModel):
     classes: list[str]
     palette: list[tuple[int, int, int]]
     ignore_index: int = 255
+    resize: ResizeConfig | None = None  # the working scale it was trained at; None: the files' size
     metrics: dict[str, float] = {}
 
 

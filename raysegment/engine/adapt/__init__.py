@@ -1,57 +1,116 @@
 """Domain adaptation with few or no target labels, selected by `cfg.adapt.method`.
 
-`build_tuner(cfg, ...)` returns the `FineTuner` for the method with its datasets opened:
-`finetune` (labelled target images), `adabn`, `tent` and `self_training` (target images without
-labels; self-training also reads the labelled source domain).
+`finetune` trains on the target's labelled images (`data.labelled_limit` of them, optionally
+replaying source batches); `adabn`, `tent` and `self_training` read the target's images only:
+their target datasets are opened without masks, so no code path of a label-free run can open a
+target mask file, and they are judged on held-back val images by the unsupervised proxy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 
 from raysegment.config import RunConfig
-from raysegment.data import SegmentationDataset, UnlabelledView, open_split
+from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
+from raysegment.engine.adapt.methods import SelfTraining, Tent, tent_parameters
 from raysegment.engine.adapt.teacher import EMATeacher
-from raysegment.engine.adapt.tuners import AdaBNTuner, SelfTrainer, TentTuner, Wrap
-from raysegment.engine.finetuner import FineTuner
-from raysegment.models import build_segmenter
+from raysegment.engine.learner import Finetune, Learner, Wrap
+from raysegment.engine.loop import train_in_process
+from raysegment.engine.proxies import proxy_scores
+from raysegment.models import ModelMeta, build_segmenter
 
 
-def training_sets(cfg: RunConfig) -> tuple[SegmentationDataset, ...]:
-    """The datasets a method trains on; target labels only where the method may use them."""
-    d, a = cfg.data, cfg.adapt
-    if a.uses_target_labels:
-        return (open_split(d.root, d.domain, d.train_split, d.layout, d.labelled_limit),)
-    target = UnlabelledView(open_split(d.root, d.domain, d.train_split, d.layout))
-    if a.method == "self_training":
-        return open_split(d.root, a.source_domain, d.train_split, d.layout), target
-    return (target,)
+def open_target_train(cfg: RunConfig) -> SegmentationDataset:
+    """The target images a method trains on: labelled ones (the first `labelled_limit`) for finetune,
+    every image without its mask for the label-free methods."""
+    d = cfg.data
+    if cfg.adapt.uses_target_labels:
+        return open_split(d.root, d.domain, d.train_split, d.layout).labelled(d.labelled_limit)
+    return open_split(d.root, d.domain, d.train_split, d.layout, unlabelled=True)
 
 
-def build_tuner(cfg: RunConfig, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                wrap_model: Wrap = None) -> FineTuner:
-    sets = training_sets(cfg)
-    method = cfg.adapt.method
+def open_source_train(cfg: RunConfig) -> SegmentationDataset:
+    """The labelled source domain (self-training, source replay)."""
+    d = cfg.data
+    return open_split(d.root, cfg.adapt.source_domain, d.train_split, d.layout).labelled()
+
+
+def open_val(cfg: RunConfig) -> SegmentationDataset:
+    """The held-back target images that judge the run: labelled ones when labels judge, else images only."""
+    d = cfg.data
+    if cfg.judge == "labels":
+        return open_split(d.root, d.domain, d.val_split, d.layout).labelled()
+    return open_split(d.root, d.domain, d.val_split, d.layout, unlabelled=True)
+
+
+def build_learner(cfg: RunConfig, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                  wrap_model: Wrap = None) -> Learner:
+    """The `Learner` of a trained method (finetune, tent, self_training) with its datasets opened."""
+    method, target = cfg.adapt.method, open_target_train(cfg)
     if method == "finetune":
-        return FineTuner(cfg, sets[0], device, rank, world_size, wrap_model)
-    model = build_segmenter(cfg.model, sets[0].info.num_classes)
-    if method == "adabn":
-        return AdaBNTuner(cfg, sets[0], device, rank, world_size, wrap_model, model)
+        replay = open_source_train(cfg) if cfg.adapt.source_replay else None
+        return Finetune(cfg, target, device, rank, world_size, wrap_model, replay=replay)
+    model = build_segmenter(cfg.model, target.info.num_classes)
     if method == "tent":
-        return TentTuner(cfg, sets[0], device, rank, world_size, wrap_model, model)
-    return SelfTrainer(cfg, sets[0], sets[1], device, rank, world_size, wrap_model, model)
+        return Tent(cfg, target, device, rank, world_size, wrap_model, model)
+    if method == "self_training":
+        return SelfTraining(cfg, open_source_train(cfg), target, device, rank, world_size, wrap_model, model)
+    raise ValueError(f"{method} is not trained by a Learner")  # adabn: see adabn_model
+
+
+def adabn_model(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
+    """The source model with its BatchNorm statistics re-estimated on the target's train images."""
+    target = open_target_train(cfg)
+    model = build_segmenter(cfg.model, target.info.num_classes).to(device)
+    adapt_batchnorm(model, target, cfg.optim.batch_size, device, cfg.data.resize)
+    info = target.info
+    return model, ModelMeta(model=cfg.model, num_classes=info.num_classes, classes=info.classes,
+                            palette=info.palette, ignore_index=info.ignore_index, resize=cfg.data.resize)
+
+
+def adabn_scores(cfg: RunConfig, model: torch.nn.Module, val: SegmentationDataset,
+                 device: torch.device | str) -> dict[str, float]:
+    """AdaBN's held-back scores by the run's judge, against the unadapted source model."""
+    from raysegment.engine.evaluate import evaluate
+
+    if cfg.judge == "labels":
+        miou = evaluate(model, val, cfg.eval, device, resize=cfg.data.resize).miou
+        return {"val_miou": miou, "score": miou}
+    source = build_segmenter(cfg.model, val.info.num_classes).to(device)
+    proxies = proxy_scores(model, source, val, val.info.num_classes, cfg.adapt.proxy_confidence, device,
+                           cfg.eval.batch_size, cfg.data.resize)
+    return {**proxies.as_metrics(), "score": proxies.score}
+
+
+@dataclass
+class Adapted:
+    """What an adaptation run produced: the selected model, its meta and held-back scores."""
+
+    model: torch.nn.Module
+    meta: ModelMeta
+    scores: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    learner: Learner | None = None  # None for AdaBN, which trains nothing
 
 
 def adapt(cfg: RunConfig, device: torch.device | str | None = None, resume: bool = True, progress: bool = True,
-          log=print) -> FineTuner:
-    """Run `cfg.adapt.method` to its last epoch in this process, scored and checkpointed every epoch."""
-    from raysegment.engine.finetuner import run_epochs
-
+          log: Callable[[str], Any] = print) -> Adapted:
+    """Run `cfg.adapt.method` in this process: scored every `eval_every` epochs on held-back target
+    images, checkpointed under `cfg.output_dir`, the best-scored epoch selected."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    d = cfg.data
-    val = open_split(d.root, d.domain, d.val_split, d.layout)
-    return run_epochs(build_tuner(cfg, device), cfg, val, resume, progress, log)
+    val = open_val(cfg)
+    if cfg.adapt.method == "adabn":
+        model, meta = adabn_model(cfg, device)
+        return Adapted(model.eval(), meta, adabn_scores(cfg, model, val, device))
+    learner = train_in_process(build_learner(cfg, device), val, resume, progress, log)
+    return Adapted(learner.selected_model(), learner.meta, {**learner.best_scores, "selected_epoch": learner.best_epoch},
+                   learner.history, learner)
 
 
-__all__ = ["adapt", "AdaBNTuner", "EMATeacher", "SelfTrainer", "TentTuner", "adapt_batchnorm", "build_tuner", "training_sets"]
+__all__ = ["Adapted", "EMATeacher", "SelfTraining", "Tent", "adabn_model", "adapt", "adapt_batchnorm",
+           "build_learner", "open_source_train", "open_target_train", "open_val", "tent_parameters"]

@@ -1,51 +1,32 @@
-"""The adaptation methods as `FineTuner`s, so the one-process loop and Ray Train drive them alike.
+"""The trained adaptation methods, as `Learner`s so the one epoch loop drives them in one process
+and on every Ray Train rank alike (AdaBN needs no loop: `adapt_batchnorm` is a function).
 
-- `AdaBNTuner`: one pass re-estimating BatchNorm statistics on unlabelled target images.
-- `TentTuner`: AdaBN, then entropy minimisation of the BatchNorm affine parameters (Wang et al. 2021).
-- `SelfTrainer`: mean-teacher self-training: supervised source batches plus target images with
+- `Tent`: AdaBN, then entropy minimisation of the BatchNorm affine parameters (Wang et al. 2021).
+- `SelfTraining`: mean-teacher self-training: supervised source batches plus target images with
   confidence-weighted teacher pseudo-labels, ClassMix-ed with source classes, strongly augmented
-  for the student; optional FDA and rare-class sampling.
+  for the student; optional FDA and rare-class sampling. Source and target batches are paired item
+  by item whatever their sizes (short last batches, a target smaller than one batch, other image
+  sizes): the target batch is repeated or cut to the source batch and resized to its size.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from functools import partial
 
-from raysegment.augment import class_mix, fourier_domain_adaptation, photometric_augment, to_float
+from raysegment.augment import class_mix, fourier_domain_adaptation, match_batch, photometric_augment
 from raysegment.config import RunConfig
-from raysegment.data import EpochSampler, RareClassSampler, SegmentationDataset, pad_collate
-from raysegment.data.dataset import read_mask
+from raysegment.data import EpochSampler, RareClassSampler, SegmentationDataset
+from raysegment.data.dataset import Batch, read_mask
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.teacher import EMATeacher
-from raysegment.engine.finetuner import FineTuner
+from raysegment.engine.learner import Learner, Paired, Wrap, endless, make_loader
 from raysegment.engine.loss import segmentation_loss
 from raysegment.models import Segmenter
 from raysegment.models.freeze import is_batchnorm
-
-Wrap = Callable[[torch.nn.Module], torch.nn.Module] | None
-
-
-class AdaBNTuner(FineTuner):
-    """Label-free, gradient-free: a single 'epoch' that re-estimates BN statistics."""
-
-    @property
-    def total_epochs(self) -> int:
-        return 1
-
-    def train_epoch(self, progress: bool = False) -> dict[str, float]:
-        layers = adapt_batchnorm(self.model, self.loader.dataset, self.cfg.optim.batch_size, self.device)
-        self.epoch += 1
-        stats = {"epoch": self.epoch, "loss": 0.0, "lr": 0.0, "seconds": 0.0, "images_per_s": 0.0,
-                 "bn_layers": layers}
-        self.history.append(stats)
-        return stats
 
 
 def tent_parameters(model: Segmenter) -> list[torch.nn.Parameter]:
@@ -60,38 +41,39 @@ def tent_parameters(model: Segmenter) -> list[torch.nn.Parameter]:
     return params
 
 
-class TentTuner(FineTuner):
+class Tent(Learner):
     """Entropy minimisation on unlabelled target batches; BN normalises with batch statistics."""
 
-    def __init__(self, cfg: RunConfig, target_set: Dataset, device, rank: int = 0, world_size: int = 1,
-                 wrap_model: Wrap = None, model: Segmenter | None = None) -> None:
+    def __init__(self, cfg: RunConfig, target_set: SegmentationDataset, device: torch.device | str,
+                 rank: int = 0, world_size: int = 1, wrap_model: Wrap = None, model: Segmenter | None = None) -> None:
         reference = copy.deepcopy(model)
         model.to(device)
-        adapt_batchnorm(model, target_set, cfg.optim.batch_size, device)  # start from target statistics
+        adapt_batchnorm(model, target_set, cfg.optim.batch_size, device, cfg.data.resize)  # target statistics first
         tent_parameters(model)  # before any DDP wrap: DDP fixes the trainable set when it wraps
         super().__init__(cfg, target_set, device, rank, world_size, wrap_model, model, reference=reference)
 
-    def compute_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        probs = self.forward(to_float(images.to(self.device, non_blocking=True))).float().softmax(1)
+    def loss(self, batch: Batch) -> torch.Tensor:
+        images, _ = self.to_device(batch)
+        probs = self.forward(images).float().softmax(1)
         return -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
 
 
-class SelfTrainer(FineTuner):
+class SelfTraining(Learner):
     """Mean-teacher self-training; checkpoints deploy the teacher and carry the student."""
 
-    def __init__(self, cfg: RunConfig, source_set: SegmentationDataset, target_set: Dataset, device,
-                 rank: int = 0, world_size: int = 1, wrap_model: Wrap = None, model: Segmenter | None = None) -> None:
+    def __init__(self, cfg: RunConfig, source_set: SegmentationDataset, target_set: SegmentationDataset,
+                 device: torch.device | str, rank: int = 0, world_size: int = 1, wrap_model: Wrap = None,
+                 model: Segmenter | None = None) -> None:
         a = cfg.adapt
         sampler = None
         if a.rare_class_temperature is not None:
-            classes = [set(read_mask(m).unique().tolist()) - {source_set.info.ignore_index} for _, m in source_set.pairs]
+            ignore = source_set.info.ignore_index
+            classes = [set(read_mask(mask).unique().tolist()) - {ignore} for _, mask in source_set.samples]
             sampler = RareClassSampler(classes, a.rare_class_temperature, cfg.optim.seed, rank, world_size)
         super().__init__(cfg, source_set, device, rank, world_size, wrap_model, model, sampler=sampler)
-        self.target_sampler = EpochSampler(len(target_set), cfg.optim.seed + 1, rank, world_size)
-        self.target_loader = DataLoader(target_set, batch_size=cfg.optim.batch_size, sampler=self.target_sampler,
-                                        num_workers=cfg.data.num_workers,
-                                        collate_fn=partial(pad_collate, ignore_index=self.info.ignore_index))
         self.target_set = target_set
+        self.target_sampler = EpochSampler(len(target_set), cfg.optim.seed + 1, rank, world_size)
+        self.target_loader = make_loader(target_set, cfg, self.target_sampler, self.device)
         self.teacher = EMATeacher(self.model, a.ema_alpha)
         self.refresh_teacher_statistics()
         self.strong = photometric_augment(a.strong_jitter).to(self.device)
@@ -103,29 +85,25 @@ class SelfTrainer(FineTuner):
 
     def refresh_teacher_statistics(self) -> None:
         """AdaBN on the teacher: its pseudo-labels use target statistics (every rank sees all images)."""
-        adapt_batchnorm(self.teacher.model, self.target_set, self.cfg.optim.batch_size, self.device)
+        adapt_batchnorm(self.teacher.model, self.target_set, self.cfg.optim.batch_size, self.device,
+                        self.cfg.data.resize)
 
-    def train_epoch(self, progress: bool = False) -> dict[str, float]:
-        stats = super().train_epoch(progress)
+    def after_epoch(self) -> None:
         self.refresh_teacher_statistics()
-        return stats
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def batches(self) -> Iterator[Paired]:
         self.sampler.set_epoch(self.epoch)
         self.target_sampler.set_epoch(self.epoch)
         # ClassMix draws depend on (seed, epoch, rank) only, so a resumed run mixes the same way.
         self.mix_generator.manual_seed((self.cfg.optim.seed * 1_000_003 + self.epoch) * 64 + self.rank)
-        target = itertools.cycle(self.target_loader) if len(self.target_loader) else iter(())
-        for (xs, ys), (xt, _) in zip(self.loader, target):
-            yield xs, ys, xt
+        targets = endless(self.target_loader)
+        return (Paired(source, next(targets)) for source in self.loader)
 
-    def compute_loss(self, source: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: Paired) -> torch.Tensor:
         a, ignore = self.cfg.adapt, self.info.ignore_index
-        xs, ys = self.augment(source.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
-        xt = to_float(target.to(self.device, non_blocking=True))
-        if xt.shape[-2:] != xs.shape[-2:]:
-            xt = F.interpolate(xt, size=xs.shape[-2:], mode="bilinear", align_corners=False)
-        xt = xt[: xs.shape[0]]
+        xs, ys = self.augment(*self.to_device(batch.first))
+        xt, _ = self.to_device(batch.second)
+        xt, _ = match_batch(xt, None, xs.shape[0], tuple(xs.shape[-2:]))
         xs_styled = fourier_domain_adaptation(xs, xt, a.fda_beta)
         pseudo, weights = self.teacher.pseudo_labels(xt, a.pseudo_threshold)
         if a.classmix:
