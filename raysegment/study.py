@@ -1,5 +1,8 @@
 """`raysegment adapt`: how far each adaptation method takes a source model on each target domain.
 
+Everything runs at the source model's working scale (or the one given) and is scored against
+full-resolution labels.
+
 Per target, the candidates are the source-only model, every label-free method (zero target labels),
 few-shot fine-tuning with k labelled images (source replay, a slower backbone, the epoch chosen on
 held-back images, the source model itself included) and the oracle fine-tuned on all target
@@ -107,6 +110,7 @@ def run_study(source: str | Path, data_root: str | Path, source_domain: str, tar
     out = Path(out)
     epochs = {"tent": 2, "self_training": 8, "finetune": 8, "oracle": 8, **(epochs or {})}
     source_model, meta = load_model(source)
+    resize = resize or meta.resize  # by default, the scale the source model was trained at
     base = study_config(source, data_root, source_domain, layout, resize, lr, batch_size, adapt_overrides)
     d = base.data
     quiet = lambda line: None  # noqa: E731 - per-epoch lines stay out of the table

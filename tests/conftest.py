@@ -185,3 +185,68 @@ def ray_cluster():
                 proc.wait(timeout=8)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real-world shapes (what broke on real data): 2 classes with one dominant, sizes not divisible by
+# the backbone stride, other sizes between and within domains, a target smaller than one batch,
+# grayscale / RGBA / palette files, and a target domain with no masks folder at all.
+def _write_scene(path_image, path_mask, height: int, width: int, seed: int, mode: str, bright: float) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    vessel = np.zeros((height, width), bool)
+    for _ in range(3):  # thin bright curves on a dark disc: a dominant background, a rare foreground
+        a, b, c = rng.uniform(-1, 1), rng.uniform(0, height), rng.uniform(0.02, 0.08)
+        vessel |= np.abs(yy - (b + a * xx + c * (xx - width / 2) ** 2 / max(width, 1))) < 1.5
+    image = np.stack([0.3 + 0.1 * rng.random((height, width))] * 3, -1) * bright
+    image[vessel] = (0.9 * bright, 0.5 * bright, 0.4 * bright)
+    rgb = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    {"L": rgb.convert("L"), "RGBA": rgb.convert("RGBA"), "P": rgb.convert("P"), "RGB": rgb}[mode].save(path_image)
+    if path_mask is not None:
+        Image.fromarray(vessel.astype(np.uint8)).save(path_mask)
+
+
+@pytest.fixture(scope="session")
+def odd_root(tmp_path_factory):
+    """`drive`: 7 labelled images of 45x61 (train 5 / val 1 / test 1); `chase`: 5 images of 71x53 and
+    67x50 in grayscale, RGBA and palette PNGs (train 2, smaller than one batch / val 2 / test 1);
+    `raw`: 4 unlabelled images, no masks folder. 2 classes, background dominant."""
+    import json
+
+    root = tmp_path_factory.mktemp("odd")
+    (root / "dataset.json").write_text(json.dumps({"name": "odd", "classes": ["background", "vessel"],
+                                                  "ignore_index": 255, "palette": [[0, 0, 0], [255, 255, 255]]}))
+    domains = {"drive": ([(45, 61)] * 7, ["RGB"] * 7, 1.0, (5, 1)),
+               "chase": ([(71, 53), (67, 50), (71, 53), (67, 50), (71, 53)], ["L", "RGBA", "P", "RGB", "L"], 0.6, (2, 2)),
+               "raw": ([(50, 40)] * 4, ["RGB"] * 4, 0.6, (2, 1))}
+    for d, (sizes, modes, bright, (n_train, n_val)) in domains.items():
+        (root / d / "images").mkdir(parents=True)
+        if d != "raw":
+            (root / d / "masks").mkdir()
+        stems = []
+        for i, ((h, w), mode) in enumerate(zip(sizes, modes)):
+            stem = f"{d}_{i:02d}"
+            _write_scene(root / d / "images" / f"{stem}.png", None if d == "raw" else root / d / "masks" / f"{stem}.png",
+                         h, w, seed=sum(map(ord, d)) * 100 + i, mode=mode, bright=bright)
+            stems.append(stem)
+        (root / d / "splits.json").write_text(json.dumps({"train": stems[:n_train], "val": stems[n_train:n_train + n_val],
+                                                          "test": stems[n_train + n_val:]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def odd_source_dir(odd_root, tmp_path_factory):
+    """A tiny 2-class segmenter trained on `drive` of `odd_root`."""
+    from raysegment.data import open_split
+    from raysegment.engine import fit
+    from raysegment.models import save_model
+
+    out = tmp_path_factory.mktemp("odd_source")
+    cfg = parse_config({"data": {"root": str(odd_root), "domain": "drive"},
+                        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 8},
+                        "optim": {"epochs": 3, "batch_size": 2, "lr": 5e-3}, "output_dir": str(out / "run")})
+    learner = fit(cfg, open_split(odd_root, "drive", "train"), resume=False, log=lambda line: None)
+    return save_model(out / "model", learner.model, learner.meta)

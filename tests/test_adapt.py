@@ -1,5 +1,7 @@
 """Adaptation methods: AdaBN, Tent, mean-teacher self-training, few-shot fine-tuning."""
 
+import math
+
 import pytest
 import torch
 
@@ -147,3 +149,66 @@ def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, sourc
     assert learner.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in learner.history)
     assert next(learner.teacher.model.parameters()).is_cuda
     assert evaluate(result.model, open_split(synth_root, "night", "test"), cfg.eval, "cuda").miou > 0
+
+
+# --- real-world shapes: every method on odd sizes, short batches, 2 classes, odd PNG modes ------------
+def _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size=4, domain="chase", **adapt_extra):
+    return parse_config({
+        "data": {"root": str(odd_root), "domain": domain},
+        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 8,
+                  "pretrained": {"source": "checkpoint", "uri": str(odd_source_dir)}},
+        "optim": {"epochs": 2, "batch_size": batch_size, "lr": 1e-3},
+        "augment": {"jitter": 0.1},
+        "adapt": {"method": method, "source_domain": "drive", **adapt_extra},
+        "output_dir": str(tmp_path / f"{method}-{batch_size}")})
+
+
+ODD_CASES = [("adabn", {}), ("tent", {}),
+             ("self_training", {"fda_beta": 0.05, "rare_class_temperature": 0.1, "classmix": True}),
+             ("self_training", {"classmix": False})]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("method,extra", ODD_CASES)
+def test_every_label_free_method_runs_on_real_world_shapes(odd_root, odd_source_dir, tmp_path, method, extra,
+                                                           batch_size):
+    """Source 5 x 45x61 RGB against a target of 2 train images (71x53 grayscale, 67x50 RGBA: smaller
+    than one batch, other sizes, not divisible by the stride) with batch 4 (short batches on both
+    sides) and batch 1; the result must be finite and predict at full target size."""
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size, **extra)
+    result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
+    assert math.isfinite(result.scores["score"]) and "val_miou" not in result.scores
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    test = open_split(odd_root, "chase", "test")
+    assert 0 <= evaluate(result.model, test, cfg.eval).miou <= 1
+
+
+@pytest.mark.parametrize("method,extra", ODD_CASES[:3])
+def test_label_free_methods_run_on_a_domain_without_masks(odd_root, odd_source_dir, tmp_path, method, extra):
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, method, domain="raw", **extra)
+    assert not (odd_root / "raw" / "masks").exists()
+    result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
+    assert math.isfinite(result.scores["score"])
+
+
+def test_finetune_with_source_replay_runs_on_mixed_sizes_and_selects_on_val(odd_root, odd_source_dir, tmp_path):
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, "finetune", batch_size=3, source_replay=True)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"labelled_limit": 1}),
+                                 "optim": cfg.optim.model_copy(update={"epochs": 3, "backbone_lr_scale": 0.1})})
+    result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
+    assert result.learner.steps_per_epoch == 2  # a pass over the 5 source images (batch 3), the 1 label cycled
+    assert 0 <= result.scores["selected_epoch"] <= 3 and result.scores["val_miou"] == result.scores["score"]
+
+
+def test_a_harmful_finetune_selects_the_start_model(odd_root, odd_source_dir, tmp_path):
+    """Few labels must never end worse than the source on held-back images: a destructive lr loses
+    to epoch 0 (the source model itself), so the result is the source model."""
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, "finetune", batch_size=2)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"labelled_limit": 1}),
+                                 "optim": cfg.optim.model_copy(update={"lr": 5.0, "grad_clip": None, "epochs": 2})})
+    result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
+    source, _ = load_model(odd_source_dir)
+    val = open_split(odd_root, "chase", "val")
+    if result.scores["selected_epoch"] == 0:
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in result.model.state_dict().items())
+    assert evaluate(result.model, val, cfg.eval).miou >= evaluate(source, val, cfg.eval).miou

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from raysegment.augment import SegmentationAugment
+from raysegment.augment import SegmentationAugment, class_mix
 from raysegment.config import AugmentConfig
 from raysegment.data import synth
 
@@ -96,3 +97,40 @@ def test_rare_class_sampling_shows_rare_classes_more_often():
     assert sum(i >= 18 for i in order) >= 6  # uniform sampling would give ~2
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+def test_resize_batch_scales_each_item_by_its_own_factor():
+    from raysegment.augment import resize_batch
+    from raysegment.config import ResizeConfig
+    from raysegment.data import pad_collate
+
+    items = [(torch.full((3, 40, 60), 200, dtype=torch.uint8), torch.ones(40, 60, dtype=torch.long)),
+             (torch.full((3, 100, 80), 100, dtype=torch.uint8), torch.zeros(100, 80, dtype=torch.long))]
+    batch = pad_collate(items)
+    images, masks = resize_batch(batch.images.float() / 255, batch.masks, batch.sizes, ResizeConfig(short_side=20), 255)
+    # item 0: 40x60 -> 20x30; item 1: 100x80 -> 25x20; padded to 25x30
+    assert images.shape == (2, 3, 25, 30) and masks.shape == (2, 25, 30)
+    assert (masks[0, :20, :30] == 1).all() and (masks[0, 20:] == 255).all()
+    assert (masks[1, :25, :20] == 0).all() and (masks[1, :, 20:] == 255).all()
+    assert torch.allclose(images[0, :, :20, :30], torch.tensor(200 / 255)) and (images[0, :, 20:] == 0).all()
+    same = pad_collate([items[0], items[0]])
+    images, masks = resize_batch(same.images.float(), same.masks, same.sizes, ResizeConfig(scale=0.5), 255)
+    assert images.shape == (2, 3, 20, 30) and (masks == 1).all()
+
+
+def test_match_batch_repeats_a_short_batch_and_resizes_it():
+    from raysegment.augment import match_batch
+
+    images = torch.arange(2, dtype=torch.float).view(2, 1, 1, 1).expand(2, 3, 5, 7).contiguous()
+    masks = torch.arange(2).view(2, 1, 1).expand(2, 5, 7).contiguous()
+    out, out_masks = match_batch(images, masks, 5, (10, 14))
+    assert out.shape == (5, 3, 10, 14) and out_masks.shape == (5, 10, 14)
+    assert [int(m.unique()) for m in out_masks] == [0, 1, 0, 1, 0]
+    cut, _ = match_batch(images, None, 1, (5, 7))
+    assert cut.shape == (1, 3, 5, 7)
+
+
+def test_class_mix_refuses_unpaired_batches_with_the_fix():
+    with pytest.raises(ValueError, match="match_batch"):
+        class_mix(torch.rand(8, 3, 4, 4), torch.zeros(8, 4, 4, dtype=torch.long), torch.rand(6, 3, 4, 4),
+                  torch.zeros(6, 4, 4, dtype=torch.long), torch.ones(6, 4, 4))

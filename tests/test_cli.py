@@ -72,3 +72,47 @@ def test_weights_import_cli(tmp_path):
     assert result.returncode == 0 and "296 tensors" in result.stdout and (tmp_path / "w.safetensors").stat().st_size > 10e6
     bad = raysegment("weights", "import", bundled_efficientnet_lite0(), "--arch", "resnet18", "--out", tmp_path / "x.safetensors")
     assert bad.returncode == 2 and "cannot map weights onto resnet18" in bad.stderr
+
+
+def test_data_check_counts_images_and_labelled_ones(odd_root):
+    result = raysegment("data", "check", "--root", odd_root, "--domain", "raw")
+    assert result.returncode == 0, result.stderr
+    assert "4 images, 0 labelled" in result.stdout
+    assert "5 images, 5 labelled" in raysegment("data", "check", "--root", odd_root, "--domain", "chase").stdout
+
+
+@pytest.fixture
+def poisoned_target(odd_root, tmp_path):
+    """A copy of `odd_root` whose `chase` masks are garbage: any code that opens one fails loudly."""
+    import shutil
+
+    root = tmp_path / "poisoned"
+    shutil.copytree(odd_root, root)
+    masks = sorted((root / "chase" / "masks").glob("*.png"))
+    for mask in masks:
+        mask.write_bytes(b"opened a target mask")
+    return root
+
+
+def test_unlabelled_train_and_adapt_never_open_a_target_mask(poisoned_target, odd_source_dir, tmp_path):
+    cfg = tmp_path / "tent.yaml"
+    cfg.write_text(f"data: {{root: {poisoned_target}, domain: chase}}\n"
+                   f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8, "
+                   f"pretrained: {{source: checkpoint, uri: {odd_source_dir}}}}}\n"
+                   f"optim: {{epochs: 1, batch_size: 2}}\nadapt: {{method: tent}}\noutput_dir: {tmp_path / 'tent'}\n")
+    train = raysegment("train", "--config", cfg, "--unlabelled")
+    assert train.returncode == 0, train.stderr
+    assert "proxy score" in train.stdout and "no target labels read" in train.stdout
+    study = raysegment("adapt", "--source", odd_source_dir, "--data", poisoned_target, "--source-domain", "drive",
+                       "--targets", "chase", "--methods", "adabn", "tent", "self_training", "--epochs", "1",
+                       "--unlabelled", "--batch-size", "2", "--out", tmp_path / "study")
+    assert study.returncode == 0, study.stderr
+    assert "no target labels read" in study.stdout and "proxy pick:" in study.stdout
+    assert "test mIoU" not in study.stdout  # no fake mIoU column
+    results = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert results[0]["test_miou"] == {} and set(results[0]["proxy"]) == {"source-only", "adabn", "tent",
+                                                                           "self_training"}
+    # Without --unlabelled the same study reads the labels, and the garbage stops it with one line.
+    labelled = raysegment("adapt", "--source", odd_source_dir, "--data", poisoned_target, "--source-domain", "drive",
+                          "--targets", "chase", "--methods", "adabn", "--shots", "--no-oracle", "--out", tmp_path / "s2")
+    assert labelled.returncode == 2 and "unreadable" in labelled.stderr

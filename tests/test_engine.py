@@ -132,3 +132,42 @@ def test_amp_and_channels_last_train_on_cuda(tiny_config, synth_root):
     assert tuner.amp_dtype is torch.bfloat16
     assert all(math.isfinite(h["loss"]) for h in tuner.history)
     assert tuner.model.head.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_sparse_eval_and_checkpoints_resume_exactly(tiny_config, synth_root, tmp_path):
+    """eval_every/checkpoint_every keep tiny datasets from being dominated by validation and writes;
+    a run resumed from a sparse checkpoint still reproduces the uninterrupted one."""
+    train, val = open_split(synth_root, "clear", "train"), open_split(synth_root, "clear", "val")
+    sparse = {"epochs": 5, "eval_every": 2, "checkpoint_every": 2}
+    lines = []
+    full = fit(tiny_config(optim=sparse, output_dir=str(tmp_path / "full")), train, val, resume=False,
+               log=lines.append)
+    assert ["val mIoU" in line for line in lines] == [False, True, False, True, True]  # 2, 4 and the last
+    written = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("epoch_*"))
+    assert written == ["epoch_0004", "epoch_0005"]  # every 2nd and the last (older ones pruned)
+    part = tiny_config(optim={**sparse, "epochs": 3}, output_dir=str(tmp_path / "part"))
+    fit(part, train, val, resume=False, log=lambda s: None)  # checkpoints at 2 and 3
+    resumed = fit(tiny_config(optim=sparse, output_dir=str(tmp_path / "part")), train, val, resume=True,
+                  log=lambda s: None)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-5)
+    assert resumed.best_epoch == full.best_epoch
+    for (name, a), b in zip(full.selected_model().state_dict().items(), resumed.selected_model().state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_evaluation_at_a_working_scale_is_scored_at_full_resolution(synth_root):
+    from raysegment.config import ResizeConfig
+
+    data = open_split(synth_root, "fog", "test")
+    full = evaluate(Oracle(7), data, EvalConfig(batch_size=2))
+    half = evaluate(Oracle(7), data, EvalConfig(batch_size=2), resize=ResizeConfig(scale=0.5))
+    assert full.per_class["road"] == pytest.approx(half.per_class["road"], abs=0.02)  # road everywhere, any scale
+
+
+def test_resize_trains_at_the_working_scale_and_records_it(tiny_config, synth_root, tmp_path):
+    cfg = tiny_config(data={"resize": {"short_side": 32}}, optim={"epochs": 1}, output_dir=str(tmp_path / "r"))
+    learner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda s: None)
+    images, masks = learner.to_device(next(iter(learner.loader)))
+    assert images.shape[-2:] == (32, 64) and masks.shape[-2:] == (32, 64)
+    _, meta = load_model(ckpt.latest_checkpoint(cfg.output_dir))
+    assert meta.resize.short_side == 32

@@ -4,34 +4,74 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from PIL import Image
+
+from conftest import TINY_BACKBONE
 
 from raysegment.study import TargetReport, format_table, run_study
 
 
 def test_gap_closed_is_the_share_of_source_to_oracle():
-    report = TargetReport("fog", source_only=0.4, oracle=0.8, methods={"adabn": 0.6})
-    assert math.isclose(report.gap_closed(0.6), 0.5) and math.isclose(report.gap_closed(0.3), -0.25)
-    assert math.isnan(TargetReport("x", 0.5, None).gap_closed(0.6))
-    assert math.isnan(TargetReport("x", 0.5, 0.5).gap_closed(0.6))
+    report = TargetReport("fog", True, test_miou={"source-only": 0.4, "oracle": 0.8, "adabn": 0.6, "tent": 0.3})
+    assert math.isclose(report.gap_closed("adabn"), 0.5) and math.isclose(report.gap_closed("tent"), -0.25)
+    assert math.isnan(TargetReport("x", True, test_miou={"source-only": 0.5, "adabn": 0.6}).gap_closed("adabn"))
+    assert math.isnan(TargetReport("x", True, test_miou={"source-only": 0.5, "oracle": 0.5}).gap_closed("oracle"))
+
+
+def test_the_proxy_keeps_the_source_unless_a_result_beats_it():
+    report = TargetReport("x", False, proxy={"source-only": {"score": 0.7}, "adabn": {"score": 0.7},
+                                             "tent": {"score": 0.6}})
+    assert report.proxy_choice == "source-only" and "source model stays" in report.proxy_reason
+    report.proxy["self_training"] = {"score": 0.75}
+    assert report.proxy_choice == "self_training" and "75.0 against the source model's 70.0" in report.proxy_reason
 
 
 def test_study_writes_table_results_and_chart(synth_root, source_model_dir, tmp_path):
     lines = []
     reports = run_study(source_model_dir, synth_root, "clear", ["night"], methods=("adabn",), shots=(2,),
-                        out=tmp_path, epochs={"finetune": 2}, log=lines.append)
+                        out=tmp_path, epochs={"finetune": 2, "oracle": 2}, log=lines.append)
     (night,) = reports
-    assert set(night.methods) == {"adabn"} and set(night.few_shot) == {2} and night.oracle is not None
+    assert list(night.test_miou) == ["source-only", "adabn", "2-shot", "oracle"]
     assert set(night.proxy) == set(night.val_miou) == {"source-only", "adabn"}
-    assert night.methods["adabn"] > night.source_only  # night is a photometric shift
+    assert night.labels_used == {"source-only": 0, "adabn": 0, "2-shot": 2, "oracle": 7}
+    assert night.test_miou["adabn"] > night.test_miou["source-only"]  # night is a photometric shift
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results[0]["gap_closed"]["adabn"] == night.gap_closed(night.methods["adabn"])
-    assert results[0]["proxy_choice"] in ("source-only", "adabn")
+    assert results[0]["gap_closed"]["adabn"] == night.gap_closed("adabn")
+    assert results[0]["proxy_choice"] in ("source-only", "adabn") and results[0]["proxy_reason"]
     assert Image.open(tmp_path / "adapt_miou.png").format == "PNG"
     table = format_table(reports)
-    assert "mean gap closed by adabn" in table and "proxy picks what val labels pick" in table
+    assert "gap closed" in table and "proxy pick:" in table and "val labels would pick" in table
     assert any("adabn" in line for line in lines)
+
+
+RETINA = Path(__file__).resolve().parents[2] / "shared" / "data" / "retina"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RETINA.is_dir(), reason=f"the real retina data is not at {RETINA} on this machine")
+def test_adapt_study_runs_on_real_retina_drive_to_chase(tmp_path):
+    """The real cross-scanner shift, end to end through the CLI at a small working scale: a source
+    trained on DRIVE (565x584), every label-free method, 2-shot and the oracle on CHASE (999x960)."""
+    cfg = tmp_path / "source.yaml"
+    cfg.write_text(f"data: {{root: {RETINA}, domain: drive, resize: {{short_side: 48}}}}\n"
+                   f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8}}\n"
+                   f"optim: {{epochs: 2, batch_size: 8, lr: 0.005}}\noutput_dir: {tmp_path / 'source'}\n")
+    train = subprocess.run([sys.executable, "-m", "raysegment.cli", "train", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr
+    study = subprocess.run([sys.executable, "-m", "raysegment.cli", "adapt", "--source", str(tmp_path / "source" / "model"),
+                            "--data", str(RETINA), "--source-domain", "drive", "--targets", "chase",
+                            "--short-side", "48", "--epochs", "1", "--shots", "2", "--out", str(tmp_path / "study")],
+                           capture_output=True, text=True, timeout=900)
+    assert study.returncode == 0, study.stderr
+    (chase,) = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert list(chase["test_miou"]) == ["source-only", "adabn", "tent", "self_training", "2-shot", "oracle"]
+    assert set(chase["test_iou"]["oracle"]) == {"background", "vessel"}
+    assert chase["labels_used"]["oracle"] == 14 and chase["proxy_choice"] in chase["proxy"]
+    assert "proxy pick:" in study.stdout and "vessel" in study.stdout
 
 
 def test_adapt_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):

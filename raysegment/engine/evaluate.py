@@ -70,7 +70,9 @@ def predict_full_size(model: torch.nn.Module, images: torch.Tensor, full_size: t
 def scaled_batches(dataset: Dataset, batch_size: int, resize: ResizeConfig | None, device: torch.device,
                    ignore_index: int = 255) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]:
     """(images (b,3,h,w) float at working scale, masks (b,H,W) at full size, (H,W)) per same-size group."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+    # A private generator: iterating a loader draws a seed, and scoring must not shift the global
+    # RNG stream that training's augmentation follows (resume exactness with eval_every).
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
                         collate_fn=lambda items: pad_collate(items, ignore_index))
     for batch in loader:
         images = to_float(batch.images.to(device))
