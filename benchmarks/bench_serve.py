@@ -22,7 +22,6 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import httpx  # noqa: E402
-import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -118,15 +118,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
-    import ray
     from ray import serve
 
     from raysegment.registry import Registry
     from raysegment.serving.app import build_app
     from raysegment.serving.config import ServeConfig
+    from raysegment.train import ensure_ray
 
     cfg = ServeConfig(registry=str(Path(args.registry).resolve()), max_replicas=args.max_replicas)
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
+    ensure_ray()
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
     print(f"serving {len(Registry(cfg.registry).domains())} "

@@ -164,24 +164,38 @@ def largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
-def fine_tune(cfg: RunConfig, name: str | None = None) -> FineTuneResult:
-    """Run a distributed fine-tune on the connected (or an embedded local) Ray cluster."""
+def build_trainer(cfg: RunConfig, name: str, storage: str, callbacks: list | None = None, keep: int = 2,
+                  epoch_hook: EpochHook | None = None) -> ray.train.torch.TorchTrainer:
+    """The one TorchTrainer of the project (a fine-tune, or one Tune trial): the engine loop per rank."""
+    loop_config: dict[str, Any] = {"run": cfg.model_dump(mode="json")}
+    if epoch_hook is not None:
+        loop_config["epoch_hook"] = epoch_hook
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)),
+    )
+
+
+def ensure_ray(log_to_driver: bool = False) -> None:
+    """Attach to the cluster in RAY_ADDRESS, or start an embedded one, once per process."""
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=log_to_driver)
+
+
+def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | None = None) -> FineTuneResult:
+    """Run a distributed fine-tune on the connected (or an embedded local) Ray cluster."""
+    ensure_ray(log_to_driver=True)
     check_resources(cfg)
     # A worker group that cannot start (resources gone) must fail, not wait forever.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.scale.start_timeout_s))
     run_name = name or Path(cfg.output_dir).name
-    trainer = ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.model_dump(mode="json")},
-        scaling_config=scaling_config(cfg),
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path(cfg),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-    )
+    trainer = build_trainer(cfg, run_name, storage_path(cfg), epoch_hook=epoch_hook)
     start = time.perf_counter()
     result = trainer.fit()
     if result.error is not None:

@@ -12,7 +12,6 @@ with the same spec; a domain whose winner is already registered is skipped.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,7 +36,7 @@ from raysegment.errors import RaySegmentError
 from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.registry import Registry
-from raysegment.train import check_resources, scaling_config, train_loop_per_worker
+from raysegment.train import build_trainer, check_resources, ensure_ray
 from raysegment.viz import bar_chart_png, curves_png
 
 DONE_FILE = "winner.json"
@@ -76,17 +75,8 @@ def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     cfg = trial_run_config(base, domain, params, str(Path(storage) / "trial_runs" / trial_id))
-    trainer = ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.model_dump(mode="json")},
-        scaling_config=scaling_config(cfg),
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=str(Path(storage) / "trial_train"),
-                                       callbacks=[TuneReportCallback()],
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
-    )
-    trainer.fit()
+    build_trainer(cfg, f"train-{trial_id}", str(Path(storage) / "trial_train"), callbacks=[TuneReportCallback()],
+                  keep=1).fit()
 
 
 def param_space(search: SearchConfig, run: RunConfig, num_stages: int) -> dict:
@@ -162,8 +152,7 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
 
 def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
     """Search every target domain; register and promote each winner; write the PNG summary."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
+    ensure_ray()
     check_resources(spec.run)
     storage = Path(spec.run.output_dir).resolve() / spec.name
     registry = Registry(spec.registry)

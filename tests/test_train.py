@@ -16,7 +16,7 @@ import ray.cloudpickle
 import torch
 from safetensors.torch import load_file, save_file
 
-from raysegment.config import ModelConfig, parse_config
+from raysegment.config import ModelConfig
 from raysegment.engine.loss import segmentation_loss
 from raysegment.errors import RaySegmentError
 from raysegment.models import build_segmenter, load_model
@@ -88,7 +88,7 @@ def test_fine_tune_on_two_workers_reports_checkpoints_that_load(ray_cluster, tin
     cfg = tiny_config(optim={"epochs": 2, "batch_size": 2}, scale={"num_workers": 2})
     result = fine_tune(cfg, name="two-workers")
     assert result.metrics["epoch"] == 2 and result.metrics["world_size"] == 2
-    model, meta = load_model(result.checkpoint_dir)
+    model, meta = load_model(result.model_dir)
     assert meta.num_classes == 7
     assert model(torch.rand(1, 3, 64, 128)).shape == (1, 7, 64, 128)
     lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
@@ -149,18 +149,29 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
     assert torch.isfinite(model(torch.rand(1, 3, 64, 128))).all()
 
 
+def record_teacher_checksum(learner, metrics: dict, rank: int) -> None:
+    """Epoch hook (runs on every rank): the deployable model's checksum, one line per epoch."""
+    from raysegment.train import weights_checksum
+
+    with open(Path(learner.cfg.output_dir) / f"checksums.{rank}.jsonl", "a") as handle:
+        handle.write(json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(learner.deployable)})
+                     + "\n")
+
+
 def test_self_training_keeps_the_mean_teacher_identical_on_every_rank(ray_cluster, tiny_config, source_model_dir):
-    cfg = tiny_config(data={"domain": "night"}, optim={"epochs": 2, "batch_size": 2}, scale={"num_workers": 2},
+    cfg = tiny_config(data={"domain": "night"}, optim={"epochs": 2, "batch_size": 2, "select": "last"},
+                      scale={"num_workers": 2},
                       model={"pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
                       adapt={"method": "self_training", "source_domain": "clear", "ema_alpha": 0.9})
-    result = fine_tune(cfg, name="self-training")
+    result = fine_tune(cfg, name="self-training", epoch_hook=record_teacher_checksum)
     assert result.metrics["method"] == "self_training" and result.metrics["epoch"] == 2
     assert "proxy_consistency" in result.metrics and result.metrics["score"] == result.metrics["proxy_consistency"]
-    ranks = [[json.loads(line) for line in (Path(cfg.output_dir) / f"ranks.{r}.jsonl").read_text().splitlines()]
+    assert not list(Path(cfg.output_dir).glob("ranks.*"))  # the production loop writes no per-rank files
+    ranks = [[json.loads(line) for line in (Path(cfg.output_dir) / f"checksums.{r}.jsonl").read_text().splitlines()]
              for r in range(2)]
     assert [r["epoch"] for r in ranks[0]] == [r["epoch"] for r in ranks[1]] == [1, 2]
     for a, b in zip(*ranks):
         assert a["weights_checksum"] == b["weights_checksum"], "the teachers drifted apart across ranks"
-    teacher, _ = load_model(result.checkpoint_dir)  # the checkpoint's model is the (deployable) teacher
+    teacher, _ = load_model(result.model_dir)  # the run's result is the (deployable) teacher of the last epoch
     from raysegment.train import weights_checksum
     assert weights_checksum(teacher) == pytest.approx(ranks[0][-1]["weights_checksum"], rel=1e-9)

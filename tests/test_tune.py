@@ -78,7 +78,13 @@ def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root,
 
 
 def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir):
-    raw = yaml.safe_load(_spec(tmp_path, synth_root, source_model_dir, num_samples=2, max_epochs=2).read_text())
+    """On a target domain with no masks folder at all: the search, its judge and registration never need one."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns("fog"))
+    shutil.rmtree(data / "night" / "masks")
+    raw = yaml.safe_load(_spec(tmp_path, data, source_model_dir, num_samples=2, max_epochs=2).read_text())
     raw["targets"] = ["night"]
     raw["search"].update(method=["adabn", "self_training"], freeze_depth=[0], ema_alpha=[0.9])
     (tmp_path / "label_free.yaml").write_text(yaml.safe_dump(raw))

@@ -16,7 +16,7 @@ shared ones); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new re
 
 import asyncio
 import time
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
