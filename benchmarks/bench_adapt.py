@@ -19,18 +19,18 @@ from pathlib import Path
 
 import torch
 
-from raysegment.config import parse_config
+from raysegment.config import LABEL_FREE_METHODS, parse_config
 from raysegment.data import open_split, synth
 from raysegment.engine import fit
 from raysegment.models import save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
-from raysegment.study import LABEL_FREE, format_table, run_study
+from raysegment.study import format_table, run_study
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", nargs="+", default=list(synth.DOMAINS[1:]))
-    p.add_argument("--methods", nargs="+", default=list(LABEL_FREE))
+    p.add_argument("--methods", nargs="+", default=list(LABEL_FREE_METHODS))
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5, 10])
     p.add_argument("--images", type=int, default=60)
     p.add_argument("--height", type=int, default=96)
@@ -52,11 +52,12 @@ def main() -> None:
                             "model": {"pretrained": {"source": "file", "uri": str(weights)}},
                             "optim": {"epochs": args.source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
                             "output_dir": str(out / "source_run")})
-        tuner = fit(cfg, open_split(root, "clear", "train"), open_split(root, "clear", "val"), resume=False)
-        save_model(source_dir, tuner.selected_model(), tuner.meta)
+        learner = fit(cfg, open_split(root, "clear", "train"), open_split(root, "clear", "val"), resume=False)
+        save_model(source_dir, learner.selected_model(), learner.meta)
     print(f"[bench] source model ready after {time.perf_counter() - start:.0f} s")
     reports = run_study(source_dir, root, "clear", args.targets, tuple(args.methods), tuple(args.shots),
-                        out=out, epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs})
+                        out=out, epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs,
+                                             "oracle": args.ft_epochs})
     print(format_table(reports))
     print(f"[bench] {time.perf_counter() - start:.0f} s in all; chart {out / 'adapt_miou.png'}")
 

@@ -39,9 +39,9 @@ def delta_sizes(source_dir: Path, root: Path, tmp: Path) -> list[tuple[int, int,
         cfg = parse_config({"data": {"root": str(root), "domain": "fog"},
                             "model": {"freeze_depth": depth, "pretrained": {"source": "checkpoint", "uri": str(source_dir)}},
                             "optim": {"epochs": 1, "batch_size": 4}, "output_dir": str(tmp / f"d{depth}")})
-        tuner = fit(cfg, open_split(root, "fog", "train"), resume=False, log=lambda s: None)
-        delta = reg.register("fog", tuner.model, meta, parent="source@1")
-        full = reg.register(f"fog-full{depth}", tuner.model, meta)
+        learner = fit(cfg, open_split(root, "fog", "train"), resume=False, log=lambda s: None)
+        delta = reg.register("fog", learner.model, meta, parent="source@1")
+        full = reg.register(f"fog-full{depth}", learner.model, meta)
         rows.append((depth, reg.get_entry("fog", delta).manifest["bytes"],
                      reg.get_entry(f"fog-full{depth}", full).manifest["bytes"]))
     return rows

@@ -54,13 +54,13 @@ def run_demo(out: str | Path = "demo_out", images_per_domain: int = 80, source_e
                             "optim": {"epochs": target_epochs, "batch_size": 5, "lr": 1e-3, "decay": 0.9},
                             "output_dir": str(out / "runs" / domain)}, f"demo {domain}")
         log(f"[demo] fine-tuning on target '{domain}' with {shots} labelled images")
-        tuner = fit(cfg, open_split(data_root, domain, "train").labelled(shots), open_split(data_root, domain, "val"),
+        learner = fit(cfg, open_split(data_root, domain, "train").labelled(shots), open_split(data_root, domain, "val"),
                     resume=False)
-        curves[f"target {domain}"] = [h["loss"] for h in tuner.history]
+        curves[f"target {domain}"] = [h["loss"] for h in learner.history]
         test = open_split(data_root, domain, "test")
-        table[domain]["fine_tuned"] = evaluate(tuner.selected_model(), test, cfg.eval).miou
+        table[domain]["fine_tuned"] = evaluate(learner.selected_model(), test, cfg.eval).miou
         image, _ = test[0]
-        overlay_png(out / "overlays" / f"{domain}.png", image, segment(tuner.selected_model(), image),
+        overlay_png(out / "overlays" / f"{domain}.png", image, segment(learner.selected_model(), image),
                     test.info.classes, test.info.palette, title=f"{domain}: fine-tuned with {shots} labels")
     clear_test = open_split(data_root, "clear", "test")
     model, meta = load_model(source_dir)

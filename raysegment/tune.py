@@ -55,26 +55,31 @@ class DomainOutcome:
     curves: dict[str, list[float]]
 
 
-def trial_run_config(base: dict, domain: str, params: dict, out_dir: str) -> RunConfig:
-    """The RunConfig of one trial: the spec's run with this trial's sampled parameters."""
-    run = json.loads(json.dumps(base))
-    run["adapt"] = {**run.get("adapt", {}), "method": params.get("method", "finetune"),
-                    "source_domain": run["data"]["domain"], "judge": params.get("judge"),
-                    "ema_alpha": params.get("ema_alpha", 0.99), "fda_beta": params.get("fda_beta", 0.0)}
-    run["data"]["domain"] = domain
-    run["model"]["freeze_depth"] = params["freeze_depth"]
-    run["model"]["decoder"] = params["decoder"]
-    run["optim"].update(lr=params["lr"], decay=params["decay"], epochs=params["max_epochs"])
-    run["augment"]["jitter"] = params["jitter"]
-    run["output_dir"] = out_dir
-    return RunConfig.model_validate(run)
+def trial_run_config(base: RunConfig, domain: str, params: dict, out_dir: str) -> RunConfig:
+    """The RunConfig of one trial: typed copies of the spec's run with this trial's sampled parameters.
+
+    A finetune trial with few target labels (`data.labelled_limit`) uses the few-shot recipe:
+    source batches replayed beside the target ones; every trial's result is its best-scored epoch.
+    """
+    method = params["method"]
+    adapt_update = {"method": method, "source_domain": base.data.domain, "judge": params["judge"],
+                    "source_replay": method == "finetune" and base.data.labelled_limit is not None}
+    adapt_update.update({k: params[k] for k in ("ema_alpha", "fda_beta") if k in params})
+    return base.model_copy(update={
+        "data": base.data.model_copy(update={"domain": domain}),
+        "model": base.model.model_copy(update={"freeze_depth": params["freeze_depth"], "decoder": params["decoder"]}),
+        "optim": base.optim.model_copy(update={"lr": params["lr"], "decay": params["decay"],
+                                               "epochs": params["max_epochs"]}),
+        "augment": base.augment.model_copy(update={"jitter": params["jitter"]}),
+        "adapt": base.adapt.model_copy(update=adapt_update),
+        "output_dir": out_dir})
 
 
 def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
     """One Tune trial = one Ray Train fine-tune, reporting to Tune every epoch."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    cfg = trial_run_config(base, domain, params, str(Path(storage) / "trial_runs" / trial_id))
+    cfg = trial_run_config(RunConfig.model_validate(base), domain, params, str(Path(storage) / "trial_runs" / trial_id))
     build_trainer(cfg, f"train-{trial_id}", str(Path(storage) / "trial_train"), callbacks=[TuneReportCallback()],
                   keep=1).fit()
 
@@ -192,8 +197,7 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         metrics = {k: v for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
         version = registry.register(
             domain, winner, meta, {**metrics, "source_score": source_val, "judge": judge},
-            trial_run_config(from_source(spec.run, source_dir).model_dump(mode="json"), domain, best.config,
-                             str(ckpt)).model_dump(mode="json"),
+            trial_run_config(from_source(spec.run, source_dir), domain, best.config, str(ckpt)).model_dump(mode="json"),
             parent=source_ref,
             lineage={"trial_id": best.metrics["trial_id"], "method": method, "search": spec.name,
                      "target_labels": labels_seen, "judge": judge})

@@ -53,8 +53,8 @@ def source_model_dir(synth_root, tmp_path_factory):
     cfg = parse_config({"data": {"root": str(synth_root), "domain": "clear"},
                         "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16},
                         "optim": {"epochs": 20, "batch_size": 4, "lr": 5e-3}, "output_dir": str(out / "run")})
-    tuner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda line: None)
-    return save_model(out / "model", tuner.model, tuner.meta)
+    learner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda line: None)
+    return save_model(out / "model", learner.model, learner.meta)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from raysegment.engine import fit, evaluate
 import raysegment.augment, raysegment.models, raysegment.viz, raysegment.demo
 cfg = parse_config({{"data": {{"root": sys.argv[1]}}, "model": {{"backbone": "{TINY_BACKBONE}", "decoder_channels": 8}},
                     "optim": {{"epochs": 1, "batch_size": 4}}, "output_dir": sys.argv[2]}})
-tuner = fit(cfg, open_split(sys.argv[1], "clear", "train"), resume=False, log=lambda s: None)
-evaluate(tuner.model, open_split(sys.argv[1], "clear", "val"), cfg.eval)
+learner = fit(cfg, open_split(sys.argv[1], "clear", "train"), resume=False, log=lambda s: None)
+evaluate(learner.model, open_split(sys.argv[1], "clear", "val"), cfg.eval)
 loaded = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
 print("RAY_MODULES", loaded)
 """

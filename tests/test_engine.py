@@ -38,17 +38,17 @@ def test_fit_learns_and_writes_loadable_checkpoints(tiny_config, synth_root):
     train = open_split(synth_root, "clear", "train")
     val = open_split(synth_root, "clear", "val")
     lines = []
-    tuner = fit(cfg, train, val, resume=False, log=lines.append)
+    learner = fit(cfg, train, val, resume=False, log=lines.append)
     assert len(lines) == 6 and "val mIoU" in lines[-1]
-    losses = [h["loss"] for h in tuner.history]
+    losses = [h["loss"] for h in learner.history]
     assert losses[-1] < 0.7 * losses[0]
-    assert [h["lr"] for h in tuner.history][:3] == pytest.approx([5e-3, 4.5e-3, 4.05e-3])
+    assert [h["lr"] for h in learner.history][:3] == pytest.approx([5e-3, 4.5e-3, 4.05e-3])
     latest = ckpt.latest_checkpoint(cfg.output_dir)
     assert latest.name == "epoch_0006"
     assert len(list((latest.parent).glob("epoch_*"))) == 2  # older ones pruned
     model, meta = load_model(latest)
     assert meta.classes[0] == "road"
-    assert evaluate(model, val, cfg.eval).miou == pytest.approx(evaluate(tuner.model, val, cfg.eval).miou)
+    assert evaluate(model, val, cfg.eval).miou == pytest.approx(evaluate(learner.model, val, cfg.eval).miou)
 
 
 def test_resumed_run_reproduces_the_uninterrupted_loss_curve(tiny_config, synth_root, tmp_path):
@@ -66,7 +66,7 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_curve(tiny_config, synth_
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tiny_config, synth_root, monkeypatch):
     cfg = tiny_config(optim={"epochs": 1})
-    tuner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda s: None)
+    learner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda s: None)
     good = ckpt.latest_checkpoint(cfg.output_dir)
     before = (good / "model.safetensors").read_bytes()
 
@@ -75,7 +75,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tiny_config, synth
 
     monkeypatch.setattr(ckpt, "save_file", crash)  # dies after the model file, before the train state
     with pytest.raises(OSError, match="injected"):
-        tuner.save(good)
+        learner.save(good)
     assert (good / "model.safetensors").read_bytes() == before
     assert not [p for p in good.parent.iterdir() if p.name.startswith(".")]
     load_model(good)
@@ -128,10 +128,10 @@ def test_evaluate_computes_iou_from_the_confusion_matrix(synth_root):
 @pytest.mark.gpu
 def test_amp_and_channels_last_train_on_cuda(tiny_config, synth_root):
     cfg = tiny_config(optim={"epochs": 2, "amp": "bf16"})
-    tuner = fit(cfg, open_split(synth_root, "clear", "train"), device="cuda", resume=False, log=lambda s: None)
-    assert tuner.amp_dtype is torch.bfloat16
-    assert all(math.isfinite(h["loss"]) for h in tuner.history)
-    assert tuner.model.head.weight.is_contiguous(memory_format=torch.channels_last)
+    learner = fit(cfg, open_split(synth_root, "clear", "train"), device="cuda", resume=False, log=lambda s: None)
+    assert learner.amp_dtype is torch.bfloat16
+    assert all(math.isfinite(h["loss"]) for h in learner.history)
+    assert learner.model.head.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_sparse_eval_and_checkpoints_resume_exactly(tiny_config, synth_root, tmp_path):

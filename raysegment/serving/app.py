@@ -4,8 +4,9 @@
 the ingress validates the upload and resolves domain@version in the registry (4xx with a JSON
 body on bad input), then calls the `SegmentModels` deployment with
 `multiplexed_model_id="domain@version"`. There each replica keeps an LRU of loaded models
-(`@serve.multiplexed`) and batches concurrent requests for the same model (`@serve.batch`),
-padding images of different sizes to one tensor and cropping each result back.
+(`@serve.multiplexed`) and batches concurrent requests for the same model (`@serve.batch`);
+images of one size in a batch run as one tensor at the model's working scale (`model.json`'s
+`resize`), their logits resized back to the upload's size.
 
 Models of many domains share their base's tensors on a replica (`Registry.load_shared`): a
 domain loaded next to others costs only its delta. With `online_adabn`, each domain's BatchNorm
@@ -24,7 +25,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from raysegment.augment import to_float
+from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.registry import Entry, Registry, RegistryError, SharedBases, check_domain
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.imaging import BadImage, class_shares, decode_upload, mask_png, overlay_png, sniff
@@ -48,9 +49,10 @@ class SegmentModels:
 
         # Plain closures, not bound methods: Serve keeps its LRU / batch queue on the wrapped object.
         async def load(model_id: str) -> torch.nn.Module:
-            model, _, _ = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
+            model, meta, _ = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
             if self.cfg.online_adabn:
                 own_batchnorm_buffers(model)
+            model.working_scale = meta.resize  # the scale it was trained at: served at it too
             return model
 
         async def segment_batch(images: list[torch.Tensor]) -> list[dict[str, Any]]:
@@ -63,16 +65,25 @@ class SegmentModels:
     async def _segment_batch(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         model_id = serve.get_multiplexed_model_id()
         model = await self.get_model(model_id)
-        h = max(i.shape[1] for i in images)
-        w = max(i.shape[2] for i in images)
-        batch = torch.stack([F.pad(to_float(i), (0, w - i.shape[2], 0, h - i.shape[1])) for i in images])
+        masks: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, img in enumerate(images):  # images of one size run together, never padded
+            by_size.setdefault((img.shape[1], img.shape[2]), []).append(k)
+        for (h, w), index in by_size.items():
+            batch = torch.stack([to_float(images[k]) for k in index]).to(self.device)
+            batch = resize_images(batch, scaled_size(h, w, getattr(model, "working_scale", None)))
+            if self.cfg.online_adabn:
+                update_batchnorm_statistics(model, batch, self.cfg.online_adabn_momentum)
+            with torch.inference_mode():
+                logits = model(batch)
+                if tuple(logits.shape[-2:]) != (h, w):
+                    logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+                preds = logits.argmax(1).cpu()
+            for row, k in enumerate(index):
+                masks[k] = preds[row]
         if self.cfg.online_adabn:
-            update_batchnorm_statistics(model, batch.to(self.device), self.cfg.online_adabn_momentum)
             self.adapted_images[model_id] = self.adapted_images.get(model_id, 0) + len(images)
-        with torch.inference_mode():
-            preds = model(batch.to(self.device)).argmax(1).cpu()
-        return [{"mask": preds[k, : img.shape[1], : img.shape[2]], "model_id": model_id, "batch_size": len(images)}
-                for k, img in enumerate(images)]
+        return [{"mask": mask, "model_id": model_id, "batch_size": len(images)} for mask in masks]
 
     async def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return await self.segment(image)
