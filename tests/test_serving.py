@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raysegment.config import ModelConfig
+from raysegment.config import ModelConfig, ResizeConfig
 from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import Registry
 from raysegment.serving.config import ServeConfig
@@ -51,6 +51,9 @@ def served(ray_cluster, tmp_path_factory):
         reg.register(domain, constant_model(i), META, {"val_miou": 0.5 + i / 10}, parent="base@1")
         reg.promote(domain, 1)
     reg.register("fog", constant_model(0), META, parent="base@1")  # fog@2: not production
+    scaled = META.model_copy(update={"resize": ResizeConfig(short_side=16)})  # trained at a 16 px short side
+    reg.register("scaled", constant_model(3), scaled, parent="base@1")
+    reg.promote("scaled", 1)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = ServeConfig(registry=str(root), max_image_bytes=200_000, max_pixels=512 * 512, max_replicas=1,
@@ -76,6 +79,9 @@ def test_segment_png_json_and_overlay(served):
     assert mask.shape == (32, 48) and (mask == 2).all()  # night's model answers class 2
     j = httpx.post(f"{served}/v1/domains/fog/segment?format=json", content=body).json()
     assert j["version"] == 1 and j["shares"]["sky"] == pytest.approx(1.0)
+    scaled = httpx.post(f"{served}/v1/domains/scaled/segment", content=body)  # runs at 16x24, answers at 32x48
+    assert scaled.status_code == 200 and np.asarray(Image.open(io.BytesIO(scaled.content))).shape == (32, 48)
+    assert (np.asarray(Image.open(io.BytesIO(scaled.content))) == 3).all()
     old = httpx.post(f"{served}/v1/domains/fog/segment?format=json&version=2", content=body).json()
     assert old["version"] == 2 and old["shares"]["road"] == pytest.approx(1.0)
     overlay = httpx.post(f"{served}/v1/domains/rain/segment?format=overlay", content=body)
