@@ -42,19 +42,24 @@ def imagenet_weights(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def source_model_dir(synth_root, tmp_path_factory):
-    """A tiny segmenter trained on `clear` (the source) and saved as a model folder."""
+def train_source(root, domain: str, out, epochs: int, batch_size: int, channels: int):
+    """Fit a tiny FPN segmenter on `domain` in this process and save it as a model folder."""
     from raysegment.data import open_split
     from raysegment.engine import fit
     from raysegment.models import save_model
 
-    out = tmp_path_factory.mktemp("source")
-    cfg = parse_config({"data": {"root": str(synth_root), "domain": "clear"},
-                        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16},
-                        "optim": {"epochs": 20, "batch_size": 4, "lr": 5e-3}, "output_dir": str(out / "run")})
-    learner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda line: None)
+    cfg = parse_config({"data": {"root": str(root), "domain": domain},
+                        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": channels},
+                        "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 5e-3},
+                        "output_dir": str(out / "run")})
+    learner = fit(cfg, open_split(root, domain, "train"), resume=False, log=lambda line: None)
     return save_model(out / "model", learner.model, learner.meta)
+
+
+@pytest.fixture(scope="session")
+def source_model_dir(synth_root, tmp_path_factory):
+    """A tiny segmenter trained on `clear` (the source) and saved as a model folder."""
+    return train_source(synth_root, "clear", tmp_path_factory.mktemp("source"), epochs=20, batch_size=4, channels=16)
 
 
 @pytest.fixture
@@ -240,13 +245,4 @@ def odd_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def odd_source_dir(odd_root, tmp_path_factory):
     """A tiny 2-class segmenter trained on `drive` of `odd_root`."""
-    from raysegment.data import open_split
-    from raysegment.engine import fit
-    from raysegment.models import save_model
-
-    out = tmp_path_factory.mktemp("odd_source")
-    cfg = parse_config({"data": {"root": str(odd_root), "domain": "drive"},
-                        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 8},
-                        "optim": {"epochs": 3, "batch_size": 2, "lr": 5e-3}, "output_dir": str(out / "run")})
-    learner = fit(cfg, open_split(odd_root, "drive", "train"), resume=False, log=lambda line: None)
-    return save_model(out / "model", learner.model, learner.meta)
+    return train_source(odd_root, "drive", tmp_path_factory.mktemp("odd_source"), epochs=3, batch_size=2, channels=8)
