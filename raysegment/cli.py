@@ -9,13 +9,13 @@ from pathlib import Path
 
 import yaml
 
+from raysegment.errors import ConfigError
+
 EXIT_USAGE = 2
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
     """`a.b=3` -> {"a": {"b": 3}}; values are parsed as YAML scalars."""
-    from raysegment.errors import ConfigError
-
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:
@@ -140,8 +140,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
+    import getpass
     import json
 
+    from raysegment.promotion import promote_version, rollback
     from raysegment.registry import Registry
 
     reg = Registry(args.registry)
@@ -152,10 +154,24 @@ def cmd_registry(args: argparse.Namespace) -> int:
             print(f"{row['domain']}@{row['version']} {','.join(row['aliases']) or '-'} {row['bytes']} B{base} {metrics}")
         return 0
     if not args.ref:
-        raise SystemExit(f"raysegment registry {args.action} needs DOMAIN@VERSION")
+        raise ConfigError(f"raysegment registry {args.action} needs "
+                          + ("DOMAIN" if args.action in ("rollback", "history") else "DOMAIN@VERSION"))
+    if args.action == "rollback":
+        version = rollback(reg, args.ref, actor=args.by or getpass.getuser())
+        print(f"{args.ref}: production is back at {args.ref}@{version}")
+        return 0
+    if args.action == "history":
+        for record in reg.history(args.ref):
+            print(json.dumps(record, sort_keys=True))
+        return 0
     entry = reg.resolve(args.ref)
     if args.action == "show":
         print(json.dumps(entry.manifest, indent=2))
+    elif args.action == "promote" and args.alias == "production":
+        decision = promote_version(reg, entry.ref, force=args.force, actor=args.by or getpass.getuser())
+        alias = "production" if decision.promoted else "candidate"
+        print(f"{entry.ref} is now {alias}: {decision.reason}" + (f" (against {decision.incumbent})"
+                                                               if decision.incumbent else ""))
     elif args.action == "promote":
         reg.promote(entry.domain, entry.version, args.alias)
         print(f"{entry.ref} is now {args.alias}")
@@ -312,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=int, default=2)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("registry", help="list, show, promote or remove registered domain models")
-    p.add_argument("action", choices=["ls", "show", "promote", "rm"])
-    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS")
+    p = sub.add_parser("registry", help="list, show, promote (judged), roll back or remove registered domain models")
+    p.add_argument("action", choices=["ls", "show", "promote", "rollback", "history", "rm"])
+    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS (rollback, history: DOMAIN)")
     p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
-    p.add_argument("--alias", default="production")
+    p.add_argument("--alias", default="production",
+                   help="production goes through the promotion policy; other aliases just move")
+    p.add_argument("--force", action="store_true", help="promote without beating production (recorded as forced)")
+    p.add_argument("--by", help="who forces or rolls back (recorded; default: the login name)")
     p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("evaluate", help="mIoU and per-class IoU of a saved model on a split")

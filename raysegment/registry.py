@@ -6,7 +6,9 @@
 - Every load checks the SHA-256 of the weights against the manifest.
 - Delta storage: a model registered with a `parent` stores only the tensors that differ from the
   parent (frozen stages are not stored again) and names its base; loading rebuilds the whole.
-- Domain names are validated: never a path outside the registry.
+- Domain names are validated (whole-string match): never a path outside the registry.
+- Version numbers are never reused: removing a version leaves a tombstone (`NNNN.removed`).
+- Aliases move under a per-domain lock, so concurrent promotions never lose one another.
 
 This release works on local folders (POSIX rename semantics); object stores need a
 conditional-put backend and are refused with a clear error.
@@ -14,6 +16,8 @@ conditional-put backend and are refused with a clear error.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +25,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +38,12 @@ from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.storage import atomic_write_json, fsync_dir, is_uri
 
-DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
+VERSION_DIR_RE = re.compile(r"(\d{4,})(\.removed)?")  # a version, or the tombstone a removed one leaves
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
+HISTORY = "history.jsonl"
+REGISTER_ATTEMPTS = 1000
 
 
 class RegistryError(RaySegmentError):
@@ -53,7 +62,7 @@ class Entry:
 
 
 def check_domain(domain: str) -> str:
-    if not isinstance(domain, str) or not DOMAIN_RE.match(domain) or ".." in domain:
+    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain) or ".." in domain:
         raise RegistryError(f"invalid domain name {domain!r}: use 1-64 letters, digits, '_', '-', '.', "
                             f"starting with a letter or digit, no '..' or path separators")
     return domain
@@ -96,27 +105,73 @@ class Registry:
                         "config": config or {}, "base": base, "sha256": sha256_file(tmp / WEIGHTS),
                         "tensors": len(state), "bytes": (tmp / WEIGHTS).stat().st_size,
                         "lineage": {"time": time.time(), "parent": parent, **(lineage or {})}}
-            while True:
+            with open(tmp / WEIGHTS, "rb") as handle:
+                os.fsync(handle.fileno())
+            for _ in range(REGISTER_ATTEMPTS):
                 version = self._next_version(domain)
                 manifest["version"] = version
                 atomic_write_json(tmp / MANIFEST, manifest)
-                with open(tmp / WEIGHTS, "rb") as handle:
-                    os.fsync(handle.fileno())
                 try:
                     os.rename(tmp, versions / f"{version:04d}")  # atomic; fails if the number is taken
-                except OSError:
-                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        continue  # another process took this number first: take the next
+                    raise RegistryError(f"cannot store {domain}@{version} in {versions}: {exc}") from exc
                 fsync_dir(versions)
                 return version
+            raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def promote(self, domain: str, version: int, alias: str = "production") -> None:
+    def promote(self, domain: str, version: int, alias: str = "production", record: dict | None = None) -> None:
+        """Point `alias` at a version and append the move to the domain's history. Aliases move one
+        writer at a time (a lock per domain), so concurrent moves never lose one another. Which
+        version may become `production` is the promotion policy's call (`raysegment.promotion`)."""
         entry = self.get_entry(domain, version)
-        aliases = self.aliases(domain)
-        aliases[check_domain(alias)] = entry.version
-        atomic_write_json(self.root / domain / "aliases.json", aliases)
+        with self._alias_lock(domain):
+            aliases = self.aliases(domain)
+            previous = aliases.get(check_domain(alias))
+            aliases[alias] = entry.version
+            atomic_write_json(self.root / domain / "aliases.json", aliases)
+            with open(self.root / domain / HISTORY, "a") as handle:
+                handle.write(json.dumps({"time": time.time(), "alias": alias, "version": entry.version,
+                                         "previous": previous, **(record or {})}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def drop_alias(self, domain: str, alias: str, version: int) -> None:
+        """Remove `alias` if it still points at `version` (a candidate that has just gone live)."""
+        with self._alias_lock(domain):
+            aliases = self.aliases(domain)
+            if aliases.get(alias) == version:
+                del aliases[alias]
+                atomic_write_json(self.root / domain / "aliases.json", aliases)
+
+    def history(self, domain: str) -> list[dict[str, Any]]:
+        """Every alias move of a domain, oldest first (an audit record each)."""
+        path = self.root / check_domain(domain) / HISTORY
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash mid-append: that move never completed its record
+        return records
+
+    @contextmanager
+    def _alias_lock(self, domain: str) -> Iterator[None]:
+        """An exclusive advisory lock on `<domain>/.aliases.lock` (released if the holder dies)."""
+        path = self.root / check_domain(domain) / ".aliases.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def remove(self, domain: str, version: int) -> None:
         entry = self.get_entry(domain, version)
@@ -126,8 +181,13 @@ class Registry:
         aliased = [a for a, v in self.aliases(domain).items() if v == version]
         if aliased:
             raise RegistryError(f"{entry.ref} is aliased as {', '.join(aliased)}; promote another version first")
-        trash = self.root / domain / "versions" / f".removed-{version:04d}-{os.getpid()}"
-        os.rename(self.root / domain / "versions" / f"{version:04d}", trash)
+        versions = self.root / domain / "versions"
+        # The tombstone first: the number stays taken, so a replica's cache of domain@N can never
+        # meet other weights under the same name.
+        (versions / f"{version:04d}.removed").mkdir(exist_ok=True)
+        trash = versions / f".removed-{version:04d}-{os.getpid()}"
+        os.rename(versions / f"{version:04d}", trash)
+        fsync_dir(versions)
         shutil.rmtree(trash, ignore_errors=True)
 
     # ------------------------------------------------------------------- reads
@@ -138,7 +198,8 @@ class Registry:
         folder = self.root / check_domain(domain) / "versions"
         if not folder.is_dir():
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
+        return sorted(int(p.name) for p in folder.iterdir() if VERSION_DIR_RE.fullmatch(p.name) and p.name.isdigit()
+                      and (p / MANIFEST).is_file())
 
     def aliases(self, domain: str) -> dict[str, int]:
         path = self.root / check_domain(domain) / "aliases.json"
@@ -216,8 +277,9 @@ class Registry:
         return load_file(str(path))
 
     def _next_version(self, domain: str) -> int:
+        """One past every number ever used, removed versions included: numbers are never reused."""
         folder = self.root / domain / "versions"
-        taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+        taken = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_DIR_RE.fullmatch(p.name))]
         return max(taken, default=0) + 1
 
 

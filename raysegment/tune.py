@@ -5,7 +5,8 @@ with ASHA early stopping on the domain's score; every trial is a Ray Train run o
 The score is the target val mIoU when labels judge, or the unsupervised proxy on the val images
 when the domain is searched without labels (only label-free methods). The winner per domain goes
 into the registry as a delta on the source model, with its config, metrics, method, label count
-and trial id, and is promoted only when it beats the source model by the same judge. A search interrupted half-way resumes (`Tuner.restore`) when run again
+and trial id; the promotion policy (`raysegment.promotion`) makes it production only when it beats
+the domain's production model (else the source model) by the same judge, else it stays `candidate`. A search interrupted half-way resumes (`Tuner.restore`) when run again
 with the same spec; a domain whose winner is already registered is skipped.
 """
 
@@ -35,7 +36,9 @@ from raysegment.engine.proxies import proxy_scores
 from raysegment.errors import RaySegmentError
 from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
+from raysegment.promotion import PRODUCTION, promote_if_better
 from raysegment.registry import Registry
+from raysegment.storage import atomic_write_json
 from raysegment.train import build_trainer, check_resources, ensure_ray
 from raysegment.viz import bar_chart_png, curves_png
 
@@ -195,25 +198,47 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         reported = {k.removeprefix("selected_"): v for k, v in best.metrics.items() if k.startswith("selected_")}
         reported = reported or best.metrics  # AdaBN reports once: that report is its result
         metrics = {k: v for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
-        version = registry.register(
-            domain, winner, meta, {**metrics, "source_score": source_val, "judge": judge},
-            trial_run_config(from_source(spec.run, source_dir), domain, best.config, str(ckpt)).model_dump(mode="json"),
-            parent=source_ref,
-            lineage={"trial_id": best.metrics["trial_id"], "method": method, "search": spec.name,
-                     "target_labels": labels_seen, "judge": judge})
-        if best_score > source_val or (judge == "labels" and best_score == source_val):
-            registry.promote(domain, version)  # do no harm: only a result the judge prefers goes live
-        else:
-            log(f"[tune] {domain}: {domain}@{version} kept out of production: {judge} score "
-                f"{100 * best_score:.1f} <= source {100 * source_val:.1f}")
+        lineage = {"trial_id": best.metrics["trial_id"], "method": method, "search": spec.name,
+                   "target_labels": labels_seen, "judge": judge}
+        version = registered_version(registry, domain, spec.name, best.metrics["trial_id"])  # a crash after
+        if version is None:                                                             # registering: reuse
+            version = registry.register(
+                domain, winner, meta, {**metrics, "source_score": source_val, "judge": judge},
+                trial_run_config(from_source(spec.run, source_dir), domain, best.config, str(ckpt)).model_dump(mode="json"),
+                parent=source_ref, lineage=lineage)
+        incumbent, incumbent_score = incumbent_of(registry, domain, source_ref, source_val, val, spec.run, judge)
+        decision = promote_if_better(registry, domain, version, best_score, incumbent_score, judge, incumbent)
+        if not decision.promoted:
+            log(f"[tune] {domain}: {domain}@{version} kept out of production ({decision.reason} of {incumbent})")
         outcome = DomainOutcome(domain, len(list(results)), epochs_spent, best_score, source_val,
                                 params, best.metrics["trial_id"], version, curves)
-        done.write_text(json.dumps(outcome.__dict__))
+        atomic_write_json(done, outcome.__dict__)
         outcomes.append(outcome)
         log(f"[tune] {domain}: {outcome.trials} trials, {epochs_spent} epochs, best {method} with {judge} score "
             f"{100 * outcome.best_score:.1f} (source-only {100 * source_val:.1f}) -> {domain}@{version}")
     write_summary(outcomes, storage)
     return outcomes
+
+
+def registered_version(registry: Registry, domain: str, search: str, trial_id: str) -> int | None:
+    """The version this search already registered for this trial (registration and `winner.json`
+    are two writes: a search resumed between them must not register the winner twice)."""
+    for entry in registry.entries():
+        lineage = entry.manifest["lineage"]
+        if entry.domain == domain and lineage.get("search") == search and lineage.get("trial_id") == trial_id:
+            return entry.version
+    return None
+
+
+def incumbent_of(registry: Registry, domain: str, source_ref: str, source_val: float, val: Any, run: RunConfig,
+                 judge: str) -> tuple[str, float]:
+    """What a winner must beat: the domain's production model if it has one, else the source model,
+    scored by the same judge on the same held-back images."""
+    production = registry.aliases(domain).get(PRODUCTION)
+    if production is None:
+        return source_ref, source_val
+    model, _, entry = registry.load(f"{domain}@{production}")
+    return entry.ref, source_score(model, val, run, judge)
 
 
 def selected_score(result: Any) -> float:

@@ -39,7 +39,7 @@ def test_register_get_promote_and_list(tmp_path):
         reg.get_entry("fog", 9)
 
 
-@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b"])
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b", "fog\n", "fog\nbar"])
 def test_bad_domain_names_never_become_paths(tmp_path, name):
     with pytest.raises(RegistryError, match="invalid domain name"):
         Registry(tmp_path).register(name, _model(), META)
@@ -126,9 +126,14 @@ def test_registry_cli(tmp_path):
     reg.register("fog", _model(2), META)
     cli = [sys.executable, "-m", "raysegment.cli", "registry"]
     run = lambda *a: subprocess.run([*cli, *a, "--registry", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert run("promote", "fog@2").returncode == 0
+    judged = run("promote", "fog@2")  # no run config to judge it by: it stays a candidate
+    assert judged.returncode == 0 and "fog@2 is now candidate: no held-back score" in judged.stdout
+    forced = run("promote", "fog@2", "--force", "--by", "alice")
+    assert forced.returncode == 0 and "is now production: forced by alice" in forced.stdout
+    assert Registry(tmp_path).history("fog")[-1]["decision"]["forced_by"] == "alice"
     listing = run("ls").stdout.splitlines()
-    assert listing[0].startswith("fog@1 - ") and "miou=0.42" in listing[0] and listing[1].startswith("fog@2 production")
+    assert listing[0].startswith("fog@1 - ") and "miou=0.42" in listing[0] and listing[1].startswith("fog@2 ")
+    assert "production" in listing[1]
     assert json.loads(run("show", "fog@production").stdout)["version"] == 2
     refused = run("rm", "fog@2")
     assert refused.returncode == 2 and "aliased as production" in refused.stderr
@@ -163,3 +168,33 @@ def test_shared_loading_keeps_one_copy_of_the_base(tmp_path):
     x = torch.rand(1, 3, 32, 32)
     full, _, _ = reg.load("night@1")
     assert torch.allclose(night(x), full(x))
+
+
+def test_version_numbers_are_never_reused_after_removal(tmp_path):
+    reg = Registry(tmp_path)
+    assert [reg.register("fog", _model(s), META) for s in range(3)] == [1, 2, 3]
+    reg.remove("fog", 3)
+    reg.remove("fog", 2)
+    assert reg.versions("fog") == [1]
+    assert reg.register("fog", _model(9), META) == 4  # not 2 or 3: a cache may still hold fog@3's weights
+    with pytest.raises(RegistryError, match="no version 3"):
+        reg.load("fog@3")
+
+
+PROMOTER = """
+import sys
+from raysegment.registry import Registry
+reg, worker = Registry(sys.argv[1]), sys.argv[2]
+for i in range(40):
+    reg.promote("fog", 1 + i % 2, alias=f"w{worker}")
+"""
+
+
+def test_racing_promotions_never_lose_an_alias(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register("fog", _model(0), META)
+    reg.register("fog", _model(1), META)
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, str(tmp_path), str(w)]) for w in range(4)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    # 160 read-modify-writes of one aliases.json: unserialised, some would overwrite others' aliases.
+    assert reg.aliases("fog") == {f"w{w}": 2 for w in range(4)}

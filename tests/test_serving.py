@@ -227,14 +227,16 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
         Image.fromarray(np.random.default_rng(1).integers(0, 40, (32, 48, 3), dtype=np.uint8)).save(dark, "PNG")
         for _ in range(5):
             assert httpx.post(f"{url}/segment", content=dark.getvalue(), timeout=60).status_code == 200
-        snap = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)
+        snap = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)  # asking for production changes nothing
         assert snap.status_code == 200, snap.text
-        assert snap.json()["images"] == 5 and snap.json()["version"] == 2
+        assert snap.json()["images"] == 5 and snap.json()["version"] == 2 and snap.json()["promoted"] is False
     finally:
         serve.delete("adabn")
     entry = reg.get_entry("fog", 2)
     assert entry.manifest["lineage"]["method"] == "adabn_online" and entry.manifest["lineage"]["target_labels"] == 0
-    assert reg.aliases("fog")["production"] == 2
+    assert reg.aliases("fog") == {"production": 1, "candidate": 2}  # a snapshot is a candidate, never production
+    assert entry.manifest["metrics"] == {}  # its own metrics (none measured), not its parent's
+    assert reg.history("fog")[-1]["decision"]["reason"].startswith("no held-back score")
     before, after = reg.load_state(reg.get_entry("fog", 1)), reg.load_state(entry)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("running_" in k or "num_batches" in k for k in changed)  # statistics only

@@ -47,7 +47,16 @@ def test_study_writes_table_results_and_chart(synth_root, source_model_dir, tmp_
     assert any("adabn" in line for line in lines)
 
 
-RETINA = Path(__file__).resolve().parents[2] / "shared" / "data" / "retina"
+def _retina_root() -> Path:
+    """The real DRIVE/CHASE set: $RAYSEGMENT_RETINA, else ../shared/data/retina beside the checkout or in /work."""
+    import os
+
+    candidates = [os.environ.get("RAYSEGMENT_RETINA", ""), Path(__file__).resolve().parents[2] / "shared" / "data" / "retina",
+                  Path("/work/shared/data/retina")]
+    return next((Path(c) for c in candidates if c and (Path(c) / "dataset.json").is_file()), Path(candidates[1]))
+
+
+RETINA = _retina_root()
 
 
 @pytest.mark.slow

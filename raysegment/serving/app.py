@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from raysegment.augment import resize_images, scaled_size, to_float
+from raysegment.promotion import Decision, promote_if_better
 from raysegment.registry import Entry, Registry, RegistryError, SharedBases, check_domain
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.imaging import BadImage, class_shares, decode_upload, mask_png, overlay_png, sniff
@@ -188,8 +189,9 @@ class Gateway:
         raise AssertionError("unreachable")
 
     @api.post("/v1/domains/{domain}/adabn-snapshot")
-    async def adabn_snapshot(self, domain: str, version: str = Query("production"), promote: bool = False):
-        """Store the online-adapted BatchNorm statistics of domain@version as a new version."""
+    async def adabn_snapshot(self, domain: str, version: str = Query("production")):
+        """Store the online-adapted BatchNorm statistics of domain@version as a new `candidate` version
+        (production only through `raysegment registry promote`, which judges it on held-back images)."""
         if not self.cfg.online_adabn:
             return error(409, "online AdaBN is off", "start the app with online_adabn: true")
         try:
@@ -200,19 +202,19 @@ class Gateway:
         snap = await self.models.batchnorm_snapshot.options(multiplexed_model_id=entry.ref).remote()
         if snap["images"] == 0:
             return error(409, "nothing to store", f"{entry.ref} has seen no images on this replica yet")
-        new_version = await asyncio.to_thread(self._register_adapted, entry, snap, promote)
-        return {"domain": domain, "version": new_version, "parent": entry.ref, "images": snap["images"],
-                "promoted": promote}
+        decision = await asyncio.to_thread(self._register_adapted, entry, snap)
+        return {"domain": domain, "version": decision.version, "parent": entry.ref, "images": snap["images"],
+                "promoted": decision.promoted, "reason": decision.reason}
 
-    def _register_adapted(self, entry: Entry, snap: dict[str, Any], promote: bool) -> int:
+    def _register_adapted(self, entry: Entry, snap: dict[str, Any]) -> Decision:
+        """A snapshot is a candidate: registered with its own (empty) metrics, never its parent's,
+        and handed to the promotion policy, which has no held-back score for it here."""
         model, meta, _ = self.registry.load(entry.ref)
         model.load_state_dict({**model.state_dict(), **snap["state"]})
-        version = self.registry.register(entry.domain, model, meta, entry.manifest["metrics"], entry.manifest["config"],
-                                         parent=entry.ref, lineage={"method": "adabn_online", "target_labels": 0,
-                                                                    "images": snap["images"]})
-        if promote:
-            self.registry.promote(entry.domain, version)
-        return version
+        version = self.registry.register(entry.domain, model, meta, {}, entry.manifest["config"], parent=entry.ref,
+                                         lineage={"method": "adabn_online", "target_labels": 0,
+                                                  "images": snap["images"]})
+        return promote_if_better(self.registry, entry.domain, version, None, None, "proxy", entry.ref)
 
 
 def own_batchnorm_buffers(model: torch.nn.Module) -> None:

@@ -1,0 +1,133 @@
+"""Do no harm, in one place: the only way a registry version becomes a domain's `production`.
+
+Every path that could put a model live goes through `promote_if_better`: Tune winners, `raysegment
+registry promote`, and serving's online-AdaBN snapshots. A candidate becomes `production` only when
+it beats the domain's current production model (or, for a domain with none yet, the model it was
+adapted from) by the domain's judge on held-back images: target val labels where they exist, the
+unsupervised proxy otherwise. Otherwise it gets the alias `candidate` and the reason is recorded.
+`force=True` overrides the judge and is recorded as forced, with who forced it. Every decision is
+appended to the domain's audit history (`Registry.history`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from raysegment.registry import Entry, Registry, RegistryError
+
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a version did or did not become production; what the audit history records."""
+
+    domain: str
+    version: int
+    promoted: bool
+    judge: str
+    candidate_score: float | None
+    incumbent_score: float | None
+    incumbent: str | None  # the ref the candidate was judged against
+    reason: str
+    forced_by: str | None = None
+
+
+def judge(candidate_score: float, incumbent_score: float | None, judge_name: str, margin: float = 0.0) -> tuple[bool, str]:
+    """(wins, reason). Labels: the candidate may tie (a tie keeps what labels cannot tell apart);
+    the proxy, a heuristic, must win outright by more than `margin`."""
+    if incumbent_score is None:
+        return True, "no model to beat"
+    if judge_name == "labels":
+        wins = candidate_score >= incumbent_score + margin
+    else:
+        wins = candidate_score > incumbent_score + margin
+    relation = "beats" if wins else "does not beat"
+    return wins, (f"{judge_name} score {100 * candidate_score:.2f} {relation} {100 * incumbent_score:.2f}"
+                  + (f" by more than {100 * margin:.2f}" if margin else ""))
+
+
+def promote_if_better(registry: Registry, domain: str, version: int, candidate_score: float | None,
+                      incumbent_score: float | None, judge_name: str, incumbent: str | None = None,
+                      margin: float = 0.0, force: bool = False, actor: str | None = None) -> Decision:
+    """Apply the policy: `production` when the candidate wins (or is forced), else `candidate`."""
+    if force:
+        if not actor:
+            raise ValueError("a forced promotion records who forced it: pass actor")
+        wins, reason = True, f"forced by {actor}"
+    elif candidate_score is None:
+        wins, reason = False, "no held-back score: the judge could not run"
+    else:
+        wins, reason = judge(candidate_score, incumbent_score, judge_name, margin)
+    decision = Decision(domain, version, wins, judge_name, candidate_score, incumbent_score, incumbent, reason,
+                        actor if force else None)
+    registry.promote(domain, version, PRODUCTION if wins else CANDIDATE, record={"decision": asdict(decision)})
+    if wins:
+        registry.drop_alias(domain, CANDIDATE, version)
+    return decision
+
+
+def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
+    """Move `production` back to the version that held it before the current one took over; returns
+    it. Repeated rollbacks walk further back through the promotions (rollbacks are not promotions)."""
+    current = registry.aliases(domain).get(PRODUCTION)
+    promoted = [r["version"] for r in registry.history(domain) if r["alias"] == PRODUCTION and "rollback" not in r]
+    if current not in promoted:
+        raise RegistryError(f"{domain}: production {current} has no promotion in the history to roll back")
+    position = len(promoted) - 1 - promoted[::-1].index(current)
+    if position == 0:
+        raise RegistryError(f"{domain}: {domain}@{current} was the first production version; nothing to roll back to")
+    previous = promoted[position - 1]
+    registry.promote(domain, previous, PRODUCTION, record={"rollback": {"from": current, "by": actor}})
+    return previous
+
+
+def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None, float | None, str, str | None]:
+    """Score a registered candidate and the domain's production model on the candidate's held-back
+    images (its run config's val split), by its judge: (candidate, incumbent, judge, incumbent ref).
+    A candidate without a usable run config cannot be judged: its score is None."""
+    from pydantic import ValidationError
+
+    from raysegment.config import RunConfig
+    from raysegment.data import open_split
+    from raysegment.engine import evaluate
+    from raysegment.engine.proxies import proxy_scores
+    from raysegment.errors import RaySegmentError
+
+    try:
+        cfg = RunConfig.model_validate(candidate.manifest.get("config") or {})
+    except ValidationError:
+        return None, None, "proxy", None
+    judge_name = candidate.manifest["lineage"].get("judge") or cfg.judge
+    production = registry.aliases(candidate.domain).get(PRODUCTION)
+    incumbent = f"{candidate.domain}@{production}" if production not in (None, candidate.version) else None
+    d = cfg.data
+    try:
+        val = open_split(d.root, candidate.domain, d.val_split, d.layout, unlabelled=judge_name == "proxy")
+        if judge_name == "labels":
+            val = val.labelled()
+    except RaySegmentError:
+        return None, None, judge_name, incumbent
+    model, _, _ = registry.load(candidate.ref)
+    reference = registry.load(incumbent)[0] if incumbent else model
+
+    def score(m: torch.nn.Module) -> float:
+        if judge_name == "labels":
+            return evaluate(m, val, cfg.eval, resize=d.resize).miou
+        return proxy_scores(m, reference, val, val.info.num_classes, cfg.adapt.proxy_confidence,
+                            batch_size=cfg.eval.batch_size, resize=d.resize).score
+
+    return score(model), (score(reference) if incumbent else None), judge_name, incumbent
+
+
+def promote_version(registry: Registry, ref: str, force: bool = False, actor: str | None = None) -> Decision:
+    """`raysegment registry promote DOMAIN@VERSION`: judge on held-back images, then apply the policy."""
+    entry = registry.resolve(ref)
+    if force:
+        return promote_if_better(registry, entry.domain, entry.version, None, None, "forced", None, force=True,
+                                 actor=actor)
+    candidate, incumbent_score, judge_name, incumbent = held_back_scores(registry, entry)
+    return promote_if_better(registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent)
