@@ -126,7 +126,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         rows = []
         for label, batch in (("batched", 8), ("unbatched", 1)):
-            cfg = ServeConfig(registry=str(root), max_batch_size=batch, max_replicas=1, min_replicas=1,
+            cfg = ServeConfig(registry=str(root), auth="none", max_batch_size=batch, max_replicas=1, min_replicas=1,
                               cpus_per_replica=1, max_models_per_replica=8)
             serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
             for mix in (["d0"], DOMAINS[:4]):

@@ -125,17 +125,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from raysegment.serving.config import ServeConfig
     from raysegment.train import ensure_ray
 
-    cfg = ServeConfig(registry=str(Path(args.registry).resolve()), max_replicas=args.max_replicas)
+    auth = "token" if args.token_file else "none"
+    cfg = ServeConfig(registry=str(Path(args.registry).resolve()), max_replicas=args.max_replicas, auth=auth,
+                      token_file=str(Path(args.token_file).resolve()) if args.token_file else None, bind_host=args.host)
     ensure_ray()
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
-    print(f"serving {len(Registry(cfg.registry).domains())} "
-          f"domains on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops", flush=True)
+    print(f"serving {len(Registry(cfg.registry).domains())} domains on http://{args.host}:{args.port} "
+          f"(docs at /docs; auth: {cfg.auth}); Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from raysegment.serving.auth import add_token
+
+    print(add_token(args.file, args.name, args.role))
+    print(f"(added {args.name} as {args.role} to {args.file}; the token above is not stored: keep it)", file=sys.stderr)
     return 0
 
 
@@ -326,7 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--token-file", help="bearer tokens (hashes) for every request; without one the API is open, "
+                                        "which is refused unless --host is loopback")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("token", help="make an API token: printed once, its hash appended to the token file")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("name", help="client name (one word)")
+    p.add_argument("role", choices=["read", "admin"])
+    p.add_argument("--file", required=True, help="token file (created with mode 0600)")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("registry", help="list, show, promote (judged), roll back or remove registered domain models")
     p.add_argument("action", choices=["ls", "show", "promote", "rollback", "history", "rm"])

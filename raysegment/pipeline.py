@@ -129,7 +129,7 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
         log("[demo] 5/6 Serve app up; one HTTP request per domain")
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(ServeConfig(registry=str(out / "registry"), max_replicas=1, cpus_per_replica=0.5,
+        serve.run(build_app(ServeConfig(registry=str(out / "registry"), auth="none", max_replicas=1, cpus_per_replica=0.5,
                                         max_models_per_replica=len(targets) + 1).model_dump()),
                   name="raysegment", route_prefix="/")
         url = f"http://127.0.0.1:{port}"

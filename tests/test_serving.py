@@ -56,11 +56,43 @@ def served(ray_cluster, tmp_path_factory):
     reg.promote("scaled", 1)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = ServeConfig(registry=str(root), max_image_bytes=200_000, max_pixels=512 * 512, max_replicas=1,
+    cfg = ServeConfig(registry=str(root), auth="none", max_image_bytes=200_000, max_pixels=512 * 512, max_replicas=1,
                       cpus_per_replica=0.25, ingress_cpus=0.1, batch_wait_timeout_s=0.05)
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+def test_tokens_guard_every_route_by_role(served, ray_cluster, tmp_path):
+    """401 without or with an unknown token, 403 for a read token on an admin route, JSON each time."""
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+    from raysegment.serving.auth import add_token
+
+    tokens = tmp_path / "tokens"
+    reader, admin = add_token(tokens, "viewer", "read"), add_token(tokens, "ops", "admin")
+    reg = Registry(tmp_path / "registry")
+    reg.register("fog", constant_model(1), META)
+    reg.promote("fog", 1)
+    cfg = ServeConfig(registry=str(tmp_path / "registry"), token_file=str(tokens), max_replicas=1,
+                      cpus_per_replica=0.1, ingress_cpus=0.05, online_adabn=True)
+    serve.run(build_app(cfg.model_dump()), name="secure", route_prefix="/secure")
+    try:
+        url = f"{served}/secure/v1/domains"
+        bearer = lambda token: {"authorization": f"Bearer {token}"}  # noqa: E731
+        for headers in ({}, bearer("not-a-token"), {"authorization": f"Basic {reader}"}):
+            for r in (httpx.get(url, headers=headers), httpx.post(f"{url}/fog/segment", content=png(), headers=headers)):
+                assert r.status_code == 401 and r.json()["error"] in ("authentication required", "unknown token")
+        assert httpx.get(url, headers=bearer(reader)).json()["domains"]["fog"]["aliases"] == {"production": 1}
+        ok = httpx.post(f"{url}/fog/segment", content=png(), headers=bearer(reader), timeout=60)
+        assert ok.status_code == 200
+        snap = httpx.post(f"{url}/fog/adabn-snapshot", headers=bearer(reader))
+        assert snap.status_code == 403 and "has role 'read'" in snap.json()["detail"]
+        assert httpx.post(f"{url}/fog/adabn-snapshot", headers=bearer(admin), timeout=60).status_code == 200
+        assert reg.aliases("fog")["production"] == 1  # even an admin's snapshot is only a candidate
+    finally:
+        serve.delete("secure")
 
 
 def test_health_docs_and_domain_listing(served):
@@ -217,7 +249,7 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
     reg.register("base", model, META)
     reg.register("fog", model, META, {"val_miou": 0.5}, parent="base@1")
     reg.promote("fog", 1)
-    cfg = ServeConfig(registry=str(tmp_path / "registry"), online_adabn=True, online_adabn_momentum=0.5,
+    cfg = ServeConfig(registry=str(tmp_path / "registry"), auth="none", online_adabn=True, online_adabn_momentum=0.5,
                       max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05)
     serve.run(build_app(cfg.model_dump()), name="adabn", route_prefix="/adabn")
     try:

@@ -28,6 +28,7 @@ from ray import serve
 from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.promotion import Decision, promote_if_better
 from raysegment.registry import Entry, Registry, RegistryError, SharedBases, check_domain
+from raysegment.serving.auth import TokenTable
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.imaging import BadImage, class_shares, decode_upload, mask_png, overlay_png, sniff
 
@@ -103,14 +104,31 @@ class Gateway:
         self.models = models
         self.cfg = ServeConfig.model_validate(cfg)
         self.registry = Registry(self.cfg.registry)
+        self.tokens = TokenTable.read(self.cfg.token_file) if self.cfg.auth == "token" else None
         self._entries: dict[tuple[str, str], tuple[float, Entry]] = {}
+
+    def _denied(self, request: Request, role: str) -> JSONResponse | None:
+        """None when the request's bearer token grants `role`; else the 401/403 answer."""
+        if self.tokens is None:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return error(401, "authentication required", "send 'Authorization: Bearer <token>'")
+        client = self.tokens.client(token.strip())
+        if client is None:
+            return error(401, "unknown token", "the token is not in the server's token file")
+        if not client.may(role):
+            return error(403, "forbidden", f"client {client.name!r} has role {client.role!r}; this needs {role!r}")
+        return None
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "domains": len(self.registry.domains())}
 
     @api.get("/v1/domains")
-    async def domains(self) -> dict:
+    async def domains(self, request: Request) -> Any:
+        if denied := self._denied(request, "read"):
+            return denied
         out: dict[str, Any] = {}
         for row in self.registry.list():
             d = out.setdefault(row["domain"], {"versions": [], "aliases": self.registry.aliases(row["domain"])})
@@ -121,6 +139,8 @@ class Gateway:
     @api.post("/v1/domains/{domain}/segment")
     async def segment(self, domain: str, request: Request, format: str = Query("png", pattern="^(png|json|overlay)$"),
                       version: str = Query("production")):
+        if denied := self._denied(request, "read"):
+            return denied
         try:
             check_domain(domain)
         except RegistryError as exc:
@@ -189,9 +209,11 @@ class Gateway:
         raise AssertionError("unreachable")
 
     @api.post("/v1/domains/{domain}/adabn-snapshot")
-    async def adabn_snapshot(self, domain: str, version: str = Query("production")):
+    async def adabn_snapshot(self, domain: str, request: Request, version: str = Query("production")):
         """Store the online-adapted BatchNorm statistics of domain@version as a new `candidate` version
         (production only through `raysegment registry promote`, which judges it on held-back images)."""
+        if denied := self._denied(request, "admin"):
+            return denied
         if not self.cfg.online_adabn:
             return error(409, "online AdaBN is off", "start the app with online_adabn: true")
         try:
