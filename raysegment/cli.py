@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(registry=str(Path(args.registry).resolve()), max_replicas=args.max_replicas, auth=auth,
                       token_file=str(Path(args.token_file).resolve()) if args.token_file else None, bind_host=args.host)
     ensure_ray()
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": 120})
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
     print(f"serving {len(Registry(cfg.registry).domains())} domains on http://{args.host}:{args.port} "
           f"(docs at /docs; auth: {cfg.auth}); Ctrl-C stops", flush=True)

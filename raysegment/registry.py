@@ -50,6 +50,17 @@ class RegistryError(RaySegmentError):
     """A registry operation failed: bad name, unknown version, corrupt files."""
 
 
+class CorruptRegistry(RegistryError):
+    """A domain's manifest or aliases file cannot be read: that domain is unavailable, not the registry."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptRegistry(f"{path} is corrupt ({exc}); restore it or remove the version") from exc
+
+
 @dataclass(frozen=True)
 class Entry:
     domain: str
@@ -203,7 +214,10 @@ class Registry:
 
     def aliases(self, domain: str) -> dict[str, int]:
         path = self.root / check_domain(domain) / "aliases.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        aliases = _read_json(path) if path.is_file() else {}
+        if not isinstance(aliases, dict) or not all(isinstance(v, int) for v in aliases.values()):
+            raise CorruptRegistry(f"{path} is corrupt (not a mapping of alias -> version)")
+        return aliases
 
     def entries(self) -> list[Entry]:
         return [self.get_entry(d, v) for d in self.domains() for v in self.versions(d)]
@@ -235,7 +249,10 @@ class Registry:
         if version is None or int(version) not in self.versions(domain):
             raise RegistryError(f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}")
         path = self.root / domain / "versions" / f"{int(version):04d}" / MANIFEST
-        return Entry(domain, int(version), json.loads(path.read_text()))
+        manifest = _read_json(path)
+        if not isinstance(manifest, dict) or "meta" not in manifest:
+            raise CorruptRegistry(f"{path} is corrupt (no model meta)")
+        return Entry(domain, int(version), manifest)
 
     def load_state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """Full state dict of a version (its base's tensors overlaid by its own), hash-checked."""

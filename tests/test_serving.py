@@ -32,6 +32,13 @@ def constant_model(cls: int) -> torch.nn.Module:
     return model
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A 1-bit PNG: a few KB on the wire whose decoded RGB would take width*height*3 bytes."""
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def png(width=48, height=32, mode="RGB") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -54,6 +61,8 @@ def served(ray_cluster, tmp_path_factory):
     scaled = META.model_copy(update={"resize": ResizeConfig(short_side=16)})  # trained at a 16 px short side
     reg.register("scaled", constant_model(3), scaled, parent="base@1")
     reg.promote("scaled", 1)
+    reg.register("broken", constant_model(1), META, parent="base@1")
+    (root / "broken" / "aliases.json").write_text('{"production": 1,')  # torn: this domain alone is unavailable
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = ServeConfig(registry=str(root), auth="none", max_image_bytes=200_000, max_pixels=512 * 512, max_replicas=1,
@@ -96,11 +105,36 @@ def test_tokens_guard_every_route_by_role(served, ray_cluster, tmp_path):
 
 
 def test_health_docs_and_domain_listing(served):
-    assert httpx.get(f"{served}/healthz").json()["status"] == "ok"
+    assert httpx.get(f"{served}/healthz").json() == {"status": "degraded", "domains": 6, "unavailable": ["broken"]}
     assert httpx.get(f"{served}/docs").status_code == 200
     domains = httpx.get(f"{served}/v1/domains").json()["domains"]
     assert domains["fog"]["aliases"] == {"production": 1} and len(domains["fog"]["versions"]) == 2
     assert domains["night"]["versions"][0]["metrics"]["val_miou"] == pytest.approx(0.7)
+    assert domains["broken"]["error"] == "domain unavailable" and "corrupt" in domains["broken"]["detail"]
+
+
+def test_chunked_bodies_are_capped_while_streaming(served):
+    sent = []
+
+    def chunks():  # no content-length: only counting while reading can stop it
+        for _ in range(100):
+            sent.append(1)
+            yield b"\x89PNG\r\n\x1a\n" + b"0" * 10_000
+
+    r = httpx.post(f"{served}/v1/domains/fog/segment", content=chunks(), timeout=60)
+    assert r.status_code == 413 and r.json()["error"] == "image too large"
+    assert httpx.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
+
+
+def test_16_bit_palette_gray_and_rgba_uploads_segment_at_their_size(served):
+    values = (np.arange(32 * 48).reshape(32, 48) % 256).astype(np.uint8)
+    for image in (Image.fromarray(values.astype(np.uint16) * 257), Image.fromarray(values).convert("P"),
+                  Image.fromarray(values), Image.fromarray(values).convert("RGBA")):
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        r = httpx.post(f"{served}/v1/domains/night/segment", content=buf.getvalue(), timeout=60)
+        assert r.status_code == 200, (image.mode, r.text)
+        assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (32, 48)
 
 
 def test_segment_png_json_and_overlay(served):
@@ -149,7 +183,14 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     (png(), {}, "/v1/domains/fog/segment?version=staging", 404, "unknown domain"),
     (png(), {}, "/v1/domains/bad..name/segment", 400, "bad domain name"),
     (png(), {}, "/v1/domains/%20x%3B/segment", 400, "bad domain name"),
-    (png(), {}, "/v1/domains/fog/segment?format=gif", 422, ""),
+    (png(), {}, "/v1/domains/fog/segment?format=gif", 422, "invalid request"),
+    (bomb_png(20_000, 20_000), {}, "/v1/domains/fog/segment", 413, "too large"),  # 1-bit: tiny file, 1.2 GB decoded
+    (png(width=1000, height=1), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
+    (png(width=1, height=1000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
+    (png(), {}, "/v1/domains/fog/segment?version=%C2%B2", 400, "bad version"),
+    (png(), {}, "/v1/domains/fog/segment?version=" + "9" * 5000, 400, "bad version"),
+    (png(), {}, "/v1/domains/broken/segment", 503, "domain unavailable"),
+    (png(), {"content-length": "12x"}, "/v1/domains/fog/segment", 400, "bad content-length"),
 ])
 def test_bad_input_is_4xx_json_and_never_crashes(served, body, headers, url, status, needle):
     r = httpx.post(served + url, content=body, headers=headers, timeout=60)

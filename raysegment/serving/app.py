@@ -22,21 +22,53 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.promotion import Decision, promote_if_better
-from raysegment.registry import Entry, Registry, RegistryError, SharedBases, check_domain
+from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, SharedBases, check_domain
 from raysegment.serving.auth import TokenTable
 from raysegment.serving.config import ServeConfig
-from raysegment.serving.imaging import BadImage, class_shares, decode_upload, mask_png, overlay_png, sniff
+from raysegment.serving.imaging import (BadImage, BadShape, ImageTooLarge, class_shares, decode_upload, mask_png,
+                                        overlay_png, sniff)
 
 api = FastAPI(title="raysegment", description="Per-domain semantic segmentation endpoints.", version="1")
 
 
 def error(status: int, message: str, detail: str = "") -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, "detail": detail})
+
+
+@api.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own validation errors (a bad `format`, say), in the house format."""
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return error(422, "invalid request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes `limit` bytes (chunked uploads included)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body passed {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_version(version: str) -> None:
+    """`version` is ASCII digits (at most 9) or an alias name; anything else is a 400, not a 500."""
+    if version.isascii() and version.isdigit() and len(version) <= 9:
+        return
+    check_domain(version)  # alias names follow the domain-name rule
 
 
 class SegmentModels:
@@ -123,18 +155,27 @@ class Gateway:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "domains": len(self.registry.domains())}
+        """`degraded` (with the broken domains named) when some domain's registry files are corrupt."""
+        broken = [d for d in self.registry.domains() if "error" in self._domain_listing(d)]
+        return {"status": "degraded" if broken else "ok", "domains": len(self.registry.domains()),
+                **({"unavailable": broken} if broken else {})}
+
+    def _domain_listing(self, domain: str) -> dict[str, Any]:
+        try:
+            versions = []
+            for version in self.registry.versions(domain):
+                entry = self.registry.get_entry(domain, version)
+                versions.append({"version": version, "metrics": entry.manifest["metrics"],
+                                 "bytes": entry.manifest["bytes"], "base": entry.manifest["base"]})
+            return {"versions": versions, "aliases": self.registry.aliases(domain)}
+        except RegistryError as exc:
+            return {"error": "domain unavailable", "detail": str(exc)}
 
     @api.get("/v1/domains")
     async def domains(self, request: Request) -> Any:
         if denied := self._denied(request, "read"):
             return denied
-        out: dict[str, Any] = {}
-        for row in self.registry.list():
-            d = out.setdefault(row["domain"], {"versions": [], "aliases": self.registry.aliases(row["domain"])})
-            d["versions"].append({"version": row["version"], "metrics": row["metrics"], "bytes": row["bytes"],
-                                  "base": row["base"]})
-        return {"domains": out}
+        return {"domains": {d: self._domain_listing(d) for d in self.registry.domains()}}
 
     @api.post("/v1/domains/{domain}/segment")
     async def segment(self, domain: str, request: Request, format: str = Query("png", pattern="^(png|json|overlay)$"),
@@ -146,26 +187,39 @@ class Gateway:
         except RegistryError as exc:
             return error(400, "bad domain name", str(exc))
         try:
+            check_version(version)
+        except RegistryError as exc:
+            return error(400, "bad version", f"use a version number or an alias name: {str(exc)[:200]}")
+        try:
             entry = self._resolve(domain, version)
+        except CorruptRegistry as exc:
+            return error(503, "domain unavailable", str(exc))
         except RegistryError as exc:
             return error(404, "unknown domain or version", str(exc))
-        length = request.headers.get("content-length")
-        if length and int(length) > self.cfg.max_image_bytes:
-            return error(413, "image too large", f"{length} bytes > limit {self.cfg.max_image_bytes}")
-        body = await request.body()
-        if not body:
-            return error(400, "empty body", "POST the PNG or JPEG bytes as the request body")
-        if len(body) > self.cfg.max_image_bytes:
-            return error(413, "image too large", f"{len(body)} bytes > limit {self.cfg.max_image_bytes}")
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         if ctype not in ("image/png", "image/jpeg", "application/octet-stream", ""):
             return error(415, "unsupported content type", f"{ctype!r}; send image/png or image/jpeg")
+        length = request.headers.get("content-length", "")
+        if length and (not length.isascii() or not length.isdigit()):
+            return error(400, "bad content-length", f"{length[:40]!r}")
+        if length and int(length) > self.cfg.max_image_bytes:
+            return error(413, "image too large", f"{length} bytes > limit {self.cfg.max_image_bytes}")
         try:
-            image = await asyncio.to_thread(decode_upload, body)
+            body = await asyncio.wait_for(read_capped(request, self.cfg.max_image_bytes), self.cfg.body_timeout_s)
+        except BodyTooLarge as exc:
+            return error(413, "image too large", str(exc))
+        except TimeoutError:
+            return error(408, "request body too slow", f"not received within {self.cfg.body_timeout_s} s")
+        if not body:
+            return error(400, "empty body", "POST the PNG or JPEG bytes as the request body")
+        try:
+            image = await asyncio.to_thread(decode_upload, body, self.cfg.max_pixels)
+        except ImageTooLarge as exc:
+            return error(413, "image too large", str(exc))
+        except BadShape as exc:
+            return error(422, "unsupported image shape", str(exc))
         except BadImage as exc:
             return error(400, "not a valid image", str(exc))
-        if image.shape[1] * image.shape[2] > self.cfg.max_pixels:
-            return error(413, "image too large", f"{image.shape[2]}x{image.shape[1]} px > limit {self.cfg.max_pixels} px")
         try:
             result = await self._call_models(entry.ref, image)
         except Exception as exc:  # a replica died and its replacement is not up yet
@@ -270,10 +324,11 @@ def build_app(args: dict) -> serve.Application:
     models = serve.deployment(SegmentModels, name="SegmentModels",
                               autoscaling_config=autoscaling,
                               max_ongoing_requests=max(cfg.max_batch_size * 2, 16),
+                              max_queued_requests=cfg.max_queued_requests,
                               ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
                               ).bind(cfg.model_dump())
     gateway = serve.deployment(Gateway, name="Gateway", ray_actor_options={"num_cpus": cfg.ingress_cpus},
-                               max_ongoing_requests=256)
+                               max_ongoing_requests=256, max_queued_requests=cfg.max_queued_requests)
     return gateway.bind(models, cfg.model_dump())
 
 

@@ -29,7 +29,9 @@ class ServeConfig(BaseModel):
     max_batch_size: PositiveInt = 8
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_image_bytes: PositiveInt = Field(10 * 1024 * 1024, description="larger bodies get 413")
-    max_pixels: PositiveInt = Field(4096 * 4096, description="decoded images above this get 413")
+    max_pixels: PositiveInt = Field(4096 * 4096, description="images whose header declares more get 413")
+    body_timeout_s: PositiveFloat = Field(30.0, description="a body not received within this gets 408")
+    max_queued_requests: PositiveInt = Field(256, description="per deployment; beyond it Serve answers 503")
     min_replicas: int = Field(1, ge=0)
     max_replicas: PositiveInt = 2
     target_ongoing_requests: PositiveFloat = 4
