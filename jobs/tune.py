@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from raysegment.jobspec import load_spec
+from raysegment.jobspec import load_job_spec
 from raysegment.tune import format_table, run_search
 
 
 def main(path: str) -> int:
-    spec = load_spec(path, expected="tune")
+    spec = load_job_spec(path, expected="tune")
     print(format_table(run_search(spec)))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from raysegment.errors import RaySegmentError
-from raysegment.jobspec import load_spec
+from raysegment.jobspec import FROM_ENV, SPEC_ENV, load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", ".git", "runs", "demo_out", ".gpu_wheels", "**/__pycache__", "*.egg-info", "data"]
@@ -24,15 +25,17 @@ def client(address: str) -> JobSubmissionClient:
 
 
 def submit(spec_path: str | Path, address: str) -> str:
-    """Submit a spec; the job runs `jobs/<kind>.py` with the project shipped as working_dir."""
+    """Submit a spec; the job runs `jobs/<kind>.py` with the project shipped as its working_dir and the
+    validated spec in its environment, so the entrypoint (quoted) names no path of this machine."""
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path)
     entry = PROJECT_ROOT / "jobs" / f"{spec.job}.py"
     if not entry.is_file():
         raise RaySegmentError(f"no job entry point {entry} for job kind {spec.job!r}")
     runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES,
-                   "env_vars": {"PYTHONPATH": "."}}
-    return client(address).submit_job(entrypoint=f"python jobs/{spec.job}.py {spec_path}", runtime_env=runtime_env,
+                   "env_vars": {"PYTHONPATH": ".", SPEC_ENV: spec.model_dump_json()}}
+    entrypoint = shlex.join(["python", f"jobs/{spec.job}.py", FROM_ENV])
+    return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
                                       metadata={"raysegment_job": spec.job, "name": spec.name})
 
 

@@ -6,6 +6,7 @@ same when submitted from anywhere.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from raysegment.config import RunConfig, SearchConfig, format_validation_error, read_yaml_mapping
 from raysegment.errors import ConfigError
 
-JOB_KINDS = ("fine_tune", "tune")
+SPEC_ENV = "RAYSEGMENT_SPEC_JSON"  # a submitted job's validated spec travels in its environment
+FROM_ENV = "--from-env"
 
 
 class JobSpec(BaseModel):
@@ -36,6 +38,19 @@ class JobSpec(BaseModel):
         if self.job == "tune" and not (self.targets and self.registry and self.source):
             raise ValueError("a tune spec needs targets, registry and source")
         return self
+
+
+def load_job_spec(arg: str, expected: str) -> JobSpec:
+    """A job entry point's spec: a YAML path, or `--from-env` for one shipped by `raysegment submit`."""
+    if arg != FROM_ENV:
+        return load_spec(arg, expected)
+    try:
+        spec = JobSpec.model_validate_json(os.environ[SPEC_ENV])
+    except (KeyError, ValidationError) as exc:
+        raise ConfigError(f"{FROM_ENV}: ${SPEC_ENV} is missing or invalid: {str(exc)[:300]}") from exc
+    if spec.job != expected:
+        raise ConfigError(f"the shipped spec is a {spec.job!r} spec, this entry point runs {expected!r}")
+    return spec
 
 
 def load_spec(path: str | Path, expected: str | None = None) -> JobSpec:

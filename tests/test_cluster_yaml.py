@@ -20,3 +20,14 @@ def test_schema_check_would_catch_a_broken_config():
     config["available_node_types"]["gpu_worker"]["max_workerz"] = 3
     with pytest.raises(Exception):
         validate_config(prepare_config(config))
+
+
+def test_the_cluster_is_not_open_to_the_world():
+    """ShadowRay (CVE-2023-48022): whoever reaches an open dashboard runs code with the head's role."""
+    config = yaml.safe_load(CLUSTER.read_text())
+    starts = config["head_start_ray_commands"][-1:] + config["worker_start_ray_commands"][-1:]
+    assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts)
+    assert "--dashboard-host=127.0.0.1" in starts[0] and "0.0.0.0" not in CLUSTER.read_text()
+    assert any(target.endswith(".ray/auth_token") for target in config["file_mounts"])
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]

@@ -53,6 +53,9 @@ def test_submitted_fine_tune_job_succeeds_and_leaves_a_checkpoint(ray_cluster, t
     model, meta = load_model(checkpoints[-1])
     assert meta.model.backbone == TINY_BACKBONE
     assert "SUCCEEDED" in jobs.status(job_id, ray_cluster.dashboard_url)
+    # The spec travels in the job's environment: the entrypoint names no path of this machine.
+    assert jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint == \
+        "python jobs/fine_tune.py --from-env"
 
 
 def test_cli_submit_and_unreachable_cluster(ray_cluster, tmp_path, synth_root):
