@@ -190,7 +190,6 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     (png(), {}, "/v1/domains/fog/segment?version=%C2%B2", 400, "bad version"),
     (png(), {}, "/v1/domains/fog/segment?version=" + "9" * 5000, 400, "bad version"),
     (png(), {}, "/v1/domains/broken/segment", 503, "domain unavailable"),
-    (png(), {"content-length": "12x"}, "/v1/domains/fog/segment", 400, "bad content-length"),
 ])
 def test_bad_input_is_4xx_json_and_never_crashes(served, body, headers, url, status, needle):
     r = httpx.post(served + url, content=body, headers=headers, timeout=60)
