@@ -16,7 +16,7 @@ from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import Registry
 from raysegment.serving.config import ServeConfig
 
-from conftest import TINY_BACKBONE, free_port
+from conftest import TINY_BACKBONE, free_port, many_scan_jpeg
 
 CLASSES = ["road", "sky", "car", "tree"]
 META = ModelMeta(model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), num_classes=4, classes=CLASSES,
@@ -39,9 +39,16 @@ def bomb_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def png(width=48, height=32, mode="RGB") -> bytes:
+def png(width=48, height=32, fmt="PNG", **kwargs) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, fmt,
+                                                                                                       **kwargs)
+    return buf.getvalue()
+
+
+def apng() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32)).save(buf, "PNG", save_all=True, append_images=[Image.new("RGB", (48, 32), "white")])
     return buf.getvalue()
 
 
@@ -190,12 +197,51 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     (png(), {}, "/v1/domains/fog/segment?version=%C2%B2", 400, "bad version"),
     (png(), {}, "/v1/domains/fog/segment?version=" + "9" * 5000, 400, "bad version"),
     (png(), {}, "/v1/domains/broken/segment", 503, "domain unavailable"),
+    (png(fmt="GIF"), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
+    (apng(), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
+    (many_scan_jpeg((512, 512), 8_000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
 ])
 def test_bad_input_is_4xx_json_and_never_crashes(served, body, headers, url, status, needle):
     r = httpx.post(served + url, content=body, headers=headers, timeout=60)
     assert r.status_code == status, r.text
     assert needle in r.json().get("error", str(r.json()))
     assert httpx.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
+
+
+HOSTILE = {  # name -> body; each answered 4xx without decoding its pixels (or decoded and refused)
+    "1-bit PNG bomb 20000x20000": bomb_png(20_000, 20_000),
+    "PNG bomb 4000x4000 (under the header limit of PIL)": bomb_png(4_000, 4_000),
+    "1x1000 strip": png(width=1000, height=1),
+    "progressive JPEG, 8000 scans": many_scan_jpeg((512, 512), 8_000),
+    "truncated PNG": png(width=400, height=400)[:5_000],
+    "truncated JPEG": png(width=400, height=400, fmt="JPEG")[:3_000],
+    "animated PNG": apng(),
+    "GIF": png(fmt="GIF"),
+}
+
+
+def test_a_replica_stays_alive_and_bounded_across_200_hostile_uploads(served):
+    """RSS of the Gateway replica (where uploads are decoded) before and after 200 refused uploads."""
+    import psutil
+    from ray.util.state import list_actors
+
+    (gateway,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "raysegment#Gateway" in (a.name or "")]
+    replica = psutil.Process(gateway.pid)
+    bodies = list(HOSTILE.items())
+    with httpx.Client(timeout=120) as client:
+        for name, body in bodies:  # warm-up: allocator pools and imports settle before measuring
+            status = client.post(f"{served}/v1/domains/fog/segment", content=body).status_code
+            assert 400 <= status < 500, f"{name}: {status}"
+        before = replica.memory_info().rss
+        statuses = {}
+        for k in range(200):
+            name, body = bodies[k % len(bodies)]
+            statuses[name] = client.post(f"{served}/v1/domains/fog/segment", content=body).status_code
+        after = replica.memory_info().rss
+        assert client.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
+    print(f"Gateway RSS {before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB over 200 hostile uploads; {statuses}")
+    assert replica.is_running() and all(400 <= s < 500 for s in statuses.values()), statuses
+    assert after - before < 64 * 2**20, "a replica's memory grew with refused uploads"
 
 
 def test_snapshot_is_refused_while_online_adabn_is_off(served):
@@ -236,10 +282,11 @@ def _load(served: str, seconds: float, concurrency: int, stop_after: int | None 
 
 @pytest.mark.slow
 def test_ten_thousand_requests_at_concurrency_16_without_errors(served):
+    """Counts and outcomes only: 10,000 requests, all 200. The deadline is a hang guard, not a rate."""
     import time
 
     start = time.monotonic()
-    results = _load(served, seconds=300, concurrency=16, stop_after=10_000)
+    results = _load(served, seconds=1_800, concurrency=16, stop_after=10_000)
     seconds = time.monotonic() - start
     errors = [s for _, s in results if s != 200]
     print(f"{len(results)} requests at concurrency 16 in {seconds:.0f} s ({len(results) / seconds:.0f} req/s), "
@@ -249,6 +296,8 @@ def test_ten_thousand_requests_at_concurrency_16_without_errors(served):
 
 @pytest.mark.slow
 def test_a_replica_killed_under_load_recovers(served):
+    """A killed model replica costs at most 503s, Serve replaces it, and requests succeed again; the
+    120 s bound is only there to turn a hang into a failure."""
     import os
     import signal
     import threading
@@ -261,21 +310,22 @@ def test_a_replica_killed_under_load_recovers(served):
 
     (pid,) = replica_pids()
     box: dict = {}
-    runner = threading.Thread(target=lambda: box.update(results=_load(served, seconds=25, concurrency=8)))
+    runner = threading.Thread(target=lambda: box.update(results=_load(served, seconds=12, concurrency=8)))
     runner.start()
-    time.sleep(4)
+    time.sleep(3)
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     runner.join()
     results = box["results"]
+    recovered = any(s == 200 and t > killed_at for t, s in results)
+    while not recovered and time.monotonic() < killed_at + 120:
+        recovered = httpx.post(f"{served}/v1/domains/fog/segment", content=png(), timeout=30).status_code == 200
     failed = [(t, s) for t, s in results if s != 200]
     print(f"replica killed under load: {len(failed)} of {len(results)} requests failed "
           f"(statuses {sorted({s for _, s in failed})}); new replica pid {replica_pids()}")
     assert all(s in (200, 503) for _, s in results), "a lost replica must surface as 503, never another error"
+    assert recovered, "no request succeeded after the kill"
     assert replica_pids() and replica_pids() != [pid], "Serve did not replace the killed replica"
-    late = [s for t, s in results if t > killed_at + 15]
-    assert late and all(s == 200 for s in late), "the service did not recover within 15 s"
-    assert httpx.post(f"{served}/v1/domains/fog/segment", content=png()).status_code == 200
 
 
 def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, tmp_path):
@@ -290,7 +340,7 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
     reg.register("fog", model, META, {"val_miou": 0.5}, parent="base@1")
     reg.promote("fog", 1)
     cfg = ServeConfig(registry=str(tmp_path / "registry"), auth="none", online_adabn=True, online_adabn_momentum=0.5,
-                      max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05)
+                      max_snapshots_per_domain=1, max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05)
     serve.run(build_app(cfg.model_dump()), name="adabn", route_prefix="/adabn")
     try:
         url = f"{served}/adabn/v1/domains/fog"
@@ -302,11 +352,14 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
         snap = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)  # asking for production changes nothing
         assert snap.status_code == 200, snap.text
         assert snap.json()["images"] == 5 and snap.json()["version"] == 2 and snap.json()["promoted"] is False
+        more = [httpx.post(f"{url}/adabn-snapshot", timeout=60).json() for _ in range(2)]
+        assert [m["version"] for m in more] == [3, 4] and [m["pruned"] for m in more] == [[], [2]]  # cap: 1 spare
     finally:
         serve.delete("adabn")
-    entry = reg.get_entry("fog", 2)
+    entry = reg.get_entry("fog", 4)
     assert entry.manifest["lineage"]["method"] == "adabn_online" and entry.manifest["lineage"]["target_labels"] == 0
-    assert reg.aliases("fog") == {"production": 1, "candidate": 2}  # a snapshot is a candidate, never production
+    assert reg.aliases("fog") == {"production": 1, "candidate": 4}  # a snapshot is a candidate, never production
+    assert reg.versions("fog") == [1, 3, 4]  # the oldest spare snapshot went; production never does
     assert entry.manifest["metrics"] == {}  # its own metrics (none measured), not its parent's
     assert reg.history("fog")[-1]["decision"]["reason"].startswith("no held-back score")
     before, after = reg.load_state(reg.get_entry("fog", 1)), reg.load_state(entry)

@@ -31,8 +31,10 @@ from raysegment.promotion import Decision, promote_if_better
 from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, SharedBases, check_domain
 from raysegment.serving.auth import TokenTable
 from raysegment.serving.config import ServeConfig
-from raysegment.serving.imaging import (BadImage, BadShape, ImageTooLarge, class_shares, decode_upload, mask_png,
-                                        overlay_png, sniff)
+from raysegment.serving.imaging import (BadImage, BadShape, ImageTooLarge, UnsupportedImage, class_shares,
+                                        decode_upload, mask_png, overlay_png, sniff)
+
+SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored by .../adabn-snapshot
 
 api = FastAPI(title="raysegment", description="Per-domain semantic segmentation endpoints.", version="1")
 
@@ -218,6 +220,8 @@ class Gateway:
             return error(413, "image too large", str(exc))
         except BadShape as exc:
             return error(422, "unsupported image shape", str(exc))
+        except UnsupportedImage as exc:
+            return error(415, "unsupported image format", str(exc))
         except BadImage as exc:
             return error(400, "not a valid image", str(exc))
         try:
@@ -279,8 +283,9 @@ class Gateway:
         if snap["images"] == 0:
             return error(409, "nothing to store", f"{entry.ref} has seen no images on this replica yet")
         decision = await asyncio.to_thread(self._register_adapted, entry, snap)
+        pruned = await asyncio.to_thread(prune_snapshots, self.registry, domain, self.cfg.max_snapshots_per_domain)
         return {"domain": domain, "version": decision.version, "parent": entry.ref, "images": snap["images"],
-                "promoted": decision.promoted, "reason": decision.reason}
+                "promoted": decision.promoted, "reason": decision.reason, "pruned": pruned}
 
     def _register_adapted(self, entry: Entry, snap: dict[str, Any]) -> Decision:
         """A snapshot is a candidate: registered with its own (empty) metrics, never its parent's,
@@ -288,9 +293,23 @@ class Gateway:
         model, meta, _ = self.registry.load(entry.ref)
         model.load_state_dict({**model.state_dict(), **snap["state"]})
         version = self.registry.register(entry.domain, model, meta, {}, entry.manifest["config"], parent=entry.ref,
-                                         lineage={"method": "adabn_online", "target_labels": 0,
+                                         lineage={"method": SNAPSHOT_METHOD, "target_labels": 0,
                                                   "images": snap["images"]})
         return promote_if_better(self.registry, entry.domain, version, None, None, "proxy", entry.ref)
+
+
+def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
+    """Remove the oldest AdaBN snapshots of `domain` beyond `keep`; aliased ones (production,
+    candidate) and bases of other versions are never removed. Returns the removed versions."""
+    aliased = set(registry.aliases(domain).values())
+    used_as_base = {(e.manifest["base"] or {}).get("version") for e in registry.entries()
+                    if (e.manifest.get("base") or {}).get("domain") == domain}
+    spare = [v for v in registry.versions(domain) if v not in aliased and v not in used_as_base
+             and registry.get_entry(domain, v).manifest["lineage"].get("method") == SNAPSHOT_METHOD]
+    doomed = spare[: max(len(spare) - keep, 0)]
+    for version in doomed:
+        registry.remove(domain, version)
+    return doomed
 
 
 def own_batchnorm_buffers(model: torch.nn.Module) -> None:

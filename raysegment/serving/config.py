@@ -43,6 +43,8 @@ class ServeConfig(BaseModel):
     online_adabn: bool = Field(False, description="adapt each domain's BatchNorm statistics to the images its "
                                                   "endpoint receives (label-free); POST .../adabn-snapshot stores them")
     online_adabn_momentum: float = Field(0.01, gt=0, le=1, description="weight of each new batch's statistics")
+    max_snapshots_per_domain: PositiveInt = Field(4, description="unaliased AdaBN snapshots kept per domain; "
+                                                                 "the oldest goes when a new one passes the cap")
 
     @model_validator(mode="after")
     def _strangers_need_tokens(self) -> "ServeConfig":

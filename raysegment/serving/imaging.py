@@ -21,6 +21,10 @@ class BadImage(RaySegmentError):
     """The upload is not a decodable PNG/JPEG."""
 
 
+class UnsupportedImage(BadImage):
+    """A well-formed image of a kind the model does not take (GIF, WebP, an animation): 415."""
+
+
 def sniff(body: bytes) -> str | None:
     if body.startswith(PNG_MAGIC):
         return "image/png"
@@ -38,15 +42,51 @@ class BadShape(BadImage):
 
 
 MAX_ASPECT_RATIO = 16  # 1x60000 strips would pad to giant tensors and segment nothing meaningful
+MAX_JPEG_SCANS = 64  # encoders write 1 (baseline) or ~10 (progressive); each scan re-walks the whole image
+OTHER_FORMATS = {b"GIF8": "GIF", b"RIFF": "WebP", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 
-def header_size(body: bytes) -> tuple[int, int]:
-    """(width, height) from the PNG/JPEG header alone: nothing is decompressed."""
+def jpeg_scan_count(body: bytes, stop_after: int = MAX_JPEG_SCANS + 1) -> int:
+    """How many scans (SOS segments) the JPEG holds, counted by walking its markers, not decoding.
+
+    A progressive JPEG with tens of thousands of scans costs a full pass over the image per scan;
+    libjpeg has no scan limit of its own, so the count is checked before decoding. Metadata segments
+    (an EXIF thumbnail is itself a JPEG) are skipped by their length, never searched."""
+    scans, i, n = 0, 2, len(body)
+    while i + 4 <= n and scans < stop_after:
+        if body[i] != 0xFF:
+            return scans  # not at a marker: corrupt; the decoder will say so
+        marker = body[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            i += 2
+            continue
+        i += 2 + int.from_bytes(body[i + 2:i + 4], "big")
+        if marker == 0xDA:  # SOS: entropy-coded data follows, up to the next real marker
+            scans += 1
+            while True:  # inside it 0xFF is followed by 0x00 (stuffing) or RST0-7; anything else is a marker
+                i = body.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return scans
+                if body[i + 1] == 0x00 or 0xD0 <= body[i + 1] <= 0xD7:
+                    i += 2
+                    continue
+                break
+    return scans
+
+
+def header_size(body: bytes) -> tuple[int, int, int]:
+    """(width, height, frames) from the PNG/JPEG header alone: nothing is decompressed (an animated
+    PNG declares its frame count in the `acTL` chunk before the first image data)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(body)) as img:
-                return img.size
+                return img.size[0], img.size[1], getattr(img, "n_frames", 1)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"header declares a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -55,16 +95,24 @@ def header_size(body: bytes) -> tuple[int, int]:
 
 def decode_upload(body: bytes, max_pixels: int = 4096 * 4096) -> torch.Tensor:
     """PNG/JPEG bytes -> (3,H,W) uint8 RGB, after checking the header's size: too many pixels is
-    ImageTooLarge, an extreme aspect ratio BadShape, anything undecodable BadImage. Grayscale,
-    palette, RGBA and 16-bit PNGs become 8-bit RGB; EXIF orientation is applied to JPEGs."""
+    ImageTooLarge, an extreme aspect ratio or a JPEG of too many scans BadShape, GIF/WebP/animated PNG
+    UnsupportedImage, anything undecodable BadImage. Grayscale, palette, RGBA and 16-bit PNGs
+    become 8-bit RGB; EXIF orientation is applied to JPEGs."""
     kind = sniff(body)
     if kind is None:
+        other = next((name for magic, name in OTHER_FORMATS.items() if body.startswith(magic)), None)
+        if other:
+            raise UnsupportedImage(f"{other} images are not accepted; send PNG or JPEG")
         raise BadImage("body is not a PNG or JPEG image (magic bytes do not match)")
-    width, height = header_size(body)
+    width, height, frames = header_size(body)
+    if frames > 1:
+        raise UnsupportedImage(f"animated PNG of {frames} frames: send one frame as a still PNG")
     if width * height > max_pixels:
         raise ImageTooLarge(f"{width}x{height} px > limit {max_pixels} px (read from the header, not decoded)")
     if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise BadShape(f"{width}x{height} px: aspect ratio beyond {MAX_ASPECT_RATIO}:1; crop or tile the image")
+    if kind == "image/jpeg" and jpeg_scan_count(body) > MAX_JPEG_SCANS:
+        raise BadShape(f"JPEG of more than {MAX_JPEG_SCANS} scans: re-encode it as baseline or standard progressive")
     try:
         image = decode_image(torch.frombuffer(bytearray(body), dtype=torch.uint8), mode=ImageReadMode.RGB,
                              apply_exif_orientation=kind == "image/jpeg")
