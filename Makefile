@@ -4,7 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
+CODE    := raysegment tests benchmarks jobs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +18,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raysegment demo --out demo_out
 
-test: $(STAMP)
+# The cheapest checks first: lint and format (seconds), types (under a minute), then the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy raysegment
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900
 
 test-fast: $(STAMP)

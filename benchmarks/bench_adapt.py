@@ -43,21 +43,37 @@ def main() -> None:
     torch.set_num_threads(2)
     out = Path(args.out)
     start = time.perf_counter()
-    root = synth.generate(out / "data", domains=("clear", *args.targets), images_per_domain=args.images,
-                          height=args.height, width=args.width)
+    root = synth.generate(
+        out / "data",
+        domains=("clear", *args.targets),
+        images_per_domain=args.images,
+        height=args.height,
+        width=args.width,
+    )
     source_dir = out / "source_model"
     if not (source_dir / "model.safetensors").is_file():
         weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0", out / "lite0.safetensors")
-        cfg = parse_config({"data": {"root": str(root), "domain": "clear"},
-                            "model": {"pretrained": {"source": "file", "uri": str(weights)}},
-                            "optim": {"epochs": args.source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-                            "output_dir": str(out / "source_run")})
+        cfg = parse_config(
+            {
+                "data": {"root": str(root), "domain": "clear"},
+                "model": {"pretrained": {"source": "file", "uri": str(weights)}},
+                "optim": {"epochs": args.source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
+                "output_dir": str(out / "source_run"),
+            }
+        )
         learner = fit(cfg, open_split(root, "clear", "train"), open_split(root, "clear", "val"), resume=False)
         save_model(source_dir, learner.selected_model(), learner.meta)
     print(f"[bench] source model ready after {time.perf_counter() - start:.0f} s")
-    reports = run_study(source_dir, root, "clear", args.targets, tuple(args.methods), tuple(args.shots),
-                        out=out, epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs,
-                                             "oracle": args.ft_epochs})
+    reports = run_study(
+        source_dir,
+        root,
+        "clear",
+        args.targets,
+        tuple(args.methods),
+        tuple(args.shots),
+        out=out,
+        epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs, "oracle": args.ft_epochs},
+    )
     print(format_table(reports))
     print(f"[bench] {time.perf_counter() - start:.0f} s in all; chart {out / 'adapt_miou.png'}")
 

@@ -50,8 +50,9 @@ def main() -> None:
     device = torch.device(args.device)
 
     # Kornia: loader only collates uint8, the batch is augmented on the device.
-    aug = SegmentationAugment(AugmentConfig(crop=crop, rotate_degrees=0, scale=(1, 1), jitter=0.3, blur_p=1.0,
-                                            noise_std=0), ignore_index=255).to(device)
+    aug = SegmentationAugment(
+        AugmentConfig(crop=crop, rotate_degrees=0, scale=(1, 1), jitter=0.3, blur_p=1.0, noise_std=0), ignore_index=255
+    ).to(device)
     loader = DataLoader(RandomImages(n, args.size), batch_size=args.batch, num_workers=0)
     for images, masks in loader:  # warm-up
         aug(images.to(device), masks.to(device))
@@ -66,19 +67,31 @@ def main() -> None:
     kornia_ips = n / (time.perf_counter() - start)
 
     # torchvision v2 per sample inside worker processes (the usual CPU pipeline).
-    tv = T.Compose([T.RandomHorizontalFlip(), T.RandomResizedCrop(crop, scale=(0.5, 1.0), antialias=True),
-                    T.ColorJitter(0.3, 0.3, 0.3, 0.075), T.GaussianBlur(5, (0.1, 1.5))])
-    loader = DataLoader(RandomImages(n, args.size, tv), batch_size=args.batch, num_workers=args.workers,
-                        persistent_workers=args.workers > 0)
+    tv = T.Compose(
+        [
+            T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(crop, scale=(0.5, 1.0), antialias=True),
+            T.ColorJitter(0.3, 0.3, 0.3, 0.075),
+            T.GaussianBlur(5, (0.1, 1.5)),
+        ]
+    )
+    loader = DataLoader(
+        RandomImages(n, args.size, tv),
+        batch_size=args.batch,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+    )
     iter(loader).__next__()  # start workers
     start = time.perf_counter()
-    for images, masks in loader:
+    for images, _masks in loader:
         images.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     tv_ips = n / (time.perf_counter() - start)
 
-    print(f"device={device} batch={args.batch} size={args.size} threads={torch.get_num_threads()} workers={args.workers}")
+    print(
+        f"device={device} batch={args.batch} size={args.size} threads={torch.get_num_threads()} workers={args.workers}"
+    )
     print(f"kornia on-device batch    {kornia_ips:8.1f} img/s")
     print(f"torchvision per-sample    {tv_ips:8.1f} img/s ({args.workers} loader workers)")
     print(f"ratio kornia/torchvision  {kornia_ips / tv_ips:8.2f}x")

@@ -16,10 +16,13 @@ from raysegment.config import ModelConfig
 from raysegment.models import build_segmenter
 
 
-def throughput(model: torch.nn.Module, batch: int, height: int, width: int, device: torch.device,
-               seconds: float) -> float:
+def throughput(
+    model: torch.nn.Module, batch: int, height: int, width: int, device: torch.device, seconds: float
+) -> float:
     x = torch.rand(batch, 3, height, width, device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     with torch.inference_mode(), amp:
         for _ in range(3):
             model(x)
@@ -49,8 +52,10 @@ def main() -> None:
     rates = {b: throughput(model, b, args.height, args.width, device, args.seconds) for b in args.batches}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     for b, r in rates.items():
-        print(f"{name} Lite0+FPN {args.height}x{args.width} batch {b:>3}: {r:8.1f} img/s  "
-              f"({r / rates[args.batches[0]]:.2f}x batch {args.batches[0]})")
+        print(
+            f"{name} Lite0+FPN {args.height}x{args.width} batch {b:>3}: {r:8.1f} img/s  "
+            f"({r / rates[args.batches[0]]:.2f}x batch {args.batches[0]})"
+        )
 
 
 if __name__ == "__main__":

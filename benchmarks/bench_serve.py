@@ -68,7 +68,9 @@ def in_process(root: Path, image: torch.Tensor, seconds: float) -> float:
     return best
 
 
-def load(url: str, body: bytes, domains: list[str], concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+def load(
+    url: str, body: bytes, domains: list[str], concurrency: int, seconds: float
+) -> tuple[float, float, float, int]:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -126,8 +128,15 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         rows = []
         for label, batch in (("batched", 8), ("unbatched", 1)):
-            cfg = ServeConfig(registry=str(root), auth="none", max_batch_size=batch, max_replicas=1, min_replicas=1,
-                              cpus_per_replica=1, max_models_per_replica=8)
+            cfg = ServeConfig(
+                registry=str(root),
+                auth="none",
+                max_batch_size=batch,
+                max_replicas=1,
+                min_replicas=1,
+                cpus_per_replica=1,
+                max_models_per_replica=8,
+            )
             serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
             for mix in (["d0"], DOMAINS[:4]):
                 load(url, body, mix, 2, 1.0)  # warm the models
@@ -142,15 +151,22 @@ def main() -> None:
             serve.delete("raysegment")
         serve.shutdown()
         ray.shutdown()
-    print(f"{args.height}x{args.width} PNG, EfficientNet-Lite0 + FPN, {os.cpu_count()} CPUs, loopback, "
-          f"{args.seconds:.0f} s per cell")
+    print(
+        f"{args.height}x{args.width} PNG, EfficientNet-Lite0 + FPN, {os.cpu_count()} CPUs, loopback, "
+        f"{args.seconds:.0f} s per cell"
+    )
     print(f"in-process limit (best of batch 1/8): {limit:.1f} img/s")
-    print(f"{'app':<10} {'domains':>7} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'vs limit':>8}")
+    print(
+        f"{'app':<10} {'domains':>7} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'vs limit':>8}"
+    )
     for label, n, conc, rps, p50, p99, errors in rows:
         print(f"{label:<10} {n:>7} {conc:>4} {rps:>7.1f} {p50:>7.0f} {p99:>7.0f} {errors:>6} {rps / limit:>8.2f}")
     best = {lab: max(r[3] for r in rows if r[0] == lab) for lab in ("batched", "unbatched")}
     print(f"best batched / in-process limit: {best['batched'] / limit:.2f} (goal >= 0.85)")
-    print(f"best batched / best unbatched:   {best['batched'] / best['unbatched']:.2f} (goal >= 3 on a GPU; CPU as measured)")
+    print(
+        f"best batched / best unbatched:   {best['batched'] / best['unbatched']:.2f} "
+        "(goal >= 3 on a GPU; CPU as measured)"
+    )
     for n, mb in memory:
         print(f"replica RSS with {n} domain(s) loaded: {mb:.0f} MB")
 

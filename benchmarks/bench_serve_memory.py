@@ -28,8 +28,12 @@ CLASSES = [f"c{i}" for i in range(7)]
 
 
 def build_registry(root: Path, kind: str, domains: int) -> None:
-    meta = ModelMeta(model=ModelConfig(backbone="efficientnet_lite0"), num_classes=7, classes=CLASSES,
-                     palette=[(i, i, i) for i in range(7)])
+    meta = ModelMeta(
+        model=ModelConfig(backbone="efficientnet_lite0"),
+        num_classes=7,
+        classes=CLASSES,
+        palette=[(i, i, i) for i in range(7)],
+    )
     torch.manual_seed(0)
     base = build_segmenter(meta.model, 7).eval()
     reg = Registry(root)
@@ -39,7 +43,7 @@ def build_registry(root: Path, kind: str, domains: int) -> None:
         variant = build_segmenter(meta.model, 7).eval()
         variant.load_state_dict(base.state_dict())
         with torch.no_grad():
-            for (name, p), (_, bp) in zip(variant.named_parameters(), base.named_parameters()):
+            for (_name, p), (_, bp) in zip(variant.named_parameters(), base.named_parameters()):
                 if kind == "freeze 0" or (kind == "freeze 4" and id(bp) not in frozen):
                     p.add_(torch.randn_like(p) * 1e-3)
             for name, b in variant.named_buffers():
@@ -73,9 +77,13 @@ def child(root: str, n: int, shared: bool) -> None:
 def main() -> None:
     if len(sys.argv) == 4:
         return child(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "shared")
-    print("tensor MB: distinct weight storage the loaded models hold (exact); RSS MB: resident growth (allocator noise)")
-    print(f"{'delta kind':<10} {'domains':>7} {'tensor MB whole':>15} {'tensor MB shared':>16} {'per domain shared':>17} "
-          f"{'ratio':>6} {'RSS MB whole':>12} {'RSS MB shared':>13}")
+    print(
+        "tensor MB: distinct weight storage the loaded models hold (exact); RSS MB: resident growth (allocator noise)"
+    )
+    print(
+        f"{'delta kind':<10} {'domains':>7} {'tensor MB whole':>15} {'tensor MB shared':>16} {'per domain shared':>17} "
+        f"{'ratio':>6} {'RSS MB whole':>12} {'RSS MB shared':>13}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("adabn", "freeze 4", "freeze 0"):
             root = Path(tmp) / kind.replace(" ", "")
@@ -83,12 +91,15 @@ def main() -> None:
             for n in (1, 4, 8):
                 cells = {}
                 for mode in ("whole", "shared"):
-                    out = subprocess.run([sys.executable, __file__, str(root), str(n), mode], capture_output=True,
-                                         text=True, check=True).stdout
+                    out = subprocess.run(
+                        [sys.executable, __file__, str(root), str(n), mode], capture_output=True, text=True, check=True
+                    ).stdout
                     cells[mode] = json.loads(out.strip().splitlines()[-1])
                 w, sh = cells["whole"], cells["shared"]
-                print(f"{kind:<10} {n:>7} {w['tensor_mb']:>15.1f} {sh['tensor_mb']:>16.1f} {sh['tensor_mb'] / n:>17.2f} "
-                      f"{sh['tensor_mb'] / w['tensor_mb']:>6.2f} {w['rss_mb']:>12.1f} {sh['rss_mb']:>13.1f}")
+                print(
+                    f"{kind:<10} {n:>7} {w['tensor_mb']:>15.1f} {sh['tensor_mb']:>16.1f} {sh['tensor_mb'] / n:>17.2f} "
+                    f"{sh['tensor_mb'] / w['tensor_mb']:>6.2f} {w['rss_mb']:>12.1f} {sh['rss_mb']:>13.1f}"
+                )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        root = synth.generate(tmp, domains=("clear",), images_per_domain=args.batch * 3, height=args.height,
-                              width=args.width)
-        cfg = parse_config({"data": {"root": str(root)}, "optim": {"batch_size": args.batch},
-                            "output_dir": f"{tmp}/run"})
+        root = synth.generate(
+            tmp, domains=("clear",), images_per_domain=args.batch * 3, height=args.height, width=args.width
+        )
+        cfg = parse_config(
+            {"data": {"root": str(root)}, "optim": {"batch_size": args.batch}, "output_dir": f"{tmp}/run"}
+        )
         learner = Finetune(cfg, open_split(root, "clear", "all"), device)
         times = {"load": 0.0, "augment": 0.0, "forward": 0.0, "backward": 0.0}
         steps = 0

@@ -37,21 +37,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = synth.generate(Path(tmp) / "data", domains=("clear",), images_per_domain=args.images, height=128, width=256)
+        root = synth.generate(
+            Path(tmp) / "data", domains=("clear",), images_per_domain=args.images, height=128, width=256
+        )
 
         def cfg(name: str, workers: int, cpus: float, batch: int):
-            return parse_config({"data": {"root": str(root), "train_split": "all", "val_split": "test"},
-                                 "model": {"backbone": "efficientnet_lite0"},
-                                 "optim": {"epochs": args.epochs, "batch_size": batch},
-                                 "scale": {"num_workers": workers, "cpus_per_worker": cpus},
-                                 "output_dir": f"{tmp}/{name}"})
+            return parse_config(
+                {
+                    "data": {"root": str(root), "train_split": "all", "val_split": "test"},
+                    "model": {"backbone": "efficientnet_lite0"},
+                    "optim": {"epochs": args.epochs, "batch_size": batch},
+                    "scale": {"num_workers": workers, "cpus_per_worker": cpus},
+                    "output_dir": f"{tmp}/{name}",
+                }
+            )
 
         torch.set_num_threads(2)
         plain_cfg = cfg("plain", 1, 2, args.batch)
         plain = fit(plain_cfg, open_split(root, "clear", "all"), resume=False, progress=False, log=lambda s: None)
         plain_s = steady(plain.history)
 
-        ray.init(address="local", num_cpus=2, log_to_driver=False)  # dashboard needed: Train V2 cleans PGs via the State API
+        ray.init(
+            address="local", num_cpus=2, log_to_driver=False
+        )  # dashboard needed: Train V2 cleans PGs via the State API
 
         def ray_epoch_seconds(c) -> float:
             fine_tune(c)
@@ -63,8 +71,10 @@ def main() -> None:
         two_s = ray_epoch_seconds(cfg("ray2", 2, 1, max(1, args.batch // 2)))
         ray.shutdown()
     steps = -(-args.images // args.batch)
-    print(f"work: {args.images} images/epoch at 128x256, global batch {args.batch}, {args.epochs} epochs "
-          f"(first not counted), EfficientNet-Lite0 + FPN, {os.cpu_count()} CPUs")
+    print(
+        f"work: {args.images} images/epoch at 128x256, global batch {args.batch}, {args.epochs} epochs "
+        f"(first not counted), EfficientNet-Lite0 + FPN, {os.cpu_count()} CPUs"
+    )
     print(f"plain engine        {plain_s:7.2f} s/epoch  {1000 * plain_s / steps:7.1f} ms/step")
     print(f"Ray Train, 1 worker {one_s:7.2f} s/epoch  {1000 * one_s / steps:7.1f} ms/step")
     print(f"Ray Train, 2 workers{two_s:7.2f} s/epoch  {1000 * two_s / steps:7.1f} ms/step")

@@ -82,19 +82,27 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        root = synth.generate(tmp, domains=("clear",), images_per_domain=args.images, height=args.height,
-                              width=args.width)  # 64..512 px per side
-        cfg = parse_config({"data": {"root": str(root), "num_workers": args.workers},
-                            "optim": {"batch_size": args.batch, "compile": args.compile},
-                            "output_dir": f"{tmp}/run"}, "bench")
+        root = synth.generate(
+            tmp, domains=("clear",), images_per_domain=args.images, height=args.height, width=args.width
+        )  # 64..512 px per side
+        cfg = parse_config(
+            {
+                "data": {"root": str(root), "num_workers": args.workers},
+                "optim": {"batch_size": args.batch, "compile": args.compile},
+                "output_dir": f"{tmp}/run",
+            },
+            "bench",
+        )
         learner = Finetune(cfg, open_split(root, "clear", "all"), device)
         sample: Batch = next(iter(learner.loader))
         h, w = learner.to_device(sample)[0].shape[-2:]
         engine = engine_rate(learner, args.steps, args.warmup)
         pure = synthetic_rate(learner, args.batch, h, w, args.steps, args.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device={name} batch={args.batch} size={h}x{w} amp={cfg.optim.amp if device.type == 'cuda' else 'none'} "
-          f"loader_workers={learner.loader.num_workers} compile={args.compile} steps={args.steps}")
+    print(
+        f"device={name} batch={args.batch} size={h}x{w} amp={cfg.optim.amp if device.type == 'cuda' else 'none'} "
+        f"loader_workers={learner.loader.num_workers} compile={args.compile} steps={args.steps}"
+    )
     print(f"engine (decode -> device -> augment -> step) {engine:8.1f} img/s")
     print(f"model alone (synthetic device tensors)      {pure:8.1f} img/s")
     print(f"ratio engine/model {engine / pure:.3f}")

@@ -36,14 +36,24 @@ def delta_sizes(source_dir: Path, root: Path, tmp: Path) -> list[tuple[int, int,
     reg.register("source", model, meta)
     rows = []
     for depth in (0, 2, 4):
-        cfg = parse_config({"data": {"root": str(root), "domain": "fog"},
-                            "model": {"freeze_depth": depth, "pretrained": {"source": "checkpoint", "uri": str(source_dir)}},
-                            "optim": {"epochs": 1, "batch_size": 4}, "output_dir": str(tmp / f"d{depth}")})
+        cfg = parse_config(
+            {
+                "data": {"root": str(root), "domain": "fog"},
+                "model": {"freeze_depth": depth, "pretrained": {"source": "checkpoint", "uri": str(source_dir)}},
+                "optim": {"epochs": 1, "batch_size": 4},
+                "output_dir": str(tmp / f"d{depth}"),
+            }
+        )
         learner = fit(cfg, open_split(root, "fog", "train"), resume=False, log=lambda s: None)
         delta = reg.register("fog", learner.model, meta, parent="source@1")
         full = reg.register(f"fog-full{depth}", learner.model, meta)
-        rows.append((depth, reg.get_entry("fog", delta).manifest["bytes"],
-                     reg.get_entry(f"fog-full{depth}", full).manifest["bytes"]))
+        rows.append(
+            (
+                depth,
+                reg.get_entry("fog", delta).manifest["bytes"],
+                reg.get_entry(f"fog-full{depth}", full).manifest["bytes"],
+            )
+        )
     return rows
 
 
@@ -56,34 +66,63 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        root = synth.generate(tmp / "data", domains=("clear", *args.targets), images_per_domain=30, height=64, width=128)
-        source_cfg = parse_config({"data": {"root": str(root)}, "optim": {"epochs": 4, "batch_size": 6, "lr": 2e-3},
-                                   "output_dir": str(tmp / "source")})
+        root = synth.generate(
+            tmp / "data", domains=("clear", *args.targets), images_per_domain=30, height=64, width=128
+        )
+        source_cfg = parse_config(
+            {
+                "data": {"root": str(root)},
+                "optim": {"epochs": 4, "batch_size": 6, "lr": 2e-3},
+                "output_dir": str(tmp / "source"),
+            }
+        )
         fit(source_cfg, open_split(root, "clear", "train"), resume=False, log=lambda s: None)
         source_dir = tmp / "source" / "checkpoints" / "epoch_0004"
         ray.init(address="local", num_cpus=2, log_to_driver=False)
         results = {}
         for asha in (True, False):
-            spec = JobSpec.model_validate({
-                "job": "tune", "name": "asha" if asha else "fifo", "targets": args.targets,
-                "registry": str(tmp / f"registry-{asha}"), "source": str(source_dir),
-                "search": {"num_samples": args.samples, "max_epochs": args.epochs, "early_stopping": asha,
-                           "grace_period": 1, "seed": 0},
-                "run": {"data": {"root": str(root), "labelled_limit": 10}, "optim": {"batch_size": 5},
-                        "scale": {"num_workers": 1}, "output_dir": str(tmp / "tune")}})
+            spec = JobSpec.model_validate(
+                {
+                    "job": "tune",
+                    "name": "asha" if asha else "fifo",
+                    "targets": args.targets,
+                    "registry": str(tmp / f"registry-{asha}"),
+                    "source": str(source_dir),
+                    "search": {
+                        "num_samples": args.samples,
+                        "max_epochs": args.epochs,
+                        "early_stopping": asha,
+                        "grace_period": 1,
+                        "seed": 0,
+                    },
+                    "run": {
+                        "data": {"root": str(root), "labelled_limit": 10},
+                        "optim": {"batch_size": 5},
+                        "scale": {"num_workers": 1},
+                        "output_dir": str(tmp / "tune"),
+                    },
+                }
+            )
             results[asha] = {o.domain: o for o in run_search(spec, log=lambda s: None)}
         ray.shutdown()
         sizes = delta_sizes(source_dir, root, tmp)
     print(f"{args.samples} trials x up to {args.epochs} epochs per domain, EfficientNet-Lite0 + FPN, 64x128, 10 labels")
-    print(f"{'domain':<8} {'ASHA epochs':>11} {'ASHA best':>9} {'full epochs':>11} {'full best':>9} {'epoch ratio':>11} {'mIoU diff':>9}")
+    print(
+        f"{'domain':<8} {'ASHA epochs':>11} {'ASHA best':>9} {'full epochs':>11} {'full best':>9} "
+        f"{'epoch ratio':>11} {'mIoU diff':>9}"
+    )
     for d in args.targets:
         a, f = results[True][d], results[False][d]
-        print(f"{d:<8} {a.epochs_spent:>11} {100 * a.best_score:>8.1f}% {f.epochs_spent:>11} "
-              f"{100 * f.best_score:>8.1f}% {a.epochs_spent / f.epochs_spent:>11.2f} "
-              f"{100 * (a.best_score - f.best_score):>+9.1f}")
+        print(
+            f"{d:<8} {a.epochs_spent:>11} {100 * a.best_score:>8.1f}% {f.epochs_spent:>11} "
+            f"{100 * f.best_score:>8.1f}% {a.epochs_spent / f.epochs_spent:>11.2f} "
+            f"{100 * (a.best_score - f.best_score):>+9.1f}"
+        )
     print("registry bytes per domain (delta on the source vs a full copy):")
     for depth, delta, full in sizes:
-        print(f"  freeze_depth {depth}: delta {delta / 1e6:6.2f} MB  full {full / 1e6:6.2f} MB  ratio {delta / full:.2f}")
+        print(
+            f"  freeze_depth {depth}: delta {delta / 1e6:6.2f} MB  full {full / 1e6:6.2f} MB  ratio {delta / full:.2f}"
+        )
 
 
 if __name__ == "__main__":

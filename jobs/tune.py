@@ -1,6 +1,6 @@
 """Ray Job entry point: per-domain Tune search from one YAML spec (`job: tune`).
 
-    python jobs/tune.py jobs/specs/tune.yaml
+python jobs/tune.py jobs/specs/tune.yaml
 """
 
 from __future__ import annotations

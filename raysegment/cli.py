@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -40,31 +41,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     result = adapt(cfg, resume=not args.restart)
     metrics = {k: v for k, v in result.scores.items() if isinstance(v, (int, float))}
-    final = save_model(Path(cfg.output_dir) / "model", result.model, result.meta.model_copy(update={"metrics": metrics}))
+    final = save_model(
+        Path(cfg.output_dir) / "model", result.model, result.meta.model_copy(update={"metrics": metrics})
+    )
     if cfg.judge == "labels":
         judge = f"val mIoU {100 * result.scores['val_miou']:.1f}"
     else:
         judge = f"proxy score {100 * result.scores['score']:.1f} (judge: proxy, no target labels read)"
     epoch = result.scores.get("selected_epoch")
-    print(f"{cfg.adapt.method}: {judge}" + (f" at epoch {epoch}" if epoch is not None else "")
-          + f"; model written to {final}")
+    print(
+        f"{cfg.adapt.method}: {judge}"
+        + (f" at epoch {epoch}" if epoch is not None else "")
+        + f"; model written to {final}"
+    )
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from raysegment.study import format_table, run_study
-
     from raysegment.config import ResizeConfig
+    from raysegment.study import format_table, run_study
 
     resize = None
     if args.short_side or args.scale:
         resize = ResizeConfig(short_side=args.short_side, scale=args.scale)
-    reports = run_study(args.source, args.data, args.source_domain, args.targets, tuple(args.methods),
-                        tuple(args.shots), oracle=not args.no_oracle, out=args.out,
-                        epochs={"self_training": args.epochs, "tent": max(1, args.epochs // 4), "finetune": args.epochs,
-                                "oracle": args.epochs},
-                        lr=args.lr, batch_size=args.batch_size, resize=resize, unlabelled=args.unlabelled,
-                        layout=args.layout)
+    reports = run_study(
+        args.source,
+        args.data,
+        args.source_domain,
+        args.targets,
+        tuple(args.methods),
+        tuple(args.shots),
+        oracle=not args.no_oracle,
+        out=args.out,
+        epochs={
+            "self_training": args.epochs,
+            "tent": max(1, args.epochs // 4),
+            "finetune": args.epochs,
+            "oracle": args.epochs,
+        },
+        lr=args.lr,
+        batch_size=args.batch_size,
+        resize=resize,
+        unlabelled=args.unlabelled,
+        layout=args.layout,
+    )
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
     return 0
@@ -76,8 +96,10 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _parse_overrides(args.set))
     result = fine_tune(cfg, name=args.name)
-    print(f"epoch {result.metrics.get('epoch')} score {100 * result.metrics.get('score', float('nan')):.1f} "
-          f"in {result.seconds:.0f} s; selected model {result.model_dir}")
+    print(
+        f"epoch {result.metrics.get('epoch')} score {100 * result.metrics.get('score', float('nan')):.1f} "
+        f"in {result.seconds:.0f} s; selected model {result.model_dir}"
+    )
     return 0
 
 
@@ -126,13 +148,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from raysegment.train import ensure_ray
 
     auth = "token" if args.token_file else "none"
-    cfg = ServeConfig(registry=str(Path(args.registry).resolve()), max_replicas=args.max_replicas, auth=auth,
-                      token_file=str(Path(args.token_file).resolve()) if args.token_file else None, bind_host=args.host)
+    cfg = ServeConfig(
+        registry=str(Path(args.registry).resolve()),
+        max_replicas=args.max_replicas,
+        auth=auth,
+        token_file=str(Path(args.token_file).resolve()) if args.token_file else None,
+        bind_host=args.host,
+    )
     ensure_ray()
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": 120})
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
-    print(f"serving {len(Registry(cfg.registry).domains())} domains on http://{args.host}:{args.port} "
-          f"(docs at /docs; auth: {cfg.auth}); Ctrl-C stops", flush=True)
+    print(
+        f"serving {len(Registry(cfg.registry).domains())} domains on http://{args.host}:{args.port} "
+        f"(docs at /docs; auth: {cfg.auth}); Ctrl-C stops",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)
@@ -161,11 +191,15 @@ def cmd_registry(args: argparse.Namespace) -> int:
         for row in reg.list():
             base = f" base={row['base']['domain']}@{row['base']['version']}" if row["base"] else ""
             metrics = " ".join(f"{k}={v:.4g}" for k, v in row["metrics"].items() if isinstance(v, (int, float)))
-            print(f"{row['domain']}@{row['version']} {','.join(row['aliases']) or '-'} {row['bytes']} B{base} {metrics}")
+            print(
+                f"{row['domain']}@{row['version']} {','.join(row['aliases']) or '-'} {row['bytes']} B{base} {metrics}"
+            )
         return 0
     if not args.ref:
-        raise ConfigError(f"raysegment registry {args.action} needs "
-                          + ("DOMAIN" if args.action in ("rollback", "history") else "DOMAIN@VERSION"))
+        raise ConfigError(
+            f"raysegment registry {args.action} needs "
+            + ("DOMAIN" if args.action in ("rollback", "history") else "DOMAIN@VERSION")
+        )
     if args.action == "rollback":
         version = rollback(reg, args.ref, actor=args.by or getpass.getuser())
         print(f"{args.ref}: production is back at {args.ref}@{version}")
@@ -180,8 +214,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
     elif args.action == "promote" and args.alias == "production":
         decision = promote_version(reg, entry.ref, force=args.force, actor=args.by or getpass.getuser())
         alias = "production" if decision.promoted else "candidate"
-        print(f"{entry.ref} is now {alias}: {decision.reason}" + (f" (against {decision.incumbent})"
-                                                               if decision.incumbent else ""))
+        print(
+            f"{entry.ref} is now {alias}: {decision.reason}"
+            + (f" (against {decision.incumbent})" if decision.incumbent else "")
+        )
     elif args.action == "promote":
         reg.promote(entry.domain, entry.version, args.alias)
         print(f"{entry.ref} is now {args.alias}")
@@ -202,8 +238,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(mode=args.mode, window=tuple(args.window) if args.window else None)
     result = evaluate(model, data, cfg, resize=meta.resize)
     scale = f", model working scale {meta.resize.model_dump(exclude_none=True)}" if meta.resize else ""
-    print(f"{args.domain}/{args.split}: mIoU {100 * result.miou:.2f} ({result.images} labelled images, "
-          f"scored at full resolution{scale})")
+    print(
+        f"{args.domain}/{args.split}: mIoU {100 * result.miou:.2f} ({result.images} labelled images, "
+        f"scored at full resolution{scale})"
+    )
     for name, iou in result.per_class.items():
         print(f"  {name:<16} {100 * iou:6.2f}")
     return 0
@@ -237,15 +275,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.engine_only:
         from raysegment.demo import run_demo
 
-        kwargs = dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
+        kwargs: dict[str, Any] = (
+            dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
+        )
         run_demo(args.out, **kwargs)
         return 0
     from raysegment.pipeline import run_pipeline
 
-    kwargs = (dict(images_per_domain=16, height=64, width=128, source_epochs=2, trials=2, trial_epochs=2, shots=4,
-                   targets=("fog", "night"), study_methods=("adabn", "tent"), study_shots=(2,), study_epochs=1)
-              if args.quick else {})
-    run_pipeline(args.out, **kwargs)
+    quick: dict[str, Any] = (
+        dict(
+            images_per_domain=16,
+            height=64,
+            width=128,
+            source_epochs=2,
+            trials=2,
+            trial_epochs=2,
+            shots=4,
+            targets=("fog", "night"),
+            study_methods=("adabn", "tent"),
+            study_shots=(2,),
+            study_epochs=1,
+        )
+        if args.quick
+        else {}
+    )
+    run_pipeline(args.out, **quick)
     return 0
 
 
@@ -261,8 +315,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from raysegment.data import open_split
 
     data = open_split(args.root, args.domain, args.split, args.layout)
-    print(f"{args.root} {args.domain}/{args.split}: {len(data)} images, {data.labelled_count} labelled, "
-          f"{data.info.num_classes} classes")
+    print(
+        f"{args.root} {args.domain}/{args.split}: {len(data)} images, {data.labelled_count} labelled, "
+        f"{data.info.num_classes} classes"
+    )
     return 0
 
 
@@ -281,12 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune or adapt (config adapt.method) one model in this process from a YAML config")
+    p = sub.add_parser(
+        "train", help="fine-tune or adapt (config adapt.method) one model in this process from a YAML config"
+    )
     p.add_argument("--config", required=True, help="YAML RunConfig (data, model, optim, augment, eval)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
-    p.add_argument("--unlabelled", action="store_true",
-                   help="read the target domain as unlabelled even where masks exist (label-free methods)")
+    p.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="read the target domain as unlabelled even where masks exist (label-free methods)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapt", help="compare adaptation methods per target domain: 0 labels, k labels, oracle")
@@ -303,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--short-side", type=int, help="working scale: resize so the short side has this many px")
     scale.add_argument("--scale", type=float, help="working scale: resize by this factor")
-    p.add_argument("--unlabelled", action="store_true",
-                   help="read the targets as unlabelled: no target mask is opened, candidates are judged by the proxy")
+    p.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="read the targets as unlabelled: no target mask is opened, candidates are judged by the proxy",
+    )
     p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
     p.add_argument("--out", default="adapt_out")
     p.set_defaults(func=cmd_adapt)
@@ -336,8 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-replicas", type=int, default=2)
-    p.add_argument("--token-file", help="bearer tokens (hashes) for every request; without one the API is open, "
-                                        "which is refused unless --host is loopback")
+    p.add_argument(
+        "--token-file",
+        help="bearer tokens (hashes) for every request; without one the API is open, "
+        "which is refused unless --host is loopback",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("token", help="make an API token: printed once, its hash appended to the token file")
@@ -351,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["ls", "show", "promote", "rollback", "history", "rm"])
     p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS (rollback, history: DOMAIN)")
     p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
-    p.add_argument("--alias", default="production",
-                   help="production goes through the promotion policy; other aliases just move")
+    p.add_argument(
+        "--alias", default="production", help="production goes through the promotion policy; other aliases just move"
+    )
     p.add_argument("--force", action="store_true", help="promote without beating production (recorded as forced)")
     p.add_argument("--by", help="who forces or rolls back (recorded; default: the login name)")
     p.set_defaults(func=cmd_registry)
@@ -376,8 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the end-to-end demo on generated domains")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    p.add_argument("--engine-only", action="store_true",
-                   help="the one-process version (no Ray): source fine-tune + few-shot per target")
+    p.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="the one-process version (no Ray): source fine-tune + few-shot per target",
+    )
     p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from raysegment.errors import ConfigError
 
@@ -38,14 +46,17 @@ class ResizeConfig(_Strict):
     scale: PositiveFloat | None = Field(None, le=4, description="resize by this factor")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ResizeConfig":
+    def _exactly_one(self) -> ResizeConfig:
         if (self.short_side is None) == (self.scale is None):
             raise ValueError("set exactly one of resize.short_side and resize.scale")
         return self
 
     def factor(self, height: int, width: int) -> float:
         """The resize factor for an image of this size."""
-        return self.scale if self.scale is not None else self.short_side / min(height, width)
+        if self.scale is not None:
+            return self.scale
+        assert self.short_side is not None  # the validator guarantees exactly one
+        return self.short_side / min(height, width)
 
 
 class DataConfig(_Strict):
@@ -58,15 +69,18 @@ class DataConfig(_Strict):
     labelled_limit: PositiveInt | None = Field(None, description="use only the first k labelled images (few-shot)")
     unlabelled: bool = Field(False, description="read the target domain as unlabelled even where masks exist")
     resize: ResizeConfig | None = Field(None, description="working scale of the model; None keeps the files' size")
-    num_workers: NonNegativeInt | None = Field(None, description="decoding processes per loader; None: by the "
-                                                                 "CPUs this process may use (0 on <= 2 CPUs)")
+    num_workers: NonNegativeInt | None = Field(
+        None, description="decoding processes per loader; None: by the CPUs this process may use (0 on <= 2 CPUs)"
+    )
 
 
 class PretrainedConfig(_Strict):
     """Where backbone (or whole-model) weights come from."""
 
     source: Literal["none", "timm", "file", "checkpoint"] = "none"
-    uri: str | None = Field(None, description="file/URI for 'file' (safetensors) or a checkpoint folder for 'checkpoint'")
+    uri: str | None = Field(
+        None, description="file/URI for 'file' (safetensors) or a checkpoint folder for 'checkpoint'"
+    )
 
 
 class ModelConfig(_Strict):
@@ -75,6 +89,11 @@ class ModelConfig(_Strict):
     decoder_channels: PositiveInt = 64
     pretrained: PretrainedConfig = PretrainedConfig()
     freeze_depth: NonNegativeInt = Field(0, description="backbone stages kept frozen, counted from the stem")
+
+    def without_pretrained(self) -> ModelConfig:
+        """The same architecture with no weights to fetch: for rebuilding a model whose own
+        weights are loaded next (a checkpoint, a registry version)."""
+        return self.model_copy(update={"pretrained": PretrainedConfig()})
 
 
 class OptimConfig(_Strict):
@@ -95,8 +114,9 @@ class OptimConfig(_Strict):
     eval_every: PositiveInt = Field(1, description="score on the val split every N epochs (and the last)")
     checkpoint_every: PositiveInt = Field(1, description="write a checkpoint every N epochs (and the last)")
     select: Literal["best", "last"] = Field(
-        "best", description="the result: the best scored epoch (the start model included when labels judge), "
-                            "or the last epoch")
+        "best",
+        description="the result: the best scored epoch (the start model included when labels judge), or the last epoch",
+    )
     seed: int = 0
 
 
@@ -132,8 +152,6 @@ class ScaleConfig(_Strict):
     start_timeout_s: float = Field(120.0, gt=0, description="fail if the workers' resources never appear")
 
 
-
-
 class AdaptConfig(_Strict):
     """How a source model is adapted to the target domain named by `data.domain`.
 
@@ -142,19 +160,26 @@ class AdaptConfig(_Strict):
     """
 
     method: Method = "finetune"
-    source_domain: str | None = Field(None, description="labelled source domain under data.root (self_training, "
-                                                         "and finetune with source_replay)")
-    source_replay: bool = Field(False, description="finetune: mix every target batch with a source batch, so a "
-                                                   "few labels adapt the model without making it forget")
+    source_domain: str | None = Field(
+        None, description="labelled source domain under data.root (self_training, and finetune with source_replay)"
+    )
+    source_replay: bool = Field(
+        False,
+        description="finetune: mix every target batch with a source batch, so a "
+        "few labels adapt the model without making it forget",
+    )
     judge: Literal["labels", "proxy"] | None = Field(
-        None, description="what scores a result: target val labels, or unsupervised proxies on the val images "
-                          "(default: labels for finetune, proxy for the label-free methods)")
+        None,
+        description="what scores a result: target val labels, or unsupervised proxies on the val images "
+        "(default: labels for finetune, proxy for the label-free methods)",
+    )
     ema_alpha: float = Field(0.99, ge=0, lt=1, description="mean-teacher EMA: teacher = a*teacher + (1-a)*student")
     pseudo_threshold: float = Field(0.9, gt=0, lt=1, description="teacher confidence that counts as a sure pixel")
     classmix: bool = Field(True, description="ClassMix source classes onto target images")
     fda_beta: float = Field(0.0, ge=0, le=0.2, description="Fourier domain adaptation window; 0 = off")
-    rare_class_temperature: float | None = Field(None, gt=0, description="rare-class sampling of source images; "
-                                                                         "None = uniform")
+    rare_class_temperature: float | None = Field(
+        None, gt=0, description="rare-class sampling of source images; None = uniform"
+    )
     strong_jitter: float = Field(0.4, ge=0, le=1, description="photometric strength of the student's view")
     proxy_confidence: float = Field(0.9, gt=0, lt=1, description="source-confident pixels for the agreement proxy")
 
@@ -179,18 +204,22 @@ class RunConfig(_Strict):
         return self.adapt.judge or ("labels" if self.adapt.uses_target_labels else "proxy")
 
     @model_validator(mode="after")
-    def _adaptation_needs_a_source_model(self) -> "RunConfig":
+    def _adaptation_needs_a_source_model(self) -> RunConfig:
         a = self.adapt
         if a.method != "finetune" and self.model.pretrained.source != "checkpoint":
-            raise ValueError(f"adapt.method={a.method} adapts a trained model: set model.pretrained "
-                             f"{{source: checkpoint, uri: SOURCE_MODEL_FOLDER}}")
+            raise ValueError(
+                f"adapt.method={a.method} adapts a trained model: set model.pretrained "
+                f"{{source: checkpoint, uri: SOURCE_MODEL_FOLDER}}"
+            )
         if a.method == "self_training" and not a.source_domain:
             raise ValueError("adapt.method=self_training trains on source labels too: set adapt.source_domain")
         if a.source_replay and not a.source_domain:
             raise ValueError("adapt.source_replay mixes in source batches: set adapt.source_domain")
         if a.method == "finetune" and self.data.unlabelled:
-            raise ValueError("adapt.method=finetune needs target labels but data.unlabelled is set; "
-                             "choose a label-free method (adabn, tent, self_training)")
+            raise ValueError(
+                "adapt.method=finetune needs target labels but data.unlabelled is set; "
+                "choose a label-free method (adabn, tent, self_training)"
+            )
         return self
 
 
@@ -201,19 +230,24 @@ class SearchConfig(_Strict):
     lr: tuple[PositiveFloat, PositiveFloat] = Field((1e-4, 3e-3), description="log-uniform range")
     freeze_depth: list[NonNegativeInt] | None = Field(None, description="choices; default 0..number of stages")
     decoder: list[Decoder] | None = Field(
-        None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)")
+        None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)"
+    )
     jitter: list[float] = Field([0.0, 0.2, 0.4], description="augmentation strength choices")
     method: list[Method] = Field(
-        ["finetune"], description="adaptation methods to try (label-free ones need no target labels)")
+        ["finetune"], description="adaptation methods to try (label-free ones need no target labels)"
+    )
     ema_alpha: list[float] = Field([0.99, 0.999], description="self_training teacher EMA choices")
     fda_beta: list[float] = Field([0.0, 0.01], description="self_training FDA window choices")
     judge: Literal["labels", "proxy"] | None = Field(
-        None, description="what scores every trial of a domain: target val labels, or the unsupervised proxy "
-                          "(default: labels when finetune is searched, else proxy, so trials stay comparable)")
+        None,
+        description="what scores every trial of a domain: target val labels, or the unsupervised proxy "
+        "(default: labels when finetune is searched, else proxy, so trials stay comparable)",
+    )
 
     @property
     def judged_by(self) -> str:
         return self.judge or ("labels" if "finetune" in self.method else "proxy")
+
     num_samples: PositiveInt = 8
     max_epochs: PositiveInt = 8
     early_stopping: bool = Field(True, description="ASHA; False runs every trial to max_epochs (FIFO)")

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-
+from typing import Any
 
 from raysegment.config import parse_config
-from raysegment.data import open_split
-from raysegment.data import synth
+from raysegment.data import open_split, synth
 from raysegment.engine import evaluate, fit
 from raysegment.engine.predict import segment
 from raysegment.models import load_model
@@ -22,24 +21,43 @@ from raysegment.models.weights_import import bundled_efficientnet_lite0, import_
 from raysegment.viz import bar_chart_png, curves_png, overlay_png
 
 
-def run_demo(out: str | Path = "demo_out", images_per_domain: int = 80, source_epochs: int = 12,
-             target_epochs: int = 8, shots: int = 10, height: int = 128, width: int = 256, log=print) -> dict:
+def run_demo(
+    out: str | Path = "demo_out",
+    images_per_domain: int = 80,
+    source_epochs: int = 12,
+    target_epochs: int = 8,
+    shots: int = 10,
+    height: int = 128,
+    width: int = 256,
+    log=print,
+) -> dict:
     out = Path(out)
     start = time.perf_counter()
     data_root = synth.generate(out / "data", images_per_domain=images_per_domain, height=height, width=width)
-    log(f"[demo] synthesised {len(synth.DOMAINS)} domains x {images_per_domain} images at {height}x{width} -> {data_root}")
-    weights, mode, n = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
-                                      out / "weights" / "efficientnet_lite0_imagenet.safetensors")
+    log(
+        f"[demo] synthesised {len(synth.DOMAINS)} domains x {images_per_domain} images "
+        f"at {height}x{width} -> {data_root}"
+    )
+    weights, mode, n = import_weights(
+        bundled_efficientnet_lite0(), "efficientnet_lite0", out / "weights" / "efficientnet_lite0_imagenet.safetensors"
+    )
     log(f"[demo] imported ImageNet EfficientNet-Lite0 ({n} tensors matched by {mode}) -> {weights}")
 
-    base = {"data": {"root": str(data_root), "domain": "clear"},
-            "model": {"backbone": "efficientnet_lite0", "decoder": "fpn",
-                      "pretrained": {"source": "file", "uri": str(weights)}},
-            "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-            "output_dir": str(out / "runs" / "source")}
+    base: dict[str, Any] = {
+        "data": {"root": str(data_root), "domain": "clear"},
+        "model": {
+            "backbone": "efficientnet_lite0",
+            "decoder": "fpn",
+            "pretrained": {"source": "file", "uri": str(weights)},
+        },
+        "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
+        "output_dir": str(out / "runs" / "source"),
+    }
     source_cfg = parse_config(base, "demo source")
     log("[demo] fine-tuning on the source domain 'clear'")
-    source = fit(source_cfg, open_split(data_root, "clear", "train"), open_split(data_root, "clear", "val"), resume=False)
+    source = fit(
+        source_cfg, open_split(data_root, "clear", "train"), open_split(data_root, "clear", "val"), resume=False
+    )
     source_dir = out / "runs" / "source" / "checkpoints" / f"epoch_{source_epochs:04d}" / "selected"
     curves = {"source (clear)": [h["loss"] for h in source.history]}
 
@@ -48,36 +66,67 @@ def run_demo(out: str | Path = "demo_out", images_per_domain: int = 80, source_e
         test = open_split(data_root, domain, "test")
         table[domain] = {"source_only": evaluate(source.selected_model(), test, source_cfg.eval).miou}
     for domain in synth.DOMAINS[1:]:
-        cfg = parse_config({**base, "data": {"root": str(data_root), "domain": domain, "labelled_limit": shots},
-                            "model": {**base["model"], "freeze_depth": 1,
-                                      "pretrained": {"source": "checkpoint", "uri": str(source_dir)}},
-                            "optim": {"epochs": target_epochs, "batch_size": 5, "lr": 1e-3, "decay": 0.9},
-                            "output_dir": str(out / "runs" / domain)}, f"demo {domain}")
+        cfg = parse_config(
+            {
+                **base,
+                "data": {"root": str(data_root), "domain": domain, "labelled_limit": shots},
+                "model": {
+                    **base["model"],
+                    "freeze_depth": 1,
+                    "pretrained": {"source": "checkpoint", "uri": str(source_dir)},
+                },
+                "optim": {"epochs": target_epochs, "batch_size": 5, "lr": 1e-3, "decay": 0.9},
+                "output_dir": str(out / "runs" / domain),
+            },
+            f"demo {domain}",
+        )
         log(f"[demo] fine-tuning on target '{domain}' with {shots} labelled images")
-        learner = fit(cfg, open_split(data_root, domain, "train").labelled(shots), open_split(data_root, domain, "val"),
-                    resume=False)
+        learner = fit(
+            cfg,
+            open_split(data_root, domain, "train").labelled(shots),
+            open_split(data_root, domain, "val"),
+            resume=False,
+        )
         curves[f"target {domain}"] = [h["loss"] for h in learner.history]
         test = open_split(data_root, domain, "test")
         table[domain]["fine_tuned"] = evaluate(learner.selected_model(), test, cfg.eval).miou
         image, _ = test[0]
-        overlay_png(out / "overlays" / f"{domain}.png", image, segment(learner.selected_model(), image),
-                    test.info.classes, test.info.palette, title=f"{domain}: fine-tuned with {shots} labels")
+        overlay_png(
+            out / "overlays" / f"{domain}.png",
+            image,
+            segment(learner.selected_model(), image),
+            test.info.classes,
+            test.info.palette,
+            title=f"{domain}: fine-tuned with {shots} labels",
+        )
     clear_test = open_split(data_root, "clear", "test")
     model, meta = load_model(source_dir)
     image, _ = clear_test[0]
-    overlay_png(out / "overlays" / "clear.png", image, segment(model, image), meta.classes, meta.palette,
-                title="clear: source model")
+    overlay_png(
+        out / "overlays" / "clear.png",
+        image,
+        segment(model, image),
+        meta.classes,
+        meta.palette,
+        title="clear: source model",
+    )
     table["clear"]["fine_tuned"] = table["clear"]["source_only"]
 
     src = table["clear"]["source_only"]
     lines = [f"{'domain':<10} {'source-only':>12} {'drop':>8} {'fine-tuned':>11} {'gain':>8}"]
     for domain, row in table.items():
-        lines.append(f"{domain:<10} {100 * row['source_only']:>11.1f}% {100 * (src - row['source_only']):>7.1f} "
-                     f"{100 * row['fine_tuned']:>10.1f}% {100 * (row['fine_tuned'] - row['source_only']):>+7.1f}")
+        lines.append(
+            f"{domain:<10} {100 * row['source_only']:>11.1f}% {100 * (src - row['source_only']):>7.1f} "
+            f"{100 * row['fine_tuned']:>10.1f}% {100 * (row['fine_tuned'] - row['source_only']):>+7.1f}"
+        )
     log("\n".join(lines))
-    chart = bar_chart_png(out / "miou_per_domain.png",
-                          {"source-only": {d: 100 * r["source_only"] for d, r in table.items()},
-                           f"fine-tuned ({shots} labels)": {d: 100 * r["fine_tuned"] for d, r in table.items()}})
+    chart = bar_chart_png(
+        out / "miou_per_domain.png",
+        {
+            "source-only": {d: 100 * r["source_only"] for d, r in table.items()},
+            f"fine-tuned ({shots} labels)": {d: 100 * r["fine_tuned"] for d, r in table.items()},
+        },
+    )
     curves_png(out / "learning_curves.png", curves, "training loss", "cross-entropy")
     result = {"table": table, "seconds": time.perf_counter() - start, "chart": str(chart)}
     (out / "results.json").write_text(json.dumps(result, indent=2))

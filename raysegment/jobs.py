@@ -32,11 +32,15 @@ def submit(spec_path: str | Path, address: str) -> str:
     entry = PROJECT_ROOT / "jobs" / f"{spec.job}.py"
     if not entry.is_file():
         raise RaySegmentError(f"no job entry point {entry} for job kind {spec.job!r}")
-    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES,
-                   "env_vars": {"PYTHONPATH": ".", SPEC_ENV: spec.model_dump_json()}}
+    runtime_env = {
+        "working_dir": str(PROJECT_ROOT),
+        "excludes": EXCLUDES,
+        "env_vars": {"PYTHONPATH": ".", SPEC_ENV: spec.model_dump_json()},
+    }
     entrypoint = shlex.join(["python", f"jobs/{spec.job}.py", FROM_ENV])
-    return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                      metadata={"raysegment_job": spec.job, "name": spec.name})
+    return client(address).submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env, metadata={"raysegment_job": spec.job, "name": spec.name}
+    )
 
 
 def follow(job_id: str, address: str, out=sys.stdout, timeout_s: float | None = None) -> JobStatus:

@@ -34,7 +34,7 @@ class JobSpec(BaseModel):
     source_domain: str = Field("source", description="registry domain for a source given as a folder")
 
     @model_validator(mode="after")
-    def _tune_needs_targets(self) -> "JobSpec":
+    def _tune_needs_targets(self) -> JobSpec:
         if self.job == "tune" and not (self.targets and self.registry and self.source):
             raise ValueError("a tune spec needs targets, registry and source")
         return self

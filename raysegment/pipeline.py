@@ -15,16 +15,16 @@ from pathlib import Path
 
 import httpx
 
-from raysegment.config import parse_config
+from raysegment.config import LABEL_FREE_METHODS, parse_config
 from raysegment.data import open_split, synth
 from raysegment.engine import evaluate
+from raysegment.errors import RaySegmentError
 from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
-from raysegment.config import LABEL_FREE_METHODS
-from raysegment.study import run_study
 from raysegment.study import format_table as format_study
+from raysegment.study import run_study
 from raysegment.viz import bar_chart_png
 
 
@@ -34,12 +34,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, height: int = 128, width: int = 256,
-                 source_epochs: int = 10, trials: int = 3, trial_epochs: int = 3, shots: int = 10,
-                 targets: tuple[str, ...] = synth.DOMAINS[1:], study_methods: tuple[str, ...] = LABEL_FREE_METHODS,
-                 study_shots: tuple[int, ...] = (1, 5), study_epochs: int = 3,
-                 study_targets: tuple[str, ...] | None = ("fog", "night"),
-                 backbone: str = "efficientnet_lite0", log=print) -> dict:
+def run_pipeline(
+    out: str | Path = "demo_out",
+    images_per_domain: int = 60,
+    height: int = 128,
+    width: int = 256,
+    source_epochs: int = 10,
+    trials: int = 3,
+    trial_epochs: int = 3,
+    shots: int = 10,
+    targets: tuple[str, ...] = synth.DOMAINS[1:],
+    study_methods: tuple[str, ...] = LABEL_FREE_METHODS,
+    study_shots: tuple[int, ...] = (1, 5),
+    study_epochs: int = 3,
+    study_targets: tuple[str, ...] | None = ("fog", "night"),
+    backbone: str = "efficientnet_lite0",
+    log=print,
+) -> dict:
     """`backbone` other than efficientnet_lite0 starts from random weights (the ImageNet file is Lite0's).
     The method comparison runs on `study_targets` (None: every target); on 2 CPU cores each target
     costs about 2.5 minutes, so the default keeps `make demo` near 15 minutes with the two
@@ -54,44 +65,73 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
 
     out = Path(out).resolve()
     start = time.perf_counter()
-    data = synth.generate(out / "data", domains=("clear", *targets), images_per_domain=images_per_domain,
-                          height=height, width=width)
+    data = synth.generate(
+        out / "data", domains=("clear", *targets), images_per_domain=images_per_domain, height=height, width=width
+    )
     log(f"[demo] 1/6 synthesised clear + {', '.join(targets)}: {images_per_domain} images each at {height}x{width}")
     pretrained = {"source": "none"}
     if backbone == "efficientnet_lite0":
-        weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
-                                       out / "weights" / "efficientnet_lite0_imagenet.safetensors")
+        weights, _, _ = import_weights(
+            bundled_efficientnet_lite0(),
+            "efficientnet_lite0",
+            out / "weights" / "efficientnet_lite0_imagenet.safetensors",
+        )
         pretrained = {"source": "file", "uri": str(weights)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), num_cpus=None if os.environ.get("RAY_ADDRESS") else 2,
-                 log_to_driver=False)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS", "local"),
+            num_cpus=None if os.environ.get("RAY_ADDRESS") else 2,
+            log_to_driver=False,
+        )
     from raysegment.train import largest_node_cpus
 
     try:
         source_cpus = min(2.0, largest_node_cpus())
-        source_cfg = parse_config({
-            "data": {"root": str(data), "domain": "clear"},
-            "model": {"backbone": backbone, "decoder": "fpn", "pretrained": pretrained},
-            "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-            "scale": {"num_workers": 1, "cpus_per_worker": source_cpus},
-            "output_dir": str(out / "runs" / "source")}, "demo source")
+        source_cfg = parse_config(
+            {
+                "data": {"root": str(data), "domain": "clear"},
+                "model": {"backbone": backbone, "decoder": "fpn", "pretrained": pretrained},
+                "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
+                "scale": {"num_workers": 1, "cpus_per_worker": source_cpus},
+                "output_dir": str(out / "runs" / "source"),
+            },
+            "demo source",
+        )
         log(f"[demo] 2/6 fine-tuning the source on Ray Train ({source_epochs} epochs)")
         result = fine_tune(source_cfg, name="source")
+        if result.model_dir is None:
+            raise RaySegmentError(f"the source fine-tune left no model in {result.storage_dir}")
         source_model, meta = load_model(result.model_dir)
         save_model(out / "runs" / "source" / "model", source_model, meta)
 
         log(f"[demo] 3/6 per-domain Tune search: {trials} trials x <= {trial_epochs} epochs, {shots} target labels")
-        spec = JobSpec.model_validate({
-            "job": "tune", "name": "demo", "targets": list(targets), "registry": str(out / "registry"),
-            "source": str(out / "runs" / "source" / "model"), "source_domain": "clear",
-            "search": {"num_samples": trials, "max_epochs": trial_epochs, "grace_period": 1,
-                       "freeze_depth": [0, 1, 2, 3], "lr": [3e-4, 3e-3], "jitter": [0.0, 0.2]},
-            "run": {**source_cfg.model_dump(mode="json"),
+        spec = JobSpec.model_validate(
+            {
+                "job": "tune",
+                "name": "demo",
+                "targets": list(targets),
+                "registry": str(out / "registry"),
+                "source": str(out / "runs" / "source" / "model"),
+                "source_domain": "clear",
+                "search": {
+                    "num_samples": trials,
+                    "max_epochs": trial_epochs,
+                    "grace_period": 1,
+                    "freeze_depth": [0, 1, 2, 3],
+                    "lr": [3e-4, 3e-3],
+                    "jitter": [0.0, 0.2],
+                },
+                "run": {
+                    **source_cfg.model_dump(mode="json"),
                     "data": {"root": str(data), "domain": "clear", "labelled_limit": shots},
-                    "optim": {"batch_size": 5}, "scale": {"num_workers": 1, "cpus_per_worker": 1},
-                    "output_dir": str(out / "runs" / "tune")}})
+                    "optim": {"batch_size": 5},
+                    "scale": {"num_workers": 1, "cpus_per_worker": 1},
+                    "output_dir": str(out / "runs" / "tune"),
+                },
+            }
+        )
         outcomes = run_search(spec, log=log)
         log(format_table(outcomes))
 
@@ -109,43 +149,74 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
         lines = [f"{'domain':<9} {'source-only':>11} {'tuned':>7} {'gain':>6}"]
         for domain, row in table.items():
             tuned = row.get("tuned", row["source_only"])
-            lines.append(f"{domain:<9} {100 * row['source_only']:>10.1f}% {100 * tuned:>6.1f}% "
-                         f"{100 * (tuned - row['source_only']):>+6.1f}")
+            lines.append(
+                f"{domain:<9} {100 * row['source_only']:>10.1f}% {100 * tuned:>6.1f}% "
+                f"{100 * (tuned - row['source_only']):>+6.1f}"
+            )
         log("\n".join(lines))
-        chart = bar_chart_png(out / "miou_per_domain.png", {
-            "source-only": {d: 100 * r["source_only"] for d, r in table.items()},
-            f"tuned winner ({shots} labels)": {d: 100 * r.get("tuned", r["source_only"]) for d, r in table.items()}},
-            title="test mIoU per domain")
+        chart = bar_chart_png(
+            out / "miou_per_domain.png",
+            {
+                "source-only": {d: 100 * r["source_only"] for d, r in table.items()},
+                f"tuned winner ({shots} labels)": {d: 100 * r.get("tuned", r["source_only"]) for d, r in table.items()},
+            },
+            title="test mIoU per domain",
+        )
 
-        log(f"[demo] 4b/6 adaptation without labels ({', '.join(study_methods)}), with {list(study_shots)} labels "
-            f"and with all labels (oracle), on {', '.join(t for t in targets if study_targets is None or t in study_targets)}")
         study_on = [t for t in targets if study_targets is None or t in study_targets]
-        reports = run_study(out / "runs" / "source" / "model", data, "clear", study_on, study_methods,
-                            study_shots, out=out / "adapt", epochs={"self_training": study_epochs,
-                                                                    "finetune": study_epochs + 2,
-                                                                    "oracle": study_epochs + 2}, log=log)
+        log(
+            f"[demo] 4b/6 adaptation without labels ({', '.join(study_methods)}), with {list(study_shots)} labels "
+            f"and with all labels (oracle), on {', '.join(study_on)}"
+        )
+        reports = run_study(
+            out / "runs" / "source" / "model",
+            data,
+            "clear",
+            study_on,
+            study_methods,
+            study_shots,
+            out=out / "adapt",
+            epochs={"self_training": study_epochs, "finetune": study_epochs + 2, "oracle": study_epochs + 2},
+            log=log,
+        )
         log(format_study(reports))
 
         log("[demo] 5/6 Serve app up; one HTTP request per domain")
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(ServeConfig(registry=str(out / "registry"), auth="none", max_replicas=1, cpus_per_replica=0.5,
-                                        max_models_per_replica=len(targets) + 1).model_dump()),
-                  name="raysegment", route_prefix="/")
+        serve.run(
+            build_app(
+                ServeConfig(
+                    registry=str(out / "registry"),
+                    auth="none",
+                    max_replicas=1,
+                    cpus_per_replica=0.5,
+                    max_models_per_replica=len(targets) + 1,
+                ).model_dump()
+            ),
+            name="raysegment",
+            route_prefix="/",
+        )
         url = f"http://127.0.0.1:{port}"
         served = {}
         (out / "overlays").mkdir(parents=True, exist_ok=True)
         for domain in targets:
             image_path = open_split(data, domain, "test").samples[0][0]
             body = image_path.read_bytes()
-            reply = httpx.post(f"{url}/v1/domains/{domain}/segment?format=overlay", content=body,
-                               headers={"content-type": "image/png"}, timeout=120)
+            reply = httpx.post(
+                f"{url}/v1/domains/{domain}/segment?format=overlay",
+                content=body,
+                headers={"content-type": "image/png"},
+                timeout=120,
+            )
             reply.raise_for_status()
             (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
             shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
             served[domain] = {"version": shares["version"], "shares": shares["shares"]}
-            log(f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
-                f"{out / 'overlays' / (domain + '.png')}")
+            log(
+                f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
+                f"{out / 'overlays' / (domain + '.png')}"
+            )
         log(f"  try it: curl --data-binary @{image_path} '{url}/v1/domains/{targets[-1]}/segment?format=json'")
     finally:
         log("[demo] 6/6 shutting down Serve" + (" and Ray" if started_ray else ""))
@@ -155,8 +226,13 @@ def run_pipeline(out: str | Path = "demo_out", images_per_domain: int = 60, heig
             pass
         if started_ray:
             ray.shutdown()
-    summary = {"table": table, "served": served, "seconds": time.perf_counter() - start, "chart": str(chart),
-               "adapt": json.loads((out / "adapt" / "results.json").read_text())}
+    summary = {
+        "table": table,
+        "served": served,
+        "seconds": time.perf_counter() - start,
+        "chart": str(chart),
+        "adapt": json.loads((out / "adapt" / "results.json").read_text()),
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {out / 'registry'}")
     return summary

@@ -36,7 +36,9 @@ class Decision:
     forced_by: str | None = None
 
 
-def judge(candidate_score: float, incumbent_score: float | None, judge_name: str, margin: float = 0.0) -> tuple[bool, str]:
+def judge(
+    candidate_score: float, incumbent_score: float | None, judge_name: str, margin: float = 0.0
+) -> tuple[bool, str]:
     """(wins, reason). Labels: the candidate may tie (a tie keeps what labels cannot tell apart);
     the proxy, a heuristic, must win outright by more than `margin`."""
     if incumbent_score is None:
@@ -46,13 +48,24 @@ def judge(candidate_score: float, incumbent_score: float | None, judge_name: str
     else:
         wins = candidate_score > incumbent_score + margin
     relation = "beats" if wins else "does not beat"
-    return wins, (f"{judge_name} score {100 * candidate_score:.2f} {relation} {100 * incumbent_score:.2f}"
-                  + (f" by more than {100 * margin:.2f}" if margin else ""))
+    return wins, (
+        f"{judge_name} score {100 * candidate_score:.2f} {relation} {100 * incumbent_score:.2f}"
+        + (f" by more than {100 * margin:.2f}" if margin else "")
+    )
 
 
-def promote_if_better(registry: Registry, domain: str, version: int, candidate_score: float | None,
-                      incumbent_score: float | None, judge_name: str, incumbent: str | None = None,
-                      margin: float = 0.0, force: bool = False, actor: str | None = None) -> Decision:
+def promote_if_better(
+    registry: Registry,
+    domain: str,
+    version: int,
+    candidate_score: float | None,
+    incumbent_score: float | None,
+    judge_name: str,
+    incumbent: str | None = None,
+    margin: float = 0.0,
+    force: bool = False,
+    actor: str | None = None,
+) -> Decision:
     """Apply the policy: `production` when the candidate wins (or is forced), else `candidate`."""
     if force:
         if not actor:
@@ -62,8 +75,9 @@ def promote_if_better(registry: Registry, domain: str, version: int, candidate_s
         wins, reason = False, "no held-back score: the judge could not run"
     else:
         wins, reason = judge(candidate_score, incumbent_score, judge_name, margin)
-    decision = Decision(domain, version, wins, judge_name, candidate_score, incumbent_score, incumbent, reason,
-                        actor if force else None)
+    decision = Decision(
+        domain, version, wins, judge_name, candidate_score, incumbent_score, incumbent, reason, actor if force else None
+    )
     registry.promote(domain, version, PRODUCTION if wins else CANDIDATE, record={"decision": asdict(decision)})
     if wins:
         registry.drop_alias(domain, CANDIDATE, version)
@@ -117,8 +131,15 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
     def score(m: torch.nn.Module) -> float:
         if judge_name == "labels":
             return evaluate(m, val, cfg.eval, resize=d.resize).miou
-        return proxy_scores(m, reference, val, val.info.num_classes, cfg.adapt.proxy_confidence,
-                            batch_size=cfg.eval.batch_size, resize=d.resize).score
+        return proxy_scores(
+            m,
+            reference,
+            val,
+            val.info.num_classes,
+            cfg.adapt.proxy_confidence,
+            batch_size=cfg.eval.batch_size,
+            resize=d.resize,
+        ).score
 
     return score(model), (score(reference) if incumbent else None), judge_name, incumbent
 
@@ -127,7 +148,8 @@ def promote_version(registry: Registry, ref: str, force: bool = False, actor: st
     """`raysegment registry promote DOMAIN@VERSION`: judge on held-back images, then apply the policy."""
     entry = registry.resolve(ref)
     if force:
-        return promote_if_better(registry, entry.domain, entry.version, None, None, "forced", None, force=True,
-                                 actor=actor)
+        return promote_if_better(
+            registry, entry.domain, entry.version, None, None, "forced", None, force=True, actor=actor
+        )
     candidate, incumbent_score, judge_name, incumbent = held_back_scores(registry, entry)
     return promote_if_better(registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent)

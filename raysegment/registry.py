@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta, state_dict_for_saving
+from raysegment.models.rebuild import rebuild
 from raysegment.storage import atomic_write_json, fsync_dir, is_uri
 
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
@@ -74,8 +75,10 @@ class Entry:
 
 def check_domain(domain: str) -> str:
     if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain) or ".." in domain:
-        raise RegistryError(f"invalid domain name {domain!r}: use 1-64 letters, digits, '_', '-', '.', "
-                            f"starting with a letter or digit, no '..' or path separators")
+        raise RegistryError(
+            f"invalid domain name {domain!r}: use 1-64 letters, digits, '_', '-', '.', "
+            f"starting with a letter or digit, no '..' or path separators"
+        )
     return domain
 
 
@@ -95,8 +98,16 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ writes
-    def register(self, domain: str, model: torch.nn.Module, meta: ModelMeta, metrics: dict[str, float] | None = None,
-                 config: dict | None = None, parent: str | None = None, lineage: dict | None = None) -> int:
+    def register(
+        self,
+        domain: str,
+        model: torch.nn.Module,
+        meta: ModelMeta,
+        metrics: dict[str, float] | None = None,
+        config: dict | None = None,
+        parent: str | None = None,
+        lineage: dict | None = None,
+    ) -> int:
         """Store a new version; with `parent` ("domain@version" or alias), only differing tensors are kept."""
         check_domain(domain)
         state = state_dict_for_saving(model)
@@ -104,18 +115,28 @@ class Registry:
         if parent:
             base_entry = self.resolve(parent)
             base_state = self.load_state(base_entry)
-            state = {k: v for k, v in state.items() if k not in base_state or base_state[k].shape != v.shape
-                     or not torch.equal(base_state[k], v)}
+            state = {
+                k: v
+                for k, v in state.items()
+                if k not in base_state or base_state[k].shape != v.shape or not torch.equal(base_state[k], v)
+            }
             base = {"domain": base_entry.domain, "version": base_entry.version}
         versions = self.root / domain / "versions"
         versions.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=versions))
         try:
             save_file(state, str(tmp / WEIGHTS))
-            manifest = {"domain": domain, "meta": meta.model_dump(mode="json"), "metrics": metrics or {},
-                        "config": config or {}, "base": base, "sha256": sha256_file(tmp / WEIGHTS),
-                        "tensors": len(state), "bytes": (tmp / WEIGHTS).stat().st_size,
-                        "lineage": {"time": time.time(), "parent": parent, **(lineage or {})}}
+            manifest = {
+                "domain": domain,
+                "meta": meta.model_dump(mode="json"),
+                "metrics": metrics or {},
+                "config": config or {},
+                "base": base,
+                "sha256": sha256_file(tmp / WEIGHTS),
+                "tensors": len(state),
+                "bytes": (tmp / WEIGHTS).stat().st_size,
+                "lineage": {"time": time.time(), "parent": parent, **(lineage or {})},
+            }
             with open(tmp / WEIGHTS, "rb") as handle:
                 os.fsync(handle.fileno())
             for _ in range(REGISTER_ATTEMPTS):
@@ -146,8 +167,18 @@ class Registry:
             aliases[alias] = entry.version
             atomic_write_json(self.root / domain / "aliases.json", aliases)
             with open(self.root / domain / HISTORY, "a") as handle:
-                handle.write(json.dumps({"time": time.time(), "alias": alias, "version": entry.version,
-                                         "previous": previous, **(record or {})}) + "\n")
+                handle.write(
+                    json.dumps(
+                        {
+                            "time": time.time(),
+                            "alias": alias,
+                            "version": entry.version,
+                            "previous": previous,
+                            **(record or {}),
+                        }
+                    )
+                    + "\n"
+                )
                 handle.flush()
                 os.fsync(handle.fileno())
 
@@ -209,8 +240,11 @@ class Registry:
         folder = self.root / check_domain(domain) / "versions"
         if not folder.is_dir():
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if VERSION_DIR_RE.fullmatch(p.name) and p.name.isdigit()
-                      and (p / MANIFEST).is_file())
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if VERSION_DIR_RE.fullmatch(p.name) and p.name.isdigit() and (p / MANIFEST).is_file()
+        )
 
     def aliases(self, domain: str) -> dict[str, int]:
         path = self.root / check_domain(domain) / "aliases.json"
@@ -226,9 +260,16 @@ class Registry:
         rows = []
         for entry in self.entries():
             aliases = [a for a, v in self.aliases(entry.domain).items() if v == entry.version]
-            rows.append({"domain": entry.domain, "version": entry.version, "aliases": aliases,
-                         "metrics": entry.manifest["metrics"], "bytes": entry.manifest["bytes"],
-                         "base": entry.manifest["base"]})
+            rows.append(
+                {
+                    "domain": entry.domain,
+                    "version": entry.version,
+                    "aliases": aliases,
+                    "metrics": entry.manifest["metrics"],
+                    "bytes": entry.manifest["bytes"],
+                    "base": entry.manifest["base"],
+                }
+            )
         return rows
 
     def resolve(self, ref: str) -> Entry:
@@ -240,14 +281,17 @@ class Registry:
         check_domain(domain)
         if version is None:
             aliases = self.aliases(domain)
-            version = aliases.get("production") or (self.versions(domain) or [None])[-1]
+            known = self.versions(domain)
+            version = aliases.get("production") or (known[-1] if known else None)
         elif isinstance(version, str) and not version.isdigit():
             aliases = self.aliases(domain)
             if version not in aliases:
                 raise RegistryError(f"domain {domain!r} has no alias {version!r}; aliases: {sorted(aliases) or 'none'}")
             version = aliases[version]
         if version is None or int(version) not in self.versions(domain):
-            raise RegistryError(f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}")
+            raise RegistryError(
+                f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}"
+            )
         path = self.root / domain / "versions" / f"{int(version):04d}" / MANIFEST
         manifest = _read_json(path)
         if not isinstance(manifest, dict) or "meta" not in manifest:
@@ -267,11 +311,11 @@ class Registry:
     def load(self, ref: str) -> tuple[torch.nn.Module, ModelMeta, Entry]:
         entry = self.resolve(ref)
         meta = ModelMeta.model_validate(entry.manifest["meta"])
-        model = _skeleton(meta)
+        model = rebuild(meta)
         model.load_state_dict(self.load_state(entry))
         return model.eval(), meta, entry
 
-    def load_shared(self, ref: str, bases: "SharedBases") -> tuple[torch.nn.Module, ModelMeta, Entry]:
+    def load_shared(self, ref: str, bases: SharedBases) -> tuple[torch.nn.Module, ModelMeta, Entry]:
         """Load for inference, taking every tensor a version inherits from the one copy in `bases`.
 
         Models of many domains built on one base then hold only their own deltas in memory. The
@@ -283,7 +327,7 @@ class Registry:
         base = entry.manifest.get("base")
         state = dict(bases.get(self, base["domain"], base["version"])) if base else {}
         state.update({k: v.to(bases.device) for k, v in own.items()})
-        model = _skeleton(meta)
+        model = rebuild(meta)
         model.load_state_dict(state, assign=True)  # adopt the tensors themselves, no copy
         return model.eval().to(bases.device), meta, entry
 
@@ -298,13 +342,6 @@ class Registry:
         folder = self.root / domain / "versions"
         taken = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_DIR_RE.fullmatch(p.name))]
         return max(taken, default=0) + 1
-
-
-def _skeleton(meta: ModelMeta) -> torch.nn.Module:
-    from raysegment.models.segmenter import build_segmenter
-
-    cfg = meta.model.model_copy(update={"pretrained": meta.model.pretrained.model_copy(update={"source": "none", "uri": None})})
-    return build_segmenter(cfg, meta.num_classes)
 
 
 class SharedBases:

@@ -25,7 +25,7 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
-def resolve(location: str | os.PathLike) -> tuple["pafs.FileSystem", str]:
+def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Return the filesystem and the path inside it for a local path or a URI."""
     import pyarrow.fs as pafs  # imported on use: plain local paths never need it
 
@@ -61,7 +61,7 @@ def fetch_to_local(location: str | os.PathLike, cache_dir: str | os.PathLike | N
     """Return a local path for `location`, copying remote files into `cache_dir` first."""
     location = str(location)
     if location.startswith("file://"):
-        location = location[len("file://"):]
+        location = location[len("file://") :]
     if not is_uri(location):
         path = Path(location).expanduser()
         if not path.is_file():
@@ -85,16 +85,16 @@ def atomic_write_bytes(location: str | os.PathLike, data: bytes) -> None:
             out.write(data)
         fs.move(tmp, path)
         return
-    path = Path(location.removeprefix("file://")).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = Path(location.removeprefix("file://")).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

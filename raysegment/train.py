@@ -37,7 +37,7 @@ PROGRESS_FILE = "progress.jsonl"
 class FineTuneResult:
     metrics: dict[str, Any]
     checkpoint_dir: Path | None  # the last engine checkpoint (resumable)
-    model_dir: Path | None       # the run's selected model inside it (best-scored epoch, or last)
+    model_dir: Path | None  # the run's selected model inside it (best-scored epoch, or last)
     storage_dir: str
     seconds: float
 
@@ -56,8 +56,13 @@ def ray_sink(cfg: RunConfig, rank: int, resumed: bool, hook: EpochHook | None = 
             last_score.update(score=stats["score"], score_epoch=stats["epoch"])
         elif not save:
             return  # nothing scored, nothing to checkpoint: no report (Tune needs a score in each)
-        metrics = {**last_score, **stats, "world_size": learner.world_size, "resumed": resumed,
-                   "method": cfg.adapt.method}
+        metrics = {
+            **last_score,
+            **stats,
+            "world_size": learner.world_size,
+            "resumed": resumed,
+            "method": cfg.adapt.method,
+        }
         if hook is not None:
             hook(learner, metrics, rank)
         if rank != 0:
@@ -90,8 +95,13 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if cfg.adapt.method == "adabn":  # a function, not a loop: one report with the adapted model
         model, meta = adabn_model(cfg, device)
-        metrics = {**adabn_scores(cfg, model, val_set, device), "epoch": 1, "world_size": world,
-                   "resumed": checkpoint is not None, "method": "adabn"}
+        metrics = {
+            **adabn_scores(cfg, model, val_set, device),
+            "epoch": 1,
+            "world_size": world,
+            "resumed": checkpoint is not None,
+            "method": "adabn",
+        }
         if hook is not None:
             hook(model, metrics, rank)
         if rank == 0:
@@ -129,8 +139,12 @@ def scaling_config(cfg: RunConfig) -> ray.train.ScalingConfig:
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
-    return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
-                                   placement_strategy=s.placement_strategy)
+    return ray.train.ScalingConfig(
+        num_workers=s.num_workers,
+        use_gpu=s.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=s.placement_strategy,
+    )
 
 
 def storage_path(cfg: RunConfig) -> str:
@@ -144,28 +158,41 @@ def check_resources(cfg: RunConfig) -> None:
     total = ray.cluster_resources()
     need_cpu = s.num_workers * s.cpus_per_worker
     if need_cpu > total.get("CPU", 0):
-        raise RaySegmentError(f"scale asks for {s.num_workers} workers x {s.cpus_per_worker} CPU = {need_cpu} CPU "
-                              f"but the cluster has {total.get('CPU', 0)}; lower scale.num_workers or cpus_per_worker")
+        raise RaySegmentError(
+            f"scale asks for {s.num_workers} workers x {s.cpus_per_worker} CPU = {need_cpu} CPU "
+            f"but the cluster has {total.get('CPU', 0)}; lower scale.num_workers or cpus_per_worker"
+        )
     if s.use_gpu and s.num_workers * s.gpus_per_worker > total.get("GPU", 0):
-        raise RaySegmentError(f"scale asks for {s.num_workers * s.gpus_per_worker} GPU but the cluster has "
-                              f"{total.get('GPU', 0)}; set scale.use_gpu=false or add GPU nodes")
+        raise RaySegmentError(
+            f"scale asks for {s.num_workers * s.gpus_per_worker} GPU but the cluster has "
+            f"{total.get('GPU', 0)}; set scale.use_gpu=false or add GPU nodes"
+        )
     largest = largest_node_cpus()
     if s.cpus_per_worker > largest:
-        raise RaySegmentError(f"one worker needs {s.cpus_per_worker} CPU but the largest node has {largest}; "
-                              f"lower scale.cpus_per_worker")
+        raise RaySegmentError(
+            f"one worker needs {s.cpus_per_worker} CPU but the largest node has {largest}; lower scale.cpus_per_worker"
+        )
     if s.placement_strategy == "STRICT_SPREAD":
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= s.cpus_per_worker]
         if len(nodes) < s.num_workers:
-            raise RaySegmentError(f"STRICT_SPREAD needs {s.num_workers} nodes with {s.cpus_per_worker} CPU each; "
-                                  f"the cluster has {len(nodes)}")
+            raise RaySegmentError(
+                f"STRICT_SPREAD needs {s.num_workers} nodes with {s.cpus_per_worker} CPU each; "
+                f"the cluster has {len(nodes)}"
+            )
 
 
 def largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
-def build_trainer(cfg: RunConfig, name: str, storage: str, callbacks: list | None = None, keep: int = 2,
-                  epoch_hook: EpochHook | None = None) -> ray.train.torch.TorchTrainer:
+def build_trainer(
+    cfg: RunConfig,
+    name: str,
+    storage: str,
+    callbacks: list | None = None,
+    keep: int = 2,
+    epoch_hook: EpochHook | None = None,
+) -> ray.train.torch.TorchTrainer:
     """The one TorchTrainer of the project (a fine-tune, or one Tune trial): the engine loop per rank."""
     loop_config: dict[str, Any] = {"run": cfg.model_dump(mode="json")}
     if epoch_hook is not None:
@@ -176,9 +203,12 @@ def build_trainer(cfg: RunConfig, name: str, storage: str, callbacks: list | Non
         scaling_config=scaling_config(cfg),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.scale.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks or [],
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
+        ),
     )
 
 
@@ -203,5 +233,10 @@ def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | N
     ckpt_dir = None
     if result.checkpoint is not None:
         ckpt_dir = Path(result.checkpoint.path) / "engine" if "://" not in result.checkpoint.path else None
-    return FineTuneResult(dict(result.metrics or {}), ckpt_dir, ckpt_dir / SELECTED if ckpt_dir else None,
-                          f"{storage_path(cfg)}/{run_name}", time.perf_counter() - start)
+    return FineTuneResult(
+        dict(result.metrics or {}),
+        ckpt_dir,
+        ckpt_dir / SELECTED if ckpt_dir else None,
+        f"{storage_path(cfg)}/{run_name}",
+        time.perf_counter() - start,
+    )

@@ -6,8 +6,9 @@ The score is the target val mIoU when labels judge, or the unsupervised proxy on
 when the domain is searched without labels (only label-free methods). The winner per domain goes
 into the registry as a delta on the source model, with its config, metrics, method, label count
 and trial id; the promotion policy (`raysegment.promotion`) makes it production only when it beats
-the domain's production model (else the source model) by the same judge, else it stays `candidate`. A search interrupted half-way resumes (`Tuner.restore`) when run again
-with the same spec; a domain whose winner is already registered is skipped.
+the domain's production model (else the source model) by the same judge, else it stays `candidate`.
+A search interrupted half-way resumes (`Tuner.restore`) when run again with the same spec; a domain
+whose winner is already registered is skipped.
 """
 
 from __future__ import annotations
@@ -21,19 +22,18 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysegment.config import RunConfig, SearchConfig
-import torch
-
 from raysegment.data import open_split
-from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine import evaluate
+from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.proxies import proxy_scores
-from raysegment.errors import RaySegmentError
+from raysegment.errors import ConfigError, RaySegmentError
 from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, promote_if_better
@@ -65,17 +65,27 @@ def trial_run_config(base: RunConfig, domain: str, params: dict, out_dir: str) -
     source batches replayed beside the target ones; every trial's result is its best-scored epoch.
     """
     method = params["method"]
-    adapt_update = {"method": method, "source_domain": base.data.domain, "judge": params["judge"],
-                    "source_replay": method == "finetune" and base.data.labelled_limit is not None}
+    adapt_update = {
+        "method": method,
+        "source_domain": base.data.domain,
+        "judge": params["judge"],
+        "source_replay": method == "finetune" and base.data.labelled_limit is not None,
+    }
     adapt_update.update({k: params[k] for k in ("ema_alpha", "fda_beta") if k in params})
-    return base.model_copy(update={
-        "data": base.data.model_copy(update={"domain": domain}),
-        "model": base.model.model_copy(update={"freeze_depth": params["freeze_depth"], "decoder": params["decoder"]}),
-        "optim": base.optim.model_copy(update={"lr": params["lr"], "decay": params["decay"],
-                                               "epochs": params["max_epochs"]}),
-        "augment": base.augment.model_copy(update={"jitter": params["jitter"]}),
-        "adapt": base.adapt.model_copy(update=adapt_update),
-        "output_dir": out_dir})
+    return base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"domain": domain}),
+            "model": base.model.model_copy(
+                update={"freeze_depth": params["freeze_depth"], "decoder": params["decoder"]}
+            ),
+            "optim": base.optim.model_copy(
+                update={"lr": params["lr"], "decay": params["decay"], "epochs": params["max_epochs"]}
+            ),
+            "augment": base.augment.model_copy(update={"jitter": params["jitter"]}),
+            "adapt": base.adapt.model_copy(update=adapt_update),
+            "output_dir": out_dir,
+        }
+    )
 
 
 def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
@@ -83,18 +93,26 @@ def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     cfg = trial_run_config(RunConfig.model_validate(base), domain, params, str(Path(storage) / "trial_runs" / trial_id))
-    build_trainer(cfg, f"train-{trial_id}", str(Path(storage) / "trial_train"), callbacks=[TuneReportCallback()],
-                  keep=1).fit()
+    build_trainer(
+        cfg, f"train-{trial_id}", str(Path(storage) / "trial_train"), callbacks=[TuneReportCallback()], keep=1
+    ).fit()
 
 
 def param_space(search: SearchConfig, run: RunConfig, num_stages: int) -> dict:
     depths = search.freeze_depth if search.freeze_depth is not None else list(range(num_stages + 1))
     decoders = search.decoder or [run.model.decoder]
-    return {"decay": tune.uniform(*search.decay), "lr": tune.loguniform(*search.lr),
-            "freeze_depth": tune.choice(depths), "decoder": tune.choice(decoders),
-            "jitter": tune.choice(search.jitter), "max_epochs": search.max_epochs,
-            "method": tune.choice(search.method), "ema_alpha": tune.choice(search.ema_alpha),
-            "fda_beta": tune.choice(search.fda_beta), "judge": search.judged_by}
+    return {
+        "decay": tune.uniform(*search.decay),
+        "lr": tune.loguniform(*search.lr),
+        "freeze_depth": tune.choice(depths),
+        "decoder": tune.choice(decoders),
+        "jitter": tune.choice(search.jitter),
+        "max_epochs": search.max_epochs,
+        "method": tune.choice(search.method),
+        "ema_alpha": tune.choice(search.ema_alpha),
+        "fda_beta": tune.choice(search.fda_beta),
+        "judge": search.judged_by,
+    }
 
 
 def concurrency(search: SearchConfig, run: RunConfig) -> int:
@@ -107,8 +125,17 @@ def concurrency(search: SearchConfig, run: RunConfig) -> int:
 
 def from_source(run: RunConfig, source_dir: Path) -> RunConfig:
     """The spec's run, starting from the source model (every trial adapts it)."""
-    return run.model_copy(update={"model": run.model.model_copy(update={
-        "pretrained": run.model.pretrained.model_copy(update={"source": "checkpoint", "uri": str(source_dir)})})})
+    return run.model_copy(
+        update={
+            "model": run.model.model_copy(
+                update={
+                    "pretrained": run.model.pretrained.model_copy(
+                        update={"source": "checkpoint", "uri": str(source_dir)}
+                    )
+                }
+            )
+        }
+    )
 
 
 def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log=print) -> tuple[Any, str]:
@@ -119,23 +146,34 @@ def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log
     storage.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         partial(tune_trial, base=base.model_dump(mode="json"), domain=domain, storage=str(storage)),
-        {"cpu": 0, "memory": 1})  # trial drivers take no CPU: the workers do (2-CPU deadlock otherwise)
+        {"cpu": 0, "memory": 1},
+    )  # trial drivers take no CPU: the workers do (2-CPU deadlock otherwise)
     experiment = f"search-{domain}"
     path = str(storage / experiment)
     if tune.Tuner.can_restore(path):
         log(f"[tune] {domain}: resuming the interrupted search at {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=search.max_epochs, grace_period=min(search.grace_period, search.max_epochs),
-                                   reduction_factor=search.reduction_factor)
-                     if search.early_stopping else FIFOScheduler())
+        scheduler = (
+            ASHAScheduler(
+                time_attr="epoch",
+                max_t=search.max_epochs,
+                grace_period=min(search.grace_period, search.max_epochs),
+                reduction_factor=search.reduction_factor,
+            )
+            if search.early_stopping
+            else FIFOScheduler()
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(search, run, model.num_stages),
-            tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler,
-                                        num_samples=search.num_samples,
-                                        search_alg=BasicVariantGenerator(random_state=search.seed,
-                                                                         max_concurrent=concurrency(search, run))),
+            tune_config=tune.TuneConfig(
+                metric="score",
+                mode="max",
+                scheduler=scheduler,
+                num_samples=search.num_samples,
+                search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrency(search, run)),
+            ),
             run_config=tune.RunConfig(name=experiment, storage_path=str(storage), verbose=0),
         )
     return tuner.fit(), path
@@ -143,6 +181,8 @@ def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log
 
 def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[Path, str]:
     """A local model folder for the source and its registry ref (registering a folder source once)."""
+    if spec.source is None:
+        raise ConfigError("a tune spec needs `source`: a model folder or DOMAIN@VERSION")
     if "@" in spec.source:
         model, meta, entry = registry.load(spec.source)
         folder = storage / "source_model"
@@ -153,8 +193,14 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
     for entry in registry.entries():
         if entry.domain == spec.source_domain and entry.manifest["lineage"].get("source_path") == str(folder):
             return folder, entry.ref
-    version = registry.register(spec.source_domain, model, meta, meta.metrics, meta.model.model_dump(mode="json"),
-                                lineage={"source_path": str(folder), "method": "source"})
+    version = registry.register(
+        spec.source_domain,
+        model,
+        meta,
+        meta.metrics,
+        meta.model.model_dump(mode="json"),
+        lineage={"source_path": str(folder), "method": "source"},
+    )
     return folder, f"{spec.source_domain}@{version}"
 
 
@@ -163,6 +209,8 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
     ensure_ray()
     check_resources(spec.run)
     storage = Path(spec.run.output_dir).resolve() / spec.name
+    if spec.registry is None:
+        raise ConfigError("a tune spec needs `registry`: where the winners go")
     registry = Registry(spec.registry)
     source_dir, source_ref = source_model_dir(spec, registry, storage)
     source_model, _ = load_model(source_dir)
@@ -193,29 +241,55 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         params = {k: best.config[k] for k in ("method", "decay", "lr", "freeze_depth", "decoder", "jitter")}
         if method == "self_training":
             params.update(ema_alpha=best.config["ema_alpha"], fda_beta=best.config["fda_beta"])
-        labels_seen = (len(open_split(d.root, domain, d.train_split, d.layout).labelled(d.labelled_limit))
-                       if method == "finetune" else 0)
+        labels_seen = (
+            len(open_split(d.root, domain, d.train_split, d.layout).labelled(d.labelled_limit))
+            if method == "finetune"
+            else 0
+        )
         reported = {k.removeprefix("selected_"): v for k, v in best.metrics.items() if k.startswith("selected_")}
         reported = reported or best.metrics  # AdaBN reports once: that report is its result
-        metrics = {k: v for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
-        lineage = {"trial_id": best.metrics["trial_id"], "method": method, "search": spec.name,
-                   "target_labels": labels_seen, "judge": judge}
+        metrics = {k: float(v) for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
+        lineage = {
+            "trial_id": best.metrics["trial_id"],
+            "method": method,
+            "search": spec.name,
+            "target_labels": labels_seen,
+            "judge": judge,
+        }
         version = registered_version(registry, domain, spec.name, best.metrics["trial_id"])  # a crash after
-        if version is None:                                                             # registering: reuse
+        if version is None:  # registering: reuse
             version = registry.register(
-                domain, winner, meta, {**metrics, "source_score": source_val, "judge": judge},
-                trial_run_config(from_source(spec.run, source_dir), domain, best.config, str(ckpt)).model_dump(mode="json"),
-                parent=source_ref, lineage=lineage)
+                domain,
+                winner,
+                meta,
+                {**metrics, "source_score": source_val},
+                trial_run_config(from_source(spec.run, source_dir), domain, best.config, str(ckpt)).model_dump(
+                    mode="json"
+                ),
+                parent=source_ref,
+                lineage=lineage,
+            )
         incumbent, incumbent_score = incumbent_of(registry, domain, source_ref, source_val, val, spec.run, judge)
         decision = promote_if_better(registry, domain, version, best_score, incumbent_score, judge, incumbent)
         if not decision.promoted:
             log(f"[tune] {domain}: {domain}@{version} kept out of production ({decision.reason} of {incumbent})")
-        outcome = DomainOutcome(domain, len(list(results)), epochs_spent, best_score, source_val,
-                                params, best.metrics["trial_id"], version, curves)
+        outcome = DomainOutcome(
+            domain,
+            len(list(results)),
+            epochs_spent,
+            best_score,
+            source_val,
+            params,
+            best.metrics["trial_id"],
+            version,
+            curves,
+        )
         atomic_write_json(done, outcome.__dict__)
         outcomes.append(outcome)
-        log(f"[tune] {domain}: {outcome.trials} trials, {epochs_spent} epochs, best {method} with {judge} score "
-            f"{100 * outcome.best_score:.1f} (source-only {100 * source_val:.1f}) -> {domain}@{version}")
+        log(
+            f"[tune] {domain}: {outcome.trials} trials, {epochs_spent} epochs, best {method} with {judge} score "
+            f"{100 * outcome.best_score:.1f} (source-only {100 * source_val:.1f}) -> {domain}@{version}"
+        )
     write_summary(outcomes, storage)
     return outcomes
 
@@ -230,8 +304,9 @@ def registered_version(registry: Registry, domain: str, search: str, trial_id: s
     return None
 
 
-def incumbent_of(registry: Registry, domain: str, source_ref: str, source_val: float, val: Any, run: RunConfig,
-                 judge: str) -> tuple[str, float]:
+def incumbent_of(
+    registry: Registry, domain: str, source_ref: str, source_val: float, val: Any, run: RunConfig, judge: str
+) -> tuple[str, float]:
     """What a winner must beat: the domain's production model if it has one, else the source model,
     scored by the same judge on the same held-back images."""
     production = registry.aliases(domain).get(PRODUCTION)
@@ -250,18 +325,33 @@ def source_score(model: torch.nn.Module, val: Any, run: RunConfig, judge: str) -
     """The source model's score by the domain's judge: val mIoU, or its proxy (agreement 1 by definition)."""
     if judge == "labels":
         return evaluate(model, val, run.eval, resize=run.data.resize).miou
-    return proxy_scores(model, model, val, val.info.num_classes, run.adapt.proxy_confidence,
-                        batch_size=run.eval.batch_size, resize=run.data.resize).score
+    return proxy_scores(
+        model,
+        model,
+        val,
+        val.info.num_classes,
+        run.adapt.proxy_confidence,
+        batch_size=run.eval.batch_size,
+        resize=run.data.resize,
+    ).score
 
 
 def write_summary(outcomes: list[DomainOutcome], storage: Path) -> tuple[Path, Path]:
     curves = {f"{o.domain}/{tid[-5:]}": [100 * v for v in c] for o in outcomes for tid, c in o.curves.items()}
-    curves_path = curves_png(storage / "tune_curves.png", curves, "trial validation score: mIoU, or the proxy without labels (ASHA stops the weak ones)",
-                             "score (%)")
-    bars = bar_chart_png(storage / "tune_winners.png",
-                         {"source-only": {o.domain: 100 * o.source_score for o in outcomes},
-                          "tuned winner": {o.domain: 100 * o.best_score for o in outcomes}},
-                         title="winner per target domain (val score)")
+    curves_path = curves_png(
+        storage / "tune_curves.png",
+        curves,
+        "trial validation score: mIoU, or the proxy without labels (ASHA stops the weak ones)",
+        "score (%)",
+    )
+    bars = bar_chart_png(
+        storage / "tune_winners.png",
+        {
+            "source-only": {o.domain: 100 * o.source_score for o in outcomes},
+            "tuned winner": {o.domain: 100 * o.best_score for o in outcomes},
+        },
+        title="winner per target domain (val score)",
+    )
     return curves_path, bars
 
 
@@ -269,6 +359,8 @@ def format_table(outcomes: list[DomainOutcome]) -> str:
     lines = [f"{'domain':<10} {'trials':>6} {'epochs':>6} {'source':>7} {'winner':>7}  version  config"]
     for o in outcomes:
         cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.config.items())
-        lines.append(f"{o.domain:<10} {o.trials:>6} {o.epochs_spent:>6} {100 * o.source_score:>6.1f}% "
-                     f"{100 * o.best_score:>6.1f}%  {o.domain}@{o.version}  {cfg}")
+        lines.append(
+            f"{o.domain:<10} {o.trials:>6} {o.epochs_spent:>6} {100 * o.source_score:>6.1f}% "
+            f"{100 * o.best_score:>6.1f}%  {o.domain}@{o.version}  {cfg}"
+        )
     return "\n".join(lines)

@@ -23,8 +23,15 @@ def colorize(mask: torch.Tensor, palette: Sequence[Sequence[int]], ignore_index:
     return out
 
 
-def overlay_png(path: str | Path, image: torch.Tensor, mask: torch.Tensor, classes: Sequence[str],
-                palette: Sequence[Sequence[int]], title: str = "", alpha: float = 0.55) -> Path:
+def overlay_png(
+    path: str | Path,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    title: str = "",
+    alpha: float = 0.55,
+) -> Path:
     """Write image | image+mask blend with a legend of the classes present."""
     img = image.permute(1, 2, 0).cpu().numpy()
     img = img.astype(np.float32) / 255 if img.dtype == np.uint8 else img
@@ -37,7 +44,7 @@ def overlay_png(path: str | Path, image: torch.Tensor, mask: torch.Tensor, class
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     present = sorted(int(c) for c in torch.unique(mask) if int(c) < len(classes))
-    handles = [Patch(color=np.asarray(palette[c]) / 255, label=classes[c]) for c in present]
+    handles = [Patch(color="#{:02x}{:02x}{:02x}".format(*palette[c][:3]), label=classes[c]) for c in present]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7) or 1, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -45,8 +52,12 @@ def overlay_png(path: str | Path, image: torch.Tensor, mask: torch.Tensor, class
     return _save(fig, path)
 
 
-def bar_chart_png(path: str | Path, scores: Mapping[str, Mapping[str, float]], title: str = "mIoU per domain",
-                  ylabel: str = "mIoU (%)") -> Path:
+def bar_chart_png(
+    path: str | Path,
+    scores: Mapping[str, Mapping[str, float]],
+    title: str = "mIoU per domain",
+    ylabel: str = "mIoU (%)",
+) -> Path:
     """`scores[series][domain] -> value`: grouped bars, one group per domain."""
     series = list(scores)
     domains = list(dict.fromkeys(d for s in series for d in scores[s]))

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub from tests
 
@@ -29,16 +37,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """Three 64x128 domains, 12 images each (train 7 / val 2 / test 3)."""
-    return synth.generate(tmp_path_factory.mktemp("synth"), domains=("clear", "fog", "night"),
-                          images_per_domain=12, height=64, width=128, seed=0)
+    return synth.generate(
+        tmp_path_factory.mktemp("synth"),
+        domains=("clear", "fog", "night"),
+        images_per_domain=12,
+        height=64,
+        width=128,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="session")
 def imagenet_weights(tmp_path_factory):
     from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 
-    path, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0",
-                                tmp_path_factory.mktemp("weights") / "effl0.safetensors")
+    path, _, _ = import_weights(
+        bundled_efficientnet_lite0(), "efficientnet_lite0", tmp_path_factory.mktemp("weights") / "effl0.safetensors"
+    )
     return path
 
 
@@ -48,10 +63,14 @@ def train_source(root, domain: str, out, epochs: int, batch_size: int, channels:
     from raysegment.engine import fit
     from raysegment.models import save_model
 
-    cfg = parse_config({"data": {"root": str(root), "domain": domain},
-                        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": channels},
-                        "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 5e-3},
-                        "output_dir": str(out / "run")})
+    cfg = parse_config(
+        {
+            "data": {"root": str(root), "domain": domain},
+            "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": channels},
+            "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 5e-3},
+            "output_dir": str(out / "run"),
+        }
+    )
     learner = fit(cfg, open_split(root, domain, "train"), resume=False, log=lambda line: None)
     return save_model(out / "model", learner.model, learner.meta)
 
@@ -65,15 +84,19 @@ def source_model_dir(synth_root, tmp_path_factory):
 @pytest.fixture
 def tiny_config(synth_root, tmp_path):
     """A RunConfig on the synthetic data with a tiny backbone; override with `.model_copy`."""
+
     def make(**sections):
-        base = {"data": {"root": str(synth_root), "domain": "clear"},
-                "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16},
-                "optim": {"epochs": 2, "batch_size": 4, "lr": 3e-3},
-                "augment": {"jitter": 0.1},
-                "output_dir": str(tmp_path / "run")}
+        base = {
+            "data": {"root": str(synth_root), "domain": "clear"},
+            "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16},
+            "optim": {"epochs": 2, "batch_size": 4, "lr": 3e-3},
+            "augment": {"jitter": 0.1},
+            "output_dir": str(tmp_path / "run"),
+        }
         for key, value in sections.items():
             base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
         return parse_config(base, "test")
+
     return make
 
 
@@ -81,14 +104,6 @@ def tiny_config(synth_root, tmp_path):
 # One real Ray cluster per test session: a head and a worker node started with `ray start` on
 # 127.0.0.1, 1 CPU each (the machine has 2), own ports and a short temp dir, stopped by pid.
 # Never `ray stop`: it would kill every Ray process on the host.
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # same behaviour with or without ~/.ray/auth_token
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -117,10 +132,15 @@ def _worker_port_range(slot: int) -> list[str]:
 
 
 def _node_ports(slot: int) -> list[str]:
-    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            *_worker_port_range(slot)]
+    return [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        *_worker_port_range(slot),
+    ]
 
 
 def _wait(predicate, timeout: float, what: str, logs: list[Path] = ()) -> None:
@@ -132,8 +152,11 @@ def _wait(predicate, timeout: float, what: str, logs: list[Path] = ()) -> None:
         except Exception:
             pass
         time.sleep(0.5)
-    tails = "".join(f"\n--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-                    for log in logs if log.is_file())
+    tails = "".join(
+        f"\n--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        for log in logs
+        if log.is_file()
+    )
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s{tails}")
 
 
@@ -141,10 +164,23 @@ def _start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     """`ray start --block` in its own session, its output kept in `log` for failure reports."""
     bin_dir = Path(sys.executable).parent
     with open(log, "wb") as out:
-        return subprocess.Popen([str(bin_dir / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
-                                 "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", *args],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [
+                str(bin_dir / "ray"),
+                "start",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -157,20 +193,41 @@ def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     logs = [Path(temp_dir) / "head.out", Path(temp_dir) / "worker.out"]
     gcs, dash = free_port(), free_port()
-    procs = [_start_node(["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                          f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
-                          f"--temp-dir={temp_dir}", *_node_ports(0)], logs[0], env)]
+    procs = [
+        _start_node(
+            [
+                "--head",
+                f"--port={gcs}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--ray-client-server-port={free_port()}",
+                f"--temp-dir={temp_dir}",
+                *_node_ports(0),
+            ],
+            logs[0],
+            env,
+        )
+    ]
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, procs)
     try:
-        _wait(lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200, 90,
-              "Ray head dashboard", logs)
+        _wait(
+            lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200,
+            90,
+            "Ray head dashboard",
+            logs,
+        )
         ray.init(address=cluster.address, log_to_driver=False)
         for attempt in range(2):  # a worker node that fails to join is replaced once, on fresh ports
             worker = _start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env)
             procs.append(worker)
             try:
-                _wait(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 60, "Ray worker node",
-                      logs + sorted(Path(temp_dir).glob("session_latest/logs/raylet*.out")))
+                _wait(
+                    lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2,
+                    60,
+                    "Ray worker node",
+                    logs + sorted(Path(temp_dir).glob("session_latest/logs/raylet*.out")),
+                )
                 break
             except TimeoutError:
                 if attempt == 1:
@@ -222,11 +279,21 @@ def odd_root(tmp_path_factory):
     import json
 
     root = tmp_path_factory.mktemp("odd")
-    (root / "dataset.json").write_text(json.dumps({"name": "odd", "classes": ["background", "vessel"],
-                                                  "ignore_index": 255, "palette": [[0, 0, 0], [255, 255, 255]]}))
-    domains = {"drive": ([(45, 61)] * 7, ["RGB"] * 7, 1.0, (5, 1)),
-               "chase": ([(71, 53), (67, 50), (71, 53), (67, 50), (71, 53)], ["L", "RGBA", "P", "RGB", "L"], 0.6, (2, 2)),
-               "raw": ([(50, 40)] * 4, ["RGB"] * 4, 0.6, (2, 1))}
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "odd",
+                "classes": ["background", "vessel"],
+                "ignore_index": 255,
+                "palette": [[0, 0, 0], [255, 255, 255]],
+            }
+        )
+    )
+    domains = {
+        "drive": ([(45, 61)] * 7, ["RGB"] * 7, 1.0, (5, 1)),
+        "chase": ([(71, 53), (67, 50), (71, 53), (67, 50), (71, 53)], ["L", "RGBA", "P", "RGB", "L"], 0.6, (2, 2)),
+        "raw": ([(50, 40)] * 4, ["RGB"] * 4, 0.6, (2, 1)),
+    }
     for d, (sizes, modes, bright, (n_train, n_val)) in domains.items():
         (root / d / "images").mkdir(parents=True)
         if d != "raw":
@@ -234,11 +301,21 @@ def odd_root(tmp_path_factory):
         stems = []
         for i, ((h, w), mode) in enumerate(zip(sizes, modes)):
             stem = f"{d}_{i:02d}"
-            _write_scene(root / d / "images" / f"{stem}.png", None if d == "raw" else root / d / "masks" / f"{stem}.png",
-                         h, w, seed=sum(map(ord, d)) * 100 + i, mode=mode, bright=bright)
+            _write_scene(
+                root / d / "images" / f"{stem}.png",
+                None if d == "raw" else root / d / "masks" / f"{stem}.png",
+                h,
+                w,
+                seed=sum(map(ord, d)) * 100 + i,
+                mode=mode,
+                bright=bright,
+            )
             stems.append(stem)
-        (root / d / "splits.json").write_text(json.dumps({"train": stems[:n_train], "val": stems[n_train:n_train + n_val],
-                                                          "test": stems[n_train + n_val:]}))
+        (root / d / "splits.json").write_text(
+            json.dumps(
+                {"train": stems[:n_train], "val": stems[n_train : n_train + n_val], "test": stems[n_train + n_val :]}
+            )
+        )
     return root
 
 
@@ -259,6 +336,6 @@ def many_scan_jpeg(size: tuple[int, int], repeats: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (90, 120, 40)).save(buf, "JPEG", progressive=True, quality=90)
     body = buf.getvalue()
-    starts = [i for i in range(len(body) - 1) if body[i:i + 2] == b"\xff\xda"] + [len(body) - 2]
+    starts = [i for i in range(len(body) - 1) if body[i : i + 2] == b"\xff\xda"] + [len(body) - 2]
     smallest = min((body[a:b] for a, b in zip(starts, starts[1:])), key=len)
     return body[:-2] + smallest * repeats + b"\xff\xd9"

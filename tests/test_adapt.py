@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig, parse_config
 from raysegment.data import open_split
@@ -12,8 +13,6 @@ from raysegment.engine.adapt import EMATeacher, adapt, adapt_batchnorm, open_sou
 from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors, load_selected_weights
 from raysegment.errors import ConfigError
 from raysegment.models import build_segmenter, load_model
-
-from conftest import TINY_BACKBONE
 
 
 def test_adabn_sets_bn_statistics_to_the_target_mean(synth_root):
@@ -30,7 +29,9 @@ def test_adabn_sets_bn_statistics_to_the_target_mean(synth_root):
     expected = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
     assert torch.allclose(stem_bn.running_mean, expected, atol=1e-5)
     assert stem_bn.momentum == 0.1  # restored
-    weights_before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    weights_before = {
+        k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k
+    }
     adapt_batchnorm(model, night, batch_size=4)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights_before.items())  # only statistics move
 
@@ -65,13 +66,20 @@ def test_pseudo_label_weight_is_the_share_of_confident_pixels():
 
 
 def _adapt_config(synth_root, source_model_dir, tmp_path, method, domain="night", **adapt_extra):
-    return parse_config({
-        "data": {"root": str(synth_root), "domain": domain},
-        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16,
-                  "pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
-        "optim": {"epochs": 4, "batch_size": 4, "lr": 2e-3},
-        "adapt": {"method": method, "source_domain": "clear", **adapt_extra},
-        "output_dir": str(tmp_path / method)})
+    return parse_config(
+        {
+            "data": {"root": str(synth_root), "domain": domain},
+            "model": {
+                "backbone": TINY_BACKBONE,
+                "decoder": "fpn",
+                "decoder_channels": 16,
+                "pretrained": {"source": "checkpoint", "uri": str(source_model_dir)},
+            },
+            "optim": {"epochs": 4, "batch_size": 4, "lr": 2e-3},
+            "adapt": {"method": method, "source_domain": "clear", **adapt_extra},
+            "output_dir": str(tmp_path / method),
+        }
+    )
 
 
 def _source_miou(synth_root, source_model_dir, domain):
@@ -102,8 +110,9 @@ def test_label_free_methods_never_see_target_labels(synth_root, source_model_dir
 
 
 def test_self_training_checkpoints_the_teacher_and_resumes_exactly(synth_root, source_model_dir, tmp_path):
-    cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.02,
-                        rare_class_temperature=0.1)
+    cfg = _adapt_config(
+        synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.02, rare_class_temperature=0.1
+    )
     full = adapt(cfg, resume=False, log=lambda line: None).learner
     ckpt = latest_checkpoint(cfg.output_dir)
     student = load_extra_tensors(ckpt)
@@ -113,8 +122,9 @@ def test_self_training_checkpoints_the_teacher_and_resumes_exactly(synth_root, s
     selected = load_selected_weights(ckpt)  # the best-scored epoch's teacher is the run's result
     assert all(torch.equal(v, full.selected_model().state_dict()[k]) for k, v in selected.items())
     # Interrupt after 2 epochs, resume to 4: same teacher as the uninterrupted run.
-    short = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2}),
-                                   "output_dir": str(tmp_path / "resumed")})
+    short = cfg.model_copy(
+        update={"optim": cfg.optim.model_copy(update={"epochs": 2}), "output_dir": str(tmp_path / "resumed")}
+    )
     adapt(short, resume=False, log=lambda line: None)
     resumed = adapt(cfg.model_copy(update={"output_dir": short.output_dir}), resume=True, log=lambda line: None).learner
     for (k, a), b in zip(full.teacher.model.state_dict().items(), resumed.teacher.model.state_dict().values()):
@@ -128,16 +138,22 @@ def test_few_shot_finetune_uses_exactly_k_labels(synth_root, source_model_dir, t
     train = open_target_train(cfg)
     assert len(train) == 3 and cfg.judge == "labels"
     result = adapt(cfg, resume=False, log=lambda line: None)
-    assert evaluate(result.model, open_split(synth_root, "fog", "test"), cfg.eval).miou > \
-        _source_miou(synth_root, source_model_dir, "fog")
+    assert evaluate(result.model, open_split(synth_root, "fog", "test"), cfg.eval).miou > _source_miou(
+        synth_root, source_model_dir, "fog"
+    )
 
 
 def test_adaptation_configs_name_what_is_missing(synth_root):
     with pytest.raises(ConfigError, match="pretrained"):
         parse_config({"data": {"root": str(synth_root)}, "adapt": {"method": "adabn"}})
     with pytest.raises(ConfigError, match="source_domain"):
-        parse_config({"data": {"root": str(synth_root)}, "adapt": {"method": "self_training"},
-                      "model": {"pretrained": {"source": "checkpoint", "uri": "x"}}})
+        parse_config(
+            {
+                "data": {"root": str(synth_root)},
+                "adapt": {"method": "self_training"},
+                "model": {"pretrained": {"source": "checkpoint", "uri": "x"}},
+            }
+        )
 
 
 @pytest.mark.gpu
@@ -153,25 +169,36 @@ def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, sourc
 
 # --- real-world shapes: every method on odd sizes, short batches, 2 classes, odd PNG modes ------------
 def _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size=4, domain="chase", **adapt_extra):
-    return parse_config({
-        "data": {"root": str(odd_root), "domain": domain},
-        "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 8,
-                  "pretrained": {"source": "checkpoint", "uri": str(odd_source_dir)}},
-        "optim": {"epochs": 2, "batch_size": batch_size, "lr": 1e-3},
-        "augment": {"jitter": 0.1},
-        "adapt": {"method": method, "source_domain": "drive", **adapt_extra},
-        "output_dir": str(tmp_path / f"{method}-{batch_size}")})
+    return parse_config(
+        {
+            "data": {"root": str(odd_root), "domain": domain},
+            "model": {
+                "backbone": TINY_BACKBONE,
+                "decoder": "fpn",
+                "decoder_channels": 8,
+                "pretrained": {"source": "checkpoint", "uri": str(odd_source_dir)},
+            },
+            "optim": {"epochs": 2, "batch_size": batch_size, "lr": 1e-3},
+            "augment": {"jitter": 0.1},
+            "adapt": {"method": method, "source_domain": "drive", **adapt_extra},
+            "output_dir": str(tmp_path / f"{method}-{batch_size}"),
+        }
+    )
 
 
-ODD_CASES = [("adabn", {}), ("tent", {}),
-             ("self_training", {"fda_beta": 0.05, "rare_class_temperature": 0.1, "classmix": True}),
-             ("self_training", {"classmix": False})]
+ODD_CASES = [
+    ("adabn", {}),
+    ("tent", {}),
+    ("self_training", {"fda_beta": 0.05, "rare_class_temperature": 0.1, "classmix": True}),
+    ("self_training", {"classmix": False}),
+]
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize("method,extra", ODD_CASES)
-def test_every_label_free_method_runs_on_real_world_shapes(odd_root, odd_source_dir, tmp_path, method, extra,
-                                                           batch_size):
+def test_every_label_free_method_runs_on_real_world_shapes(
+    odd_root, odd_source_dir, tmp_path, method, extra, batch_size
+):
     """Source 5 x 45x61 RGB against a target of 2 train images (71x53 grayscale, 67x50 RGBA: smaller
     than one batch, other sizes, not divisible by the stride) with batch 4 (short batches on both
     sides) and batch 1; the result must be finite and predict at full target size."""
@@ -193,8 +220,12 @@ def test_label_free_methods_run_on_a_domain_without_masks(odd_root, odd_source_d
 
 def test_finetune_with_source_replay_runs_on_mixed_sizes_and_selects_on_val(odd_root, odd_source_dir, tmp_path):
     cfg = _odd_config(odd_root, odd_source_dir, tmp_path, "finetune", batch_size=3, source_replay=True)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"labelled_limit": 1}),
-                                 "optim": cfg.optim.model_copy(update={"epochs": 3, "backbone_lr_scale": 0.1})})
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"labelled_limit": 1}),
+            "optim": cfg.optim.model_copy(update={"epochs": 3, "backbone_lr_scale": 0.1}),
+        }
+    )
     result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
     assert result.learner.steps_per_epoch == 2  # a pass over the 5 source images (batch 3), the 1 label cycled
     assert 0 <= result.scores["selected_epoch"] <= 3 and result.scores["val_miou"] == result.scores["score"]
@@ -204,8 +235,12 @@ def test_a_harmful_finetune_selects_the_start_model(odd_root, odd_source_dir, tm
     """Few labels must never end worse than the source on held-back images: a destructive lr loses
     to epoch 0 (the source model itself), so the result is the source model."""
     cfg = _odd_config(odd_root, odd_source_dir, tmp_path, "finetune", batch_size=2)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"labelled_limit": 1}),
-                                 "optim": cfg.optim.model_copy(update={"lr": 5.0, "grad_clip": None, "epochs": 2})})
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"labelled_limit": 1}),
+            "optim": cfg.optim.model_copy(update={"lr": 5.0, "grad_clip": None, "epochs": 2}),
+        }
+    )
     result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
     source, _ = load_model(odd_source_dir)
     val = open_split(odd_root, "chase", "val")

@@ -20,8 +20,10 @@ def _palette_batch(synth_root, n=4):
 def test_geometric_augmentation_keeps_image_and_mask_aligned(synth_root):
     torch.manual_seed(0)
     images, masks = _palette_batch(synth_root)
-    aug = SegmentationAugment(AugmentConfig(crop=(48, 96), rotate_degrees=20, scale=(0.8, 1.2), jitter=0,
-                                            blur_p=0, noise_std=0), ignore_index=255)
+    aug = SegmentationAugment(
+        AugmentConfig(crop=(48, 96), rotate_degrees=20, scale=(0.8, 1.2), jitter=0, blur_p=0, noise_std=0),
+        ignore_index=255,
+    )
     out_images, out_masks = aug(images, masks)
     assert out_images.shape == (4, 3, 48, 96) and out_masks.shape == (4, 48, 96)
     assert out_images.dtype == torch.float32 and out_masks.dtype == torch.long
@@ -38,8 +40,10 @@ def test_rotation_padding_becomes_ignore_not_class_zero(synth_root):
     torch.manual_seed(1)
     images, masks = _palette_batch(synth_root)
     masks = torch.ones_like(masks)  # every real pixel is class 1
-    aug = SegmentationAugment(AugmentConfig(hflip=False, rotate_degrees=45, scale=(0.6, 0.6), jitter=0,
-                                            blur_p=0, noise_std=0), ignore_index=255)
+    aug = SegmentationAugment(
+        AugmentConfig(hflip=False, rotate_degrees=45, scale=(0.6, 0.6), jitter=0, blur_p=0, noise_std=0),
+        ignore_index=255,
+    )
     aug.pipeline[0].p = 1.0
     _, out = aug(images, masks)
     assert (out == 255).any() and not (out == 0).any()
@@ -47,8 +51,9 @@ def test_rotation_padding_becomes_ignore_not_class_zero(synth_root):
 
 def test_photometric_ops_leave_masks_untouched(synth_root):
     images, masks = _palette_batch(synth_root)
-    aug = SegmentationAugment(AugmentConfig(hflip=False, rotate_degrees=0, scale=(1.0, 1.0), jitter=0.5,
-                                            blur_p=1.0, noise_std=0.1))
+    aug = SegmentationAugment(
+        AugmentConfig(hflip=False, rotate_degrees=0, scale=(1.0, 1.0), jitter=0.5, blur_p=1.0, noise_std=0.1)
+    )
     out_images, out_masks = aug(images, masks)
     assert torch.equal(out_masks, masks)
     assert not torch.allclose(out_images, images.float() / 255)
@@ -63,8 +68,9 @@ def test_class_mix_takes_source_classes_and_their_labels():
     source_labels[:, :, 4:] = 1  # two classes: ClassMix pastes one of them
     pseudo = torch.full((2, 8, 8), 2, dtype=torch.long)
     weights = torch.full((2, 8, 8), 0.25)
-    images, labels, pixel_weights = class_mix(source, source_labels, target, pseudo, weights,
-                                              generator=torch.Generator().manual_seed(0))
+    images, labels, pixel_weights = class_mix(
+        source, source_labels, target, pseudo, weights, generator=torch.Generator().manual_seed(0)
+    )
     pasted = images[:, 0] == 1
     assert pasted.any() and (~pasted).any()
     assert torch.equal(labels[pasted], source_labels[pasted]) and (labels[~pasted] == 2).all()
@@ -104,8 +110,10 @@ def test_resize_batch_scales_each_item_by_its_own_factor():
     from raysegment.config import ResizeConfig
     from raysegment.data import pad_collate
 
-    items = [(torch.full((3, 40, 60), 200, dtype=torch.uint8), torch.ones(40, 60, dtype=torch.long)),
-             (torch.full((3, 100, 80), 100, dtype=torch.uint8), torch.zeros(100, 80, dtype=torch.long))]
+    items = [
+        (torch.full((3, 40, 60), 200, dtype=torch.uint8), torch.ones(40, 60, dtype=torch.long)),
+        (torch.full((3, 100, 80), 100, dtype=torch.uint8), torch.zeros(100, 80, dtype=torch.long)),
+    ]
     batch = pad_collate(items)
     images, masks = resize_batch(batch.images.float() / 255, batch.masks, batch.sizes, ResizeConfig(short_side=20), 255)
     # item 0: 40x60 -> 20x30; item 1: 100x80 -> 25x20; padded to 25x30
@@ -132,5 +140,10 @@ def test_match_batch_repeats_a_short_batch_and_resizes_it():
 
 def test_class_mix_refuses_unpaired_batches_with_the_fix():
     with pytest.raises(ValueError, match="match_batch"):
-        class_mix(torch.rand(8, 3, 4, 4), torch.zeros(8, 4, 4, dtype=torch.long), torch.rand(6, 3, 4, 4),
-                  torch.zeros(6, 4, 4, dtype=torch.long), torch.ones(6, 4, 4))
+        class_mix(
+            torch.rand(8, 3, 4, 4),
+            torch.zeros(8, 4, 4, dtype=torch.long),
+            torch.rand(6, 3, 4, 4),
+            torch.zeros(6, 4, 4, dtype=torch.long),
+            torch.ones(6, 4, 4),
+        )

@@ -17,7 +17,9 @@ def test_tokens_are_stored_as_hashes_and_map_to_roles(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600
     table = TokenTable.read(path)
     assert table.client(reader).name == "dashboard" and table.client(reader).may("read")
-    assert not table.client(reader).may("admin") and table.client(admin).may("admin") and table.client(admin).may("read")
+    assert (
+        not table.client(reader).may("admin") and table.client(admin).may("admin") and table.client(admin).may("read")
+    )
     assert table.client("guess") is None and table.client("") is None
     with pytest.raises(ConfigError, match="already has a client named 'ops'"):
         add_token(path, "ops", "read")
@@ -46,7 +48,11 @@ def test_serve_cli_refuses_an_open_api_on_a_public_address(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "raysegment.cli", "serve", "--registry", str(tmp_path),
-                             "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "raysegment.cli", "serve", "--registry", str(tmp_path), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "only for a loopback bind_host" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

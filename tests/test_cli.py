@@ -6,18 +6,19 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY_BACKBONE
+from PIL import Image
 
 
 def raysegment(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "raysegment.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "raysegment.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["data", "synth"],
-                                     ["weights", "import"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["data", "synth"], ["weights", "import"]]
+)
 def test_help_for_every_command(command):
     result = raysegment(*command, "--help")
     assert result.returncode == 0 and "usage: raysegment" in result.stdout
@@ -38,20 +39,52 @@ def test_missing_dataset_is_one_line_error(tmp_path):
 
 def test_train_evaluate_predict_end_to_end(tmp_path):
     data = tmp_path / "data"
-    assert raysegment("data", "synth", "--out", data, "--domains", "clear", "fog", "--images", "8",
-                      "--height", "64", "--width", "128").returncode == 0
+    assert (
+        raysegment(
+            "data",
+            "synth",
+            "--out",
+            data,
+            "--domains",
+            "clear",
+            "fog",
+            "--images",
+            "8",
+            "--height",
+            "64",
+            "--width",
+            "128",
+        ).returncode
+        == 0
+    )
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"data: {{root: {data}, domain: clear}}\n"
-                   f"model: {{backbone: {TINY_BACKBONE}, decoder: unet, decoder_channels: 8}}\n"
-                   f"optim: {{epochs: 2, batch_size: 4}}\noutput_dir: {tmp_path / 'run'}\n")
+    cfg.write_text(
+        f"data: {{root: {data}, domain: clear}}\n"
+        f"model: {{backbone: {TINY_BACKBONE}, decoder: unet, decoder_channels: 8}}\n"
+        f"optim: {{epochs: 2, batch_size: 4}}\noutput_dir: {tmp_path / 'run'}\n"
+    )
     train = raysegment("train", "--config", cfg, "--set", "optim.lr=0.004")
     assert train.returncode == 0, train.stderr
     assert "epoch 2/2" in train.stdout and "model written to" in train.stdout
     meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert meta["model"]["decoder"] == "unet" and "val_miou" in meta["metrics"]
 
-    evaluation = raysegment("evaluate", "--model", tmp_path / "run" / "model", "--data", data, "--domain", "fog",
-                            "--split", "all", "--mode", "slide", "--window", "64", "64")
+    evaluation = raysegment(
+        "evaluate",
+        "--model",
+        tmp_path / "run" / "model",
+        "--data",
+        data,
+        "--domain",
+        "fog",
+        "--split",
+        "all",
+        "--mode",
+        "slide",
+        "--window",
+        "64",
+        "64",
+    )
     assert evaluation.returncode == 0, evaluation.stderr
     assert "fog/all: mIoU" in evaluation.stdout and "sidewalk" in evaluation.stdout
 
@@ -67,10 +100,21 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
 def test_weights_import_cli(tmp_path):
     from raysegment.models.weights_import import bundled_efficientnet_lite0
 
-    result = raysegment("weights", "import", bundled_efficientnet_lite0(), "--arch", "efficientnet_lite0",
-                        "--out", tmp_path / "w.safetensors")
-    assert result.returncode == 0 and "296 tensors" in result.stdout and (tmp_path / "w.safetensors").stat().st_size > 10e6
-    bad = raysegment("weights", "import", bundled_efficientnet_lite0(), "--arch", "resnet18", "--out", tmp_path / "x.safetensors")
+    result = raysegment(
+        "weights",
+        "import",
+        bundled_efficientnet_lite0(),
+        "--arch",
+        "efficientnet_lite0",
+        "--out",
+        tmp_path / "w.safetensors",
+    )
+    assert (
+        result.returncode == 0 and "296 tensors" in result.stdout and (tmp_path / "w.safetensors").stat().st_size > 10e6
+    )
+    bad = raysegment(
+        "weights", "import", bundled_efficientnet_lite0(), "--arch", "resnet18", "--out", tmp_path / "x.safetensors"
+    )
     assert bad.returncode == 2 and "cannot map weights onto resnet18" in bad.stderr
 
 
@@ -96,23 +140,63 @@ def poisoned_target(odd_root, tmp_path):
 
 def test_unlabelled_train_and_adapt_never_open_a_target_mask(poisoned_target, odd_source_dir, tmp_path):
     cfg = tmp_path / "tent.yaml"
-    cfg.write_text(f"data: {{root: {poisoned_target}, domain: chase}}\n"
-                   f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8, "
-                   f"pretrained: {{source: checkpoint, uri: {odd_source_dir}}}}}\n"
-                   f"optim: {{epochs: 1, batch_size: 2}}\nadapt: {{method: tent}}\noutput_dir: {tmp_path / 'tent'}\n")
+    cfg.write_text(
+        f"data: {{root: {poisoned_target}, domain: chase}}\n"
+        f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8, "
+        f"pretrained: {{source: checkpoint, uri: {odd_source_dir}}}}}\n"
+        f"optim: {{epochs: 1, batch_size: 2}}\nadapt: {{method: tent}}\noutput_dir: {tmp_path / 'tent'}\n"
+    )
     train = raysegment("train", "--config", cfg, "--unlabelled")
     assert train.returncode == 0, train.stderr
     assert "proxy score" in train.stdout and "no target labels read" in train.stdout
-    study = raysegment("adapt", "--source", odd_source_dir, "--data", poisoned_target, "--source-domain", "drive",
-                       "--targets", "chase", "--methods", "adabn", "tent", "self_training", "--epochs", "1",
-                       "--unlabelled", "--batch-size", "2", "--out", tmp_path / "study")
+    study = raysegment(
+        "adapt",
+        "--source",
+        odd_source_dir,
+        "--data",
+        poisoned_target,
+        "--source-domain",
+        "drive",
+        "--targets",
+        "chase",
+        "--methods",
+        "adabn",
+        "tent",
+        "self_training",
+        "--epochs",
+        "1",
+        "--unlabelled",
+        "--batch-size",
+        "2",
+        "--out",
+        tmp_path / "study",
+    )
     assert study.returncode == 0, study.stderr
     assert "no target labels read" in study.stdout and "proxy pick:" in study.stdout
     assert "test mIoU" not in study.stdout  # no fake mIoU column
     results = json.loads((tmp_path / "study" / "results.json").read_text())
-    assert results[0]["test_miou"] == {} and set(results[0]["proxy"]) == {"source-only", "adabn", "tent",
-                                                                           "self_training"}
+    assert results[0]["test_miou"] == {} and set(results[0]["proxy"]) == {
+        "source-only",
+        "adabn",
+        "tent",
+        "self_training",
+    }
     # Without --unlabelled the same study reads the labels, and the garbage stops it with one line.
-    labelled = raysegment("adapt", "--source", odd_source_dir, "--data", poisoned_target, "--source-domain", "drive",
-                          "--targets", "chase", "--methods", "adabn", "--shots", "--no-oracle", "--out", tmp_path / "s2")
+    labelled = raysegment(
+        "adapt",
+        "--source",
+        odd_source_dir,
+        "--data",
+        poisoned_target,
+        "--source-domain",
+        "drive",
+        "--targets",
+        "chase",
+        "--methods",
+        "adabn",
+        "--shots",
+        "--no-oracle",
+        "--out",
+        tmp_path / "s2",
+    )
     assert labelled.returncode == 2 and "unreadable" in labelled.stderr

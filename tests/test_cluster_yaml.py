@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -18,7 +19,7 @@ def test_cluster_yaml_passes_rays_autoscaler_schema():
 def test_schema_check_would_catch_a_broken_config():
     config = yaml.safe_load(CLUSTER.read_text())
     config["available_node_types"]["gpu_worker"]["max_workerz"] = 3
-    with pytest.raises(Exception):
+    with pytest.raises(jsonschema.ValidationError, match="max_workerz"):
         validate_config(prepare_config(config))
 
 

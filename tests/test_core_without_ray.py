@@ -21,7 +21,11 @@ print("RAY_MODULES", loaded)
 
 
 def test_core_imports_and_trains_without_ray(synth_root, tmp_path):
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(synth_root), str(tmp_path / "run")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(synth_root), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "RAY_MODULES []" in result.stdout

@@ -33,9 +33,14 @@ def test_targets_share_labels_but_shift_appearance(synth_root):
     clear = open_split(synth_root, "clear", "all")
     night = open_split(synth_root, "night", "all")
     fog = open_split(synth_root, "fog", "all")
-    mean = lambda d: torch.stack([d[i][0].float().mean() for i in range(len(d))]).mean()
-    assert mean(night) < 0.5 * mean(clear)       # night is dark
-    contrast = lambda d: torch.stack([d[i][0].float().std() for i in range(len(d))]).mean()
+
+    def mean(d):
+        return torch.stack([d[i][0].float().mean() for i in range(len(d))]).mean()
+
+    def contrast(d):
+        return torch.stack([d[i][0].float().std() for i in range(len(d))]).mean()
+
+    assert mean(night) < 0.5 * mean(clear)  # night is dark
     assert contrast(fog) < 0.8 * contrast(clear)  # fog washes contrast out
 
 
@@ -87,7 +92,7 @@ def test_grayscale_palette_rgba_and_16_bit_images_read_as_8_bit_rgb(tmp_path, mo
 
     from raysegment.data.dataset import read_image
 
-    values = (np.arange(35, dtype=np.uint8).reshape(5, 7) * 7)
+    values = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7
     image = Image.fromarray(values.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(values).convert(mode)
     image.save(tmp_path / "x.png")
     tensor = read_image(tmp_path / "x.png")
@@ -146,8 +151,11 @@ def test_cityscapes_layout(tmp_path):
     for city, n in (("aachen", 2), ("bremen", 1)):
         for i in range(n):
             stem = f"{city}_000000_00000{i}"
-            _write_pair(tmp_path / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
-                        tmp_path / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png", value=13)
+            _write_pair(
+                tmp_path / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
+                tmp_path / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png",
+                value=13,
+            )
     data = open_split(tmp_path, "cityscapes", "train", layout="cityscapes")
     assert len(data) == 3 and data.info.num_classes == 19 and data.info.classes[13] == "car"
     image, mask = data[0]
@@ -155,8 +163,10 @@ def test_cityscapes_layout(tmp_path):
 
 
 def test_acdc_layout_uses_the_condition_as_domain(tmp_path):
-    _write_pair(tmp_path / "rgb_anon" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000041_rgb_anon.png",
-                tmp_path / "gt" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000041_gt_labelTrainIds.png")
+    _write_pair(
+        tmp_path / "rgb_anon" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000041_rgb_anon.png",
+        tmp_path / "gt" / "fog" / "train" / "GOPR0475" / "GOPR0475_frame_000041_gt_labelTrainIds.png",
+    )
     assert len(open_split(tmp_path, "fog", "train", layout="acdc")) == 1
     with pytest.raises(DatasetError, match="night/train is missing"):
         open_split(tmp_path, "night", "train", layout="acdc")

@@ -8,8 +8,12 @@ from raysegment.data.synth import DOMAINS
 
 
 def test_quick_demo_writes_table_chart_and_overlays(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "raysegment.cli", "demo", "--engine-only", "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "raysegment.cli", "demo", "--engine-only", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "source-only" in result.stdout and "fine-tuned" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())

@@ -6,8 +6,8 @@ from torch import nn
 
 from raysegment.config import EvalConfig, OptimConfig
 from raysegment.data import open_split
-from raysegment.engine import evaluate, fit
 from raysegment.engine import checkpoint as ckpt
+from raysegment.engine import evaluate, fit
 from raysegment.engine.evaluate import predict_logits
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.schedule import lr_factor
@@ -19,14 +19,16 @@ def test_lr_decays_exponentially_per_epoch_and_per_step():
     assert [lr_factor(s, per_epoch, steps_per_epoch=3) for s in (0, 2, 3, 7)] == pytest.approx([1, 1, 0.9, 0.81])
     per_step = OptimConfig(decay=0.9, decay_every="step", warmup_steps=4)
     assert lr_factor(1, per_step, 3) == pytest.approx(0.5 * 0.9)
-    assert lr_factor(10, per_step, 3) == pytest.approx(0.9 ** 10)
+    assert lr_factor(10, per_step, 3) == pytest.approx(0.9**10)
 
 
 def test_loss_ignores_unlabelled_pixels():
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     target = torch.tensor([[[0, 255], [2, 255]]])
-    expected = (torch.nn.functional.cross_entropy(logits[0, :, 0, 0][None], torch.tensor([0]))
-                + torch.nn.functional.cross_entropy(logits[0, :, 1, 0][None], torch.tensor([2]))) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(logits[0, :, 0, 0][None], torch.tensor([0]))
+        + torch.nn.functional.cross_entropy(logits[0, :, 1, 0][None], torch.tensor([2]))
+    ) / 2
     assert float(segmentation_loss(logits, target, 255)) == pytest.approx(float(expected))
     empty = segmentation_loss(logits, torch.full_like(target, 255), 255)
     empty.backward()
@@ -53,12 +55,15 @@ def test_fit_learns_and_writes_loadable_checkpoints(tiny_config, synth_root):
 
 def test_resumed_run_reproduces_the_uninterrupted_loss_curve(tiny_config, synth_root, tmp_path):
     train = open_split(synth_root, "clear", "train")
-    full = fit(tiny_config(optim={"epochs": 4}, output_dir=str(tmp_path / "full")), train, resume=False, log=lambda s: None)
+    full = fit(
+        tiny_config(optim={"epochs": 4}, output_dir=str(tmp_path / "full")), train, resume=False, log=lambda s: None
+    )
     part_cfg = tiny_config(optim={"epochs": 2}, output_dir=str(tmp_path / "part"))
     fit(part_cfg, train, resume=False, log=lambda s: None)
     torch.manual_seed(12345)  # disturb global RNG: resume must restore it
-    resumed = fit(tiny_config(optim={"epochs": 4}, output_dir=str(tmp_path / "part")), train, resume=True,
-                  log=lambda s: None)
+    resumed = fit(
+        tiny_config(optim={"epochs": 4}, output_dir=str(tmp_path / "part")), train, resume=True, log=lambda s: None
+    )
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-5)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
@@ -140,15 +145,15 @@ def test_sparse_eval_and_checkpoints_resume_exactly(tiny_config, synth_root, tmp
     train, val = open_split(synth_root, "clear", "train"), open_split(synth_root, "clear", "val")
     sparse = {"epochs": 5, "eval_every": 2, "checkpoint_every": 2}
     lines = []
-    full = fit(tiny_config(optim=sparse, output_dir=str(tmp_path / "full")), train, val, resume=False,
-               log=lines.append)
+    full = fit(tiny_config(optim=sparse, output_dir=str(tmp_path / "full")), train, val, resume=False, log=lines.append)
     assert ["val mIoU" in line for line in lines] == [False, True, False, True, True]  # 2, 4 and the last
     written = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("epoch_*"))
     assert written == ["epoch_0004", "epoch_0005"]  # every 2nd and the last (older ones pruned)
     part = tiny_config(optim={**sparse, "epochs": 3}, output_dir=str(tmp_path / "part"))
     fit(part, train, val, resume=False, log=lambda s: None)  # checkpoints at 2 and 3
-    resumed = fit(tiny_config(optim=sparse, output_dir=str(tmp_path / "part")), train, val, resume=True,
-                  log=lambda s: None)
+    resumed = fit(
+        tiny_config(optim=sparse, output_dir=str(tmp_path / "part")), train, val, resume=True, log=lambda s: None
+    )
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-5)
     assert resumed.best_epoch == full.best_epoch
     for (name, a), b in zip(full.selected_model().state_dict().items(), resumed.selected_model().state_dict().values()):

@@ -7,22 +7,27 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_BACKBONE
 
 from raysegment import jobs
 from raysegment.errors import ConfigError
 from raysegment.jobspec import load_spec
 from raysegment.models import load_model
 
-from conftest import TINY_BACKBONE
-
 
 def _spec(tmp_path, synth_root, **run_extra):
-    spec = {"job": "fine_tune", "name": "job-test",
-            "run": {"data": {"root": str(synth_root), "domain": "clear"},
-                    "model": {"backbone": TINY_BACKBONE, "decoder_channels": 8},
-                    "optim": {"epochs": 2, "batch_size": 4},
-                    "scale": {"num_workers": 1},
-                    "output_dir": "out", **run_extra}}
+    spec = {
+        "job": "fine_tune",
+        "name": "job-test",
+        "run": {
+            "data": {"root": str(synth_root), "domain": "clear"},
+            "model": {"backbone": TINY_BACKBONE, "decoder_channels": 8},
+            "optim": {"epochs": 2, "batch_size": 4},
+            "scale": {"num_workers": 1},
+            "output_dir": "out",
+            **run_extra,
+        },
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -54,20 +59,30 @@ def test_submitted_fine_tune_job_succeeds_and_leaves_a_checkpoint(ray_cluster, t
     assert meta.model.backbone == TINY_BACKBONE
     assert "SUCCEEDED" in jobs.status(job_id, ray_cluster.dashboard_url)
     # The spec travels in the job's environment: the entrypoint names no path of this machine.
-    assert jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint == \
-        "python jobs/fine_tune.py --from-env"
+    assert (
+        jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint == "python jobs/fine_tune.py --from-env"
+    )
 
 
 def test_cli_submit_and_unreachable_cluster(ray_cluster, tmp_path, synth_root):
     cli = [sys.executable, "-m", "raysegment.cli"]
-    done = subprocess.run([*cli, "submit", str(_spec(tmp_path, synth_root)), "--address", ray_cluster.dashboard_url],
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [*cli, "submit", str(_spec(tmp_path, synth_root)), "--address", ray_cluster.dashboard_url],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "SUCCEEDED" in done.stdout
     job_id = done.stdout.split()[1]
-    logs = subprocess.run([*cli, "jobs", "logs", job_id, "--address", ray_cluster.dashboard_url],
-                          capture_output=True, text=True, timeout=60)
+    logs = subprocess.run(
+        [*cli, "jobs", "logs", job_id, "--address", ray_cluster.dashboard_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "fine-tune job-test finished" in logs.stdout
-    refused = subprocess.run([*cli, "jobs", "status", "x", "--address", "http://127.0.0.1:9"],
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [*cli, "jobs", "status", "x", "--address", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 2 and "cannot reach the Ray dashboard" in refused.stderr

@@ -1,13 +1,12 @@
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from safetensors.torch import load_file
 
 from raysegment.config import ModelConfig, PretrainedConfig
 from raysegment.errors import CheckpointError, ModelError, WeightsError
 from raysegment.models import ModelMeta, build_segmenter, load_model, save_model
 from raysegment.models.freeze import is_batchnorm
-
-from conftest import TINY_BACKBONE
 
 
 @pytest.mark.parametrize("decoder", ["fpn", "unet", "deeplabv3plus", "segformer"])
@@ -46,13 +45,23 @@ def test_frozen_stages_keep_weights_and_bn_stats_after_a_step(backbone):
     opt.step()
     after = model.state_dict()
     frozen_names = {n for n, p in model.named_parameters() if id(p) in frozen}
-    frozen_bn_stats = {f"{name}.{s}" for name, m in model.named_modules() if m in model._frozen and is_batchnorm(m)
-                       for s in ("running_mean", "running_var")}
+    frozen_bn_stats = {
+        f"{name}.{s}"
+        for name, m in model.named_modules()
+        if m in model._frozen and is_batchnorm(m)
+        for s in ("running_mean", "running_var")
+    }
     assert frozen_bn_stats
     for name in frozen_names | frozen_bn_stats:
         assert torch.equal(before[name], after[name]), f"{name} moved although frozen"
-    moved = [n for n in after if n.startswith("encoder.") and n not in frozen_names | frozen_bn_stats
-             and "running_mean" in n and not torch.equal(before[n], after[n])]
+    moved = [
+        n
+        for n in after
+        if n.startswith("encoder.")
+        and n not in frozen_names | frozen_bn_stats
+        and "running_mean" in n
+        and not torch.equal(before[n], after[n])
+    ]
     assert moved, "unfrozen BN statistics should update in train mode"
     assert not torch.equal(before["head.weight"], after["head.weight"])
 
@@ -63,8 +72,14 @@ def test_freeze_depth_beyond_the_stages_is_an_error():
 
 
 def test_deeper_freeze_trains_fewer_parameters():
-    counts = [sum(p.numel() for p in build_segmenter(ModelConfig(backbone=TINY_BACKBONE, freeze_depth=d), 3).parameters()
-                  if p.requires_grad) for d in range(6)]
+    counts = [
+        sum(
+            p.numel()
+            for p in build_segmenter(ModelConfig(backbone=TINY_BACKBONE, freeze_depth=d), 3).parameters()
+            if p.requires_grad
+        )
+        for d in range(6)
+    ]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
 
 
@@ -79,7 +94,9 @@ def test_pth_is_refused_as_a_pretrained_file(tmp_path):
     pth = tmp_path / "w.pth"
     torch.save({"a": torch.zeros(1)}, pth)
     with pytest.raises(WeightsError, match="raysegment weights import"):
-        build_segmenter(ModelConfig(backbone=TINY_BACKBONE, pretrained=PretrainedConfig(source="file", uri=str(pth))), 3)
+        build_segmenter(
+            ModelConfig(backbone=TINY_BACKBONE, pretrained=PretrainedConfig(source="file", uri=str(pth))), 3
+        )
 
 
 def test_timm_hub_offline_fails_with_a_clear_message(monkeypatch):
@@ -93,8 +110,9 @@ def test_own_checkpoint_initialises_encoder_and_decoder(tmp_path):
     source = build_segmenter(cfg, 4)
     meta = ModelMeta(model=cfg, num_classes=4, classes=list("abcd"), palette=[(0, 0, 0)] * 4)
     save_model(tmp_path / "src", source, meta)
-    child_cfg = cfg.model_copy(update={"pretrained": PretrainedConfig(source="checkpoint", uri=str(tmp_path / "src")),
-                                       "freeze_depth": 1})
+    child_cfg = cfg.model_copy(
+        update={"pretrained": PretrainedConfig(source="checkpoint", uri=str(tmp_path / "src")), "freeze_depth": 1}
+    )
     child = build_segmenter(child_cfg, 4)
     for key, value in source.state_dict().items():
         assert torch.equal(child.state_dict()[key], value), key
@@ -109,7 +127,9 @@ def test_own_checkpoint_initialises_encoder_and_decoder(tmp_path):
 def test_saved_model_round_trips(tmp_path):
     cfg = ModelConfig(backbone=TINY_BACKBONE, decoder="segformer", decoder_channels=8)
     model = build_segmenter(cfg, 3).eval()
-    save_model(tmp_path / "m", model, ModelMeta(model=cfg, num_classes=3, classes=["a", "b", "c"], palette=[(1, 2, 3)] * 3))
+    save_model(
+        tmp_path / "m", model, ModelMeta(model=cfg, num_classes=3, classes=["a", "b", "c"], palette=[(1, 2, 3)] * 3)
+    )
     loaded, meta = load_model(tmp_path / "m")
     x = torch.rand(1, 3, 64, 64)
     assert torch.allclose(loaded(x), model(x)) and meta.classes == ["a", "b", "c"]

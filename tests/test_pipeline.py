@@ -3,19 +3,31 @@
 import json
 
 import numpy as np
+from conftest import TINY_BACKBONE
 from PIL import Image
 
 from raysegment.pipeline import run_pipeline
 from raysegment.registry import Registry
 
-from conftest import TINY_BACKBONE
-
 
 def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
     lines = []
-    summary = run_pipeline(tmp_path, images_per_domain=16, height=64, width=128, source_epochs=2, trials=2,
-                           trial_epochs=2, shots=4, targets=("fog", "night"), study_methods=("adabn",),
-                           study_shots=(2,), study_epochs=1, backbone=TINY_BACKBONE, log=lines.append)
+    summary = run_pipeline(
+        tmp_path,
+        images_per_domain=16,
+        height=64,
+        width=128,
+        source_epochs=2,
+        trials=2,
+        trial_epochs=2,
+        shots=4,
+        targets=("fog", "night"),
+        study_methods=("adabn",),
+        study_shots=(2,),
+        study_epochs=1,
+        backbone=TINY_BACKBONE,
+        log=lines.append,
+    )
     assert set(summary["table"]) == {"clear", "fog", "night"}
     registry = Registry(tmp_path / "registry")
     assert registry.domains() == ["clear", "fog", "night"]

@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 
 from raysegment.config import parse_config
 from raysegment.engine.adapt import adabn_model
 from raysegment.models import load_model
 from raysegment.promotion import judge, promote_if_better, promote_version, rollback
 from raysegment.registry import Registry, RegistryError
-
-from conftest import TINY_BACKBONE
 
 
 def test_labels_may_tie_the_proxy_must_win():
@@ -19,10 +18,19 @@ def test_labels_may_tie_the_proxy_must_win():
 
 
 def _night_config(synth_root, source_model_dir, tmp_path):
-    return parse_config({"data": {"root": str(synth_root), "domain": "night"},
-                         "model": {"backbone": TINY_BACKBONE, "decoder": "fpn", "decoder_channels": 16,
-                                   "pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
-                         "adapt": {"method": "adabn", "judge": "labels"}, "output_dir": str(tmp_path / "run")})
+    return parse_config(
+        {
+            "data": {"root": str(synth_root), "domain": "night"},
+            "model": {
+                "backbone": TINY_BACKBONE,
+                "decoder": "fpn",
+                "decoder_channels": 16,
+                "pretrained": {"source": "checkpoint", "uri": str(source_model_dir)},
+            },
+            "adapt": {"method": "adabn", "judge": "labels"},
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
 
 
 def test_only_a_candidate_that_beats_production_on_held_back_labels_goes_live(synth_root, source_model_dir, tmp_path):
@@ -60,4 +68,8 @@ def test_a_forced_promotion_names_who_forced_it(tmp_path, source_model_dir):
     with pytest.raises(ValueError, match="actor"):
         promote_if_better(reg, "fog", 1, None, None, "labels", force=True)
     decision = promote_if_better(reg, "fog", 1, None, None, "labels", force=True, actor="carol")
-    assert decision.promoted and decision.forced_by == "carol" and reg.history("fog")[0]["decision"]["forced_by"] == "carol"
+    assert (
+        decision.promoted
+        and decision.forced_by == "carol"
+        and reg.history("fog")[0]["decision"]["forced_by"] == "carol"
+    )

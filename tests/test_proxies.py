@@ -1,13 +1,12 @@
 """Unsupervised proxies that judge label-free adaptation."""
 
 import torch
+from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
 from raysegment.data import open_split
 from raysegment.engine.proxies import mean_iou_over, proxy_scores
 from raysegment.models import build_segmenter, load_model
-
-from conftest import TINY_BACKBONE
 
 
 def collapsed_model(num_classes: int, cls: int) -> torch.nn.Module:

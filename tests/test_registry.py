@@ -6,12 +6,11 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
 from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import Registry, RegistryError
-
-from conftest import TINY_BACKBONE
 
 CFG = ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8)
 META = ModelMeta(model=CFG, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
@@ -63,7 +62,7 @@ def test_delta_stores_only_changed_tensors_and_rebuilds(tmp_path):
     reg.register("clear", base, META)
     child = _model(0, freeze_depth=4)
     with torch.no_grad():  # a fine-tune that only moved the unfrozen part
-        for name, p in child.named_parameters():
+        for _name, p in child.named_parameters():
             if p.requires_grad:
                 p.add_(0.01)
     version = reg.register("fog", child, META, parent="clear@1")
@@ -78,22 +77,24 @@ def test_delta_stores_only_changed_tensors_and_rebuilds(tmp_path):
         reg.remove("clear", 1)
 
 
-WRITER = """
+WRITER = f"""
 import sys, torch
 from raysegment.config import ModelConfig
 from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import Registry
-cfg = ModelConfig(backbone="{backbone}", decoder_channels=8)
+cfg = ModelConfig(backbone="{TINY_BACKBONE}", decoder_channels=8)
 meta = ModelMeta(model=cfg, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
 reg = Registry(sys.argv[1])
 for i in range(int(sys.argv[2])):
     print(reg.register("fog", build_segmenter(cfg, 3), meta, {{"writer": float(sys.argv[3])}}), flush=True)
-""".format(backbone=TINY_BACKBONE)
+"""
 
 
 def test_concurrent_registrations_never_collide(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "4", str(w)], stdout=subprocess.PIPE,
-                              text=True) for w in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "4", str(w)], stdout=subprocess.PIPE, text=True)
+        for w in range(4)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     versions = sorted(int(v) for out in outputs for v in out.split())
@@ -120,12 +121,22 @@ def test_kill_9_mid_write_leaves_registry_readable(tmp_path):
     assert reg.register("fog", _model(), META) == max(reg.versions("fog"))
 
 
-def test_registry_cli(tmp_path):
+def test_registry_cli(tmp_path, capsys):
+    """In-process `raysegment.cli.main` (the subprocess entry point and its exit codes are covered
+    in test_cli): each call gives its exit code, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from raysegment.cli import main
+
     reg = Registry(tmp_path)
     reg.register("fog", _model(1), META, {"miou": 0.42})
     reg.register("fog", _model(2), META)
-    cli = [sys.executable, "-m", "raysegment.cli", "registry"]
-    run = lambda *a: subprocess.run([*cli, *a, "--registry", str(tmp_path)], capture_output=True, text=True, timeout=120)
+
+    def run(*args):
+        code = main(["registry", *args, "--registry", str(tmp_path)])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
     judged = run("promote", "fog@2")  # no run config to judge it by: it stays a candidate
     assert judged.returncode == 0 and "fog@2 is now candidate: no held-back score" in judged.stdout
     forced = run("promote", "fog@2", "--force", "--by", "alice")
@@ -147,8 +158,12 @@ def test_shared_loading_keeps_one_copy_of_the_base(tmp_path):
     from raysegment.models import ModelMeta, build_segmenter
     from raysegment.registry import SharedBases
 
-    meta = ModelMeta(model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), num_classes=3,
-                     classes=["a", "b", "c"], palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)])
+    meta = ModelMeta(
+        model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8),
+        num_classes=3,
+        classes=["a", "b", "c"],
+        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
+    )
     torch.manual_seed(0)
     base = build_segmenter(meta.model, 3).eval()
     reg = Registry(tmp_path)

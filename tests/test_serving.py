@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE, free_port, many_scan_jpeg
 from PIL import Image
 
 from raysegment.config import ModelConfig, ResizeConfig
@@ -16,11 +17,13 @@ from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import Registry
 from raysegment.serving.config import ServeConfig
 
-from conftest import TINY_BACKBONE, free_port, many_scan_jpeg
-
 CLASSES = ["road", "sky", "car", "tree"]
-META = ModelMeta(model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), num_classes=4, classes=CLASSES,
-                 palette=[(128, 64, 128), (70, 130, 180), (0, 0, 142), (107, 142, 35)])
+META = ModelMeta(
+    model=ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8),
+    num_classes=4,
+    classes=CLASSES,
+    palette=[(128, 64, 128), (70, 130, 180), (0, 0, 142), (107, 142, 35)],
+)
 
 
 def constant_model(cls: int) -> torch.nn.Module:
@@ -41,8 +44,9 @@ def bomb_png(width: int, height: int) -> bytes:
 
 def png(width=48, height=32, fmt="PNG", **kwargs) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, fmt,
-                                                                                                       **kwargs)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        buf, fmt, **kwargs
+    )
     return buf.getvalue()
 
 
@@ -72,8 +76,16 @@ def served(ray_cluster, tmp_path_factory):
     (root / "broken" / "aliases.json").write_text('{"production": 1,')  # torn: this domain alone is unavailable
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = ServeConfig(registry=str(root), auth="none", max_image_bytes=200_000, max_pixels=512 * 512, max_replicas=1,
-                      cpus_per_replica=0.25, ingress_cpus=0.1, batch_wait_timeout_s=0.05)
+    cfg = ServeConfig(
+        registry=str(root),
+        auth="none",
+        max_image_bytes=200_000,
+        max_pixels=512 * 512,
+        max_replicas=1,
+        cpus_per_replica=0.25,
+        ingress_cpus=0.1,
+        batch_wait_timeout_s=0.05,
+    )
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -91,14 +103,23 @@ def test_tokens_guard_every_route_by_role(served, ray_cluster, tmp_path):
     reg = Registry(tmp_path / "registry")
     reg.register("fog", constant_model(1), META)
     reg.promote("fog", 1)
-    cfg = ServeConfig(registry=str(tmp_path / "registry"), token_file=str(tokens), max_replicas=1,
-                      cpus_per_replica=0.1, ingress_cpus=0.05, online_adabn=True)
+    cfg = ServeConfig(
+        registry=str(tmp_path / "registry"),
+        token_file=str(tokens),
+        max_replicas=1,
+        cpus_per_replica=0.1,
+        ingress_cpus=0.05,
+        online_adabn=True,
+    )
     serve.run(build_app(cfg.model_dump()), name="secure", route_prefix="/secure")
     try:
         url = f"{served}/secure/v1/domains"
         bearer = lambda token: {"authorization": f"Bearer {token}"}  # noqa: E731
         for headers in ({}, bearer("not-a-token"), {"authorization": f"Basic {reader}"}):
-            for r in (httpx.get(url, headers=headers), httpx.post(f"{url}/fog/segment", content=png(), headers=headers)):
+            for r in (
+                httpx.get(url, headers=headers),
+                httpx.post(f"{url}/fog/segment", content=png(), headers=headers),
+            ):
                 assert r.status_code == 401 and r.json()["error"] in ("authentication required", "unknown token")
         assert httpx.get(url, headers=bearer(reader)).json()["domains"]["fog"]["aliases"] == {"production": 1}
         ok = httpx.post(f"{url}/fog/segment", content=png(), headers=bearer(reader), timeout=60)
@@ -135,8 +156,12 @@ def test_chunked_bodies_are_capped_while_streaming(served):
 
 def test_16_bit_palette_gray_and_rgba_uploads_segment_at_their_size(served):
     values = (np.arange(32 * 48).reshape(32, 48) % 256).astype(np.uint8)
-    for image in (Image.fromarray(values.astype(np.uint16) * 257), Image.fromarray(values).convert("P"),
-                  Image.fromarray(values), Image.fromarray(values).convert("RGBA")):
+    for image in (
+        Image.fromarray(values.astype(np.uint16) * 257),
+        Image.fromarray(values).convert("P"),
+        Image.fromarray(values),
+        Image.fromarray(values).convert("RGBA"),
+    ):
         buf = io.BytesIO()
         image.save(buf, "PNG")
         r = httpx.post(f"{served}/v1/domains/night/segment", content=buf.getvalue(), timeout=60)
@@ -178,29 +203,32 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     assert max(b for _, _, b in results) > 1, "no request was batched"
 
 
-@pytest.mark.parametrize("body,headers,url,status,needle", [
-    (b"", {}, "/v1/domains/fog/segment", 400, "empty body"),
-    (b"hello world", {}, "/v1/domains/fog/segment", 400, "not a valid image"),
-    (png()[:60], {}, "/v1/domains/fog/segment", 400, "not a valid image"),
-    (png(), {"content-type": "text/plain"}, "/v1/domains/fog/segment", 415, "unsupported content type"),
-    (b"\x89PNG\r\n\x1a\n" + b"0" * 300_000, {}, "/v1/domains/fog/segment", 413, "too large"),
-    (png(width=600, height=600), {}, "/v1/domains/fog/segment", 413, "too large"),
-    (png(), {}, "/v1/domains/snow/segment", 404, "unknown domain"),
-    (png(), {}, "/v1/domains/fog/segment?version=7", 404, "unknown domain"),
-    (png(), {}, "/v1/domains/fog/segment?version=staging", 404, "unknown domain"),
-    (png(), {}, "/v1/domains/bad..name/segment", 400, "bad domain name"),
-    (png(), {}, "/v1/domains/%20x%3B/segment", 400, "bad domain name"),
-    (png(), {}, "/v1/domains/fog/segment?format=gif", 422, "invalid request"),
-    (bomb_png(20_000, 20_000), {}, "/v1/domains/fog/segment", 413, "too large"),  # 1-bit: tiny file, 1.2 GB decoded
-    (png(width=1000, height=1), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
-    (png(width=1, height=1000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
-    (png(), {}, "/v1/domains/fog/segment?version=%C2%B2", 400, "bad version"),
-    (png(), {}, "/v1/domains/fog/segment?version=" + "9" * 5000, 400, "bad version"),
-    (png(), {}, "/v1/domains/broken/segment", 503, "domain unavailable"),
-    (png(fmt="GIF"), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
-    (apng(), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
-    (many_scan_jpeg((512, 512), 8_000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
-])
+@pytest.mark.parametrize(
+    "body,headers,url,status,needle",
+    [
+        (b"", {}, "/v1/domains/fog/segment", 400, "empty body"),
+        (b"hello world", {}, "/v1/domains/fog/segment", 400, "not a valid image"),
+        (png()[:60], {}, "/v1/domains/fog/segment", 400, "not a valid image"),
+        (png(), {"content-type": "text/plain"}, "/v1/domains/fog/segment", 415, "unsupported content type"),
+        (b"\x89PNG\r\n\x1a\n" + b"0" * 300_000, {}, "/v1/domains/fog/segment", 413, "too large"),
+        (png(width=600, height=600), {}, "/v1/domains/fog/segment", 413, "too large"),
+        (png(), {}, "/v1/domains/snow/segment", 404, "unknown domain"),
+        (png(), {}, "/v1/domains/fog/segment?version=7", 404, "unknown domain"),
+        (png(), {}, "/v1/domains/fog/segment?version=staging", 404, "unknown domain"),
+        (png(), {}, "/v1/domains/bad..name/segment", 400, "bad domain name"),
+        (png(), {}, "/v1/domains/%20x%3B/segment", 400, "bad domain name"),
+        (png(), {}, "/v1/domains/fog/segment?format=gif", 422, "invalid request"),
+        (bomb_png(20_000, 20_000), {}, "/v1/domains/fog/segment", 413, "too large"),  # 1-bit: tiny file, 1.2 GB decoded
+        (png(width=1000, height=1), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
+        (png(width=1, height=1000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
+        (png(), {}, "/v1/domains/fog/segment?version=%C2%B2", 400, "bad version"),
+        (png(), {}, "/v1/domains/fog/segment?version=" + "9" * 5000, 400, "bad version"),
+        (png(), {}, "/v1/domains/broken/segment", 503, "domain unavailable"),
+        (png(fmt="GIF"), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
+        (apng(), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
+        (many_scan_jpeg((512, 512), 8_000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),
+    ],
+)
 def test_bad_input_is_4xx_json_and_never_crashes(served, body, headers, url, status, needle):
     r = httpx.post(served + url, content=body, headers=headers, timeout=60)
     assert r.status_code == status, r.text
@@ -263,8 +291,9 @@ def _load(served: str, seconds: float, concurrency: int, stop_after: int | None 
         while time.monotonic() < deadline and (stop_after is None or len(out) < stop_after):
             sent = time.monotonic()
             try:
-                r = await client.post(f"{served}/v1/domains/{('fog', 'night', 'rain')[(k + i) % 3]}/segment",
-                                      content=body)
+                r = await client.post(
+                    f"{served}/v1/domains/{('fog', 'night', 'rain')[(k + i) % 3]}/segment", content=body
+                )
                 status = r.status_code
             except httpx.HTTPError:
                 status = 0
@@ -289,8 +318,10 @@ def test_ten_thousand_requests_at_concurrency_16_without_errors(served):
     results = _load(served, seconds=1_800, concurrency=16, stop_after=10_000)
     seconds = time.monotonic() - start
     errors = [s for _, s in results if s != 200]
-    print(f"{len(results)} requests at concurrency 16 in {seconds:.0f} s ({len(results) / seconds:.0f} req/s), "
-          f"{len(errors)} errors")
+    print(
+        f"{len(results)} requests at concurrency 16 in {seconds:.0f} s ({len(results) / seconds:.0f} req/s), "
+        f"{len(errors)} errors"
+    )
     assert len(results) >= 10_000 and not errors
 
 
@@ -321,8 +352,10 @@ def test_a_replica_killed_under_load_recovers(served):
     while not recovered and time.monotonic() < killed_at + 120:
         recovered = httpx.post(f"{served}/v1/domains/fog/segment", content=png(), timeout=30).status_code == 200
     failed = [(t, s) for t, s in results if s != 200]
-    print(f"replica killed under load: {len(failed)} of {len(results)} requests failed "
-          f"(statuses {sorted({s for _, s in failed})}); new replica pid {replica_pids()}")
+    print(
+        f"replica killed under load: {len(failed)} of {len(results)} requests failed "
+        f"(statuses {sorted({s for _, s in failed})}); new replica pid {replica_pids()}"
+    )
     assert all(s in (200, 503) for _, s in results), "a lost replica must surface as 503, never another error"
     assert recovered, "no request succeeded after the kill"
     assert replica_pids() and replica_pids() != [pid], "Serve did not replace the killed replica"
@@ -339,8 +372,16 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
     reg.register("base", model, META)
     reg.register("fog", model, META, {"val_miou": 0.5}, parent="base@1")
     reg.promote("fog", 1)
-    cfg = ServeConfig(registry=str(tmp_path / "registry"), auth="none", online_adabn=True, online_adabn_momentum=0.5,
-                      max_snapshots_per_domain=1, max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05)
+    cfg = ServeConfig(
+        registry=str(tmp_path / "registry"),
+        auth="none",
+        online_adabn=True,
+        online_adabn_momentum=0.5,
+        max_snapshots_per_domain=1,
+        max_replicas=1,
+        cpus_per_replica=0.2,
+        ingress_cpus=0.05,
+    )
     serve.run(build_app(cfg.model_dump()), name="adabn", route_prefix="/adabn")
     try:
         url = f"{served}/adabn/v1/domains/fog"

@@ -5,12 +5,19 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import many_scan_jpeg
 from PIL import Image
 
-from raysegment.serving.imaging import (MAX_JPEG_SCANS, BadImage, BadShape, ImageTooLarge, UnsupportedImage,
-                                        decode_upload, header_size, jpeg_scan_count)
-
-from conftest import many_scan_jpeg
+from raysegment.serving.imaging import (
+    MAX_JPEG_SCANS,
+    BadImage,
+    BadShape,
+    ImageTooLarge,
+    UnsupportedImage,
+    decode_upload,
+    header_size,
+    jpeg_scan_count,
+)
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -46,7 +53,7 @@ def test_exif_rotation_is_applied_to_jpegs():
 
 
 def test_16_bit_pngs_are_scaled_not_truncated():
-    values = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    values = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     decoded = decode_upload(_encode(Image.fromarray(values)))
     assert decoded.dtype == torch.uint8 and abs(int(decoded.max()) - 63_000 / 257) <= 1  # 16 bits -> 8, not cut
 

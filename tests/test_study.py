@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import TINY_BACKBONE
+from PIL import Image
 
 from raysegment.study import TargetReport, format_table, run_study
 
@@ -22,8 +21,9 @@ def test_gap_closed_is_the_share_of_source_to_oracle():
 
 
 def test_the_proxy_keeps_the_source_unless_a_result_beats_it():
-    report = TargetReport("x", False, proxy={"source-only": {"score": 0.7}, "adabn": {"score": 0.7},
-                                             "tent": {"score": 0.6}})
+    report = TargetReport(
+        "x", False, proxy={"source-only": {"score": 0.7}, "adabn": {"score": 0.7}, "tent": {"score": 0.6}}
+    )
     assert report.proxy_choice == "source-only" and "source model stays" in report.proxy_reason
     report.proxy["self_training"] = {"score": 0.75}
     assert report.proxy_choice == "self_training" and "75.0 against the source model's 70.0" in report.proxy_reason
@@ -31,8 +31,17 @@ def test_the_proxy_keeps_the_source_unless_a_result_beats_it():
 
 def test_study_writes_table_results_and_chart(synth_root, source_model_dir, tmp_path):
     lines = []
-    reports = run_study(source_model_dir, synth_root, "clear", ["night"], methods=("adabn",), shots=(2,),
-                        out=tmp_path, epochs={"finetune": 2, "oracle": 2}, log=lines.append)
+    reports = run_study(
+        source_model_dir,
+        synth_root,
+        "clear",
+        ["night"],
+        methods=("adabn",),
+        shots=(2,),
+        out=tmp_path,
+        epochs={"finetune": 2, "oracle": 2},
+        log=lines.append,
+    )
     (night,) = reports
     assert list(night.test_miou) == ["source-only", "adabn", "2-shot", "oracle"]
     assert set(night.proxy) == set(night.val_miou) == {"source-only", "adabn"}
@@ -51,8 +60,11 @@ def _retina_root() -> Path:
     """The real DRIVE/CHASE set: $RAYSEGMENT_RETINA, else ../shared/data/retina beside the checkout or in /work."""
     import os
 
-    candidates = [os.environ.get("RAYSEGMENT_RETINA", ""), Path(__file__).resolve().parents[2] / "shared" / "data" / "retina",
-                  Path("/work/shared/data/retina")]
+    candidates = [
+        os.environ.get("RAYSEGMENT_RETINA", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "retina",
+        Path("/work/shared/data/retina"),
+    ]
     return next((Path(c) for c in candidates if c and (Path(c) / "dataset.json").is_file()), Path(candidates[1]))
 
 
@@ -65,16 +77,45 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(tmp_path):
     """The real cross-scanner shift, end to end through the CLI at a small working scale: a source
     trained on DRIVE (565x584), every label-free method, 2-shot and the oracle on CHASE (999x960)."""
     cfg = tmp_path / "source.yaml"
-    cfg.write_text(f"data: {{root: {RETINA}, domain: drive, resize: {{short_side: 48}}}}\n"
-                   f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8}}\n"
-                   f"optim: {{epochs: 2, batch_size: 8, lr: 0.005}}\noutput_dir: {tmp_path / 'source'}\n")
-    train = subprocess.run([sys.executable, "-m", "raysegment.cli", "train", "--config", str(cfg)],
-                           capture_output=True, text=True, timeout=600)
+    cfg.write_text(
+        f"data: {{root: {RETINA}, domain: drive, resize: {{short_side: 48}}}}\n"
+        f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8}}\n"
+        f"optim: {{epochs: 2, batch_size: 8, lr: 0.005}}\noutput_dir: {tmp_path / 'source'}\n"
+    )
+    train = subprocess.run(
+        [sys.executable, "-m", "raysegment.cli", "train", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stderr
-    study = subprocess.run([sys.executable, "-m", "raysegment.cli", "adapt", "--source", str(tmp_path / "source" / "model"),
-                            "--data", str(RETINA), "--source-domain", "drive", "--targets", "chase",
-                            "--short-side", "48", "--epochs", "1", "--shots", "2", "--out", str(tmp_path / "study")],
-                           capture_output=True, text=True, timeout=900)
+    study = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raysegment.cli",
+            "adapt",
+            "--source",
+            str(tmp_path / "source" / "model"),
+            "--data",
+            str(RETINA),
+            "--source-domain",
+            "drive",
+            "--targets",
+            "chase",
+            "--short-side",
+            "48",
+            "--epochs",
+            "1",
+            "--shots",
+            "2",
+            "--out",
+            str(tmp_path / "study"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert study.returncode == 0, study.stderr
     (chase,) = json.loads((tmp_path / "study" / "results.json").read_text())
     assert list(chase["test_miou"]) == ["source-only", "adabn", "tent", "self_training", "2-shot", "oracle"]
@@ -84,8 +125,24 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(tmp_path):
 
 
 def test_adapt_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):
-    result = subprocess.run([sys.executable, "-m", "raysegment.cli", "adapt", "--source", str(tmp_path / "nope"),
-                             "--data", str(synth_root), "--source-domain", "clear", "--targets", "fog"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raysegment.cli",
+            "adapt",
+            "--source",
+            str(tmp_path / "nope"),
+            "--data",
+            str(synth_root),
+            "--source-domain",
+            "clear",
+            "--targets",
+            "fog",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "nope" in result.stderr

@@ -14,6 +14,7 @@ import pytest
 import ray
 import ray.cloudpickle
 import torch
+from conftest import TINY_BACKBONE
 from safetensors.torch import load_file, save_file
 
 from raysegment.config import ModelConfig
@@ -21,8 +22,6 @@ from raysegment.engine.loss import segmentation_loss
 from raysegment.errors import RaySegmentError
 from raysegment.models import build_segmenter, load_model
 from raysegment.train import PROGRESS_FILE, fine_tune
-
-from conftest import TINY_BACKBONE
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/
 
@@ -62,10 +61,14 @@ def test_ddp_step_on_two_nodes_matches_a_single_process_step(ray_cluster, tmp_pa
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(ddp_one_step, train_loop_config={"out": str(tmp_path)},
-                           scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1},
-                                                        placement_strategy="STRICT_SPREAD"),
-                           run_config=RunConfig(name="ddp-step", storage_path=str(tmp_path / "ray")))
+    trainer = TorchTrainer(
+        ddp_one_step,
+        train_loop_config={"out": str(tmp_path)},
+        scaling_config=ScalingConfig(
+            num_workers=2, resources_per_worker={"CPU": 1}, placement_strategy="STRICT_SPREAD"
+        ),
+        run_config=RunConfig(name="ddp-step", storage_path=str(tmp_path / "ray")),
+    )
     assert trainer.fit().error is None
     nodes = {json.loads((tmp_path / f"rank{r}.json").read_text())["node"] for r in range(2)}
     assert len(nodes) == 2, "the two ranks must run on different nodes"
@@ -118,8 +121,12 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
 
     epochs = 4
     root = synth.generate(tmp_path / "data", domains=("clear",), images_per_domain=60, height=64, width=128)
-    cfg = tiny_config(data={"root": str(root)}, model={"backbone": "efficientnet_lite0", "decoder_channels": 32},
-                      optim={"epochs": epochs, "batch_size": 1}, scale={"num_workers": 2, "max_failures": 2})
+    cfg = tiny_config(
+        data={"root": str(root)},
+        model={"backbone": "efficientnet_lite0", "decoder_channels": 32},
+        optim={"epochs": epochs, "batch_size": 1},
+        scale={"num_workers": 2, "max_failures": 2},
+    )
     progress = Path(cfg.output_dir) / PROGRESS_FILE
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(result=fine_tune(cfg, name="fault")), daemon=True)
@@ -140,7 +147,9 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
     records = [json.loads(line) for line in progress.read_text().splitlines()]
     epochs_seen = [r["epoch"] for r in records]
     assert epochs_seen[-1] == epochs
-    assert len(records) <= epochs + 1, f"lost more than one epoch: {[(r['epoch'], r['resumed'], r['time'] - killed_at) for r in records]}"
+    assert len(records) <= epochs + 1, (
+        f"lost more than one epoch: {[(r['epoch'], r['resumed'], r['time'] - killed_at) for r in records]}"
+    )
     resumed = [r for r in records if r["resumed"]]
     assert resumed, "no epoch ran after a restart"
     recovery_s = resumed[0]["time"] - killed_at
@@ -154,24 +163,31 @@ def record_teacher_checksum(learner, metrics: dict, rank: int) -> None:
     from raysegment.train import weights_checksum
 
     with open(Path(learner.cfg.output_dir) / f"checksums.{rank}.jsonl", "a") as handle:
-        handle.write(json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(learner.deployable)})
-                     + "\n")
+        handle.write(
+            json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(learner.deployable)}) + "\n"
+        )
 
 
 def test_self_training_keeps_the_mean_teacher_identical_on_every_rank(ray_cluster, tiny_config, source_model_dir):
-    cfg = tiny_config(data={"domain": "night"}, optim={"epochs": 2, "batch_size": 2, "select": "last"},
-                      scale={"num_workers": 2},
-                      model={"pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
-                      adapt={"method": "self_training", "source_domain": "clear", "ema_alpha": 0.9})
+    cfg = tiny_config(
+        data={"domain": "night"},
+        optim={"epochs": 2, "batch_size": 2, "select": "last"},
+        scale={"num_workers": 2},
+        model={"pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
+        adapt={"method": "self_training", "source_domain": "clear", "ema_alpha": 0.9},
+    )
     result = fine_tune(cfg, name="self-training", epoch_hook=record_teacher_checksum)
     assert result.metrics["method"] == "self_training" and result.metrics["epoch"] == 2
     assert "proxy_consistency" in result.metrics and result.metrics["score"] == result.metrics["proxy_consistency"]
     assert not list(Path(cfg.output_dir).glob("ranks.*"))  # the production loop writes no per-rank files
-    ranks = [[json.loads(line) for line in (Path(cfg.output_dir) / f"checksums.{r}.jsonl").read_text().splitlines()]
-             for r in range(2)]
+    ranks = [
+        [json.loads(line) for line in (Path(cfg.output_dir) / f"checksums.{r}.jsonl").read_text().splitlines()]
+        for r in range(2)
+    ]
     assert [r["epoch"] for r in ranks[0]] == [r["epoch"] for r in ranks[1]] == [1, 2]
     for a, b in zip(*ranks):
         assert a["weights_checksum"] == b["weights_checksum"], "the teachers drifted apart across ranks"
     teacher, _ = load_model(result.model_dir)  # the run's result is the (deployable) teacher of the last epoch
     from raysegment.train import weights_checksum
+
     assert weights_checksum(teacher) == pytest.approx(ranks[0][-1]["weights_checksum"], rel=1e-9)

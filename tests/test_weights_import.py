@@ -3,9 +3,9 @@ import pickle
 import pytest
 import timm
 import torch
+import torchvision.transforms.v2.functional as TF
 from safetensors.torch import load_file
 from torchvision.io import ImageReadMode, decode_image
-import torchvision.transforms.v2.functional as TF
 
 from raysegment.errors import WeightsError
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights

@@ -8,6 +8,8 @@ rotation or scale pads in become the ignore index, never a real class.
 
 from __future__ import annotations
 
+from typing import Any
+
 import kornia.augmentation as K
 import torch
 from torch import nn
@@ -21,14 +23,19 @@ class SegmentationAugment(nn.Module):
     def __init__(self, cfg: AugmentConfig, ignore_index: int = 255) -> None:
         super().__init__()
         self.ignore_index = ignore_index
-        ops: list[nn.Module] = []
+        ops: list[Any] = []  # kornia augmentations
         if cfg.hflip:
             ops.append(K.RandomHorizontalFlip())
         if cfg.crop is not None:
-            ops.append(K.RandomResizedCrop(tuple(cfg.crop), scale=tuple(cfg.crop_scale), ratio=(
-                cfg.crop[1] / cfg.crop[0] * 0.8, cfg.crop[1] / cfg.crop[0] * 1.25)))
+            ops.append(
+                K.RandomResizedCrop(
+                    cfg.crop,
+                    scale=cfg.crop_scale,
+                    ratio=(cfg.crop[1] / cfg.crop[0] * 0.8, cfg.crop[1] / cfg.crop[0] * 1.25),
+                )
+            )
         if cfg.rotate_degrees > 0 or cfg.scale != (1.0, 1.0):
-            ops.append(K.RandomAffine(degrees=cfg.rotate_degrees, scale=tuple(cfg.scale), p=0.5))
+            ops.append(K.RandomAffine(degrees=cfg.rotate_degrees, scale=cfg.scale, p=0.5))
         if cfg.jitter > 0:
             j = cfg.jitter
             ops.append(K.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4), p=0.8))

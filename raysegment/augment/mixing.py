@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import kornia.augmentation as K
 import torch
 from torch import nn
@@ -16,8 +18,15 @@ from torch import nn
 from raysegment.augment.resize import resize_images, resize_masks
 
 
-def match_batch(images: torch.Tensor, masks: torch.Tensor | None, count: int, size: tuple[int, int]
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+@overload
+def match_batch(
+    images: torch.Tensor, masks: torch.Tensor, count: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def match_batch(images: torch.Tensor, masks: None, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, None]: ...
+def match_batch(
+    images: torch.Tensor, masks: torch.Tensor | None, count: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bring a batch to `count` items of `size` so it pairs item by item with another domain's batch.
 
     images (b,3,h,w) float, masks (b,h,w) int64 or None. A short batch repeats its items
@@ -28,9 +37,15 @@ def match_batch(images: torch.Tensor, masks: torch.Tensor | None, count: int, si
     return images, (resize_masks(masks[index], size) if masks is not None else None)
 
 
-def class_mix(source: torch.Tensor, source_labels: torch.Tensor, target: torch.Tensor, target_labels: torch.Tensor,
-              target_weights: torch.Tensor, ignore_index: int = 255, generator: torch.Generator | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def class_mix(
+    source: torch.Tensor,
+    source_labels: torch.Tensor,
+    target: torch.Tensor,
+    target_labels: torch.Tensor,
+    target_weights: torch.Tensor,
+    ignore_index: int = 255,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mix each source image into the target image of the same index (pair batches with `match_batch`).
 
     source, target: (B,3,H,W) float, the same B, H and W; source_labels, target_labels: (B,H,W) int64;
@@ -38,8 +53,10 @@ def class_mix(source: torch.Tensor, source_labels: torch.Tensor, target: torch.T
     Returns (images, labels, pixel weights): source pixels weigh 1, target pixels their weight.
     """
     if source.shape != target.shape or source_labels.shape != target_labels.shape:
-        raise ValueError(f"class_mix pairs items: source {tuple(source.shape)} and target {tuple(target.shape)} "
-                         f"differ; align them with match_batch first")
+        raise ValueError(
+            f"class_mix pairs items: source {tuple(source.shape)} and target {tuple(target.shape)} "
+            f"differ; align them with match_batch first"
+        )
     masks = torch.zeros_like(source_labels, dtype=torch.bool)
     for i in range(source.shape[0]):
         present = source_labels[i].unique()

@@ -8,7 +8,7 @@ pixels reach neither BatchNorm statistics nor predictions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,9 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(masks[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 
 
-def resize_batch(images: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor, resize: ResizeConfig | None,
-                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_batch(
+    images: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor, resize: ResizeConfig | None, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded batch -> the same batch at working scale, re-padded (image 0, mask ignore).
 
     images (B,3,H,W) float, masks (B,H,W) int64, sizes (B,2) each item's size before padding.
@@ -53,20 +54,26 @@ def resize_batch(images: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor,
     out_images = images.new_zeros(images.shape[0], 3, h, w)
     out_masks = masks.new_full((masks.shape[0], h, w), ignore_index)
     for i, ((ih, iw), (th, tw)) in enumerate(zip(sizes.tolist(), targets)):
-        out_images[i, :, :th, :tw] = resize_images(images[i:i + 1, :, :ih, :iw], (th, tw))[0]
-        out_masks[i, :th, :tw] = resize_masks(masks[i:i + 1, :ih, :iw], (th, tw))[0]
+        out_images[i, :, :th, :tw] = resize_images(images[i : i + 1, :, :ih, :iw], (th, tw))[0]
+        out_masks[i, :th, :tw] = resize_masks(masks[i : i + 1, :ih, :iw], (th, tw))[0]
     return out_images, out_masks
 
 
-def same_size_groups(images: torch.Tensor, sizes: torch.Tensor, resize: ResizeConfig | None
-                     ) -> Iterator[tuple[list[int], torch.Tensor, tuple[int, int]]]:
+def group_by_size(sizes: Iterable[Iterable[int]]) -> dict[tuple[int, int], list[int]]:
+    """Item indices per distinct (H, W), in first-seen order: each group runs as one unpadded tensor."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(sizes):
+        groups.setdefault((h, w), []).append(i)
+    return groups
+
+
+def same_size_groups(
+    images: torch.Tensor, sizes: torch.Tensor, resize: ResizeConfig | None
+) -> Iterator[tuple[list[int], torch.Tensor, tuple[int, int]]]:
     """Yield (item indices, their images cropped to their own size and resized, their full size).
 
     images (B,3,H,W) float padded; each group is (b,3,h',w') with no padding at all.
     """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (h, w) in enumerate(sizes.tolist()):
-        groups.setdefault((h, w), []).append(i)
-    for (h, w), index in groups.items():
+    for (h, w), index in group_by_size(sizes.tolist()).items():
         crop = images[index, :, :h, :w]
         yield index, resize_images(crop, scaled_size(h, w, resize)), (h, w)

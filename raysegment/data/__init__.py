@@ -2,8 +2,16 @@
 
 from raysegment.data.dataset import Batch, SegmentationDataset, pad_collate
 from raysegment.data.info import DatasetInfo
-from raysegment.data.sources import list_domains, open_split
 from raysegment.data.sampler import EpochSampler, RareClassSampler
+from raysegment.data.sources import list_domains, open_split
 
-__all__ = ["Batch", "DatasetInfo", "EpochSampler", "RareClassSampler", "SegmentationDataset", "list_domains",
-           "open_split", "pad_collate"]
+__all__ = [
+    "Batch",
+    "DatasetInfo",
+    "EpochSampler",
+    "RareClassSampler",
+    "SegmentationDataset",
+    "list_domains",
+    "open_split",
+    "pad_collate",
+]

@@ -46,16 +46,18 @@ class SegmentationDataset(Dataset):
     def labelled_count(self) -> int:
         return sum(mask is not None for _, mask in self.samples)
 
-    def labelled(self, limit: int | None = None) -> "SegmentationDataset":
+    def labelled(self, limit: int | None = None) -> SegmentationDataset:
         """Only the images that have masks (the first `limit` of them), for supervised training and scoring."""
         samples = [s for s in self.samples if s[1] is not None][:limit]
         if not samples:
             folder = self.samples[0][0].parent if self.samples else "the split"
-            raise DatasetError(f"none of the {len(self)} images under {folder} has a mask; supervised training "
-                               f"and mIoU need labels: add masks/<stem>.png or use a label-free method")
+            raise DatasetError(
+                f"none of the {len(self)} images under {folder} has a mask; supervised training "
+                f"and mIoU need labels: add masks/<stem>.png or use a label-free method"
+            )
         return _derived(self, samples)
 
-    def without_labels(self) -> "SegmentationDataset":
+    def without_labels(self) -> SegmentationDataset:
         """The same images with their masks forgotten: nothing reading this view can open a mask."""
         return _derived(self, [(image, None) for image, _ in self.samples])
 
@@ -63,14 +65,18 @@ class SegmentationDataset(Dataset):
         image_size = _header_size(image)
         mask_size = _header_size(mask)
         if image_size != mask_size:
-            raise DatasetError(f"{mask} is {mask_size[0]}x{mask_size[1]} but {image} is "
-                               f"{image_size[0]}x{image_size[1]}; masks must match their image pixel for pixel")
+            raise DatasetError(
+                f"{mask} is {mask_size[0]}x{mask_size[1]} but {image} is "
+                f"{image_size[0]}x{image_size[1]}; masks must match their image pixel for pixel"
+            )
         values = torch.unique(read_mask(mask))
         bad = [int(v) for v in values if v >= self.info.num_classes and v != self.info.ignore_index]
         if bad:
-            raise DatasetError(f"{mask} holds label values {bad} outside [0, {self.info.num_classes}) "
-                               f"and not the ignore index {self.info.ignore_index}; remap them or list the "
-                               f"classes in dataset.json")
+            raise DatasetError(
+                f"{mask} holds label values {bad} outside [0, {self.info.num_classes}) "
+                f"and not the ignore index {self.info.ignore_index}; remap them or list the "
+                f"classes in dataset.json"
+            )
 
 
 def _derived(parent: SegmentationDataset, samples: list[Sample]) -> SegmentationDataset:
@@ -113,13 +119,12 @@ class Batch(NamedTuple):
     masks: torch.Tensor
     sizes: torch.Tensor
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
-        return Batch(self.images.to(device, non_blocking=non_blocking),
-                     self.masks.to(device, non_blocking=non_blocking), self.sizes)
-
-    @property
-    def count(self) -> int:
-        return self.images.shape[0]
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.masks.to(device, non_blocking=non_blocking),
+            self.sizes,
+        )
 
 
 def pad_collate(items: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255) -> Batch:

@@ -21,7 +21,7 @@ class DatasetInfo(BaseModel):
     palette: list[tuple[int, int, int]]
 
     @model_validator(mode="after")
-    def _palette_matches_classes(self) -> "DatasetInfo":
+    def _palette_matches_classes(self) -> DatasetInfo:
         if len(self.palette) != len(self.classes):
             raise ValueError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
         if self.ignore_index < len(self.classes):
@@ -33,11 +33,13 @@ class DatasetInfo(BaseModel):
         return len(self.classes)
 
     @classmethod
-    def read(cls, root: str | Path) -> "DatasetInfo":
+    def read(cls, root: str | Path) -> DatasetInfo:
         path = Path(root) / INFO_FILE
         if not path.is_file():
-            raise DatasetError(f"{path} is missing: a raysegment dataset root needs a {INFO_FILE} "
-                               f"with classes, ignore_index and palette (see `raysegment data synth`)")
+            raise DatasetError(
+                f"{path} is missing: a raysegment dataset root needs a {INFO_FILE} "
+                f"with classes, ignore_index and palette (see `raysegment data synth`)"
+            )
         try:
             return cls.model_validate(json.loads(path.read_text()))
         except (json.JSONDecodeError, ValidationError) as exc:
@@ -51,12 +53,47 @@ class DatasetInfo(BaseModel):
 
 CITYSCAPES = DatasetInfo(
     name="cityscapes",
-    classes=["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-             "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-             "motorcycle", "bicycle"],
+    classes=[
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    ],
     ignore_index=255,
-    palette=[(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-             (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-             (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-             (0, 80, 100), (0, 0, 230), (119, 11, 32)],
+    palette=[
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
+    ],
 )

@@ -33,7 +33,7 @@ class EpochSampler(Sampler[int]):
             order = torch.arange(self.size)
         total = len(self) * self.world_size
         order = torch.cat([order, order[: total - self.size]]) if total > self.size else order
-        return iter(order[self.rank::self.world_size].tolist())
+        return iter(order[self.rank :: self.world_size].tolist())
 
 
 class RareClassSampler(EpochSampler):
@@ -42,8 +42,9 @@ class RareClassSampler(EpochSampler):
     more often, so self-training does not forget them. Order depends on (seed, epoch) only.
     """
 
-    def __init__(self, image_classes: list[set[int]], temperature: float, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, image_classes: list[set[int]], temperature: float, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         super().__init__(len(image_classes), seed, rank, world_size)
         classes = sorted(set().union(*image_classes)) if image_classes else []
         freq = torch.tensor([sum(c in s for s in image_classes) / len(image_classes) for c in classes])
@@ -57,4 +58,4 @@ class RareClassSampler(EpochSampler):
             return iter([])
         picks = torch.multinomial(self.class_probs, total, replacement=True, generator=g).tolist()
         order = [self.images_of[c][int(torch.randint(len(self.images_of[c]), (1,), generator=g))] for c in picks]
-        return iter(order[self.rank::self.world_size])
+        return iter(order[self.rank :: self.world_size])

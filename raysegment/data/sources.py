@@ -30,8 +30,9 @@ def list_domains(root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
 
 
-def open_split(root: str | Path, domain: str, split: str, layout: str = "raysegment",
-               unlabelled: bool = False) -> SegmentationDataset:
+def open_split(
+    root: str | Path, domain: str, split: str, layout: str = "raysegment", unlabelled: bool = False
+) -> SegmentationDataset:
     """Build the dataset of one domain's split. Images without a mask are kept, unlabelled;
     `unlabelled=True` reads every image that way without looking at the masks at all."""
     root = Path(root)
@@ -40,16 +41,33 @@ def open_split(root: str | Path, domain: str, split: str, layout: str = "raysegm
     if layout == "raysegment":
         info, samples = DatasetInfo.read(root), _raysegment_samples(root, domain, split, unlabelled)
     elif layout == "cityscapes":
-        info, samples = CITYSCAPES, _suffix_samples(root / "leftImg8bit" / split, "_leftImg8bit",
-                                                    root / "gtFine" / split, "_gtFine_labelTrainIds.png", unlabelled)
+        info, samples = (
+            CITYSCAPES,
+            _suffix_samples(
+                root / "leftImg8bit" / split,
+                "_leftImg8bit",
+                root / "gtFine" / split,
+                "_gtFine_labelTrainIds.png",
+                unlabelled,
+            ),
+        )
     elif layout == "acdc":
-        info, samples = CITYSCAPES, _suffix_samples(root / "rgb_anon" / domain / split, "_rgb_anon",
-                                                    root / "gt" / domain / split, "_gt_labelTrainIds.png", unlabelled)
+        info, samples = (
+            CITYSCAPES,
+            _suffix_samples(
+                root / "rgb_anon" / domain / split,
+                "_rgb_anon",
+                root / "gt" / domain / split,
+                "_gt_labelTrainIds.png",
+                unlabelled,
+            ),
+        )
     else:
         raise DatasetError(f"unknown layout {layout!r}; use raysegment, cityscapes or acdc")
     if not samples:
-        raise DatasetError(f"split {split!r} of domain {domain!r} under {root} is empty; "
-                           f"check the split name and splits.json")
+        raise DatasetError(
+            f"split {split!r} of domain {domain!r} under {root} is empty; check the split name and splits.json"
+        )
     return SegmentationDataset(samples, info)
 
 
@@ -85,11 +103,12 @@ def _split_stems(folder: Path, stems: list[str], split: str) -> list[str]:
     if split not in SPLIT_SHARES:
         raise DatasetError(f"no splits.json in {folder}, so split must be one of {sorted(SPLIT_SHARES)}, got {split!r}")
     lo, hi = SPLIT_SHARES[split]
-    return stems[round(lo * len(stems)):round(hi * len(stems))]
+    return stems[round(lo * len(stems)) : round(hi * len(stems))]
 
 
-def _suffix_samples(images_dir: Path, image_suffix: str, masks_dir: Path, mask_suffix: str,
-                    unlabelled: bool) -> list[Sample]:
+def _suffix_samples(
+    images_dir: Path, image_suffix: str, masks_dir: Path, mask_suffix: str, unlabelled: bool
+) -> list[Sample]:
     """Official layouts: a missing label folder means unlabelled; a missing label file is a broken export."""
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir} is missing; check the dataset root, split and domain")
@@ -100,7 +119,9 @@ def _suffix_samples(images_dir: Path, image_suffix: str, masks_dir: Path, mask_s
         stem = image.name[: -len(f"{image_suffix}.png")]
         mask = masks_dir / rel / f"{stem}{mask_suffix}" if labelled else None
         if mask is not None and not mask.is_file():
-            raise DatasetError(f"{mask} is missing for {image}; generate labelTrainIds with the "
-                               f"dataset's official scripts (createTrainIdLabelImgs.py)")
+            raise DatasetError(
+                f"{mask} is missing for {image}; generate labelTrainIds with the "
+                f"dataset's official scripts (createTrainIdLabelImgs.py)"
+            )
         samples.append((image, mask))
     return samples

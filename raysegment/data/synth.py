@@ -44,19 +44,22 @@ class Appearance:
 
 CLEAR = Appearance()
 ALTERED = Appearance(
-    road=(0.50, 0.34, 0.28), sidewalk=(0.40, 0.42, 0.50),
+    road=(0.50, 0.34, 0.28),
+    sidewalk=(0.40, 0.42, 0.50),
     buildings=((0.30, 0.55, 0.60), (0.85, 0.82, 0.50), (0.55, 0.30, 0.45), (0.35, 0.35, 0.30)),
-    vegetation=(0.70, 0.50, 0.12), sky_top=(0.62, 0.62, 0.66), sky_bottom=(0.82, 0.80, 0.78),
+    vegetation=(0.70, 0.50, 0.12),
+    sky_top=(0.62, 0.62, 0.66),
+    sky_bottom=(0.82, 0.80, 0.78),
     window=(0.60, 0.70, 0.75),
 )
 
 
 @dataclass
 class Scene:
-    image: np.ndarray    # (H,W,3) float in [0,1]
-    mask: np.ndarray     # (H,W) uint8 class ids
-    depth: np.ndarray    # (H,W) relative distance, 0 near .. 1 horizon/sky
-    lights: np.ndarray   # (H,W) bool: windows and lamps that glow at night
+    image: np.ndarray  # (H,W,3) float in [0,1]
+    mask: np.ndarray  # (H,W) uint8 class ids
+    depth: np.ndarray  # (H,W) relative distance, 0 near .. 1 horizon/sky
+    lights: np.ndarray  # (H,W) bool: windows and lamps that glow at night
 
 
 def info() -> DatasetInfo:
@@ -99,8 +102,13 @@ def render_scene(rng: np.random.Generator, height: int, width: int, look: Appear
         colour = look.buildings[rng.integers(len(look.buildings))]
         paint(region, BUILDING, colour, 0.03, d=0.85)
         step_x, step_y = rng.uniform(0.025, 0.04) * w, rng.uniform(0.05, 0.08) * h
-        win = region & (((xx - x) % step_x) < step_x * 0.5) & (((yy - top) % step_y) < step_y * 0.45) \
-            & (yy < horizon - 0.02 * h) & (yy > top + 0.02 * h)
+        win = (
+            region
+            & (((xx - x) % step_x) < step_x * 0.5)
+            & (((yy - top) % step_y) < step_y * 0.45)
+            & (yy < horizon - 0.02 * h)
+            & (yy > top + 0.02 * h)
+        )
         img[win] = np.asarray(look.window) + rng.normal(0, 0.02, (int(win.sum()), 1))
         lit = win & (rng.random((h, w)) < 1.0) & (((xx - x) // step_x + (yy - top) // step_y) % 3 == 0)
         lights |= lit
@@ -178,7 +186,7 @@ def apply_domain(scene: Scene, domain: str, rng: np.random.Generator) -> np.ndar
         airlight = rng.uniform(0.75, 0.9)
         img = img * t + airlight * (1 - t) + rng.normal(0, 0.01, img.shape)
     elif domain == "night":
-        img = 0.25 * img ** 1.6 * np.asarray((0.8, 0.85, 1.15))
+        img = 0.25 * img**1.6 * np.asarray((0.8, 0.85, 1.15))
         img[scene.mask == SKY] = np.asarray((0.02, 0.03, 0.08))
         img[scene.lights] = np.asarray((1.0, 0.85, 0.45)) * rng.uniform(0.8, 1.0)
         img += rng.normal(0, 0.04, img.shape)
@@ -204,8 +212,14 @@ def apply_domain(scene: Scene, domain: str, rng: np.random.Generator) -> np.ndar
 
 def _box_blur(img: np.ndarray) -> np.ndarray:
     out = img.copy()
-    out[1:-1, 1:-1] = sum(img[1 + dy: img.shape[0] - 1 + dy, 1 + dx: img.shape[1] - 1 + dx]
-                          for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    out[1:-1, 1:-1] = (
+        sum(
+            img[1 + dy : img.shape[0] - 1 + dy, 1 + dx : img.shape[1] - 1 + dx]
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        )
+        / 9
+    )
     return out
 
 
@@ -214,14 +228,26 @@ def _rotate_hue(img: np.ndarray, angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     k = 1 / 3
     sq = np.sqrt(k)
-    m = np.array([[c + (1 - c) * k, k * (1 - c) - sq * s, k * (1 - c) + sq * s],
-                  [k * (1 - c) + sq * s, c + k * (1 - c), k * (1 - c) - sq * s],
-                  [k * (1 - c) - sq * s, k * (1 - c) + sq * s, c + k * (1 - c)]], np.float32)
+    m = np.array(
+        [
+            [c + (1 - c) * k, k * (1 - c) - sq * s, k * (1 - c) + sq * s],
+            [k * (1 - c) + sq * s, c + k * (1 - c), k * (1 - c) - sq * s],
+            [k * (1 - c) - sq * s, k * (1 - c) + sq * s, c + k * (1 - c)],
+        ],
+        np.float32,
+    )
     return img @ m.T
 
 
-def generate(out: str | Path, domains: tuple[str, ...] = DOMAINS, images_per_domain: int = 60,
-             height: int = 128, width: int = 256, seed: int = 0, splits: tuple[float, float] = (0.6, 0.2)) -> Path:
+def generate(
+    out: str | Path,
+    domains: tuple[str, ...] = DOMAINS,
+    images_per_domain: int = 60,
+    height: int = 128,
+    width: int = 256,
+    seed: int = 0,
+    splits: tuple[float, float] = (0.6, 0.2),
+) -> Path:
     """Write a raysegment-layout dataset; deterministic for a given seed."""
     if not (64 <= height <= 512 and 64 <= width <= 512):
         raise DatasetError(f"synthetic images must be 64..512 px per side, got {height}x{width}")
@@ -246,12 +272,18 @@ def generate(out: str | Path, domains: tuple[str, ...] = DOMAINS, images_per_dom
             scene = render_scene(layout_rng, height, width, look)
             image = apply_domain(scene, domain, shift_rng)
             stem = f"{domain}_{i:05d}"
-            write_png(torch.from_numpy((image * 255 + 0.5).astype(np.uint8)).permute(2, 0, 1).contiguous(),
-                      str(folder / "images" / f"{stem}.png"))
+            write_png(
+                torch.from_numpy((image * 255 + 0.5).astype(np.uint8)).permute(2, 0, 1).contiguous(),
+                str(folder / "images" / f"{stem}.png"),
+            )
             write_png(torch.from_numpy(scene.mask)[None].contiguous(), str(folder / "masks" / f"{stem}.png"))
             stems.append(stem)
         n_train = max(1, int(splits[0] * len(stems)))
         n_val = max(1, int(splits[1] * len(stems)))
-        split_map = {"train": stems[:n_train], "val": stems[n_train:n_train + n_val], "test": stems[n_train + n_val:]}
+        split_map = {
+            "train": stems[:n_train],
+            "val": stems[n_train : n_train + n_val],
+            "test": stems[n_train + n_val :],
+        }
         (folder / "splits.json").write_text(json.dumps(split_map, indent=1))
     return out

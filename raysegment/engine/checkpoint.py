@@ -37,9 +37,12 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = state
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return tensors, {"python": [version, list(internal), gauss],
-                     "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # the legacy MT19937 tuple
+    return tensors, {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -53,10 +56,16 @@ def set_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> No
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, counters: dict[str, Any],
-                    extra_tensors: dict[str, torch.Tensor] | None = None,
-                    selected: torch.nn.Module | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path,
+    model: torch.nn.Module,
+    meta: ModelMeta,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    counters: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    selected: torch.nn.Module | None = None,
+) -> Path:
     """Write a full training checkpoint atomically to `folder`; `extra_tensors` (a mean teacher's
     student, say) travel in the train state under `extra/`; `selected` (default: `model`) is the
     run's result so far, written as the model folder `selected/`."""
@@ -79,8 +88,16 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta,
         tensors.update({f"extra/{k}": v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
         save_file(tensors, str(tmp / STATE_TENSORS))
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        atomic_write_json(tmp / STATE_JSON, {"param_groups": opt["param_groups"], "optim_scalars": extra,
-                                             "scheduler": sched, "counters": counters, "rng": rng_json})
+        atomic_write_json(
+            tmp / STATE_JSON,
+            {
+                "param_groups": opt["param_groups"],
+                "optim_scalars": extra,
+                "scheduler": sched,
+                "counters": counters,
+                "rng": rng_json,
+            },
+        )
         publish_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,8 +105,12 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta,
     return folder
 
 
-def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+def load_checkpoint(
+    folder: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the counters."""
     from raysegment.models.io import read_weights
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -56,13 +56,20 @@ def loader_workers(cfg: RunConfig, device: torch.device) -> int:
     return 0 if threads <= 2 else min(8, threads // 2 if device.type == "cpu" else threads)
 
 
-def make_loader(dataset: SegmentationDataset, cfg: RunConfig, sampler: EpochSampler, device: torch.device
-                ) -> DataLoader:
+def make_loader(
+    dataset: SegmentationDataset, cfg: RunConfig, sampler: EpochSampler, device: torch.device
+) -> DataLoader:
     workers = loader_workers(cfg, device)
-    return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None,
-                      collate_fn=partial(pad_collate, ignore_index=dataset.info.ignore_index))
+    return DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        collate_fn=partial(pad_collate, ignore_index=dataset.info.ignore_index),
+    )
 
 
 def endless(loader: DataLoader) -> Iterator[Batch]:
@@ -75,18 +82,27 @@ class Learner:
     """Owns model, optimiser, scheduler, augmentation and loader for one rank; a method subclass
     defines `loss(batch)` and, when it reads two sets, `batches()`."""
 
-    def __init__(self, cfg: RunConfig, train_set: SegmentationDataset, device: torch.device | str = "cpu",
-                 rank: int = 0, world_size: int = 1, wrap_model: Wrap = None, model: Segmenter | None = None,
-                 sampler: EpochSampler | None = None, reference: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        train_set: SegmentationDataset,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Wrap = None,
+        model: Segmenter | None = None,
+        sampler: EpochSampler | None = None,
+        reference: torch.nn.Module | None = None,
+    ) -> None:
         self.cfg, self.info, self.device = cfg, train_set.info, torch.device(device)
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(cfg.optim.seed)
         self.model = (model or build_segmenter(cfg.model, self.info.num_classes)).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.module = wrap_model(self.model) if wrap_model else self.model
+        self.module: torch.nn.Module = wrap_model(self.model) if wrap_model else self.model
         if cfg.optim.compile:
-            self.module = torch.compile(self.module)
+            self.module = cast(torch.nn.Module, torch.compile(self.module))  # an OptimizedModule
         self.sampler = sampler or EpochSampler(len(train_set), cfg.optim.seed, rank, world_size)
         self.loader = make_loader(train_set, cfg, self.sampler, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -97,7 +113,8 @@ class Learner:
         use_amp = self.device.type == "cuda" and cfg.optim.amp != "none"
         self.amp_dtype = AMP_DTYPES.get(cfg.optim.amp) if use_amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        self.epoch, self.step, self.history = 0, 0, []
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, float]] = []
         self.reference = None  # the starting model, kept when results are judged by proxies
         if cfg.judge == "proxy":
             self.reference = (reference or copy.deepcopy(self.model)).to(self.device).eval().requires_grad_(False)
@@ -142,20 +159,29 @@ class Learner:
     # --- the step -------------------------------------------------------------------------------
     @property
     def meta(self) -> ModelMeta:
-        return ModelMeta(model=self.cfg.model, num_classes=self.info.num_classes, classes=self.info.classes,
-                         palette=self.info.palette, ignore_index=self.info.ignore_index, resize=self.cfg.data.resize)
+        return ModelMeta(
+            model=self.cfg.model,
+            num_classes=self.info.num_classes,
+            classes=self.info.classes,
+            palette=self.info.palette,
+            ignore_index=self.info.ignore_index,
+            resize=self.cfg.data.resize,
+        )
 
     def to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> (images (B,3,h,w) float [0,1], masks (B,h,w)) on the device at working scale."""
         moved = batch.to(self.device, non_blocking=True)
-        return resize_batch(to_float(moved.images), moved.masks, batch.sizes, self.cfg.data.resize,
-                            self.info.ignore_index)
+        return resize_batch(
+            to_float(moved.images), moved.masks, batch.sizes, self.cfg.data.resize, self.info.ignore_index
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The (DDP-wrapped) model on a float batch, with channels-last and AMP on CUDA."""
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
         with autocast:
             return self.module(images)
 
@@ -184,8 +210,13 @@ class Learner:
         if progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            batches = bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.total_epochs}", leave=False,
-                                 unit="batch", total=self.steps_per_epoch)
+            batches = bar = tqdm(
+                batches,
+                desc=f"epoch {self.epoch + 1}/{self.total_epochs}",
+                leave=False,
+                unit="batch",
+                total=self.steps_per_epoch,
+            )
         for batch in batches:
             losses.append(self.train_step(batch))
             seen += (batch.first if isinstance(batch, Paired) else batch).images.shape[0]
@@ -195,15 +226,28 @@ class Learner:
         self.epoch += 1
         seconds = time.perf_counter() - start
         mean_loss = float(torch.stack(losses).float().mean()) if losses else 0.0
-        stats = {"epoch": self.epoch, "loss": mean_loss, "lr": lr, "seconds": seconds,
-                 "images_per_s": seen / max(seconds, 1e-9)}
+        stats = {
+            "epoch": self.epoch,
+            "loss": mean_loss,
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_s": seen / max(seconds, 1e-9),
+        }
         self.history.append(stats)
         return stats
 
     # --- judging and selecting ------------------------------------------------------------------
     def evaluate(self, dataset: SegmentationDataset, model: torch.nn.Module | None = None) -> EvalResult:
-        return evaluate(model or self.deployable, dataset, self.cfg.eval, self.device, window=self.cfg.augment.crop,
-                        resize=self.cfg.data.resize, rank=self.rank, world_size=self.world_size)
+        return evaluate(
+            model or self.deployable,
+            dataset,
+            self.cfg.eval,
+            self.device,
+            window=self.cfg.augment.crop,
+            resize=self.cfg.data.resize,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def score(self, dataset: SegmentationDataset, model: torch.nn.Module | None = None) -> dict[str, float]:
         """Held-back metrics; `score` selects and promotes: val mIoU when target labels judge, the
@@ -212,8 +256,16 @@ class Learner:
         if self.reference is None:
             miou = self.evaluate(dataset, model).miou
             return {"val_miou": miou, "score": miou}
-        proxies = proxy_scores(model, self.reference, dataset, self.info.num_classes, self.cfg.adapt.proxy_confidence,
-                               self.device, self.cfg.eval.batch_size, self.cfg.data.resize)
+        proxies = proxy_scores(
+            model,
+            self.reference,
+            dataset,
+            self.info.num_classes,
+            self.cfg.adapt.proxy_confidence,
+            self.device,
+            self.cfg.eval.batch_size,
+            self.cfg.data.resize,
+        )
         return {**proxies.as_metrics(), "score": proxies.score}
 
     @property
@@ -242,10 +294,23 @@ class Learner:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        counters = {"epoch": self.epoch, "step": self.step, "history": self.history,
-                    "best_epoch": self.best_epoch, "best_scores": self.best_scores}
-        return ckpt.save_checkpoint(folder, self.deployable, self.meta, self.optimizer, self.scheduler, counters,
-                                    extra_tensors=self.extra_state(), selected=self.selected_model())
+        counters = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_scores": self.best_scores,
+        }
+        return ckpt.save_checkpoint(
+            folder,
+            self.deployable,
+            self.meta,
+            self.optimizer,
+            self.scheduler,
+            counters,
+            extra_tensors=self.extra_state(),
+            selected=self.selected_model(),
+        )
 
     def restore(self, folder: str | Path) -> None:
         counters = ckpt.load_checkpoint(folder, self.deployable, self.optimizer, self.scheduler)
@@ -262,9 +327,17 @@ class Finetune(Learner):
     """Supervised cross-entropy on labelled images; with `replay`, every step also trains on a
     source batch, so a few target labels adapt the model without it forgetting the source."""
 
-    def __init__(self, cfg: RunConfig, train_set: SegmentationDataset, device: torch.device | str = "cpu",
-                 rank: int = 0, world_size: int = 1, wrap_model: Wrap = None, model: Segmenter | None = None,
-                 replay: SegmentationDataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        train_set: SegmentationDataset,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Wrap = None,
+        model: Segmenter | None = None,
+        replay: SegmentationDataset | None = None,
+    ) -> None:
         self.replay_loader = None
         if replay is not None:
             self.replay_sampler = EpochSampler(len(replay), cfg.optim.seed + 1, rank, world_size)
@@ -291,8 +364,9 @@ class Finetune(Learner):
             return segmentation_loss(self.forward(images), masks, ignore, self.class_weights)
         xt, yt = self.augment(*self.to_device(batch.first))
         xs, ys = self.augment(*self.to_device(batch.second))
-        xs, ys = match_batch(xs, ys, xs.shape[0], tuple(xt.shape[-2:]))
+        xs, ys = match_batch(xs, ys, xs.shape[0], (xt.shape[-2], xt.shape[-1]))
         logits = self.forward(torch.cat([xt, xs]))  # one forward: DDP expects one per backward
         target_logits, source_logits = logits.split([xt.shape[0], xs.shape[0]])
-        return (segmentation_loss(target_logits, yt, ignore, self.class_weights)
-                + segmentation_loss(source_logits, ys, ignore, self.class_weights))
+        return segmentation_loss(target_logits, yt, ignore, self.class_weights) + segmentation_loss(
+            source_logits, ys, ignore, self.class_weights
+        )

@@ -21,8 +21,9 @@ from raysegment.models import Segmenter
 EpochSink = Callable[[Learner, dict[str, Any], bool], None]  # (learner, epoch metrics, checkpoint due)
 
 
-def run_epochs(learner: Learner, val_set: SegmentationDataset | None, sink: EpochSink,
-               progress: bool = False) -> Learner:
+def run_epochs(
+    learner: Learner, val_set: SegmentationDataset | None, sink: EpochSink, progress: bool = False
+) -> Learner:
     """Train `learner` from its current epoch to its last; `val_set` scores and selects epochs."""
     optim = learner.cfg.optim
     if val_set is not None and learner.epoch == 0 and learner.selects_start:
@@ -35,14 +36,18 @@ def run_epochs(learner: Learner, val_set: SegmentationDataset | None, sink: Epoc
             stats.update(scores)
             learner.remember(learner.epoch, scores)
         if learner.best_epoch >= 0:
-            stats.update({f"selected_{k}": v for k, v in learner.best_scores.items()}, selected_epoch=learner.best_epoch)
+            stats.update(
+                {f"selected_{k}": v for k, v in learner.best_scores.items()}, selected_epoch=learner.best_epoch
+            )
         sink(learner, stats, last or learner.epoch % optim.checkpoint_every == 0)
     return learner
 
 
 def epoch_line(learner: Learner, stats: dict[str, Any]) -> str:
-    line = (f"epoch {stats['epoch']}/{learner.total_epochs}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
-            f"{stats['images_per_s']:.1f} img/s")
+    line = (
+        f"epoch {stats['epoch']}/{learner.total_epochs}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
+        f"{stats['images_per_s']:.1f} img/s"
+    )
     if "val_miou" in stats:
         line += f"  val mIoU {100 * stats['val_miou']:.1f}"
     if "proxy_score" in stats:
@@ -52,16 +57,23 @@ def epoch_line(learner: Learner, stats: dict[str, Any]) -> str:
 
 def local_checkpoints(run_dir: str | Path, log: Callable[[str], Any] = print) -> EpochSink:
     """The one-process sink: a log line per epoch, atomic checkpoints under `run_dir/checkpoints`."""
+
     def sink(learner: Learner, stats: dict[str, Any], save: bool) -> None:
         log(epoch_line(learner, stats))
         if save:
             learner.save(ckpt.epoch_dir(run_dir, learner.epoch))
             ckpt.mark_latest(run_dir, learner.epoch)
+
     return sink
 
 
-def train_in_process(learner: Learner, val_set: SegmentationDataset | None, resume: bool = True,
-                     progress: bool = True, log: Callable[[str], Any] = print) -> Learner:
+def train_in_process(
+    learner: Learner,
+    val_set: SegmentationDataset | None,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> Learner:
     """Train to the last epoch in this process, resuming from the run's latest checkpoint."""
     run_dir = Path(learner.cfg.output_dir)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
@@ -71,9 +83,16 @@ def train_in_process(learner: Learner, val_set: SegmentationDataset | None, resu
     return run_epochs(learner, val_set, local_checkpoints(run_dir, log), progress)
 
 
-def fit(cfg: RunConfig, train_set: SegmentationDataset, val_set: SegmentationDataset | None = None,
-        device: torch.device | str | None = None, resume: bool = True, progress: bool = True,
-        log: Callable[[str], Any] = print, model: Segmenter | None = None) -> Learner:
+def fit(
+    cfg: RunConfig,
+    train_set: SegmentationDataset,
+    val_set: SegmentationDataset | None = None,
+    device: torch.device | str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+    model: Segmenter | None = None,
+) -> Learner:
     """Supervised fine-tuning in this process, checkpointed under `cfg.output_dir`.
 
     With `resume`, an interrupted run continues from its latest checkpoint and reproduces the

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
-                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy over non-ignored pixels (weighted mean with class weights).
 
     logits: (B,C,H,W); target: (B,H,W) int64. A batch with no labelled pixel gives a zero loss

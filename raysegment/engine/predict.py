@@ -10,8 +10,13 @@ from raysegment.engine.evaluate import predict_full_size
 
 
 @torch.no_grad()
-def segment(model: torch.nn.Module, image: torch.Tensor, cfg: EvalConfig = EvalConfig(),
-            window: tuple[int, int] | None = None, resize: ResizeConfig | None = None) -> torch.Tensor:
+def segment(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    cfg: EvalConfig = EvalConfig(),
+    window: tuple[int, int] | None = None,
+    resize: ResizeConfig | None = None,
+) -> torch.Tensor:
     """image (3,H,W) uint8 -> (H,W) int64 class ids at full size; `resize`: the model's working scale."""
     model.eval()
     device = next(model.parameters()).device

@@ -43,8 +43,12 @@ class ProxyScores:
         return self.consistency
 
     def as_metrics(self) -> dict[str, float]:
-        return {"proxy_entropy": self.entropy, "proxy_consistency": self.consistency,
-                "proxy_agreement": self.agreement, "proxy_score": self.score}
+        return {
+            "proxy_entropy": self.entropy,
+            "proxy_consistency": self.consistency,
+            "proxy_agreement": self.agreement,
+            "proxy_score": self.score,
+        }
 
 
 def _iou_metric(num_classes: int, device: torch.device) -> MulticlassJaccardIndex:
@@ -61,9 +65,17 @@ def mean_iou_over(iou: torch.Tensor, classes: torch.Tensor | None = None) -> flo
 
 
 @torch.no_grad()
-def proxy_scores(model: torch.nn.Module, reference: torch.nn.Module, images: SegmentationDataset, num_classes: int,
-                 confidence: float = 0.9, device: torch.device | str = "cpu", batch_size: int = 8,
-                 resize: ResizeConfig | None = None, seed: int = 0) -> ProxyScores:
+def proxy_scores(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    images: SegmentationDataset,
+    num_classes: int,
+    confidence: float = 0.9,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    resize: ResizeConfig | None = None,
+    seed: int = 0,
+) -> ProxyScores:
     """Score `model` against `reference` (the source model) on the images of `images` (masks never read).
 
     Deterministic for a given seed: the perturbation is drawn from a private generator state.
@@ -95,5 +107,8 @@ def proxy_scores(model: torch.nn.Module, reference: torch.nn.Module, images: Seg
     model.train(was_training)
     consistency_iou = consistency.compute()
     predicted = ~torch.isnan(consistency_iou.cpu())
-    return ProxyScores(entropy_sum / max(1, pixels), mean_iou_over(consistency_iou, predicted | source_classes),
-                       mean_iou_over(agreement.compute()) if agreement.update_count else 0.0)
+    return ProxyScores(
+        entropy_sum / max(1, pixels),
+        mean_iou_over(consistency_iou, predicted | source_classes),
+        mean_iou_over(agreement.compute()) if agreement.update_count else 0.0,
+    )

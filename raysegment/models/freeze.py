@@ -8,13 +8,21 @@ keep drifting even though no weight receives a gradient.
 
 from __future__ import annotations
 
+from typing import TypeGuard, cast
+
+from timm.models import FeatureInfo
 from torch import nn
 
 from raysegment.errors import ModelError
 
 
+def feature_info(encoder: nn.Module) -> FeatureInfo:
+    """timm's per-stage table (channels, reduction, module name) of a `features_only` encoder."""
+    return cast(FeatureInfo, encoder.feature_info)
+
+
 def num_stages(encoder: nn.Module) -> int:
-    return len(encoder.feature_info)
+    return len(feature_info(encoder))
 
 
 def frozen_modules(encoder: nn.Module, depth: int) -> list[nn.Module]:
@@ -26,7 +34,7 @@ def frozen_modules(encoder: nn.Module, depth: int) -> list[nn.Module]:
         raise ModelError(f"freeze_depth {depth} exceeds the backbone's {stages} stages; use 0..{stages}")
     named = list(encoder.named_modules())
     positions = {name: i for i, (name, _) in enumerate(named)}
-    target = encoder.feature_info.module_name(depth - 1)
+    target = feature_info(encoder).module_name(depth - 1)
     # FeatureListNet flattens `stages.0` into `stages_0`; efficientnet keeps dotted names.
     boundary = next((n for n in (target, target.replace(".", "_")) if n in positions), None)
     if boundary is None:
@@ -34,7 +42,7 @@ def frozen_modules(encoder: nn.Module, depth: int) -> list[nn.Module]:
     end = positions[boundary]
     while end + 1 < len(named) and named[end + 1][0].startswith(boundary + "."):
         end += 1
-    return [module for name, module in named[1:end + 1]]
+    return [module for name, module in named[1 : end + 1]]
 
 
 def freeze(encoder: nn.Module, depth: int) -> list[nn.Module]:
@@ -46,5 +54,5 @@ def freeze(encoder: nn.Module, depth: int) -> list[nn.Module]:
     return modules
 
 
-def is_batchnorm(module: nn.Module) -> bool:
+def is_batchnorm(module: nn.Module) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)

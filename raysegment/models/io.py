@@ -57,8 +57,9 @@ def read_meta(folder: str) -> ModelMeta:
     try:
         return ModelMeta.model_validate(json.loads(read_bytes(path)))
     except Exception as exc:
-        raise CheckpointError(f"{path} is missing or invalid ({exc}); a model folder holds "
-                              f"{WEIGHTS_FILE} and {META_FILE}") from exc
+        raise CheckpointError(
+            f"{path} is missing or invalid ({exc}); a model folder holds {WEIGHTS_FILE} and {META_FILE}"
+        ) from exc
 
 
 def read_weights(folder: str) -> dict[str, torch.Tensor]:
@@ -82,21 +83,8 @@ def load_weights_into(model: torch.nn.Module, folder: str | Path) -> None:
     usable = {k: v for k, v in weights.items() if k not in mismatched}
     missing = [k for k in own if k not in usable and not k.startswith("head.")]
     if missing:
-        raise CheckpointError(f"checkpoint {folder} lacks {len(missing)} tensors, e.g. {missing[0]}; "
-                              f"was it saved from another backbone or decoder?")
+        raise CheckpointError(
+            f"checkpoint {folder} lacks {len(missing)} tensors, e.g. {missing[0]}; "
+            f"was it saved from another backbone or decoder?"
+        )
     model.load_state_dict(usable, strict=False)
-
-
-def load_model(folder: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
-    """Rebuild a saved segmenter (eval mode, CPU) and its meta."""
-    from raysegment.models.segmenter import build_segmenter
-
-    meta = read_meta(str(folder))
-    cfg = meta.model.model_copy(update={"pretrained": meta.model.pretrained.model_copy(update={"source": "none", "uri": None})})
-    model = build_segmenter(cfg, meta.num_classes)
-    weights = read_weights(str(folder))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{folder}/{WEIGHTS_FILE} does not match {META_FILE}: {str(exc)[:300]}") from exc
-    return model.eval(), meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from typing import cast
 
 import timm
 import torch
@@ -15,6 +16,7 @@ from raysegment.config import ModelConfig
 from raysegment.errors import ModelError, WeightsError
 from raysegment.models import freeze as freezing
 from raysegment.models.decoders import DECODERS
+from raysegment.models.io import load_weights_into
 from raysegment.storage import fetch_to_local
 
 
@@ -26,15 +28,22 @@ class Segmenter(nn.Module):
     to the backbone's largest stride and the logits cropped back.
     """
 
+    mean: torch.Tensor  # ImageNet normalisation of the backbone's pretraining (buffers)
+    std: torch.Tensor
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, num_classes: int, freeze_depth: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.head = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        self.head = nn.Conv2d(cast(int, decoder.out_channels), num_classes, 1)
         cfg = getattr(encoder, "pretrained_cfg", None) or {}
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
-        self.stride = max(encoder.feature_info.reduction())
+        self.register_buffer(
+            "mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False
+        )
+        self.stride = max(freezing.feature_info(encoder).reduction())
         self.num_classes = num_classes
         self.freeze_depth = freeze_depth
         self._frozen = freezing.freeze(encoder, freeze_depth)
@@ -51,7 +60,7 @@ class Segmenter(nn.Module):
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
 
-    def train(self, mode: bool = True) -> "Segmenter":
+    def train(self, mode: bool = True) -> Segmenter:
         super().train(mode)
         for module in self._frozen:
             if freezing.is_batchnorm(module):
@@ -83,17 +92,22 @@ def create_encoder(cfg: ModelConfig) -> nn.Module:
                 raise WeightsError("pretrained.source=file needs pretrained.uri (a .safetensors file or URI)")
             local = fetch_to_local(uri)
             if local.suffix != ".safetensors":
-                raise WeightsError(f"{uri} is not a .safetensors file; convert foreign weights with "
-                                   f"`raysegment weights import {uri} --arch {cfg.backbone} --out X.safetensors`")
+                raise WeightsError(
+                    f"{uri} is not a .safetensors file; convert foreign weights with "
+                    f"`raysegment weights import {uri} --arch {cfg.backbone} --out X.safetensors`"
+                )
             # timm logs the dropped classifier keys as "unexpected"; for features_only that is the point.
             logging.getLogger("timm.models._builder").setLevel(logging.ERROR)
-            return timm.create_model(cfg.backbone, features_only=True, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=str(local)))
+            return timm.create_model(
+                cfg.backbone, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=str(local))
+            )
         return timm.create_model(cfg.backbone, features_only=True, pretrained=False)
     except WeightsError:
         raise
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise WeightsError(f"weights from {uri or source} do not fit backbone {cfg.backbone}: {str(exc)[:300]}") from exc
+        raise WeightsError(
+            f"weights from {uri or source} do not fit backbone {cfg.backbone}: {str(exc)[:300]}"
+        ) from exc
 
 
 def _create_from_hub(name: str) -> nn.Module:
@@ -101,17 +115,17 @@ def _create_from_hub(name: str) -> nn.Module:
         return timm.create_model(name, features_only=True, pretrained=True)
     except Exception as exc:  # timm raises many types (HTTP, hub, OS) for an unreachable hub
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise WeightsError(f"could not fetch timm hub weights for {name}{offline}: {type(exc).__name__}; "
-                           f"without network, import a local file with `raysegment weights import` "
-                           f"and set pretrained.source=file") from exc
+        raise WeightsError(
+            f"could not fetch timm hub weights for {name}{offline}: {type(exc).__name__}; "
+            f"without network, import a local file with `raysegment weights import` "
+            f"and set pretrained.source=file"
+        ) from exc
 
 
 def build_segmenter(cfg: ModelConfig, num_classes: int) -> Segmenter:
     """Build encoder + decoder + head; `pretrained.source=checkpoint` also loads decoder and head."""
     if cfg.pretrained.source == "checkpoint":
-        from raysegment.models.io import load_weights_into
-
-        encoder = create_encoder(cfg.model_copy(update={"pretrained": cfg.pretrained.model_copy(update={"source": "none"})}))
+        encoder = create_encoder(cfg.without_pretrained())
         model = _assemble(cfg, encoder, num_classes, freeze_depth=0)
         if not cfg.pretrained.uri:
             raise WeightsError("pretrained.source=checkpoint needs pretrained.uri (a checkpoint folder)")
@@ -123,6 +137,6 @@ def build_segmenter(cfg: ModelConfig, num_classes: int) -> Segmenter:
 
 
 def _assemble(cfg: ModelConfig, encoder: nn.Module, num_classes: int, freeze_depth: int) -> Segmenter:
-    info = encoder.feature_info
+    info = freezing.feature_info(encoder)
     decoder = DECODERS[cfg.decoder](info.channels(), info.reduction(), cfg.decoder_channels)
     return Segmenter(encoder, decoder, num_classes, freeze_depth)

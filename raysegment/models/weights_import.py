@@ -26,8 +26,9 @@ def read_state_dict(src: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{src} is not a plain tensor state dict loadable with weights_only=True: "
-                           f"{str(exc).splitlines()[0][:200]}") from exc
+        raise WeightsError(
+            f"{src} is not a plain tensor state dict loadable with weights_only=True: {str(exc).splitlines()[0][:200]}"
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -39,7 +40,7 @@ def read_state_dict(src: str | Path) -> dict[str, torch.Tensor]:
 def _strip(key: str) -> str:
     for prefix in PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -50,15 +51,20 @@ def map_onto(arch: str, foreign: dict[str, torch.Tensor]) -> tuple[dict[str, tor
     if set(foreign) == set(target):
         bad = [k for k in target if target[k].shape != foreign[k].shape]
         if bad:
-            raise WeightsError(f"{bad[0]} has shape {tuple(foreign[bad[0]].shape)}, {arch} needs {tuple(target[bad[0]].shape)}")
+            raise WeightsError(
+                f"{bad[0]} has shape {tuple(foreign[bad[0]].shape)}, {arch} needs {tuple(target[bad[0]].shape)}"
+            )
         return {k: foreign[k] for k in target}, "name"
     if len(foreign) != len(target):
-        raise WeightsError(f"cannot map weights onto {arch}: names differ and the file has {len(foreign)} "
-                           f"tensors where {arch} has {len(target)}")
+        raise WeightsError(
+            f"cannot map weights onto {arch}: names differ and the file has {len(foreign)} "
+            f"tensors where {arch} has {len(target)}"
+        )
     for i, ((fk, fv), (tk, tv)) in enumerate(zip(foreign.items(), target.items())):
         if fv.shape != tv.shape:
-            raise WeightsError(f"cannot map weights onto {arch} by order: tensor {i} {fk} {tuple(fv.shape)} "
-                               f"vs {tk} {tuple(tv.shape)}")
+            raise WeightsError(
+                f"cannot map weights onto {arch} by order: tensor {i} {fk} {tuple(fv.shape)} vs {tk} {tuple(tv.shape)}"
+            )
     return {tk: fv for tk, fv in zip(target, foreign.values())}, "order"
 
 
@@ -68,7 +74,9 @@ def import_weights(src: str | Path, arch: str, out: str | Path) -> tuple[Path, s
     if out.suffix != ".safetensors":
         raise WeightsError(f"output {out} must end in .safetensors")
     mapped, mode = map_onto(arch, read_state_dict(src))
-    atomic_write_bytes(out, save({k: v.contiguous() for k, v in mapped.items()}, metadata={"arch": arch, "source": str(src)}))
+    atomic_write_bytes(
+        out, save({k: v.contiguous() for k, v in mapped.items()}, metadata={"arch": arch, "source": str(src)})
+    )
     return out, mode, len(mapped)
 
 

@@ -14,25 +14,36 @@ statistics follow the images its endpoint receives (its own copy of those buffer
 shared ones); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new registry version.
 """
 
-
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from raysegment.augment import resize_images, scaled_size, to_float
+from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
+from raysegment.config import EvalConfig, ResizeConfig
+from raysegment.engine.evaluate import predict_full_size
+from raysegment.models.freeze import is_batchnorm
 from raysegment.promotion import Decision, promote_if_better
 from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, SharedBases, check_domain
 from raysegment.serving.auth import TokenTable
 from raysegment.serving.config import ServeConfig
-from raysegment.serving.imaging import (BadImage, BadShape, ImageTooLarge, UnsupportedImage, class_shares,
-                                        decode_upload, mask_png, overlay_png, sniff)
+from raysegment.serving.imaging import (
+    BadImage,
+    BadShape,
+    ImageTooLarge,
+    UnsupportedImage,
+    class_shares,
+    decode_upload,
+    mask_png,
+    overlay_png,
+    sniff,
+)
 
 SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored by .../adabn-snapshot
 
@@ -73,6 +84,17 @@ def check_version(version: str) -> None:
     check_domain(version)  # alias names follow the domain-name rule
 
 
+@dataclass
+class Loaded:
+    """A model on a replica and the working scale it was trained at (it is served at it too)."""
+
+    model: torch.nn.Module
+    scale: ResizeConfig | None
+
+
+WHOLE_IMAGE = EvalConfig(mode="whole")
+
+
 class SegmentModels:
     """Holds domain models (LRU per replica) and segments batches of same-model images."""
 
@@ -84,37 +106,30 @@ class SegmentModels:
         self.adapted_images: dict[str, int] = {}
 
         # Plain closures, not bound methods: Serve keeps its LRU / batch queue on the wrapped object.
-        async def load(model_id: str) -> torch.nn.Module:
+        async def load(model_id: str) -> Loaded:
             model, meta, _ = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
             if self.cfg.online_adabn:
                 own_batchnorm_buffers(model)
-            model.working_scale = meta.resize  # the scale it was trained at: served at it too
-            return model
+            return Loaded(model, meta.resize)
 
         async def segment_batch(images: list[torch.Tensor]) -> list[dict[str, Any]]:
             return await self._segment_batch(images)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=self.cfg.max_models_per_replica)(load)
-        self.segment = serve.batch(max_batch_size=self.cfg.max_batch_size,
-                                   batch_wait_timeout_s=self.cfg.batch_wait_timeout_s)(segment_batch)
+        self.segment = serve.batch(
+            max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s
+        )(segment_batch)
 
     async def _segment_batch(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         model_id = serve.get_multiplexed_model_id()
-        model = await self.get_model(model_id)
+        loaded = await self.get_model(model_id)
         masks: list[torch.Tensor] = [torch.empty(0)] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for k, img in enumerate(images):  # images of one size run together, never padded
-            by_size.setdefault((img.shape[1], img.shape[2]), []).append(k)
-        for (h, w), index in by_size.items():
+        for (h, w), index in group_by_size(img.shape[-2:] for img in images).items():  # one size each, unpadded
             batch = torch.stack([to_float(images[k]) for k in index]).to(self.device)
-            batch = resize_images(batch, scaled_size(h, w, getattr(model, "working_scale", None)))
+            batch = resize_images(batch, scaled_size(h, w, loaded.scale))
             if self.cfg.online_adabn:
-                update_batchnorm_statistics(model, batch, self.cfg.online_adabn_momentum)
-            with torch.inference_mode():
-                logits = model(batch)
-                if tuple(logits.shape[-2:]) != (h, w):
-                    logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-                preds = logits.argmax(1).cpu()
+                update_batchnorm_statistics(loaded.model, batch, self.cfg.online_adabn_momentum)
+            preds = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE).argmax(1).cpu()
             for row, k in enumerate(index):
                 masks[k] = preds[row]
         if self.cfg.online_adabn:
@@ -127,9 +142,35 @@ class SegmentModels:
     async def batchnorm_snapshot(self) -> dict[str, Any]:
         """This replica's BatchNorm statistics for the request's model and how many images shaped them."""
         model_id = serve.get_multiplexed_model_id()
-        model = await self.get_model(model_id)
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+        loaded = await self.get_model(model_id)
+        state = {
+            k: v.detach().cpu() for k, v in loaded.model.state_dict().items() if "running_" in k or "num_batches" in k
+        }
         return {"model_id": model_id, "images": self.adapted_images.get(model_id, 0), "state": state}
+
+
+# Defined before the ingress: `serve.ingress` pickles the routes (and the globals they use) at
+# class definition, so a helper defined after the class would be missing on the replica.
+def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
+    """Remove the oldest AdaBN snapshots of `domain` beyond `keep`; aliased ones (production,
+    candidate) and bases of other versions are never removed. Returns the removed versions."""
+    aliased = set(registry.aliases(domain).values())
+    used_as_base = {
+        (e.manifest["base"] or {}).get("version")
+        for e in registry.entries()
+        if (e.manifest.get("base") or {}).get("domain") == domain
+    }
+    spare = [
+        v
+        for v in registry.versions(domain)
+        if v not in aliased
+        and v not in used_as_base
+        and registry.get_entry(domain, v).manifest["lineage"].get("method") == SNAPSHOT_METHOD
+    ]
+    doomed = spare[: max(len(spare) - keep, 0)]
+    for version in doomed:
+        registry.remove(domain, version)
+    return doomed
 
 
 @serve.ingress(api)
@@ -138,7 +179,7 @@ class Gateway:
         self.models = models
         self.cfg = ServeConfig.model_validate(cfg)
         self.registry = Registry(self.cfg.registry)
-        self.tokens = TokenTable.read(self.cfg.token_file) if self.cfg.auth == "token" else None
+        self.tokens = TokenTable.read(self.cfg.token_file) if self.cfg.token_file and self.cfg.auth == "token" else None
         self._entries: dict[tuple[str, str], tuple[float, Entry]] = {}
 
     def _denied(self, request: Request, role: str) -> JSONResponse | None:
@@ -159,16 +200,25 @@ class Gateway:
     async def healthz(self) -> dict:
         """`degraded` (with the broken domains named) when some domain's registry files are corrupt."""
         broken = [d for d in self.registry.domains() if "error" in self._domain_listing(d)]
-        return {"status": "degraded" if broken else "ok", "domains": len(self.registry.domains()),
-                **({"unavailable": broken} if broken else {})}
+        return {
+            "status": "degraded" if broken else "ok",
+            "domains": len(self.registry.domains()),
+            **({"unavailable": broken} if broken else {}),
+        }
 
     def _domain_listing(self, domain: str) -> dict[str, Any]:
         try:
             versions = []
             for version in self.registry.versions(domain):
                 entry = self.registry.get_entry(domain, version)
-                versions.append({"version": version, "metrics": entry.manifest["metrics"],
-                                 "bytes": entry.manifest["bytes"], "base": entry.manifest["base"]})
+                versions.append(
+                    {
+                        "version": version,
+                        "metrics": entry.manifest["metrics"],
+                        "bytes": entry.manifest["bytes"],
+                        "base": entry.manifest["base"],
+                    }
+                )
             return {"versions": versions, "aliases": self.registry.aliases(domain)}
         except RegistryError as exc:
             return {"error": "domain unavailable", "detail": str(exc)}
@@ -180,8 +230,13 @@ class Gateway:
         return {"domains": {d: self._domain_listing(d) for d in self.registry.domains()}}
 
     @api.post("/v1/domains/{domain}/segment")
-    async def segment(self, domain: str, request: Request, format: str = Query("png", pattern="^(png|json|overlay)$"),
-                      version: str = Query("production")):
+    async def segment(
+        self,
+        domain: str,
+        request: Request,
+        format: str = Query("png", pattern="^(png|json|overlay)$"),
+        version: str = Query("production"),
+    ):
         if denied := self._denied(request, "read"):
             return denied
         try:
@@ -229,19 +284,29 @@ class Gateway:
         except Exception as exc:  # a replica died and its replacement is not up yet
             return error(503, "model replica unavailable", f"{type(exc).__name__}; retry shortly")
         mask = result["mask"]
-        headers = {"x-model-version": str(entry.version), "x-model-id": result["model_id"],
-                   "x-batch-size": str(result["batch_size"])}
+        headers = {
+            "x-model-version": str(entry.version),
+            "x-model-id": result["model_id"],
+            "x-batch-size": str(result["batch_size"]),
+        }
         if format == "json":
             meta = entry.manifest["meta"]
-            return JSONResponse({"domain": entry.domain, "version": entry.version, "model_id": result["model_id"],
-                                 "height": int(mask.shape[0]), "width": int(mask.shape[1]),
-                                 "shares": class_shares(mask, meta["classes"])}, headers=headers)
+            return JSONResponse(
+                {
+                    "domain": entry.domain,
+                    "version": entry.version,
+                    "model_id": result["model_id"],
+                    "height": int(mask.shape[0]),
+                    "width": int(mask.shape[1]),
+                    "shares": class_shares(mask, meta["classes"]),
+                },
+                headers=headers,
+            )
         if format == "overlay":
             png = overlay_png(image, mask, entry.manifest["meta"]["palette"])
         else:
             png = mask_png(mask)
         return Response(content=png, media_type="image/png", headers=headers)
-
 
     def _resolve(self, domain: str, version: str, fresh: bool = False) -> Entry:
         """domain + version/alias -> registry entry ("production" falls back to the newest), cached for
@@ -250,8 +315,9 @@ class Gateway:
         hit = self._entries.get(key)
         if hit is not None and not fresh and now - hit[0] < self.cfg.resolve_ttl_s:
             return hit[1]
-        entry = self.registry.get_entry(domain, None if version == "production" and
-                                        "production" not in self.registry.aliases(domain) else version)
+        entry = self.registry.get_entry(
+            domain, None if version == "production" and "production" not in self.registry.aliases(domain) else version
+        )
         self._entries[key] = (now, entry)
         return entry
 
@@ -284,47 +350,47 @@ class Gateway:
             return error(409, "nothing to store", f"{entry.ref} has seen no images on this replica yet")
         decision = await asyncio.to_thread(self._register_adapted, entry, snap)
         pruned = await asyncio.to_thread(prune_snapshots, self.registry, domain, self.cfg.max_snapshots_per_domain)
-        return {"domain": domain, "version": decision.version, "parent": entry.ref, "images": snap["images"],
-                "promoted": decision.promoted, "reason": decision.reason, "pruned": pruned}
+        return {
+            "domain": domain,
+            "version": decision.version,
+            "parent": entry.ref,
+            "images": snap["images"],
+            "promoted": decision.promoted,
+            "reason": decision.reason,
+            "pruned": pruned,
+        }
 
     def _register_adapted(self, entry: Entry, snap: dict[str, Any]) -> Decision:
         """A snapshot is a candidate: registered with its own (empty) metrics, never its parent's,
         and handed to the promotion policy, which has no held-back score for it here."""
         model, meta, _ = self.registry.load(entry.ref)
         model.load_state_dict({**model.state_dict(), **snap["state"]})
-        version = self.registry.register(entry.domain, model, meta, {}, entry.manifest["config"], parent=entry.ref,
-                                         lineage={"method": SNAPSHOT_METHOD, "target_labels": 0,
-                                                  "images": snap["images"]})
+        version = self.registry.register(
+            entry.domain,
+            model,
+            meta,
+            {},
+            entry.manifest["config"],
+            parent=entry.ref,
+            lineage={"method": SNAPSHOT_METHOD, "target_labels": 0, "images": snap["images"]},
+        )
         return promote_if_better(self.registry, entry.domain, version, None, None, "proxy", entry.ref)
-
-
-def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
-    """Remove the oldest AdaBN snapshots of `domain` beyond `keep`; aliased ones (production,
-    candidate) and bases of other versions are never removed. Returns the removed versions."""
-    aliased = set(registry.aliases(domain).values())
-    used_as_base = {(e.manifest["base"] or {}).get("version") for e in registry.entries()
-                    if (e.manifest.get("base") or {}).get("domain") == domain}
-    spare = [v for v in registry.versions(domain) if v not in aliased and v not in used_as_base
-             and registry.get_entry(domain, v).manifest["lineage"].get("method") == SNAPSHOT_METHOD]
-    doomed = spare[: max(len(spare) - keep, 0)]
-    for version in doomed:
-        registry.remove(domain, version)
-    return doomed
 
 
 def own_batchnorm_buffers(model: torch.nn.Module) -> None:
     """Give the model private copies of its BatchNorm statistics (the rest stays shared)."""
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+        if is_batchnorm(module) and module.running_mean is not None:
             module.running_mean = module.running_mean.clone()
-            module.running_var = module.running_var.clone()
-            module.num_batches_tracked = module.num_batches_tracked.clone()
+            module.running_var = module.running_var.clone() if module.running_var is not None else None
+            if module.num_batches_tracked is not None:
+                module.num_batches_tracked = module.num_batches_tracked.clone()
 
 
 @torch.no_grad()
 def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, momentum: float) -> None:
     """One AdaBN step: move running statistics towards this batch's, weights untouched."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    layers = [m for m in model.modules() if is_batchnorm(m)]
     saved = [m.momentum for m in layers]
     for m in layers:
         m.momentum = momentum
@@ -338,16 +404,24 @@ def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, mom
 def build_app(args: dict) -> serve.Application:
     """Application builder for `serve run`/`serve deploy` (args = ServeConfig fields)."""
     cfg = ServeConfig.model_validate(args)
-    autoscaling = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                   "target_ongoing_requests": cfg.target_ongoing_requests}
-    models = serve.deployment(SegmentModels, name="SegmentModels",
-                              autoscaling_config=autoscaling,
-                              max_ongoing_requests=max(cfg.max_batch_size * 2, 16),
-                              max_queued_requests=cfg.max_queued_requests,
-                              ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
-                              ).bind(cfg.model_dump())
-    gateway = serve.deployment(Gateway, name="Gateway", ray_actor_options={"num_cpus": cfg.ingress_cpus},
-                               max_ongoing_requests=256, max_queued_requests=cfg.max_queued_requests)
+    autoscaling = {
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "target_ongoing_requests": cfg.target_ongoing_requests,
+    }
+    models = serve.deployment(
+        name="SegmentModels",
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=max(cfg.max_batch_size * 2, 16),
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    )(SegmentModels).bind(cfg.model_dump())
+    gateway = serve.deployment(
+        name="Gateway",
+        ray_actor_options={"num_cpus": cfg.ingress_cpus},
+        max_ongoing_requests=256,
+        max_queued_requests=cfg.max_queued_requests,
+    )(Gateway)
     return gateway.bind(models, cfg.model_dump())
 
 

@@ -43,19 +43,24 @@ class TokenTable:
         self.entries = entries  # (name, role, sha256 hex)
 
     @classmethod
-    def read(cls, path: str | Path) -> "TokenTable":
+    def read(cls, path: str | Path) -> TokenTable:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"token file {path} does not exist; create one with `raysegment token add NAME ROLE "
-                              f"--file {path}`")
+            raise ConfigError(
+                f"token file {path} does not exist; create one with `raysegment token add NAME ROLE --file {path}`"
+            )
         entries = []
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             parts = line.split()
-            if len(parts) != 3 or parts[1] not in ROLES or len(parts[2]) != 64 or not all(
-                    c in "0123456789abcdef" for c in parts[2]):
+            if (
+                len(parts) != 3
+                or parts[1] not in ROLES
+                or len(parts[2]) != 64
+                or not all(c in "0123456789abcdef" for c in parts[2])
+            ):
                 raise ConfigError(f"{path}:{number}: expected 'name role sha256-hex' with role in {ROLES}")
             entries.append((parts[0], parts[1], parts[2]))
         return cls(entries)

@@ -21,8 +21,10 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     registry: str = Field(description="registry folder")
-    auth: Literal["token", "none"] = Field("token", description="token: every request needs a bearer token from "
-                                                                "token_file; none: only for a loopback bind_host")
+    auth: Literal["token", "none"] = Field(
+        "token",
+        description="token: every request needs a bearer token from token_file; none: only for a loopback bind_host",
+    )
     token_file: str | None = Field(None, description="file of 'name role sha256-hex' lines (hashes, never tokens)")
     bind_host: str = Field("127.0.0.1", description="the address the HTTP proxy listens on")
     max_models_per_replica: PositiveInt = Field(8, description="LRU of domain@version models per replica")
@@ -38,19 +40,28 @@ class ServeConfig(BaseModel):
     cpus_per_replica: float = Field(0.5, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     ingress_cpus: float = Field(0.1, ge=0)
-    resolve_ttl_s: float = Field(1.0, ge=0, description="how long the gateway trusts a resolved domain@alias; "
-                                                         "a promotion is live within this time")
-    online_adabn: bool = Field(False, description="adapt each domain's BatchNorm statistics to the images its "
-                                                  "endpoint receives (label-free); POST .../adabn-snapshot stores them")
+    resolve_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="how long the gateway trusts a resolved domain@alias; a promotion is live within this time",
+    )
+    online_adabn: bool = Field(
+        False,
+        description="adapt each domain's BatchNorm statistics to the images its "
+        "endpoint receives (label-free); POST .../adabn-snapshot stores them",
+    )
     online_adabn_momentum: float = Field(0.01, gt=0, le=1, description="weight of each new batch's statistics")
-    max_snapshots_per_domain: PositiveInt = Field(4, description="unaliased AdaBN snapshots kept per domain; "
-                                                                 "the oldest goes when a new one passes the cap")
+    max_snapshots_per_domain: PositiveInt = Field(
+        4, description="unaliased AdaBN snapshots kept per domain; the oldest goes when a new one passes the cap"
+    )
 
     @model_validator(mode="after")
-    def _strangers_need_tokens(self) -> "ServeConfig":
+    def _strangers_need_tokens(self) -> ServeConfig:
         if self.auth == "token" and not self.token_file:
             raise ValueError("auth: token needs token_file (make one with `raysegment token add NAME ROLE --file F`)")
         if self.auth == "none" and not is_loopback(self.bind_host):
-            raise ValueError(f"auth: none is only for a loopback bind_host (127.0.0.1), not {self.bind_host!r}: "
-                             f"anyone who reaches it could use the API; set auth: token and token_file")
+            raise ValueError(
+                f"auth: none is only for a loopback bind_host (127.0.0.1), not {self.bind_host!r}: "
+                f"anyone who reaches it could use the API; set auth: token and token_file"
+            )
         return self

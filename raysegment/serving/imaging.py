@@ -65,7 +65,7 @@ def jpeg_scan_count(body: bytes, stop_after: int = MAX_JPEG_SCANS + 1) -> int:
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
             i += 2
             continue
-        i += 2 + int.from_bytes(body[i + 2:i + 4], "big")
+        i += 2 + int.from_bytes(body[i + 2 : i + 4], "big")
         if marker == 0xDA:  # SOS: entropy-coded data follows, up to the next real marker
             scans += 1
             while True:  # inside it 0xFF is followed by 0x00 (stuffing) or RST0-7; anything else is a marker
@@ -114,8 +114,11 @@ def decode_upload(body: bytes, max_pixels: int = 4096 * 4096) -> torch.Tensor:
     if kind == "image/jpeg" and jpeg_scan_count(body) > MAX_JPEG_SCANS:
         raise BadShape(f"JPEG of more than {MAX_JPEG_SCANS} scans: re-encode it as baseline or standard progressive")
     try:
-        image = decode_image(torch.frombuffer(bytearray(body), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                             apply_exif_orientation=kind == "image/jpeg")
+        image = decode_image(
+            torch.frombuffer(bytearray(body), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=kind == "image/jpeg",
+        )
     except RuntimeError as exc:
         raise BadImage(f"image cannot be decoded (truncated or corrupt): {str(exc).splitlines()[0][:160]}") from exc
     return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)

@@ -22,6 +22,7 @@ from raysegment.engine.adapt.teacher import EMATeacher
 from raysegment.engine.learner import Finetune, Learner, Wrap
 from raysegment.engine.loop import train_in_process
 from raysegment.engine.proxies import proxy_scores
+from raysegment.errors import ConfigError
 from raysegment.models import ModelMeta, build_segmenter
 
 
@@ -36,8 +37,10 @@ def open_target_train(cfg: RunConfig) -> SegmentationDataset:
 
 def open_source_train(cfg: RunConfig) -> SegmentationDataset:
     """The labelled source domain (self-training, source replay)."""
-    d = cfg.data
-    return open_split(d.root, cfg.adapt.source_domain, d.train_split, d.layout).labelled()
+    d, source = cfg.data, cfg.adapt.source_domain
+    if source is None:
+        raise ConfigError("self-training and source replay learn from source labels too: set adapt.source_domain")
+    return open_split(d.root, source, d.train_split, d.layout).labelled()
 
 
 def open_val(cfg: RunConfig) -> SegmentationDataset:
@@ -48,8 +51,9 @@ def open_val(cfg: RunConfig) -> SegmentationDataset:
     return open_split(d.root, d.domain, d.val_split, d.layout, unlabelled=True)
 
 
-def build_learner(cfg: RunConfig, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                  wrap_model: Wrap = None) -> Learner:
+def build_learner(
+    cfg: RunConfig, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, wrap_model: Wrap = None
+) -> Learner:
     """The `Learner` of a trained method (finetune, tent, self_training) with its datasets opened."""
     method, target = cfg.adapt.method, open_target_train(cfg)
     if method == "finetune":
@@ -57,7 +61,7 @@ def build_learner(cfg: RunConfig, device: torch.device | str = "cpu", rank: int 
         return Finetune(cfg, target, device, rank, world_size, wrap_model, replay=replay)
     model = build_segmenter(cfg.model, target.info.num_classes)
     if method == "tent":
-        return Tent(cfg, target, device, rank, world_size, wrap_model, model)
+        return Tent(cfg, target, model, device, rank, world_size, wrap_model)
     if method == "self_training":
         return SelfTraining(cfg, open_source_train(cfg), target, device, rank, world_size, wrap_model, model)
     raise ValueError(f"{method} is not trained by a Learner")  # adabn: see adabn_model
@@ -69,12 +73,19 @@ def adabn_model(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[tor
     model = build_segmenter(cfg.model, target.info.num_classes).to(device)
     adapt_batchnorm(model, target, cfg.optim.batch_size, device, cfg.data.resize)
     info = target.info
-    return model, ModelMeta(model=cfg.model, num_classes=info.num_classes, classes=info.classes,
-                            palette=info.palette, ignore_index=info.ignore_index, resize=cfg.data.resize)
+    return model, ModelMeta(
+        model=cfg.model,
+        num_classes=info.num_classes,
+        classes=info.classes,
+        palette=info.palette,
+        ignore_index=info.ignore_index,
+        resize=cfg.data.resize,
+    )
 
 
-def adabn_scores(cfg: RunConfig, model: torch.nn.Module, val: SegmentationDataset,
-                 device: torch.device | str) -> dict[str, float]:
+def adabn_scores(
+    cfg: RunConfig, model: torch.nn.Module, val: SegmentationDataset, device: torch.device | str
+) -> dict[str, float]:
     """AdaBN's held-back scores by the run's judge, against the unadapted source model."""
     from raysegment.engine.evaluate import evaluate
 
@@ -82,8 +93,16 @@ def adabn_scores(cfg: RunConfig, model: torch.nn.Module, val: SegmentationDatase
         miou = evaluate(model, val, cfg.eval, device, resize=cfg.data.resize).miou
         return {"val_miou": miou, "score": miou}
     source = build_segmenter(cfg.model, val.info.num_classes).to(device)
-    proxies = proxy_scores(model, source, val, val.info.num_classes, cfg.adapt.proxy_confidence, device,
-                           cfg.eval.batch_size, cfg.data.resize)
+    proxies = proxy_scores(
+        model,
+        source,
+        val,
+        val.info.num_classes,
+        cfg.adapt.proxy_confidence,
+        device,
+        cfg.eval.batch_size,
+        cfg.data.resize,
+    )
     return {**proxies.as_metrics(), "score": proxies.score}
 
 
@@ -98,8 +117,13 @@ class Adapted:
     learner: Learner | None = None  # None for AdaBN, which trains nothing
 
 
-def adapt(cfg: RunConfig, device: torch.device | str | None = None, resume: bool = True, progress: bool = True,
-          log: Callable[[str], Any] = print) -> Adapted:
+def adapt(
+    cfg: RunConfig,
+    device: torch.device | str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> Adapted:
     """Run `cfg.adapt.method` in this process: scored every `eval_every` epochs on held-back target
     images, checkpointed under `cfg.output_dir`, the best-scored epoch selected."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -108,9 +132,26 @@ def adapt(cfg: RunConfig, device: torch.device | str | None = None, resume: bool
         model, meta = adabn_model(cfg, device)
         return Adapted(model.eval(), meta, adabn_scores(cfg, model, val, device))
     learner = train_in_process(build_learner(cfg, device), val, resume, progress, log)
-    return Adapted(learner.selected_model(), learner.meta, {**learner.best_scores, "selected_epoch": learner.best_epoch},
-                   learner.history, learner)
+    return Adapted(
+        learner.selected_model(),
+        learner.meta,
+        {**learner.best_scores, "selected_epoch": learner.best_epoch},
+        learner.history,
+        learner,
+    )
 
 
-__all__ = ["Adapted", "EMATeacher", "SelfTraining", "Tent", "adabn_model", "adapt", "adapt_batchnorm",
-           "build_learner", "open_source_train", "open_target_train", "open_val", "tent_parameters"]
+__all__ = [
+    "Adapted",
+    "EMATeacher",
+    "SelfTraining",
+    "Tent",
+    "adabn_model",
+    "adapt",
+    "adapt_batchnorm",
+    "build_learner",
+    "open_source_train",
+    "open_target_train",
+    "open_val",
+    "tent_parameters",
+]

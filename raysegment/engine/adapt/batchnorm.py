@@ -16,8 +16,13 @@ from raysegment.models.freeze import is_batchnorm
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: torch.nn.Module, images: SegmentationDataset, batch_size: int = 8,
-                    device: torch.device | str = "cpu", resize: ResizeConfig | None = None) -> int:
+def adapt_batchnorm(
+    model: torch.nn.Module,
+    images: SegmentationDataset,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    resize: ResizeConfig | None = None,
+) -> int:
     """AdaBN in place: reset BN statistics, then average them over `images` (masks never read).
 
     Uses a cumulative average (momentum=None), so the result is the exact mean of the per-batch

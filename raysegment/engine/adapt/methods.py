@@ -44,8 +44,16 @@ def tent_parameters(model: Segmenter) -> list[torch.nn.Parameter]:
 class Tent(Learner):
     """Entropy minimisation on unlabelled target batches; BN normalises with batch statistics."""
 
-    def __init__(self, cfg: RunConfig, target_set: SegmentationDataset, device: torch.device | str,
-                 rank: int = 0, world_size: int = 1, wrap_model: Wrap = None, model: Segmenter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        target_set: SegmentationDataset,
+        model: Segmenter,
+        device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Wrap = None,
+    ) -> None:
         reference = copy.deepcopy(model)
         model.to(device)
         adapt_batchnorm(model, target_set, cfg.optim.batch_size, device, cfg.data.resize)  # target statistics first
@@ -61,14 +69,24 @@ class Tent(Learner):
 class SelfTraining(Learner):
     """Mean-teacher self-training; checkpoints deploy the teacher and carry the student."""
 
-    def __init__(self, cfg: RunConfig, source_set: SegmentationDataset, target_set: SegmentationDataset,
-                 device: torch.device | str, rank: int = 0, world_size: int = 1, wrap_model: Wrap = None,
-                 model: Segmenter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        source_set: SegmentationDataset,
+        target_set: SegmentationDataset,
+        device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Wrap = None,
+        model: Segmenter | None = None,
+    ) -> None:
         a = cfg.adapt
         sampler = None
         if a.rare_class_temperature is not None:
             ignore = source_set.info.ignore_index
-            classes = [set(read_mask(mask).unique().tolist()) - {ignore} for _, mask in source_set.samples]
+            classes = [
+                set(read_mask(mask).unique().tolist()) - {ignore} if mask else set() for _, mask in source_set.samples
+            ]  # the source set is labelled: every mask is there
             sampler = RareClassSampler(classes, a.rare_class_temperature, cfg.optim.seed, rank, world_size)
         super().__init__(cfg, source_set, device, rank, world_size, wrap_model, model, sampler=sampler)
         self.target_set = target_set
@@ -85,8 +103,9 @@ class SelfTraining(Learner):
 
     def refresh_teacher_statistics(self) -> None:
         """AdaBN on the teacher: its pseudo-labels use target statistics (every rank sees all images)."""
-        adapt_batchnorm(self.teacher.model, self.target_set, self.cfg.optim.batch_size, self.device,
-                        self.cfg.data.resize)
+        adapt_batchnorm(
+            self.teacher.model, self.target_set, self.cfg.optim.batch_size, self.device, self.cfg.data.resize
+        )
 
     def after_epoch(self) -> None:
         self.refresh_teacher_statistics()
@@ -107,8 +126,9 @@ class SelfTraining(Learner):
         xs_styled = fourier_domain_adaptation(xs, xt, a.fda_beta)
         pseudo, weights = self.teacher.pseudo_labels(xt, a.pseudo_threshold)
         if a.classmix:
-            mixed, mixed_labels, mixed_weights = class_mix(xs_styled, ys, xt, pseudo, weights, ignore,
-                                                           self.mix_generator)
+            mixed, mixed_labels, mixed_weights = class_mix(
+                xs_styled, ys, xt, pseudo, weights, ignore, self.mix_generator
+            )
         else:
             mixed, mixed_labels, mixed_weights = xt, pseudo, weights
         mixed = self.strong(mixed).clamp(0, 1)
@@ -127,5 +147,6 @@ class SelfTraining(Learner):
         return {f"student/{k}": v for k, v in self.model.state_dict().items()}
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict({k.removeprefix("student/"): v for k, v in tensors.items()
-                                    if k.startswith("student/")})
+        self.model.load_state_dict(
+            {k.removeprefix("student/"): v for k, v in tensors.items() if k.startswith("student/")}
+        )

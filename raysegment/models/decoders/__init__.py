@@ -21,4 +21,3 @@ DECODERS: dict[str, type[nn.Module]] = {
 }
 
 __all__ = ["DECODERS"]
-

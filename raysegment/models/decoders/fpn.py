@@ -19,7 +19,11 @@ class FPNDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         laterals = [conv(f) for conv, f in zip(self.lateral, features)]
         for i in range(len(laterals) - 1, 0, -1):  # top-down pathway
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
         size = laterals[0].shape[-2:]
-        merged = [F.interpolate(s(x), size=size, mode="bilinear", align_corners=False) for s, x in zip(self.smooth, laterals)]
+        merged = [
+            F.interpolate(s(x), size=size, mode="bilinear", align_corners=False) for s, x in zip(self.smooth, laterals)
+        ]
         return torch.stack(merged).sum(0)
