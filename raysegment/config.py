@@ -28,7 +28,6 @@ Decoder = Literal["fpn", "unet", "deeplabv3plus", "segformer"]
 Method = Literal["finetune", "adabn", "tent", "self_training"]
 Layout = Literal["raysegment", "cityscapes", "acdc"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
-DECODERS: tuple[str, ...] = get_args(Decoder)
 METHODS: tuple[str, ...] = get_args(Method)
 LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "finetune")
 SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts

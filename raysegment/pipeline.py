@@ -78,14 +78,9 @@ def run_pipeline(
         )
         pretrained = {"source": "file", "uri": str(weights)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS", "local"),
-            num_cpus=None if os.environ.get("RAY_ADDRESS") else 2,
-            log_to_driver=False,
-        )
-    from raysegment.train import largest_node_cpus
+    from raysegment.train import ensure_ray, largest_node_cpus
+
+    started_ray = ensure_ray()
 
     try:
         source_cpus = min(2.0, largest_node_cpus())

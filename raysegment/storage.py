@@ -38,13 +38,6 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         raise RaySegmentError(f"cannot open {location}: {exc}") from exc
 
 
-def exists(location: str | os.PathLike) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
 def read_bytes(location: str | os.PathLike) -> bytes:
     """Read a whole file from a local path or URI."""
     fs, path = resolve(location)

@@ -212,10 +212,13 @@ def build_trainer(
     )
 
 
-def ensure_ray(log_to_driver: bool = False) -> None:
-    """Attach to the cluster in RAY_ADDRESS, or start an embedded one, once per process."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=log_to_driver)
+def ensure_ray(log_to_driver: bool = False) -> bool:
+    """Attach to the cluster in RAY_ADDRESS, or start an embedded one, once per process.
+    True when this call connected (the caller then owns the `ray.shutdown()`)."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=log_to_driver)
+    return True
 
 
 def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | None = None) -> FineTuneResult:

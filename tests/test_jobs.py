@@ -1,6 +1,5 @@
 """Ray Jobs against the session's real head node: submit a fine-tune spec, follow it to SUCCEEDED."""
 
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -47,24 +46,8 @@ def test_example_spec_is_valid():
     assert spec.job == "fine_tune" and spec.run.scale.num_workers == 2
 
 
-def test_submitted_fine_tune_job_succeeds_and_leaves_a_checkpoint(ray_cluster, tmp_path, synth_root):
-    job_id = jobs.submit(_spec(tmp_path, synth_root), ray_cluster.dashboard_url)
-    out = io.StringIO()
-    status = jobs.follow(job_id, ray_cluster.dashboard_url, out=out, timeout_s=400)
-    assert str(status) == "SUCCEEDED", out.getvalue()[-3000:]
-    assert "fine-tune job-test finished" in out.getvalue()
-    checkpoints = sorted((tmp_path / "out" / "ray" / "job-test").glob("checkpoint_*/engine"))
-    assert checkpoints, "no checkpoint in the job's storage"
-    model, meta = load_model(checkpoints[-1])
-    assert meta.model.backbone == TINY_BACKBONE
-    assert "SUCCEEDED" in jobs.status(job_id, ray_cluster.dashboard_url)
-    # The spec travels in the job's environment: the entrypoint names no path of this machine.
-    assert (
-        jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint == "python jobs/fine_tune.py --from-env"
-    )
-
-
-def test_cli_submit_and_unreachable_cluster(ray_cluster, tmp_path, synth_root):
+def test_submitted_fine_tune_job_succeeds_leaves_a_checkpoint_and_logs(ray_cluster, tmp_path, synth_root):
+    """One job through the CLI (`raysegment submit` follows it to the end), checked through the API."""
     cli = [sys.executable, "-m", "raysegment.cli"]
     done = subprocess.run(
         [*cli, "submit", str(_spec(tmp_path, synth_root)), "--address", ray_cluster.dashboard_url],
@@ -75,6 +58,15 @@ def test_cli_submit_and_unreachable_cluster(ray_cluster, tmp_path, synth_root):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "SUCCEEDED" in done.stdout
     job_id = done.stdout.split()[1]
+    assert "SUCCEEDED" in jobs.status(job_id, ray_cluster.dashboard_url)
+    checkpoints = sorted((tmp_path / "out" / "ray" / "job-test").glob("checkpoint_*/engine"))
+    assert checkpoints, "no checkpoint in the job's storage"
+    model, meta = load_model(checkpoints[-1])
+    assert meta.model.backbone == TINY_BACKBONE
+    # The spec travels in the job's environment: the entrypoint names no path of this machine.
+    assert (
+        jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint == "python jobs/fine_tune.py --from-env"
+    )
     logs = subprocess.run(
         [*cli, "jobs", "logs", job_id, "--address", ray_cluster.dashboard_url],
         capture_output=True,
@@ -82,7 +74,14 @@ def test_cli_submit_and_unreachable_cluster(ray_cluster, tmp_path, synth_root):
         timeout=60,
     )
     assert "fine-tune job-test finished" in logs.stdout
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_2():
     refused = subprocess.run(
-        [*cli, "jobs", "status", "x", "--address", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "raysegment.cli", "jobs", "status", "x", "--address", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert refused.returncode == 2 and "cannot reach the Ray dashboard" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

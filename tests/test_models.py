@@ -1,15 +1,17 @@
+from typing import get_args
+
 import pytest
 import torch
 from conftest import TINY_BACKBONE
 from safetensors.torch import load_file
 
-from raysegment.config import ModelConfig, PretrainedConfig
+from raysegment.config import Decoder, ModelConfig, PretrainedConfig
 from raysegment.errors import CheckpointError, ModelError, WeightsError
 from raysegment.models import ModelMeta, build_segmenter, load_model, save_model
 from raysegment.models.freeze import is_batchnorm
 
 
-@pytest.mark.parametrize("decoder", ["fpn", "unet", "deeplabv3plus", "segformer"])
+@pytest.mark.parametrize("decoder", get_args(Decoder))
 @pytest.mark.parametrize("backbone", [TINY_BACKBONE, "test_resnet"])
 def test_every_decoder_returns_logits_at_input_resolution(backbone, decoder):
     model = build_segmenter(ModelConfig(backbone=backbone, decoder=decoder, decoder_channels=16), num_classes=5)
@@ -136,3 +138,9 @@ def test_saved_model_round_trips(tmp_path):
     (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_model(tmp_path / "m")
+
+
+def test_every_configurable_decoder_is_built_and_none_other():
+    from raysegment.models.decoders import DECODERS
+
+    assert list(DECODERS) == list(get_args(Decoder))  # one list of names: config.Decoder

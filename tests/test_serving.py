@@ -74,6 +74,9 @@ def served(ray_cluster, tmp_path_factory):
     reg.promote("scaled", 1)
     reg.register("broken", constant_model(1), META, parent="base@1")
     (root / "broken" / "aliases.json").write_text('{"production": 1,')  # torn: this domain alone is unavailable
+    reg.register("tampered", constant_model(2), META, parent="base@1")
+    weights = next((root / "tampered" / "versions").glob("0001/*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # fails its manifest hash on the replica
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = ServeConfig(
@@ -133,7 +136,7 @@ def test_tokens_guard_every_route_by_role(served, ray_cluster, tmp_path):
 
 
 def test_health_docs_and_domain_listing(served):
-    assert httpx.get(f"{served}/healthz").json() == {"status": "degraded", "domains": 6, "unavailable": ["broken"]}
+    assert httpx.get(f"{served}/healthz").json() == {"status": "degraded", "domains": 7, "unavailable": ["broken"]}
     assert httpx.get(f"{served}/docs").status_code == 200
     domains = httpx.get(f"{served}/v1/domains").json()["domains"]
     assert domains["fog"]["aliases"] == {"production": 1} and len(domains["fog"]["versions"]) == 2
@@ -182,8 +185,12 @@ def test_segment_png_json_and_overlay(served):
     assert (np.asarray(Image.open(io.BytesIO(scaled.content))) == 3).all()
     old = httpx.post(f"{served}/v1/domains/fog/segment?format=json&version=2", content=body).json()
     assert old["version"] == 2 and old["shares"]["road"] == pytest.approx(1.0)
-    overlay = httpx.post(f"{served}/v1/domains/rain/segment?format=overlay", content=body)
-    assert Image.open(io.BytesIO(overlay.content)).size == (48, 32)
+    overlay = Image.open(
+        io.BytesIO(httpx.post(f"{served}/v1/domains/rain/segment?format=overlay", content=body).content)
+    )
+    assert overlay.width == 48 and overlay.height > 32  # the image, then a legend strip below it
+    legend = np.asarray(overlay.convert("RGB"))[32:]
+    assert (legend == META.palette[3]).all(axis=-1).sum() >= 50  # rain answers "tree": its swatch is drawn
 
 
 def test_concurrent_mixed_domains_each_get_their_own_model(served):
@@ -224,6 +231,7 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
         (png(), {}, "/v1/domains/fog/segment?version=%C2%B2", 400, "bad version"),
         (png(), {}, "/v1/domains/fog/segment?version=" + "9" * 5000, 400, "bad version"),
         (png(), {}, "/v1/domains/broken/segment", 503, "domain unavailable"),
+        (png(), {}, "/v1/domains/tampered/segment", 503, "domain unavailable"),
         (png(fmt="GIF"), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
         (apng(), {}, "/v1/domains/fog/segment", 415, "unsupported image format"),
         (many_scan_jpeg((512, 512), 8_000), {}, "/v1/domains/fog/segment", 422, "unsupported image shape"),

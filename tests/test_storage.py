@@ -3,7 +3,7 @@ import os
 import pytest
 
 from raysegment.errors import RaySegmentError
-from raysegment.storage import atomic_write_bytes, exists, fetch_to_local, read_bytes
+from raysegment.storage import atomic_write_bytes, fetch_to_local, read_bytes
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -18,7 +18,6 @@ def test_file_uri_and_plain_path_take_the_same_route(tmp_path):
     f = tmp_path / "x.bin"
     f.write_bytes(b"payload")
     assert read_bytes(f"file://{f}") == read_bytes(f) == b"payload"
-    assert exists(f"file://{f}") and not exists(tmp_path / "missing")
     assert fetch_to_local(f"file://{f}") == f
 
 

@@ -119,7 +119,7 @@ def _worker_pids() -> list[int]:
 def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config, tmp_path):
     from raysegment.data import synth
 
-    epochs = 4
+    epochs = 3
     root = synth.generate(tmp_path / "data", domains=("clear",), images_per_domain=60, height=64, width=128)
     cfg = tiny_config(
         data={"root": str(root)},

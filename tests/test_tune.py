@@ -67,10 +67,10 @@ def _spec(tmp_path, synth_root, source_model, num_samples=4, max_epochs=3):
 
 
 def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root, source_model):
-    spec = load_spec(_spec(tmp_path, synth_root, source_model, num_samples=3, max_epochs=2))
+    spec = load_spec(_spec(tmp_path, synth_root, source_model, num_samples=2, max_epochs=2))
     outcomes = run_search(spec, log=lambda s: None)
     (fog,) = outcomes
-    assert fog.trials == 3 and 3 <= fog.epochs_spent <= 6
+    assert fog.trials == 2 and 2 <= fog.epochs_spent <= 4
     assert set(fog.config) == {"method", "decay", "lr", "freeze_depth", "decoder", "jitter"}
     assert fog.config["method"] == "finetune"
     assert 0.85 <= fog.config["decay"] <= 0.999 and fog.config["freeze_depth"] in (0, 2, 4)
@@ -120,7 +120,7 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_where_it_stopped(ray_cluster, tmp_path, synth_root, source_model):
-    spec_path = _spec(tmp_path, synth_root, source_model, num_samples=3, max_epochs=3)
+    spec_path = _spec(tmp_path, synth_root, source_model, num_samples=2, max_epochs=2)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "jobs" / "tune.py"), str(spec_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -138,5 +138,5 @@ def test_interrupted_search_resumes_where_it_stopped(ray_cluster, tmp_path, synt
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming the interrupted search" in done.stdout
     winner = json.loads((tmp_path / "tune" / "search" / "search-fog" / "winner.json").read_text())
-    assert winner["trials"] == 3  # the three trials of the first run, not three more
+    assert winner["trials"] == 2  # the two trials of the first run, not two more
     assert before <= {p.name for p in runs.iterdir()}

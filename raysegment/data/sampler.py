@@ -16,8 +16,8 @@ class EpochSampler(Sampler[int]):
     the same number of samples (DDP needs equal step counts).
     """
 
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
-        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -27,10 +27,7 @@ class EpochSampler(Sampler[int]):
         return -(-self.size // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(self.size)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         total = len(self) * self.world_size
         order = torch.cat([order, order[: total - self.size]]) if total > self.size else order
         return iter(order[self.rank :: self.world_size].tolist())

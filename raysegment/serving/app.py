@@ -24,6 +24,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
@@ -47,6 +49,10 @@ from raysegment.serving.imaging import (
 
 SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored by .../adabn-snapshot
 
+# Failures of the model deployment itself (a replica died, none is up yet, its queue is full): worth
+# a retry, then a 503. Anything else (corrupt weights, a bug) is never retried or disguised as this.
+REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
+
 api = FastAPI(title="raysegment", description="Per-domain semantic segmentation endpoints.", version="1")
 
 
@@ -60,6 +66,12 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     return error(422, "invalid request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+
+@api.exception_handler(Exception)
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug still answers in the house format (its traceback goes to the replica's log)."""
+    return error(500, "internal error", type(exc).__name__)
 
 
 class BodyTooLarge(Exception):
@@ -281,8 +293,10 @@ class Gateway:
             return error(400, "not a valid image", str(exc))
         try:
             result = await self._call_models(entry.ref, image)
-        except Exception as exc:  # a replica died and its replacement is not up yet
+        except REPLICA_GONE as exc:
             return error(503, "model replica unavailable", f"{type(exc).__name__}; retry shortly")
+        except RegistryError as exc:  # raised on the replica: the version's weights are corrupt or gone
+            return error(503, "domain unavailable", str(exc).strip().splitlines()[-1][:300])
         mask = result["mask"]
         headers = {
             "x-model-version": str(entry.version),
@@ -303,7 +317,8 @@ class Gateway:
                 headers=headers,
             )
         if format == "overlay":
-            png = overlay_png(image, mask, entry.manifest["meta"]["palette"])
+            meta = entry.manifest["meta"]
+            png = overlay_png(image, mask, meta["palette"], meta["classes"])
         else:
             png = mask_png(mask)
         return Response(content=png, media_type="image/png", headers=headers)
@@ -326,7 +341,7 @@ class Gateway:
         for attempt in range(attempts):
             try:
                 return await self.models.options(multiplexed_model_id=model_id).remote(image)
-            except Exception:
+            except REPLICA_GONE:
                 if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.5 * (attempt + 1))

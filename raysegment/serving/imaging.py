@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, encode_png
 from torchvision.transforms.v2.functional import to_dtype
 
@@ -129,12 +129,38 @@ def mask_png(mask: torch.Tensor) -> bytes:
     return encode_png(mask.to(torch.uint8)[None].contiguous()).numpy().tobytes()
 
 
-def overlay_png(image: torch.Tensor, mask: torch.Tensor, palette: list, alpha: float = 0.5) -> bytes:
+LEGEND_ROW = 14  # px per legend row under an overlay
+
+
+def overlay_png(
+    image: torch.Tensor, mask: torch.Tensor, palette: list, classes: list[str], alpha: float = 0.5
+) -> bytes:
+    """The image blended with its class colours, above a legend of the classes present (the image
+    keeps its size and position: the legend is a strip added below it)."""
     table = np.zeros((256, 3), np.float32)
     table[: len(palette)] = np.asarray(palette, np.float32)
     colours = torch.from_numpy(table[mask.numpy().astype(np.uint8)]).permute(2, 0, 1)
     blend = ((1 - alpha) * image.float() + alpha * colours).round().clamp(0, 255).to(torch.uint8)
-    return encode_png(blend.contiguous()).numpy().tobytes()
+    picture = Image.fromarray(blend.permute(1, 2, 0).numpy())
+    present = [int(c) for c in torch.unique(mask) if int(c) < len(classes)]
+    font = ImageFont.load_default()
+    spots, x, row = [], 2, 0
+    for c in present:  # lay the entries out left to right, wrapping at the image's width
+        width = LEGEND_ROW + int(font.getlength(classes[c])) + 6
+        if x + width > picture.width and x > 2:
+            x, row = 2, row + 1
+        spots.append((x, row, c))
+        x += width
+    canvas = Image.new("RGB", (picture.width, picture.height + (row + 1) * LEGEND_ROW + 2), "white")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for x, row, c in spots:
+        y = picture.height + 2 + row * LEGEND_ROW
+        draw.rectangle((x, y + 1, x + 9, y + 10), fill=tuple(int(v) for v in palette[c]), outline="black")
+        draw.text((x + 12, y), classes[c], fill="black", font=font)
+    buf = io.BytesIO()
+    canvas.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def class_shares(mask: torch.Tensor, classes: list[str]) -> dict[str, float]:

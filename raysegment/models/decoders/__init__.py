@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from raysegment.config import Decoder
 from raysegment.models.decoders.deeplabv3plus import DeepLabV3PlusDecoder
 from raysegment.models.decoders.fpn import FPNDecoder
 from raysegment.models.decoders.segformer import SegFormerDecoder
 from raysegment.models.decoders.unet import UNetDecoder
 
-DECODERS: dict[str, type[nn.Module]] = {
+DECODERS: dict[Decoder, type[nn.Module]] = {  # keys checked against config.Decoder (the one list)
     "fpn": FPNDecoder,
     "unet": UNetDecoder,
     "deeplabv3plus": DeepLabV3PlusDecoder,
