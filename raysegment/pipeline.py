@@ -212,7 +212,7 @@ def run_pipeline(
                 f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
                 f"{out / 'overlays' / (domain + '.png')}"
             )
-        log(f"  try it: curl --data-binary @{image_path} '{url}/v1/domains/{targets[-1]}/segment?format=json'")
+        last_image = image_path
     finally:
         log("[demo] 6/6 shutting down Serve" + (" and Ray" if started_ray else ""))
         try:
@@ -230,4 +230,9 @@ def run_pipeline(
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {out / 'registry'}")
+    log(
+        "[demo] the demo's server is shut down; to serve its registry yourself:\n"
+        f"  raysegment serve --registry {out / 'registry'} --port 8000 &\n"
+        f"  curl --data-binary @{last_image} 'http://127.0.0.1:8000/v1/domains/{targets[-1]}/segment?format=json'"
+    )
     return summary

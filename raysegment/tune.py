@@ -235,7 +235,7 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         best_score = selected_score(best)
         curves = {r.metrics["trial_id"]: list(r.metrics_dataframe["score"]) for r in finished}
         epochs_spent = sum(len(c) for c in curves.values())
-        ckpt = Path(best.metrics["checkpoint_path"]) / "engine" / SELECTED  # the trial's selected epoch
+        ckpt = trial_selected_model(storage, best.metrics)
         winner, meta = load_model(ckpt)
         method = best.config["method"]
         params = {k: best.config[k] for k in ("method", "decay", "lr", "freeze_depth", "decoder", "jitter")}
@@ -314,6 +314,20 @@ def incumbent_of(
         return source_ref, source_val
     model, _, entry = registry.load(f"{domain}@{production}")
     return entry.ref, source_score(model, val, run, judge)
+
+
+def trial_selected_model(storage: Path, metrics: dict[str, Any]) -> Path:
+    """The trial's selected model (its best-scored epoch so far): in the checkpoint its last report
+    names, else in the newest checkpoint of its Train run. A search resumed after a crash can
+    leave the last report naming a checkpoint that the rerun has since replaced (keep=1)."""
+    reported = metrics.get("checkpoint_path")
+    if reported and (Path(reported) / "engine" / SELECTED / "model.json").is_file():
+        return Path(reported) / "engine" / SELECTED
+    run = storage / "trial_train" / f"train-{metrics['trial_id']}"
+    kept = sorted(run.glob(f"checkpoint_*/engine/{SELECTED}/model.json"))  # names sort by time
+    if not kept:
+        raise RaySegmentError(f"trial {metrics['trial_id']} left no checkpoint in {run}")
+    return kept[-1].parent
 
 
 def selected_score(result: Any) -> float:

@@ -35,7 +35,7 @@ def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
         assert summary["served"][domain]["version"] in registry.versions(domain)
         assert abs(sum(summary["served"][domain]["shares"].values()) - 1) < 1e-6
         overlay = Image.open(tmp_path / "overlays" / f"{domain}.png")
-        assert overlay.size == (128, 64) and np.asarray(overlay).std() > 0
+        assert overlay.width == 128 and overlay.height > 64 and np.asarray(overlay).std() > 0  # + legend strip
     assert Image.open(tmp_path / "miou_per_domain.png").format == "PNG"
     assert json.loads((tmp_path / "results.json").read_text())["seconds"] > 0
     assert any("6/6" in line for line in lines)
