@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from raysegment.apps.study import format_table, run_study
 from raysegment.config import LABEL_FREE_METHODS, parse_config
 from raysegment.data import open_split, synth
 from raysegment.engine import fit
 from raysegment.models import save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
-from raysegment.study import format_table, run_study
 
 
 def main() -> None:

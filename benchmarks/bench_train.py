@@ -20,8 +20,8 @@ import torch  # noqa: E402
 
 from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split, synth  # noqa: E402
+from raysegment.distributed.train import PROGRESS_FILE, fine_tune  # noqa: E402
 from raysegment.engine import fit  # noqa: E402
-from raysegment.train import PROGRESS_FILE, fine_tune  # noqa: E402
 
 
 def steady(history: list[dict]) -> float:

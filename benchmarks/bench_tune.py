@@ -21,10 +21,10 @@ import torch  # noqa: E402
 
 from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split, synth  # noqa: E402
+from raysegment.distributed.spec import JobSpec  # noqa: E402
+from raysegment.distributed.tune import run_search  # noqa: E402
 from raysegment.engine import fit  # noqa: E402
-from raysegment.jobspec import JobSpec  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
-from raysegment.tune import run_search  # noqa: E402
 
 
 def delta_sizes(source_dir: Path, root: Path, tmp: Path) -> list[tuple[int, int, int]]:

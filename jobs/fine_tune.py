@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from raysegment.jobspec import load_job_spec
-from raysegment.train import fine_tune
+from raysegment.distributed.spec import load_job_spec
+from raysegment.distributed.train import fine_tune
 
 
 def main(path: str) -> int:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from raysegment.jobspec import load_job_spec
-from raysegment.tune import format_table, run_search
+from raysegment.distributed.spec import load_job_spec
+from raysegment.distributed.tune import format_table, run_search
 
 
 def main(path: str) -> int:

@@ -1,8 +1,9 @@
 """raysegment: domain adaptation for semantic segmentation, with Ray as a thin distributed shell.
 
 Layers, each importing only from those to its left:
-data -> augment -> models -> engine -> train -> tune -> registry -> serving -> cli/jobs.
-The core (data, augment, models, engine) never imports Ray.
+config/storage/errors -> data -> augment -> models -> engine -> registry -> promotion
+-> distributed (Ray Train, Tune, Jobs) -> serving (Ray Serve) -> apps -> cli.
+The core (data, augment, models, engine) never imports Ray; `tests/test_layers.py` checks the rule.
 """
 
 __version__ = "0.1.0"

@@ -58,8 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from raysegment.apps.study import format_table, run_study
     from raysegment.config import ResizeConfig
-    from raysegment.study import format_table, run_study
 
     resize = None
     if args.short_side or args.scale:
@@ -92,7 +92,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_fine_tune(args: argparse.Namespace) -> int:
     from raysegment.config import load_config
-    from raysegment.train import fine_tune
+    from raysegment.distributed.train import fine_tune
 
     cfg = load_config(args.config, _parse_overrides(args.set))
     result = fine_tune(cfg, name=args.name)
@@ -104,32 +104,32 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from raysegment import jobs
+    from raysegment.distributed import submit as ray_jobs
 
-    job_id = jobs.submit(args.spec, args.address)
+    job_id = ray_jobs.submit(args.spec, args.address)
     print(f"submitted {job_id} to {args.address}", flush=True)
     if args.no_wait:
         return 0
-    final = jobs.follow(job_id, args.address)
+    final = ray_jobs.follow(job_id, args.address)
     print(f"job {job_id} {final}")
     return 0 if str(final) == "SUCCEEDED" else 1
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from raysegment import jobs
+    from raysegment.distributed import submit as ray_jobs
 
     if args.action == "status":
-        print(jobs.status(args.job_id, args.address))
+        print(ray_jobs.status(args.job_id, args.address))
     elif args.action == "logs":
-        print(jobs.logs(args.job_id, args.address), end="")
+        print(ray_jobs.logs(args.job_id, args.address), end="")
     else:
-        print(f"stop {args.job_id}: {'requested' if jobs.stop(args.job_id, args.address) else 'already finished'}")
+        print(f"stop {args.job_id}: {'requested' if ray_jobs.stop(args.job_id, args.address) else 'already finished'}")
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from raysegment.jobspec import load_spec
-    from raysegment.tune import format_table, run_search
+    from raysegment.distributed.spec import load_spec
+    from raysegment.distributed.tune import format_table, run_search
 
     spec = load_spec(args.spec, expected="tune")
     print(format_table(run_search(spec)))
@@ -142,10 +142,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
+    from raysegment.distributed.train import ensure_ray
     from raysegment.registry import Registry
     from raysegment.serving.app import build_app
     from raysegment.serving.config import ServeConfig
-    from raysegment.train import ensure_ray
 
     auth = "token" if args.token_file else "none"
     cfg = ServeConfig(
@@ -273,14 +273,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.engine_only:
-        from raysegment.demo import run_demo
+        from raysegment.apps.engine_walkthrough import run_walkthrough
 
         kwargs: dict[str, Any] = (
             dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
         )
-        run_demo(args.out, **kwargs)
+        run_walkthrough(args.out, **kwargs)
         return 0
-    from raysegment.pipeline import run_pipeline
+    from raysegment.apps.demo import ray_console_to, run_demo
 
     quick: dict[str, Any] = (
         dict(
@@ -299,7 +299,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.quick
         else {}
     )
-    run_pipeline(args.out, **quick)
+    console_log = Path(args.out).resolve() / "ray_console.log"
+    with ray_console_to(console_log) as say:
+        say(f"[demo] Ray's own console output (banners, Tune tables, warnings) goes to {console_log}")
+        run_demo(args.out, log=say, **quick)
     return 0
 
 

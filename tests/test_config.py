@@ -35,7 +35,7 @@ def test_shipped_serve_config_and_job_specs_validate():
 
     import yaml
 
-    from raysegment.jobspec import load_spec
+    from raysegment.distributed.spec import load_spec
     from raysegment.serving.config import ServeConfig
 
     root = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import sys
 from raysegment.config import parse_config
 from raysegment.data import open_split
 from raysegment.engine import fit, evaluate
-import raysegment.augment, raysegment.models, raysegment.viz, raysegment.demo
+import raysegment.augment, raysegment.models, raysegment.viz, raysegment.apps.engine_walkthrough
 cfg = parse_config({{"data": {{"root": sys.argv[1]}}, "model": {{"backbone": "{TINY_BACKBONE}", "decoder_channels": 8}},
                     "optim": {{"epochs": 1, "batch_size": 4}}, "output_dir": sys.argv[2]}})
 learner = fit(cfg, open_split(sys.argv[1], "clear", "train"), resume=False, log=lambda s: None)

@@ -1,24 +1,46 @@
-import json
-import subprocess
-import sys
+"""The main job end to end (what `make demo` runs), in quick mode on the session's cluster."""
 
+import json
+
+import numpy as np
+from conftest import TINY_BACKBONE
 from PIL import Image
 
-from raysegment.data.synth import DOMAINS
+from raysegment.apps.demo import run_demo
+from raysegment.registry import Registry
 
 
-def test_quick_demo_writes_table_chart_and_overlays(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "raysegment.cli", "demo", "--engine-only", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
+    lines = []
+    summary = run_demo(
+        tmp_path,
+        images_per_domain=16,
+        height=64,
+        width=128,
+        source_epochs=2,
+        trials=2,
+        trial_epochs=2,
+        shots=4,
+        targets=("fog", "night"),
+        study_methods=("adabn",),
+        study_shots=(2,),
+        study_epochs=1,
+        backbone=TINY_BACKBONE,
+        log=lines.append,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "source-only" in result.stdout and "fine-tuned" in result.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["table"]) == set(DOMAINS)
-    assert all(0 <= row["source_only"] <= 1 for row in results["table"].values())
+    assert set(summary["table"]) == {"clear", "fog", "night"}
+    registry = Registry(tmp_path / "registry")
+    assert registry.domains() == ["clear", "fog", "night"]
+    for domain in ("fog", "night"):
+        assert summary["served"][domain]["version"] in registry.versions(domain)
+        assert abs(sum(summary["served"][domain]["shares"].values()) - 1) < 1e-6
+        overlay = Image.open(tmp_path / "overlays" / f"{domain}.png")
+        assert overlay.width == 128 and overlay.height > 64 and np.asarray(overlay).std() > 0  # + legend strip
     assert Image.open(tmp_path / "miou_per_domain.png").format == "PNG"
-    assert Image.open(tmp_path / "learning_curves.png").format == "PNG"
-    assert {p.stem for p in (tmp_path / "overlays").glob("*.png")} == set(DOMAINS)
+    assert json.loads((tmp_path / "results.json").read_text())["seconds"] > 0
+    assert any("6/6" in line for line in lines)
+    adapted = {row["domain"]: row for row in summary["adapt"]}
+    assert set(adapted) == {"fog", "night"}
+    assert list(adapted["night"]["test_miou"]) == ["source-only", "adabn", "2-shot", "oracle"]
+    assert set(adapted["fog"]["proxy"]) == {"source-only", "adabn"} and adapted["fog"]["proxy_reason"]
+    assert Image.open(tmp_path / "adapt" / "adapt_miou.png").format == "PNG"

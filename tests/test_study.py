@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_BACKBONE
 from PIL import Image
 
-from raysegment.study import TargetReport, format_table, run_study
+from raysegment.apps.study import TargetReport, format_table, run_study
 
 
 def test_gap_closed_is_the_share_of_source_to_oracle():

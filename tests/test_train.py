@@ -18,10 +18,10 @@ from conftest import TINY_BACKBONE
 from safetensors.torch import load_file, save_file
 
 from raysegment.config import ModelConfig
+from raysegment.distributed.train import PROGRESS_FILE, fine_tune
 from raysegment.engine.loss import segmentation_loss
 from raysegment.errors import RaySegmentError
 from raysegment.models import build_segmenter, load_model
-from raysegment.train import PROGRESS_FILE, fine_tune
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/
 
@@ -160,7 +160,7 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
 
 def record_teacher_checksum(learner, metrics: dict, rank: int) -> None:
     """Epoch hook (runs on every rank): the deployable model's checksum, one line per epoch."""
-    from raysegment.train import weights_checksum
+    from raysegment.distributed.train import weights_checksum
 
     with open(Path(learner.cfg.output_dir) / f"checksums.{rank}.jsonl", "a") as handle:
         handle.write(
@@ -188,6 +188,6 @@ def test_self_training_keeps_the_mean_teacher_identical_on_every_rank(ray_cluste
     for a, b in zip(*ranks):
         assert a["weights_checksum"] == b["weights_checksum"], "the teachers drifted apart across ranks"
     teacher, _ = load_model(result.model_dir)  # the run's result is the (deployable) teacher of the last epoch
-    from raysegment.train import weights_checksum
+    from raysegment.distributed.train import weights_checksum
 
     assert weights_checksum(teacher) == pytest.approx(ranks[0][-1]["weights_checksum"], rel=1e-9)

@@ -16,10 +16,10 @@ from conftest import TINY_BACKBONE
 from PIL import Image
 
 from raysegment.data import open_split
+from raysegment.distributed.spec import load_spec
+from raysegment.distributed.tune import format_table, run_search
 from raysegment.engine import fit
-from raysegment.jobspec import load_spec
 from raysegment.registry import Registry
-from raysegment.tune import format_table, run_search
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The one epoch loop, shared by the one-process run (`train_in_process`, `fit`) and every Ray Train
-rank (`raysegment.train`): train an epoch, score it on held-back images every `eval_every` epochs,
+rank (`raysegment.distributed.train`): train an epoch, score it on held-back images every `eval_every` epochs,
 remember the best, and hand the epoch to a sink that logs, checkpoints (every `checkpoint_every`
 epochs) or reports it. The last epoch is always scored and checkpointed.
 """

@@ -21,7 +21,7 @@ from raysegment.models.weights_import import bundled_efficientnet_lite0, import_
 from raysegment.viz import bar_chart_png, curves_png, overlay_png
 
 
-def run_demo(
+def run_walkthrough(
     out: str | Path = "demo_out",
     images_per_domain: int = 80,
     source_epochs: int = 12,

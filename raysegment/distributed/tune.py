@@ -30,16 +30,16 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysegment.config import RunConfig, SearchConfig
 from raysegment.data import open_split
+from raysegment.distributed.spec import JobSpec
+from raysegment.distributed.train import build_trainer, check_resources, ensure_ray
 from raysegment.engine import evaluate
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.proxies import proxy_scores
 from raysegment.errors import ConfigError, RaySegmentError
-from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, promote_if_better
 from raysegment.registry import Registry
 from raysegment.storage import atomic_write_json
-from raysegment.train import build_trainer, check_resources, ensure_ray
 from raysegment.viz import bar_chart_png, curves_png
 
 DONE_FILE = "winner.json"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from raysegment.distributed.spec import FROM_ENV, SPEC_ENV, load_spec
 from raysegment.errors import RaySegmentError
-from raysegment.jobspec import FROM_ENV, SPEC_ENV, load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", ".git", "runs", "demo_out", ".gpu_wheels", "**/__pycache__", "*.egg-info", "data"]

@@ -7,25 +7,51 @@ HTTP request per domain, overlay written -> clean shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
+from raysegment.apps.study import format_table as format_study
+from raysegment.apps.study import run_study
 from raysegment.config import LABEL_FREE_METHODS, parse_config
 from raysegment.data import open_split, synth
+from raysegment.distributed.spec import JobSpec
 from raysegment.engine import evaluate
 from raysegment.errors import RaySegmentError
-from raysegment.jobspec import JobSpec
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
-from raysegment.study import format_table as format_study
-from raysegment.study import run_study
 from raysegment.viz import bar_chart_png
+
+RAY_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.tune", "ray.data")
+
+
+@contextlib.contextmanager
+def ray_console_to(path: Path) -> Iterator[Callable[[str], None]]:
+    """Send what Ray writes to the console (start-up banners, Tune's tables and TensorBoard hint,
+    raylet warnings, Serve's messages) to `path`; yields a `log` that still prints to the console,
+    so a newcomer reads the demo's own progress and tables."""
+    console = sys.stdout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        handler = logging.StreamHandler(sink)
+        saved = {name: logging.getLogger(name).handlers[:] for name in RAY_LOGGERS}
+        for name, handlers in saved.items():
+            if handlers or name == "ray":
+                logging.getLogger(name).handlers = [handler]
+        try:
+            yield lambda line: print(line, file=console, flush=True)
+        finally:
+            for name, handlers in saved.items():
+                logging.getLogger(name).handlers = handlers
 
 
 def _free_port() -> int:
@@ -34,7 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pipeline(
+def run_demo(
     out: str | Path = "demo_out",
     images_per_domain: int = 60,
     height: int = 128,
@@ -58,10 +84,10 @@ def run_pipeline(
     import ray
     from ray import serve
 
+    from raysegment.distributed.train import fine_tune
+    from raysegment.distributed.tune import format_table, run_search
     from raysegment.serving.app import build_app
     from raysegment.serving.config import ServeConfig
-    from raysegment.train import fine_tune
-    from raysegment.tune import format_table, run_search
 
     out = Path(out).resolve()
     start = time.perf_counter()
@@ -78,7 +104,7 @@ def run_pipeline(
         )
         pretrained = {"source": "file", "uri": str(weights)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from raysegment.train import ensure_ray, largest_node_cpus
+    from raysegment.distributed.train import ensure_ray, largest_node_cpus
 
     started_ray = ensure_ray()
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import TINY_BACKBONE
 
-from raysegment import jobs
+from raysegment.distributed import submit as ray_jobs
+from raysegment.distributed.spec import load_spec
 from raysegment.errors import ConfigError
-from raysegment.jobspec import load_spec
 from raysegment.models import load_model
 
 
@@ -58,14 +58,15 @@ def test_submitted_fine_tune_job_succeeds_leaves_a_checkpoint_and_logs(ray_clust
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "SUCCEEDED" in done.stdout
     job_id = done.stdout.split()[1]
-    assert "SUCCEEDED" in jobs.status(job_id, ray_cluster.dashboard_url)
+    assert "SUCCEEDED" in ray_jobs.status(job_id, ray_cluster.dashboard_url)
     checkpoints = sorted((tmp_path / "out" / "ray" / "job-test").glob("checkpoint_*/engine"))
     assert checkpoints, "no checkpoint in the job's storage"
     model, meta = load_model(checkpoints[-1])
     assert meta.model.backbone == TINY_BACKBONE
     # The spec travels in the job's environment: the entrypoint names no path of this machine.
     assert (
-        jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint == "python jobs/fine_tune.py --from-env"
+        ray_jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint
+        == "python jobs/fine_tune.py --from-env"
     )
     logs = subprocess.run(
         [*cli, "jobs", "logs", job_id, "--address", ray_cluster.dashboard_url],
