@@ -145,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from raysegment.distributed.train import ensure_ray
     from raysegment.registry import Registry
     from raysegment.serving.app import build_app
-    from raysegment.serving.config import ServeConfig
+    from raysegment.serving.config import ServeConfig, use_serve_process_env
 
     auth = "token" if args.token_file else "none"
     cfg = ServeConfig(
@@ -155,6 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token_file=str(Path(args.token_file).resolve()) if args.token_file else None,
         bind_host=args.host,
     )
+    use_serve_process_env()
     ensure_ray()
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": 120})
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")

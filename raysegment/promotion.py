@@ -107,8 +107,7 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
 
     from raysegment.config import RunConfig
     from raysegment.data import open_split
-    from raysegment.engine import evaluate
-    from raysegment.engine.proxies import proxy_scores
+    from raysegment.engine.judge import judged_scores
     from raysegment.errors import RaySegmentError
 
     try:
@@ -129,17 +128,7 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
     reference = registry.load(incumbent)[0] if incumbent else model
 
     def score(m: torch.nn.Module) -> float:
-        if judge_name == "labels":
-            return evaluate(m, val, cfg.eval, resize=d.resize).miou
-        return proxy_scores(
-            m,
-            reference,
-            val,
-            val.info.num_classes,
-            cfg.adapt.proxy_confidence,
-            batch_size=cfg.eval.batch_size,
-            resize=d.resize,
-        ).score
+        return judged_scores(m, val, cfg, judge_name, reference)["score"]
 
     return score(model), (score(reference) if incumbent else None), judge_name, incumbent
 

@@ -189,7 +189,9 @@ def ray_cluster():
     import ray
 
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    from raysegment.serving.config import SERVE_PROCESS_ENV
+
+    env = {**os.environ, **SERVE_PROCESS_ENV, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     logs = [Path(temp_dir) / "head.out", Path(temp_dir) / "worker.out"]
     gcs, dash = free_port(), free_port()
@@ -339,3 +341,24 @@ def many_scan_jpeg(size: tuple[int, int], repeats: int) -> bytes:
     starts = [i for i in range(len(body) - 1) if body[i : i + 2] == b"\xff\xda"] + [len(body) - 2]
     smallest = min((body[a:b] for a, b in zip(starts, starts[1:])), key=len)
     return body[:-2] + smallest * repeats + b"\xff\xd9"
+
+
+@pytest.fixture
+def cli(capsys):
+    """`raysegment ARGS` run in this process through `raysegment.cli.main`, the function the entry
+    point calls: (returncode, stdout, stderr). It saves the ~8 s a fresh Python pays to import
+    torch, timm and Ray; the entry point itself is run as a subprocess in test_cli."""
+    from types import SimpleNamespace
+
+    from raysegment.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run

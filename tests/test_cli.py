@@ -1,4 +1,5 @@
-"""The CLI as a user runs it: a real subprocess, real files."""
+"""The CLI as a user runs it: the entry point as a real subprocess (help, exit codes, one-line
+errors); the heavier commands in-process through the same `main` (the `cli` fixture); real files."""
 
 import json
 import subprocess
@@ -37,10 +38,10 @@ def test_missing_dataset_is_one_line_error(tmp_path):
     assert result.returncode == 2 and "dataset.json is missing" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_train_evaluate_predict_end_to_end(tmp_path):
+def test_train_evaluate_predict_end_to_end(cli, tmp_path):
     data = tmp_path / "data"
     assert (
-        raysegment(
+        cli(
             "data",
             "synth",
             "--out",
@@ -63,13 +64,13 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
         f"model: {{backbone: {TINY_BACKBONE}, decoder: unet, decoder_channels: 8}}\n"
         f"optim: {{epochs: 2, batch_size: 4}}\noutput_dir: {tmp_path / 'run'}\n"
     )
-    train = raysegment("train", "--config", cfg, "--set", "optim.lr=0.004")
+    train = cli("train", "--config", cfg, "--set", "optim.lr=0.004")
     assert train.returncode == 0, train.stderr
     assert "epoch 2/2" in train.stdout and "model written to" in train.stdout
     meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert meta["model"]["decoder"] == "unet" and "val_miou" in meta["metrics"]
 
-    evaluation = raysegment(
+    evaluation = cli(
         "evaluate",
         "--model",
         tmp_path / "run" / "model",
@@ -89,7 +90,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert "fog/all: mIoU" in evaluation.stdout and "sidewalk" in evaluation.stdout
 
     image = data / "fog" / "images" / "fog_00000.png"
-    pred = raysegment("predict", "--model", tmp_path / "run" / "model", "--out", tmp_path / "pred", image)
+    pred = cli("predict", "--model", tmp_path / "run" / "model", "--out", tmp_path / "pred", image)
     assert pred.returncode == 0, pred.stderr
     overlay = Image.open(tmp_path / "pred" / "fog_00000_overlay.png")
     mask = Image.open(tmp_path / "pred" / "fog_00000_mask.png")
@@ -97,10 +98,10 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert np.asarray(mask).max() < 7
 
 
-def test_weights_import_cli(tmp_path):
+def test_weights_import_cli(cli, tmp_path):
     from raysegment.models.weights_import import bundled_efficientnet_lite0
 
-    result = raysegment(
+    result = cli(
         "weights",
         "import",
         bundled_efficientnet_lite0(),
@@ -112,17 +113,17 @@ def test_weights_import_cli(tmp_path):
     assert (
         result.returncode == 0 and "296 tensors" in result.stdout and (tmp_path / "w.safetensors").stat().st_size > 10e6
     )
-    bad = raysegment(
+    bad = cli(
         "weights", "import", bundled_efficientnet_lite0(), "--arch", "resnet18", "--out", tmp_path / "x.safetensors"
     )
     assert bad.returncode == 2 and "cannot map weights onto resnet18" in bad.stderr
 
 
-def test_data_check_counts_images_and_labelled_ones(odd_root):
-    result = raysegment("data", "check", "--root", odd_root, "--domain", "raw")
+def test_data_check_counts_images_and_labelled_ones(cli, odd_root):
+    result = cli("data", "check", "--root", odd_root, "--domain", "raw")
     assert result.returncode == 0, result.stderr
     assert "4 images, 0 labelled" in result.stdout
-    assert "5 images, 5 labelled" in raysegment("data", "check", "--root", odd_root, "--domain", "chase").stdout
+    assert "5 images, 5 labelled" in cli("data", "check", "--root", odd_root, "--domain", "chase").stdout
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def poisoned_target(odd_root, tmp_path):
     return root
 
 
-def test_unlabelled_train_and_adapt_never_open_a_target_mask(poisoned_target, odd_source_dir, tmp_path):
+def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_target, odd_source_dir, tmp_path):
     cfg = tmp_path / "tent.yaml"
     cfg.write_text(
         f"data: {{root: {poisoned_target}, domain: chase}}\n"
@@ -146,10 +147,10 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(poisoned_target, od
         f"pretrained: {{source: checkpoint, uri: {odd_source_dir}}}}}\n"
         f"optim: {{epochs: 1, batch_size: 2}}\nadapt: {{method: tent}}\noutput_dir: {tmp_path / 'tent'}\n"
     )
-    train = raysegment("train", "--config", cfg, "--unlabelled")
+    train = cli("train", "--config", cfg, "--unlabelled")
     assert train.returncode == 0, train.stderr
     assert "proxy score" in train.stdout and "no target labels read" in train.stdout
-    study = raysegment(
+    study = cli(
         "adapt",
         "--source",
         odd_source_dir,
@@ -182,7 +183,7 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(poisoned_target, od
         "self_training",
     }
     # Without --unlabelled the same study reads the labels, and the garbage stops it with one line.
-    labelled = raysegment(
+    labelled = cli(
         "adapt",
         "--source",
         odd_source_dir,

@@ -32,3 +32,11 @@ def test_the_cluster_is_not_open_to_the_world():
     assert any(target.endswith(".ray/auth_token") for target in config["file_mounts"])
     rules = config["provider"]["security_group"]["IpPermissions"]
     assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+
+
+def test_every_node_starts_with_serves_throughput_settings():
+    from raysegment.serving.config import SERVE_PROCESS_ENV
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    starts = config["head_start_ray_commands"][-1:] + config["worker_start_ray_commands"][-1:]
+    assert all(f"{key}={value}" in cmd for cmd in starts for key, value in SERVE_PROCESS_ENV.items())

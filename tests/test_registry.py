@@ -121,21 +121,13 @@ def test_kill_9_mid_write_leaves_registry_readable(tmp_path):
     assert reg.register("fog", _model(), META) == max(reg.versions("fog"))
 
 
-def test_registry_cli(tmp_path, capsys):
-    """In-process `raysegment.cli.main` (the subprocess entry point and its exit codes are covered
-    in test_cli): each call gives its exit code, stdout and stderr."""
-    from types import SimpleNamespace
-
-    from raysegment.cli import main
-
+def test_registry_cli(tmp_path, cli):
     reg = Registry(tmp_path)
     reg.register("fog", _model(1), META, {"miou": 0.42})
     reg.register("fog", _model(2), META)
 
     def run(*args):
-        code = main(["registry", *args, "--registry", str(tmp_path)])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+        return cli("registry", *args, "--registry", tmp_path)
 
     judged = run("promote", "fog@2")  # no run config to judge it by: it stays a candidate
     assert judged.returncode == 0 and "fog@2 is now candidate: no held-back score" in judged.stdout

@@ -73,7 +73,7 @@ RETINA = _retina_root()
 
 @pytest.mark.slow
 @pytest.mark.skipif(not RETINA.is_dir(), reason=f"the real retina data is not at {RETINA} on this machine")
-def test_adapt_study_runs_on_real_retina_drive_to_chase(tmp_path):
+def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
     """The real cross-scanner shift, end to end through the CLI at a small working scale: a source
     trained on DRIVE (565x584), every label-free method, 2-shot and the oracle on CHASE (999x960)."""
     cfg = tmp_path / "source.yaml"
@@ -82,39 +82,26 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(tmp_path):
         f"model: {{backbone: {TINY_BACKBONE}, decoder: fpn, decoder_channels: 8}}\n"
         f"optim: {{epochs: 2, batch_size: 8, lr: 0.005}}\noutput_dir: {tmp_path / 'source'}\n"
     )
-    train = subprocess.run(
-        [sys.executable, "-m", "raysegment.cli", "train", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    train = cli("train", "--config", cfg)
     assert train.returncode == 0, train.stderr
-    study = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "raysegment.cli",
-            "adapt",
-            "--source",
-            str(tmp_path / "source" / "model"),
-            "--data",
-            str(RETINA),
-            "--source-domain",
-            "drive",
-            "--targets",
-            "chase",
-            "--short-side",
-            "48",
-            "--epochs",
-            "1",
-            "--shots",
-            "2",
-            "--out",
-            str(tmp_path / "study"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    study = cli(
+        "adapt",
+        "--source",
+        tmp_path / "source" / "model",
+        "--data",
+        RETINA,
+        "--source-domain",
+        "drive",
+        "--targets",
+        "chase",
+        "--short-side",
+        "48",
+        "--epochs",
+        "1",
+        "--shots",
+        "2",
+        "--out",
+        tmp_path / "study",
     )
     assert study.returncode == 0, study.stderr
     (chase,) = json.loads((tmp_path / "study" / "results.json").read_text())

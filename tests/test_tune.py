@@ -66,35 +66,6 @@ def _spec(tmp_path, synth_root, source_model, num_samples=4, max_epochs=3):
     return path
 
 
-def test_search_registers_a_winner_per_domain(ray_cluster, tmp_path, synth_root, source_model):
-    spec = load_spec(_spec(tmp_path, synth_root, source_model, num_samples=2, max_epochs=2))
-    outcomes = run_search(spec, log=lambda s: None)
-    (fog,) = outcomes
-    assert fog.trials == 2 and 2 <= fog.epochs_spent <= 4
-    assert set(fog.config) == {"method", "decay", "lr", "freeze_depth", "decoder", "jitter"}
-    assert fog.config["method"] == "finetune"
-    assert 0.85 <= fog.config["decay"] <= 0.999 and fog.config["freeze_depth"] in (0, 2, 4)
-    assert fog.best_score == max(max(c) if c else 0 for c in fog.curves.values()) or fog.best_score > 0
-    reg = Registry(tmp_path / "registry")
-    entry = reg.get_entry("fog", fog.version)
-    assert entry.manifest["lineage"]["trial_id"] == fog.trial_id
-    assert entry.manifest["base"] == {"domain": "source", "version": 1}  # stored as a delta on the source
-    assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_score)
-    assert entry.manifest["config"]["model"]["freeze_depth"] == fog.config["freeze_depth"]
-    assert entry.manifest["lineage"]["method"] == "finetune" and entry.manifest["lineage"]["judge"] == "labels"
-    assert entry.manifest["lineage"]["target_labels"] == len(open_split(synth_root, "fog", "train"))
-    if fog.best_score >= fog.source_score:
-        assert reg.aliases("fog") == {"production": fog.version}
-    reg.load(f"fog@{fog.version}")
-    storage = tmp_path / "tune" / "search"
-    for png in ("tune_curves.png", "tune_winners.png"):
-        assert Image.open(storage / png).format == "PNG"
-    assert "fog@1" in format_table(outcomes)
-    # Running the same spec again does not search again: the winner is already registered.
-    again = run_search(spec, log=lambda s: None)
-    assert again[0].version == fog.version and reg.versions("fog") == [fog.version]
-
-
 def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir):
     """On a target domain with no masks folder at all: the search, its judge and registration never need one."""
     import shutil
@@ -119,7 +90,9 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
 
 
 @pytest.mark.slow
-def test_interrupted_search_resumes_where_it_stopped(ray_cluster, tmp_path, synth_root, source_model):
+def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp_path, synth_root, source_model):
+    """The search killed mid-run (its driver, SIGKILL), run again: it resumes the same trials, then
+    registers and judges the winner; a third run finds the winner registered and searches nothing."""
     spec_path = _spec(tmp_path, synth_root, source_model, num_samples=2, max_epochs=2)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "jobs" / "tune.py"), str(spec_path)]
@@ -140,3 +113,25 @@ def test_interrupted_search_resumes_where_it_stopped(ray_cluster, tmp_path, synt
     winner = json.loads((tmp_path / "tune" / "search" / "search-fog" / "winner.json").read_text())
     assert winner["trials"] == 2  # the two trials of the first run, not two more
     assert before <= {p.name for p in runs.iterdir()}
+
+    (fog,) = run_search(load_spec(spec_path), log=lambda s: None)  # registered already: nothing searched
+    assert fog.trials == 2 and fog.version == winner["version"]
+    assert set(fog.config) == {"method", "decay", "lr", "freeze_depth", "decoder", "jitter"}
+    assert fog.config["method"] == "finetune"
+    assert 0.85 <= fog.config["decay"] <= 0.999 and fog.config["freeze_depth"] in (0, 2, 4)
+    reg = Registry(tmp_path / "registry")
+    assert reg.versions("fog") == [fog.version]
+    entry = reg.get_entry("fog", fog.version)
+    assert entry.manifest["lineage"]["trial_id"] == fog.trial_id
+    assert entry.manifest["base"] == {"domain": "source", "version": 1}  # stored as a delta on the source
+    assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_score)
+    assert entry.manifest["config"]["model"]["freeze_depth"] == fog.config["freeze_depth"]
+    assert entry.manifest["lineage"]["method"] == "finetune" and entry.manifest["lineage"]["judge"] == "labels"
+    assert entry.manifest["lineage"]["target_labels"] == len(open_split(synth_root, "fog", "train"))
+    if fog.best_score >= fog.source_score:
+        assert reg.aliases("fog") == {"production": fog.version}
+    reg.load(f"fog@{fog.version}")
+    storage = tmp_path / "tune" / "search"
+    for png in ("tune_curves.png", "tune_winners.png"):
+        assert Image.open(storage / png).format == "PNG"
+    assert "fog@1" in format_table([fog])

@@ -87,7 +87,7 @@ def run_demo(
     from raysegment.distributed.train import fine_tune
     from raysegment.distributed.tune import format_table, run_search
     from raysegment.serving.app import build_app
-    from raysegment.serving.config import ServeConfig
+    from raysegment.serving.config import ServeConfig, use_serve_process_env
 
     out = Path(out).resolve()
     start = time.perf_counter()
@@ -106,6 +106,7 @@ def run_demo(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from raysegment.distributed.train import ensure_ray, largest_node_cpus
 
+    use_serve_process_env()  # the demo's local Ray serves at the end
     started_ray = ensure_ray()
 
     try:

@@ -12,7 +12,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from raysegment.distributed.spec import FROM_ENV, SPEC_ENV, load_spec
 from raysegment.errors import RaySegmentError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # raysegment/distributed/submit.py -> the repository
 EXCLUDES = [".venv", ".git", "runs", "demo_out", ".gpu_wheels", "**/__pycache__", "*.egg-info", "data"]
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 

@@ -32,9 +32,8 @@ from raysegment.config import RunConfig, SearchConfig
 from raysegment.data import open_split
 from raysegment.distributed.spec import JobSpec
 from raysegment.distributed.train import build_trainer, check_resources, ensure_ray
-from raysegment.engine import evaluate
 from raysegment.engine.checkpoint import SELECTED
-from raysegment.engine.proxies import proxy_scores
+from raysegment.engine.judge import judged_scores
 from raysegment.errors import ConfigError, RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, promote_if_better
@@ -337,17 +336,7 @@ def selected_score(result: Any) -> float:
 
 def source_score(model: torch.nn.Module, val: Any, run: RunConfig, judge: str) -> float:
     """The source model's score by the domain's judge: val mIoU, or its proxy (agreement 1 by definition)."""
-    if judge == "labels":
-        return evaluate(model, val, run.eval, resize=run.data.resize).miou
-    return proxy_scores(
-        model,
-        model,
-        val,
-        val.info.num_classes,
-        run.adapt.proxy_confidence,
-        batch_size=run.eval.batch_size,
-        resize=run.data.resize,
-    ).score
+    return judged_scores(model, val, run, judge)["score"]
 
 
 def write_summary(outcomes: list[DomainOutcome], storage: Path) -> tuple[Path, Path]:

@@ -29,8 +29,8 @@ from raysegment.config import RunConfig
 from raysegment.data import Batch, EpochSampler, SegmentationDataset, pad_collate
 from raysegment.engine import checkpoint as ckpt
 from raysegment.engine.evaluate import EvalResult, evaluate
+from raysegment.engine.judge import judged_scores
 from raysegment.engine.loss import segmentation_loss
-from raysegment.engine.proxies import proxy_scores
 from raysegment.engine.schedule import build_optimizer, build_scheduler
 from raysegment.models import ModelMeta, Segmenter, build_segmenter
 
@@ -252,21 +252,10 @@ class Learner:
     def score(self, dataset: SegmentationDataset, model: torch.nn.Module | None = None) -> dict[str, float]:
         """Held-back metrics; `score` selects and promotes: val mIoU when target labels judge, the
         unsupervised proxy on the val images otherwise (their masks are then never read)."""
-        model = model or self.deployable
-        if self.reference is None:
-            miou = self.evaluate(dataset, model).miou
-            return {"val_miou": miou, "score": miou}
-        proxies = proxy_scores(
-            model,
-            self.reference,
-            dataset,
-            self.info.num_classes,
-            self.cfg.adapt.proxy_confidence,
-            self.device,
-            self.cfg.eval.batch_size,
-            self.cfg.data.resize,
+        judge = "labels" if self.reference is None else "proxy"
+        return judged_scores(
+            model or self.deployable, dataset, self.cfg, judge, self.reference, self.device, self.rank, self.world_size
         )
-        return {**proxies.as_metrics(), "score": proxies.score}
 
     @property
     def selects_start(self) -> bool:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from raysegment.config import ModelConfig, ResizeConfig
 from raysegment.errors import CheckpointError
-from raysegment.storage import atomic_write_json, fetch_to_local, is_uri, read_bytes
+from raysegment.storage import atomic_write_bytes, atomic_write_json, fetch_to_local, is_uri, read_bytes
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -39,15 +37,9 @@ def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(folder: str | Path, model: torch.nn.Module, meta: ModelMeta) -> Path:
-    """Write weights and meta atomically into `folder`."""
+    """Write weights and meta into `folder`, each file whole or not at all (`storage`'s atomic writes)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    save_file(state_dict_for_saving(model), tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(state_dict_for_saving(model)))
     atomic_write_json(folder / META_FILE, meta.model_dump(mode="json"))
     return folder
 

@@ -141,7 +141,8 @@ class SegmentModels:
             batch = resize_images(batch, scaled_size(h, w, loaded.scale))
             if self.cfg.online_adabn:
                 update_batchnorm_statistics(loaded.model, batch, self.cfg.online_adabn_momentum)
-            preds = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE).argmax(1).cpu()
+            logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
+            preds = logits.argmax(1).to(torch.uint8).cpu()  # class ids fit a byte: 1/8 of int64 to ship back
             for row, k in enumerate(index):
                 masks[k] = preds[row]
         if self.cfg.online_adabn:

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+# Ray Serve's throughput settings, read by each Serve process (proxy, replicas) when it starts, so
+# they belong in every node's environment before `ray start` (cluster.yaml, the test cluster) or
+# in the process that starts a local Ray: user code and the router on the replica's own event loop,
+# request logs buffered, proxy -> replica over gRPC. benchmarks/bench_serve.py measures them.
+SERVE_PROCESS_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+}
+
+
+def use_serve_process_env() -> None:
+    """Adopt SERVE_PROCESS_ENV (unless set otherwise) for a local Ray this process is about to start."""
+    for key, value in SERVE_PROCESS_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def is_loopback(host: str) -> bool:

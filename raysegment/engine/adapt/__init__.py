@@ -19,9 +19,9 @@ from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.methods import SelfTraining, Tent, tent_parameters
 from raysegment.engine.adapt.teacher import EMATeacher
+from raysegment.engine.judge import judged_scores
 from raysegment.engine.learner import Finetune, Learner, Wrap
 from raysegment.engine.loop import train_in_process
-from raysegment.engine.proxies import proxy_scores
 from raysegment.errors import ConfigError
 from raysegment.models import ModelMeta, build_segmenter
 
@@ -87,23 +87,8 @@ def adabn_scores(
     cfg: RunConfig, model: torch.nn.Module, val: SegmentationDataset, device: torch.device | str
 ) -> dict[str, float]:
     """AdaBN's held-back scores by the run's judge, against the unadapted source model."""
-    from raysegment.engine.evaluate import evaluate
-
-    if cfg.judge == "labels":
-        miou = evaluate(model, val, cfg.eval, device, resize=cfg.data.resize).miou
-        return {"val_miou": miou, "score": miou}
-    source = build_segmenter(cfg.model, val.info.num_classes).to(device)
-    proxies = proxy_scores(
-        model,
-        source,
-        val,
-        val.info.num_classes,
-        cfg.adapt.proxy_confidence,
-        device,
-        cfg.eval.batch_size,
-        cfg.data.resize,
-    )
-    return {**proxies.as_metrics(), "score": proxies.score}
+    source = build_segmenter(cfg.model, val.info.num_classes).to(device) if cfg.judge == "proxy" else None
+    return judged_scores(model, val, cfg, cfg.judge, source, device)
 
 
 @dataclass
