@@ -1,10 +1,13 @@
 """ASHA vs the same search without early stopping, per target domain: epochs spent and best
-val mIoU of each, and the ratio (goal: within 1 mIoU point at <= 40% of the epochs).
+val mIoU of each, and the ratio (goal: within 1 mIoU point at <= 40% of the epochs). The same
+seed samples the same trial configs for every scheduler, so the full-budget (FIFO) search is the
+reference each ASHA setting (grace period, reduction factor) is measured against.
 Also reports registry bytes per domain model stored as a delta vs a full checkpoint at
-freeze_depth 0, 2 and 4.
+freeze_depth 0, 2 and 4 (skip with --no-sizes).
 
     python benchmarks/bench_tune.py [--samples 8] [--epochs 6] [--targets fog night]
-Embedded local Ray, 2 CPUs; synthetic domains at 64x128.
+                                    [--asha 1:2 2:3] [--cpus 2]
+Embedded local Ray (--cpus, default 2); synthetic domains at 64x128.
 """
 
 from __future__ import annotations
@@ -62,12 +65,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--targets", nargs="+", default=["fog", "night"])
+    parser.add_argument(
+        "--asha", nargs="+", default=["1:2"], help="ASHA settings to compare, each GRACE:REDUCTION_FACTOR"
+    )
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    parser.add_argument("--images", type=int, default=30, help="images per synthetic domain")
+    parser.add_argument("--no-sizes", action="store_true", help="skip the registry delta-size table")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    settings: list[tuple[int, float] | None] = [None] + [
+        (int(g), float(r)) for g, r in (a.split(":") for a in args.asha)
+    ]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         root = synth.generate(
-            tmp / "data", domains=("clear", *args.targets), images_per_domain=30, height=64, width=128
+            tmp / "data", domains=("clear", *args.targets), images_per_domain=args.images, height=64, width=128
         )
         source_cfg = parse_config(
             {
@@ -78,21 +90,22 @@ def main() -> None:
         )
         fit(source_cfg, open_split(root, "clear", "train"), resume=False, log=lambda s: None)
         source_dir = tmp / "source" / "checkpoints" / "epoch_0004"
-        ray.init(address="local", num_cpus=2, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.cpus, log_to_driver=False)
         results = {}
-        for asha in (True, False):
+        for k, setting in enumerate(settings):
             spec = JobSpec.model_validate(
                 {
                     "job": "tune",
-                    "name": "asha" if asha else "fifo",
+                    "name": f"search{k}",
                     "targets": args.targets,
-                    "registry": str(tmp / f"registry-{asha}"),
+                    "registry": str(tmp / f"registry-{k}"),
                     "source": str(source_dir),
                     "search": {
                         "num_samples": args.samples,
                         "max_epochs": args.epochs,
-                        "early_stopping": asha,
-                        "grace_period": 1,
+                        "early_stopping": setting is not None,
+                        "grace_period": setting[0] if setting else 1,
+                        "reduction_factor": setting[1] if setting else 2.0,
                         "seed": 0,
                     },
                     "run": {
@@ -103,22 +116,30 @@ def main() -> None:
                     },
                 }
             )
-            results[asha] = {o.domain: o for o in run_search(spec, log=lambda s: None)}
+            results[setting] = {o.domain: o for o in run_search(spec, log=lambda s: None)}
+            if setting is None:
+                print(
+                    f"{args.samples} trials x up to {args.epochs} epochs per domain, EfficientNet-Lite0 + FPN, "
+                    f"64x128, 10 labels, {args.cpus} CPUs"
+                )
+                print(
+                    f"{'domain':<8} {'ASHA g:rf':>9} {'ASHA epochs':>11} {'ASHA best':>9} {'full epochs':>11} "
+                    f"{'full best':>9} {'epoch ratio':>11} {'mIoU diff':>9}",
+                    flush=True,
+                )
+                continue
+            for d in args.targets:
+                a, f = results[setting][d], results[None][d]
+                print(
+                    f"{d:<8} {setting[0]:>5}:{setting[1]:<3g} {a.epochs_spent:>11} {100 * a.best_score:>8.1f}% "
+                    f"{f.epochs_spent:>11} {100 * f.best_score:>8.1f}% {a.epochs_spent / f.epochs_spent:>11.2f} "
+                    f"{100 * (a.best_score - f.best_score):>+9.1f}",
+                    flush=True,
+                )
         ray.shutdown()
-        sizes = delta_sizes(source_dir, root, tmp)
-    print(f"{args.samples} trials x up to {args.epochs} epochs per domain, EfficientNet-Lite0 + FPN, 64x128, 10 labels")
-    print(
-        f"{'domain':<8} {'ASHA epochs':>11} {'ASHA best':>9} {'full epochs':>11} {'full best':>9} "
-        f"{'epoch ratio':>11} {'mIoU diff':>9}"
-    )
-    for d in args.targets:
-        a, f = results[True][d], results[False][d]
-        print(
-            f"{d:<8} {a.epochs_spent:>11} {100 * a.best_score:>8.1f}% {f.epochs_spent:>11} "
-            f"{100 * f.best_score:>8.1f}% {a.epochs_spent / f.epochs_spent:>11.2f} "
-            f"{100 * (a.best_score - f.best_score):>+9.1f}"
-        )
-    print("registry bytes per domain (delta on the source vs a full copy):")
+        sizes = [] if args.no_sizes else delta_sizes(source_dir, root, tmp)
+    if sizes:
+        print("registry bytes per domain (delta on the source vs a full copy):")
     for depth, delta, full in sizes:
         print(
             f"  freeze_depth {depth}: delta {delta / 1e6:6.2f} MB  full {full / 1e6:6.2f} MB  ratio {delta / full:.2f}"

@@ -434,6 +434,7 @@ def build_app(args: dict) -> serve.Application:
     )(SegmentModels).bind(cfg.model_dump())
     gateway = serve.deployment(
         name="Gateway",
+        num_replicas=cfg.ingress_replicas,
         ray_actor_options={"num_cpus": cfg.ingress_cpus},
         max_ongoing_requests=256,
         max_queued_requests=cfg.max_queued_requests,

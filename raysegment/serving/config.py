@@ -58,6 +58,9 @@ class ServeConfig(BaseModel):
     cpus_per_replica: float = Field(0.5, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     ingress_cpus: float = Field(0.1, ge=0)
+    ingress_replicas: PositiveInt = Field(
+        1, description="Gateway replicas: they decode uploads, so a fast model replica (a GPU) needs several"
+    )
     resolve_ttl_s: float = Field(
         1.0,
         ge=0,
