@@ -1,50 +1,51 @@
-"""Versioned model registry: `<root>/<domain>/versions/<NNNN>/` + `<root>/<domain>/aliases.json`.
+"""Versioned model registry on a folder or an S3 bucket, one code path (`raysegment.objectstore`).
 
-- A version is written in a temporary folder and renamed into place; the rename onto a new
-  version number is atomic and fails if another process took that number first, so concurrent
-  registrations never collide and a crash never leaves a half-written version visible.
-- Every load checks the SHA-256 of the weights against the manifest.
+Layout under the registry's root:
+    <domain>/blobs/<sha256>.safetensors   weights, named by their content (written first)
+    <domain>/versions/<NNNN>.json         the manifest: meta, metrics, hash, base (written last)
+    <domain>/versions/<NNNN>.removed      the tombstone a removed version leaves
+    <domain>/aliases.json                 {"aliases": {name: version}, "history": [every move]}
+
+- A version exists once its manifest does, and the manifest is created only-if-absent after its
+  weights are stored: concurrent registrations never take one number, a crash never leaves a
+  half-written version visible (at worst an unreferenced blob), and readers never see a partial one.
+- Aliases move by compare-and-swap on `aliases.json` (the move and its audit record together),
+  so concurrent promotions never lose one another.
+- Every load checks the SHA-256 of the weights against the manifest; a replica's local copy of a
+  remote blob is keyed by that hash, so it can never hold stale weights under a reused name.
 - Delta storage: a model registered with a `parent` stores only the tensors that differ from the
   parent (frozen stages are not stored again) and names its base; loading rebuilds the whole.
-- Domain names are validated (whole-string match): never a path outside the registry.
-- Version numbers are never reused: removing a version leaves a tombstone (`NNNN.removed`).
-- Aliases move under a per-domain lock, so concurrent promotions never lose one another.
-
-This release works on local folders (POSIX rename semantics); object stores need a
-conditional-put backend and are refused with a clear error.
+- Domain names are validated (whole-string match): never a key outside the registry.
+- Version numbers are never reused: removing a version leaves a tombstone.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.models.rebuild import rebuild
-from raysegment.storage import atomic_write_json, fsync_dir, is_uri
+from raysegment.objectstore import ObjectStore, StoreError, open_store
+from raysegment.storage import atomic_write_bytes
 
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
-VERSION_DIR_RE = re.compile(r"(\d{4,})(\.removed)?")  # a version, or the tombstone a removed one leaves
-WEIGHTS = "weights.safetensors"
-MANIFEST = "manifest.json"
-HISTORY = "history.jsonl"
+VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
+ALIASES = "aliases.json"
 REGISTER_ATTEMPTS = 1000
+CAS_ATTEMPTS = 200
+CACHE_ENV = "RAYSEGMENT_CACHE"
 
 
 class RegistryError(RaySegmentError):
@@ -55,11 +56,11 @@ class CorruptRegistry(RegistryError):
     """A domain's manifest or aliases file cannot be read: that domain is unavailable, not the registry."""
 
 
-def _read_json(path: Path) -> Any:
+def _parse_json(data: bytes, where: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptRegistry(f"{path} is corrupt ({exc}); restore it or remove the version") from exc
+        raise CorruptRegistry(f"{where} is corrupt ({exc}); restore it or remove the version") from exc
 
 
 @dataclass(frozen=True)
@@ -82,20 +83,22 @@ def check_domain(domain: str) -> str:
     return domain
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_cache_dir() -> Path:
+    """Where remote weights are kept on this machine, by content hash ($RAYSEGMENT_CACHE)."""
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "raysegment-cache" / "blobs")
 
 
 class Registry:
     def __init__(self, uri: str | os.PathLike) -> None:
-        if is_uri(str(uri)) and not str(uri).startswith("file://"):
-            raise RegistryError(f"registry {uri}: only local folders (or file://) are supported in this release")
-        self.root = Path(str(uri).removeprefix("file://")).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.store: ObjectStore = open_store(uri)
+        except StoreError as exc:
+            raise RegistryError(str(exc)) from exc
+        self.uri = self.store.uri
 
     # ------------------------------------------------------------------ writes
     def register(
@@ -121,99 +124,69 @@ class Registry:
                 if k not in base_state or base_state[k].shape != v.shape or not torch.equal(base_state[k], v)
             }
             base = {"domain": base_entry.domain, "version": base_entry.version}
-        versions = self.root / domain / "versions"
-        versions.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=versions))
-        try:
-            save_file(state, str(tmp / WEIGHTS))
-            manifest = {
-                "domain": domain,
-                "meta": meta.model_dump(mode="json"),
-                "metrics": metrics or {},
-                "config": config or {},
-                "base": base,
-                "sha256": sha256_file(tmp / WEIGHTS),
-                "tensors": len(state),
-                "bytes": (tmp / WEIGHTS).stat().st_size,
-                "lineage": {"time": time.time(), "parent": parent, **(lineage or {})},
-            }
-            with open(tmp / WEIGHTS, "rb") as handle:
-                os.fsync(handle.fileno())
-            for _ in range(REGISTER_ATTEMPTS):
-                version = self._next_version(domain)
-                manifest["version"] = version
-                atomic_write_json(tmp / MANIFEST, manifest)
-                try:
-                    os.rename(tmp, versions / f"{version:04d}")  # atomic; fails if the number is taken
-                except OSError as exc:
-                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                        continue  # another process took this number first: take the next
-                    raise RegistryError(f"cannot store {domain}@{version} in {versions}: {exc}") from exc
-                fsync_dir(versions)
-                return version
-            raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        weights = save(state)
+        digest = sha256_bytes(weights)
+        self.store.put_new(self._blob_key(domain, digest), weights)  # named by content: an existing one is the same
+        manifest = {
+            "domain": domain,
+            "meta": meta.model_dump(mode="json"),
+            "metrics": metrics or {},
+            "config": config or {},
+            "base": base,
+            "sha256": digest,
+            "tensors": len(state),
+            "bytes": len(weights),
+            "lineage": {"time": time.time(), "parent": parent, **(lineage or {})},
+        }
+        for _ in range(REGISTER_ATTEMPTS):
+            version = self._next_version(domain)
+            manifest["version"] = version
+            body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            if not self.store.put_new(self._version_key(domain, version, "json"), body):
+                continue  # another writer took this number first: take the next
+            if self.store.get(self._version_key(domain, version, "removed")) is not None:
+                # The number was used and removed while we looked: numbers are never reused.
+                self.store.delete(self._version_key(domain, version, "json"))
+                continue
+            return version
+        raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
 
     def promote(self, domain: str, version: int, alias: str = "production", record: dict | None = None) -> None:
-        """Point `alias` at a version and append the move to the domain's history. Aliases move one
-        writer at a time (a lock per domain), so concurrent moves never lose one another. Which
-        version may become `production` is the promotion policy's call (`raysegment.promotion`)."""
+        """Point `alias` at a version and record the move in the domain's history, in one
+        compare-and-swap, so concurrent moves never lose one another. Which version may become
+        `production` is the promotion policy's call (`raysegment.promotion`)."""
         entry = self.get_entry(domain, version)
-        with self._alias_lock(domain):
-            aliases = self.aliases(domain)
-            previous = aliases.get(check_domain(alias))
-            aliases[alias] = entry.version
-            atomic_write_json(self.root / domain / "aliases.json", aliases)
-            with open(self.root / domain / HISTORY, "a") as handle:
-                handle.write(
-                    json.dumps(
-                        {
-                            "time": time.time(),
-                            "alias": alias,
-                            "version": entry.version,
-                            "previous": previous,
-                            **(record or {}),
-                        }
-                    )
-                    + "\n"
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
+        check_domain(alias)
+
+        def move(doc: dict[str, Any]) -> bool:
+            doc["history"].append(
+                {
+                    "time": time.time(),
+                    "alias": alias,
+                    "version": entry.version,
+                    "previous": doc["aliases"].get(alias),
+                    **(record or {}),
+                }
+            )
+            doc["aliases"][alias] = entry.version
+            return True
+
+        self._update_aliases(domain, move)
 
     def drop_alias(self, domain: str, alias: str, version: int) -> None:
         """Remove `alias` if it still points at `version` (a candidate that has just gone live)."""
-        with self._alias_lock(domain):
-            aliases = self.aliases(domain)
-            if aliases.get(alias) == version:
-                del aliases[alias]
-                atomic_write_json(self.root / domain / "aliases.json", aliases)
+
+        def drop(doc: dict[str, Any]) -> bool:
+            if doc["aliases"].get(alias) != version:
+                return False
+            del doc["aliases"][alias]
+            return True
+
+        self._update_aliases(domain, drop)
 
     def history(self, domain: str) -> list[dict[str, Any]]:
         """Every alias move of a domain, oldest first (an audit record each)."""
-        path = self.root / check_domain(domain) / HISTORY
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash mid-append: that move never completed its record
-        return records
-
-    @contextmanager
-    def _alias_lock(self, domain: str) -> Iterator[None]:
-        """An exclusive advisory lock on `<domain>/.aliases.lock` (released if the holder dies)."""
-        path = self.root / check_domain(domain) / ".aliases.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return self._aliases_doc(domain)[0]["history"]
 
     def remove(self, domain: str, version: int) -> None:
         entry = self.get_entry(domain, version)
@@ -223,35 +196,23 @@ class Registry:
         aliased = [a for a, v in self.aliases(domain).items() if v == version]
         if aliased:
             raise RegistryError(f"{entry.ref} is aliased as {', '.join(aliased)}; promote another version first")
-        versions = self.root / domain / "versions"
         # The tombstone first: the number stays taken, so a replica's cache of domain@N can never
         # meet other weights under the same name.
-        (versions / f"{version:04d}.removed").mkdir(exist_ok=True)
-        trash = versions / f".removed-{version:04d}-{os.getpid()}"
-        os.rename(versions / f"{version:04d}", trash)
-        fsync_dir(versions)
-        shutil.rmtree(trash, ignore_errors=True)
+        self.store.put_new(self._version_key(domain, version, "removed"), b"")
+        self.store.delete(self._version_key(domain, version, "json"))
+        if all(self.get_entry(domain, v).manifest["sha256"] != entry.manifest["sha256"] for v in self.versions(domain)):
+            self.store.delete(self._blob_key(domain, entry.manifest["sha256"]))
 
     # ------------------------------------------------------------------- reads
     def domains(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
+        return [d for d in self.store.children("") if DOMAIN_RE.fullmatch(d) and self.store.children(f"{d}/versions")]
 
     def versions(self, domain: str) -> list[int]:
-        folder = self.root / check_domain(domain) / "versions"
-        if not folder.is_dir():
-            return []
-        return sorted(
-            int(p.name)
-            for p in folder.iterdir()
-            if VERSION_DIR_RE.fullmatch(p.name) and p.name.isdigit() and (p / MANIFEST).is_file()
-        )
+        found = (VERSION_KEY_RE.fullmatch(name) for name in self.store.children(f"{check_domain(domain)}/versions"))
+        return sorted(int(m.group(1)) for m in found if m and m.group(2) == "json")
 
     def aliases(self, domain: str) -> dict[str, int]:
-        path = self.root / check_domain(domain) / "aliases.json"
-        aliases = _read_json(path) if path.is_file() else {}
-        if not isinstance(aliases, dict) or not all(isinstance(v, int) for v in aliases.values()):
-            raise CorruptRegistry(f"{path} is corrupt (not a mapping of alias -> version)")
-        return aliases
+        return dict(self._aliases_doc(domain)[0]["aliases"])
 
     def entries(self) -> list[Entry]:
         return [self.get_entry(d, v) for d in self.domains() for v in self.versions(d)]
@@ -288,15 +249,16 @@ class Registry:
             if version not in aliases:
                 raise RegistryError(f"domain {domain!r} has no alias {version!r}; aliases: {sorted(aliases) or 'none'}")
             version = aliases[version]
-        if version is None or int(version) not in self.versions(domain):
+        key = self._version_key(domain, int(version), "json") if version is not None else None
+        data = self.store.get(key) if key else None
+        if data is None:
             raise RegistryError(
                 f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}"
             )
-        path = self.root / domain / "versions" / f"{int(version):04d}" / MANIFEST
-        manifest = _read_json(path)
+        manifest = _parse_json(data, f"{self.uri}/{key}")
         if not isinstance(manifest, dict) or "meta" not in manifest:
-            raise CorruptRegistry(f"{path} is corrupt (no model meta)")
-        return Entry(domain, int(version), manifest)
+            raise CorruptRegistry(f"{self.uri}/{key} is corrupt (no model meta)")
+        return Entry(domain, int(version), manifest)  # type: ignore[arg-type]
 
     def load_state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """Full state dict of a version (its base's tensors overlaid by its own), hash-checked."""
@@ -331,17 +293,69 @@ class Registry:
         model.load_state_dict(state, assign=True)  # adopt the tensors themselves, no copy
         return model.eval().to(bases.device), meta, entry
 
+    # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _version_key(domain: str, version: int, kind: str) -> str:
+        return f"{domain}/versions/{version:04d}.{kind}"
+
+    @staticmethod
+    def _blob_key(domain: str, digest: str) -> str:
+        return f"{domain}/blobs/{digest}.safetensors"
+
     def _own_state(self, entry: Entry) -> dict[str, torch.Tensor]:
-        path = self.root / entry.domain / "versions" / f"{entry.version:04d}" / WEIGHTS
-        if sha256_file(path) != entry.manifest["sha256"]:
-            raise RegistryError(f"{entry.ref}: {WEIGHTS} does not match its manifest hash (corrupt or tampered)")
-        return load_file(str(path))
+        digest = entry.manifest["sha256"]
+        data = self._weights(entry.domain, digest)
+        if data is None:
+            raise RegistryError(f"{entry.ref}: its weights ({digest[:12]}...) are missing from {self.uri}")
+        if sha256_bytes(data) != digest:
+            raise RegistryError(f"{entry.ref}: weights file does not match its manifest hash (corrupt or tampered)")
+        return load(data)
+
+    def _weights(self, domain: str, digest: str) -> bytes | None:
+        """A version's weights; from a remote store through this machine's cache, keyed by hash."""
+        if self.store.is_local:
+            return self.store.get(self._blob_key(domain, digest))
+        cached = blob_cache_dir() / f"{digest}.safetensors"
+        if cached.is_file():
+            held = cached.read_bytes()
+            if sha256_bytes(held) == digest:
+                return held
+        fetched = self.store.get(self._blob_key(domain, digest))
+        if fetched is not None and sha256_bytes(fetched) == digest:
+            atomic_write_bytes(cached, fetched)
+        return fetched
+
+    def _aliases_doc(self, domain: str) -> tuple[dict[str, Any], str | None]:
+        key = f"{check_domain(domain)}/{ALIASES}"
+        tagged = self.store.get_tagged(key)
+        if tagged is None:
+            return {"aliases": {}, "history": []}, None
+        doc = _parse_json(tagged[0], f"{self.uri}/{key}")
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(doc.get("aliases"), dict)
+            or not all(isinstance(v, int) for v in doc["aliases"].values())
+            or not isinstance(doc.get("history"), list)
+        ):
+            raise CorruptRegistry(f"{self.uri}/{key} is corrupt (not aliases -> versions with a history)")
+        return doc, tagged[1]
+
+    def _update_aliases(self, domain: str, change: Any) -> None:
+        """Read, change and compare-and-swap a domain's aliases document until the swap wins."""
+        key = f"{check_domain(domain)}/{ALIASES}"
+        for attempt in range(CAS_ATTEMPTS):
+            doc, tag = self._aliases_doc(domain)
+            if not change(doc):
+                return
+            if self.store.put_if(key, json.dumps(doc, indent=1).encode(), tag):
+                return
+            time.sleep(min(0.001 * 2**attempt, 0.2))  # another writer won this round
+        raise RegistryError(f"{domain}: aliases still contended after {CAS_ATTEMPTS} attempts")
 
     def _next_version(self, domain: str) -> int:
         """One past every number ever used, removed versions included: numbers are never reused."""
-        folder = self.root / domain / "versions"
-        taken = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_DIR_RE.fullmatch(p.name))]
-        return max(taken, default=0) + 1
+        found = (VERSION_KEY_RE.fullmatch(name) for name in self.store.children(f"{domain}/versions"))
+        return max((int(m.group(1)) for m in found if m), default=0) + 1
 
 
 class SharedBases:

@@ -362,3 +362,54 @@ def cli(capsys):
         return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
     return run
+
+
+# moto's standalone S3 server, run single-threaded: each request's precondition check and write
+# then happen as one step, as on S3 itself (moto's threaded server checks and writes in two steps,
+# so two racing `If-None-Match: *` puts could both pass there, which real S3 never allows).
+S3_SERVER = """
+import sys
+from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server("127.0.0.1", int(sys.argv[1]), app, threaded=False, request_handler=MotoRequestHandler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server on 127.0.0.1 for the session; credentials and endpoint reach
+    boto3 (and every subprocess) the standard way, through the environment."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", S3_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": endpoint})
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket per test: `s3://<bucket>`."""
+    import boto3
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "raysegment"
 LAYERS = [
-    {"config", "storage", "errors", "viz"},
+    {"config", "storage", "objectstore", "errors", "viz"},
     {"data"},
     {"augment"},
     {"models"},
@@ -17,7 +17,19 @@ LAYERS = [
     {"apps"},
     {"cli"},
 ]
-RAY_FREE = {"config", "storage", "errors", "viz", "data", "augment", "models", "engine", "registry", "promotion"}
+RAY_FREE = {
+    "config",
+    "storage",
+    "objectstore",
+    "errors",
+    "viz",
+    "data",
+    "augment",
+    "models",
+    "engine",
+    "registry",
+    "promotion",
+}
 
 
 def layer_of(part: str) -> int:

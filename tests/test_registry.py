@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,13 +17,38 @@ CFG = ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8)
 META = ModelMeta(model=CFG, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
 
 
+@pytest.fixture(params=["folder", "s3"])
+def registry_uri(request, tmp_path):
+    """The same tests on a local folder and on a bucket of the loopback S3 server (conftest)."""
+    if request.param == "folder":
+        return str(tmp_path / "registry")
+    return request.getfixturevalue("s3_bucket") + "/registry"
+
+
+def tamper(uri: str, key: str) -> None:
+    """Flip one byte of a stored object, behind the registry's back."""
+    if uri.startswith("s3://"):
+        import boto3
+
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        client = boto3.client("s3")
+        data = bytearray(client.get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read())
+        data[-5] ^= 0xFF
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=bytes(data))
+    else:
+        path = Path(uri) / key
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
 def _model(seed=0, freeze_depth=0):
     torch.manual_seed(seed)
     return build_segmenter(CFG.model_copy(update={"freeze_depth": freeze_depth}), 3)
 
 
-def test_register_get_promote_and_list(tmp_path):
-    reg = Registry(tmp_path)
+def test_register_get_promote_and_list(registry_uri):
+    reg = Registry(registry_uri)
     v1 = reg.register("fog", _model(1), META, {"miou": 0.5})
     v2 = reg.register("fog", _model(2), META, {"miou": 0.6})
     assert (v1, v2) == (1, 2)
@@ -36,6 +62,7 @@ def test_register_get_promote_and_list(tmp_path):
         reg.resolve("fog@staging")
     with pytest.raises(RegistryError, match="no version 9"):
         reg.get_entry("fog", 9)
+    assert [(h["alias"], h["version"], h["previous"]) for h in reg.history("fog")] == [("production", 1, None)]
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b", "fog\n", "fog\nbar"])
@@ -45,19 +72,17 @@ def test_bad_domain_names_never_become_paths(tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_corrupt_weights_fail_the_hash_check(tmp_path):
-    reg = Registry(tmp_path)
+def test_corrupt_weights_fail_the_hash_check(registry_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYSEGMENT_CACHE", str(tmp_path / "cache"))
+    reg = Registry(registry_uri)
     reg.register("night", _model(), META)
-    path = tmp_path / "night" / "versions" / "0001" / "weights.safetensors"
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
+    tamper(registry_uri, f"night/blobs/{reg.get_entry('night', 1).manifest['sha256']}.safetensors")
     with pytest.raises(RegistryError, match="does not match its manifest hash"):
         reg.load("night@1")
 
 
-def test_delta_stores_only_changed_tensors_and_rebuilds(tmp_path):
-    reg = Registry(tmp_path)
+def test_delta_stores_only_changed_tensors_and_rebuilds(registry_uri):
+    reg = Registry(registry_uri)
     base = _model(0)
     reg.register("clear", base, META)
     child = _model(0, freeze_depth=4)
@@ -90,26 +115,27 @@ for i in range(int(sys.argv[2])):
 """
 
 
-def test_concurrent_registrations_never_collide(tmp_path):
+def test_concurrent_registrations_never_collide(registry_uri):
+    # 4 processes x 4 registrations of one domain: versions 1..16, each exactly once, none lost.
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "4", str(w)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", WRITER, registry_uri, "4", str(w)], stdout=subprocess.PIPE, text=True)
         for w in range(4)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     versions = sorted(int(v) for out in outputs for v in out.split())
     assert versions == list(range(1, 17))
-    reg = Registry(tmp_path)
+    reg = Registry(registry_uri)
     assert reg.versions("fog") == versions
     for v in versions:
         reg.load(f"fog@{v}")  # every version complete and hash-valid
 
 
-def test_kill_9_mid_write_leaves_registry_readable(tmp_path):
-    reg = Registry(tmp_path)
+def test_kill_9_mid_write_leaves_registry_readable(registry_uri):
+    reg = Registry(registry_uri)
     reg.register("fog", _model(7), META)
     for delay in (0.8, 1.2, 1.6):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "1000", "1"], stdout=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, registry_uri, "1000", "1"], stdout=subprocess.PIPE)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -177,8 +203,8 @@ def test_shared_loading_keeps_one_copy_of_the_base(tmp_path):
     assert torch.allclose(night(x), full(x))
 
 
-def test_version_numbers_are_never_reused_after_removal(tmp_path):
-    reg = Registry(tmp_path)
+def test_version_numbers_are_never_reused_after_removal(registry_uri):
+    reg = Registry(registry_uri)
     assert [reg.register("fog", _model(s), META) for s in range(3)] == [1, 2, 3]
     reg.remove("fog", 3)
     reg.remove("fog", 2)
@@ -197,11 +223,35 @@ for i in range(40):
 """
 
 
-def test_racing_promotions_never_lose_an_alias(tmp_path):
-    reg = Registry(tmp_path)
+def test_racing_promotions_never_lose_an_alias(registry_uri):
+    reg = Registry(registry_uri)
     reg.register("fog", _model(0), META)
     reg.register("fog", _model(1), META)
-    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, str(tmp_path), str(w)]) for w in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, registry_uri, str(w)]) for w in range(4)]
     assert all(p.wait(timeout=300) == 0 for p in procs)
-    # 160 read-modify-writes of one aliases.json: unserialised, some would overwrite others' aliases.
+    # 160 read-modify-writes of one aliases.json: without compare-and-swap some would overwrite
+    # others' aliases or history records.
     assert reg.aliases("fog") == {f"w{w}": 2 for w in range(4)}
+    assert len(reg.history("fog")) == 160
+
+
+def test_remote_weights_are_cached_by_content_hash(s3_bucket, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RAYSEGMENT_CACHE", str(cache))
+    reg = Registry(f"{s3_bucket}/reg")
+    reg.register("fog", _model(1), META)
+    digest = reg.get_entry("fog", 1).manifest["sha256"]
+    first, _, _ = reg.load("fog@1")
+    assert [p.name for p in cache.iterdir()] == [f"{digest}.safetensors"]
+    # A damaged local copy is never served: the hash check sends the replica back to the store.
+    (cache / f"{digest}.safetensors").write_bytes(b"garbage")
+    again, _, _ = Registry(f"{s3_bucket}/reg").load("fog@1")
+    assert torch.equal(again.head.weight, first.head.weight)
+    assert reg.register("fog", _model(2), META) == 2
+    assert len(list(cache.iterdir())) == 1  # nothing fetched until fog@2 is loaded
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/registry", "hdfs://x/y", "s3://"])
+def test_unsupported_registry_uris_fail_with_a_reason(uri):
+    with pytest.raises(RegistryError, match="not supported yet|no bucket"):
+        Registry(uri)

@@ -75,7 +75,7 @@ def served(ray_cluster, tmp_path_factory):
     reg.register("broken", constant_model(1), META, parent="base@1")
     (root / "broken" / "aliases.json").write_text('{"production": 1,')  # torn: this domain alone is unavailable
     reg.register("tampered", constant_model(2), META, parent="base@1")
-    weights = next((root / "tampered" / "versions").glob("0001/*.safetensors"))
+    weights = next((root / "tampered" / "blobs").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # fails its manifest hash on the replica
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -38,7 +38,7 @@ def is_loopback(host: str) -> bool:
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    registry: str = Field(description="registry folder")
+    registry: str = Field(description="registry folder or s3://bucket/prefix")
     auth: Literal["token", "none"] = Field(
         "token",
         description="token: every request needs a bearer token from token_file; none: only for a loopback bind_host",
