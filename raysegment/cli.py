@@ -303,7 +303,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console_log = Path(args.out).resolve() / "ray_console.log"
     with ray_console_to(console_log) as say:
         say(f"[demo] Ray's own console output (banners, Tune tables, warnings) goes to {console_log}")
-        run_demo(args.out, log=say, **quick)
+        run_demo(args.out, storage=args.storage, log=say, **quick)
     return 0
 
 
@@ -448,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the end-to-end demo on generated domains")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument(
+        "--storage",
+        help="object storage for the registry and Ray checkpoints (s3://bucket/prefix; credentials and "
+        "AWS_ENDPOINT_URL from the environment), as on a cluster whose nodes share no disk",
+    )
     p.add_argument(
         "--engine-only",
         action="store_true",

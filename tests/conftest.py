@@ -184,13 +184,19 @@ def _start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3_endpoint):
+    """Two Ray nodes on 127.0.0.1. Their processes get the S3 server's endpoint and credentials in
+    their environment (as cluster nodes get them from their instance role or a Secret). Both nodes
+    see this host's disk, and RAYSEGMENT_SHARED_FS=1 says so; a test that must prove nothing relies
+    on it unsets it and keeps every durable file in S3."""
     import httpx
     import ray
 
     bin_dir = Path(sys.executable).parent
+    from raysegment.distributed.train import SHARED_FS_ENV
     from raysegment.serving.config import SERVE_PROCESS_ENV
 
+    os.environ[SHARED_FS_ENV] = "1"
     env = {**os.environ, **SERVE_PROCESS_ENV, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     logs = [Path(temp_dir) / "head.out", Path(temp_dir) / "worker.out"]
@@ -388,7 +394,9 @@ def s3_endpoint():
     """A real S3-protocol server on 127.0.0.1 for the session; credentials and endpoint reach
     boto3 (and every subprocess) the standard way, through the environment."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", S3_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", S3_SERVER, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}

@@ -1,16 +1,25 @@
-"""The main job end to end (what `make demo` runs), in quick mode on the session's cluster."""
+"""The main job end to end (what `make demo` runs), in quick mode on the session's two-node cluster,
+with nothing durable on a shared disk: registry and every Ray checkpoint in the S3 server."""
 
 import json
 
 import numpy as np
+import pytest
+import torch
 from conftest import TINY_BACKBONE
 from PIL import Image
 
 from raysegment.apps.demo import run_demo
+from raysegment.distributed.train import SHARED_FS_ENV
 from raysegment.registry import Registry
+from raysegment.augment import to_float
+from raysegment.serving.imaging import class_shares, decode_upload
 
 
-def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
+def test_pipeline_trains_tunes_registers_and_serves_with_no_shared_disk(ray_cluster, tmp_path, s3_bucket, monkeypatch):
+    monkeypatch.delenv(SHARED_FS_ENV)  # local paths for Ray storage or the registry would now be refused
+    monkeypatch.setenv("RAYSEGMENT_CACHE", str(tmp_path / "cache"))
+    storage = f"{s3_bucket}/demo"
     lines = []
     summary = run_demo(
         tmp_path,
@@ -26,13 +35,23 @@ def test_pipeline_trains_tunes_registers_and_serves(ray_cluster, tmp_path):
         study_shots=(2,),
         study_epochs=1,
         backbone=TINY_BACKBONE,
+        storage=storage,
         log=lines.append,
     )
     assert set(summary["table"]) == {"clear", "night"}
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(f"{storage}/registry")
     assert registry.domains() == ["clear", "night"]
-    assert summary["served"]["night"]["version"] in registry.versions("night")
-    assert abs(sum(summary["served"]["night"]["shares"].values()) - 1) < 1e-6
+    served = summary["served"]["night"]
+    assert served["version"] in registry.versions("night")
+    assert abs(sum(served["shares"].values()) - 1) < 1e-6
+    # The replica's answer is the registered model's own answer on that image (same bytes from S3).
+    model, meta, _ = registry.load(f"night@{served['version']}")
+    body = (tmp_path / "data" / "night" / "images").joinpath(served["image"]).read_bytes()
+    with torch.no_grad():
+        mask = model(to_float(decode_upload(body))[None]).argmax(1)[0]
+    assert served["shares"] == pytest.approx(class_shares(mask, meta.classes), abs=1e-3)
+    # Nothing durable on local disk: no Ray checkpoint, no registry folder under the run's folder.
+    assert not list(tmp_path.rglob("checkpoint_*")) and not (tmp_path / "registry").exists()
     overlay = Image.open(tmp_path / "overlays" / "night.png")
     assert overlay.width == 128 and overlay.height > 64 and np.asarray(overlay).std() > 0  # + legend strip
     assert Image.open(tmp_path / "miou_per_domain.png").format == "PNG"

@@ -29,6 +29,7 @@ from raysegment.errors import RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
+from raysegment.storage import join
 from raysegment.viz import bar_chart_png
 
 RAY_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.tune", "ray.data")
@@ -75,12 +76,15 @@ def run_demo(
     study_epochs: int = 3,
     study_targets: tuple[str, ...] | None = ("fog", "night"),
     backbone: str = "efficientnet_lite0",
+    storage: str | None = None,
     log=print,
 ) -> dict:
     """`backbone` other than efficientnet_lite0 starts from random weights (the ImageNet file is Lite0's).
     The method comparison runs on `study_targets` (None: every target); on 2 CPU cores each target
     costs about 2.5 minutes, so the default keeps `make demo` near 15 minutes with the two
-    photometric shifts; `raysegment adapt` runs it on any set."""
+    photometric shifts; `raysegment adapt` runs it on any set. `storage` (e.g. s3://bucket/demo)
+    puts the registry and every Ray Train/Tune checkpoint in object storage, as on a cluster whose
+    nodes share no disk; by default they are folders under `out`."""
     import ray
     from ray import serve
 
@@ -90,6 +94,8 @@ def run_demo(
     from raysegment.serving.config import ServeConfig, use_serve_process_env
 
     out = Path(out).resolve()
+    registry_uri = join(storage, "registry") if storage else str(out / "registry")
+    ray_storage = join(storage, "ray") if storage else None
     start = time.perf_counter()
     data = synth.generate(
         out / "data", domains=("clear", *targets), images_per_domain=images_per_domain, height=height, width=width
@@ -116,7 +122,7 @@ def run_demo(
                 "data": {"root": str(data), "domain": "clear"},
                 "model": {"backbone": backbone, "decoder": "fpn", "pretrained": pretrained},
                 "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-                "scale": {"num_workers": 1, "cpus_per_worker": source_cpus},
+                "scale": {"num_workers": 1, "cpus_per_worker": source_cpus, "storage_path": ray_storage},
                 "output_dir": str(out / "runs" / "source"),
             },
             "demo source",
@@ -134,7 +140,7 @@ def run_demo(
                 "job": "tune",
                 "name": "demo",
                 "targets": list(targets),
-                "registry": str(out / "registry"),
+                "registry": registry_uri,
                 "source": str(out / "runs" / "source" / "model"),
                 "source_domain": "clear",
                 "search": {
@@ -149,7 +155,7 @@ def run_demo(
                     **source_cfg.model_dump(mode="json"),
                     "data": {"root": str(data), "domain": "clear", "labelled_limit": shots},
                     "optim": {"batch_size": 5},
-                    "scale": {"num_workers": 1, "cpus_per_worker": 1},
+                    "scale": {"num_workers": 1, "cpus_per_worker": 1, "storage_path": ray_storage},
                     "output_dir": str(out / "runs" / "tune"),
                 },
             }
@@ -158,7 +164,7 @@ def run_demo(
         log(format_table(outcomes))
 
         log("[demo] 4/6 test-split mIoU: source-only vs registered winner")
-        registry = Registry(out / "registry")
+        registry = Registry(registry_uri)
         table = {}
         for domain in ("clear", *targets):
             test = open_split(data, domain, "test")
@@ -209,7 +215,7 @@ def run_demo(
         serve.run(
             build_app(
                 ServeConfig(
-                    registry=str(out / "registry"),
+                    registry=registry_uri,
                     auth="none",
                     max_replicas=1,
                     cpus_per_replica=0.5,
@@ -234,7 +240,7 @@ def run_demo(
             reply.raise_for_status()
             (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
             shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
-            served[domain] = {"version": shares["version"], "shares": shares["shares"]}
+            served[domain] = {"version": shares["version"], "shares": shares["shares"], "image": image_path.name}
             log(
                 f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
                 f"{out / 'overlays' / (domain + '.png')}"
@@ -256,10 +262,10 @@ def run_demo(
         "adapt": json.loads((out / "adapt" / "results.json").read_text()),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {out / 'registry'}")
+    log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {registry_uri}")
     log(
         "[demo] the demo's server is shut down; to serve its registry yourself:\n"
-        f"  raysegment serve --registry {out / 'registry'} --port 8000 &\n"
+        f"  raysegment serve --registry {registry_uri} --port 8000 &\n"
         f"  curl --data-binary @{last_image} 'http://127.0.0.1:8000/v1/domains/{targets[-1]}/segment?format=json'"
     )
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from raysegment.engine.learner import Learner
 from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
 from raysegment.errors import RaySegmentError
 from raysegment.models import save_model
+from raysegment.storage import is_uri
 
 PROGRESS_FILE = "progress.jsonl"
 
@@ -147,9 +149,25 @@ def scaling_config(cfg: RunConfig) -> ray.train.ScalingConfig:
     )
 
 
+SHARED_FS_ENV = "RAYSEGMENT_SHARED_FS"  # "1": every node mounts the same filesystem (NFS), local paths are fine
+
+
 def storage_path(cfg: RunConfig) -> str:
     path = cfg.scale.storage_path or str(Path(cfg.output_dir) / "ray")
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def check_shared(location: str, what: str) -> None:
+    """Refuse a node-local path on a multi-node cluster: a checkpoint written there by one node is
+    not there for another (or for the driver) once nodes share no disk."""
+    if is_uri(location) or os.environ.get(SHARED_FS_ENV) == "1":
+        return
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1:
+        raise RaySegmentError(
+            f"{what} {location} is a local path but this cluster has {len(nodes)} nodes that share no disk: "
+            f"use object storage (s3://bucket/path), or set {SHARED_FS_ENV}=1 if every node mounts {location}"
+        )
 
 
 def check_resources(cfg: RunConfig) -> None:
@@ -225,6 +243,7 @@ def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | N
     """Run a distributed fine-tune on the connected (or an embedded local) Ray cluster."""
     ensure_ray(log_to_driver=True)
     check_resources(cfg)
+    check_shared(storage_path(cfg), "scale.storage_path")
     # A worker group that cannot start (resources gone) must fail, not wait forever.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.scale.start_timeout_s))
     run_name = name or Path(cfg.output_dir).name
@@ -235,7 +254,12 @@ def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | N
         raise RaySegmentError(f"distributed fine-tune {run_name} failed: {result.error}")
     ckpt_dir = None
     if result.checkpoint is not None:
-        ckpt_dir = Path(result.checkpoint.path) / "engine" if "://" not in result.checkpoint.path else None
+        if is_uri(storage_path(cfg)):  # in object storage: this machine gets its own copy
+            local = Path(cfg.output_dir).resolve() / "checkpoint"
+            shutil.rmtree(local, ignore_errors=True)
+            ckpt_dir = Path(result.checkpoint.to_directory(str(local))) / "engine"
+        else:
+            ckpt_dir = Path(result.checkpoint.path) / "engine"
     return FineTuneResult(
         dict(result.metrics or {}),
         ckpt_dir,

@@ -14,6 +14,7 @@ whose winner is already registered is skipped.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,14 +32,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from raysegment.config import RunConfig, SearchConfig
 from raysegment.data import open_split
 from raysegment.distributed.spec import JobSpec
-from raysegment.distributed.train import build_trainer, check_resources, ensure_ray
+from raysegment.distributed.train import build_trainer, check_resources, check_shared, ensure_ray
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.judge import judged_scores
 from raysegment.errors import ConfigError, RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, promote_if_better
 from raysegment.registry import Registry
-from raysegment.storage import atomic_write_json
+from raysegment.storage import atomic_write_json, is_uri, join, resolve, upload_tree
 from raysegment.viz import bar_chart_png, curves_png
 
 DONE_FILE = "winner.json"
@@ -88,12 +89,14 @@ def trial_run_config(base: RunConfig, domain: str, params: dict, out_dir: str) -
 
 
 def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
-    """One Tune trial = one Ray Train fine-tune, reporting to Tune every epoch."""
+    """One Tune trial = one Ray Train fine-tune, reporting to Tune every epoch. `storage` is the
+    search's Ray storage (a folder or URI): its checkpoints go there, never only to this node."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    cfg = trial_run_config(RunConfig.model_validate(base), domain, params, str(Path(storage) / "trial_runs" / trial_id))
+    out_dir = str(Path(tempfile.gettempdir()) / "raysegment-trials" / trial_id)  # node-local scratch only
+    cfg = trial_run_config(RunConfig.model_validate(base), domain, params, out_dir)
     build_trainer(
-        cfg, f"train-{trial_id}", str(Path(storage) / "trial_train"), callbacks=[TuneReportCallback()], keep=1
+        cfg, f"train-{trial_id}", join(storage, "trial_train"), callbacks=[TuneReportCallback()], keep=1
     ).fit()
 
 
@@ -122,7 +125,7 @@ def concurrency(search: SearchConfig, run: RunConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 
-def from_source(run: RunConfig, source_dir: Path) -> RunConfig:
+def from_source(run: RunConfig, source_dir: str) -> RunConfig:
     """The spec's run, starting from the source model (every trial adapts it)."""
     return run.model_copy(
         update={
@@ -137,18 +140,18 @@ def from_source(run: RunConfig, source_dir: Path) -> RunConfig:
     )
 
 
-def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log=print) -> tuple[Any, str]:
-    """Run (or resume) the search for one domain; returns (ResultGrid, experiment path)."""
+def tune_domain(spec: JobSpec, domain: str, source: str, storage: str, log=print) -> tuple[Any, str]:
+    """Run (or resume) the search for one domain in `storage` (folder or URI), every trial starting
+    from the source model at `source` (readable from every node); returns (ResultGrid, experiment path)."""
     search, run = spec.search, spec.run
-    base = from_source(run, source_dir)
-    model, _ = load_model(source_dir)
-    storage.mkdir(parents=True, exist_ok=True)
+    base = from_source(run, source)
+    model, _ = load_model(source)
     trainable = tune.with_resources(
-        partial(tune_trial, base=base.model_dump(mode="json"), domain=domain, storage=str(storage)),
+        partial(tune_trial, base=base.model_dump(mode="json"), domain=domain, storage=storage),
         {"cpu": 0, "memory": 1},
     )  # trial drivers take no CPU: the workers do (2-CPU deadlock otherwise)
     experiment = f"search-{domain}"
-    path = str(storage / experiment)
+    path = join(storage, experiment)
     if tune.Tuner.can_restore(path):
         log(f"[tune] {domain}: resuming the interrupted search at {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -173,7 +176,7 @@ def tune_domain(spec: JobSpec, domain: str, source_dir: Path, storage: Path, log
                 num_samples=search.num_samples,
                 search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrency(search, run)),
             ),
-            run_config=tune.RunConfig(name=experiment, storage_path=str(storage), verbose=0),
+            run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=0),
         )
     return tuner.fit(), path
 
@@ -207,12 +210,16 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
     """Search every target domain; register and promote each winner; write the PNG summary."""
     ensure_ray()
     check_resources(spec.run)
-    storage = Path(spec.run.output_dir).resolve() / spec.name
+    storage = Path(spec.run.output_dir).resolve() / spec.name  # this driver's own files
+    ray_storage = search_storage(spec)  # what every node reads and writes: checkpoints, the source
     if spec.registry is None:
         raise ConfigError("a tune spec needs `registry`: where the winners go")
+    check_shared(ray_storage, "the search's storage (scale.storage_path)")
+    check_shared(spec.registry, "registry")
     registry = Registry(spec.registry)
     source_dir, source_ref = source_model_dir(spec, registry, storage)
     source_model, _ = load_model(source_dir)
+    source = str(source_dir) if not is_uri(ray_storage) else upload_tree(source_dir, join(ray_storage, "source_model"))
     outcomes = []
     for domain in spec.targets:
         done = storage / f"search-{domain}" / DONE_FILE
@@ -225,7 +232,7 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         judge = spec.search.judged_by
         val = open_split(d.root, domain, d.val_split, d.layout, unlabelled=judge == "proxy")
         source_val = source_score(source_model, val, spec.run, judge)
-        results, _ = tune_domain(spec, domain, source_dir, storage, log)
+        results, _ = tune_domain(spec, domain, source, ray_storage, log)
         finished = [r for r in results if r.metrics and "score" in r.metrics]
         if not finished:
             errors = [str(r.error)[:300] for r in results if r.error]
@@ -234,7 +241,7 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         best_score = selected_score(best)
         curves = {r.metrics["trial_id"]: list(r.metrics_dataframe["score"]) for r in finished}
         epochs_spent = sum(len(c) for c in curves.values())
-        ckpt = trial_selected_model(storage, best.metrics)
+        ckpt = trial_selected_model(ray_storage, best.metrics, storage / f"winner-{domain}")
         winner, meta = load_model(ckpt)
         method = best.config["method"]
         params = {k: best.config[k] for k in ("method", "decay", "lr", "freeze_depth", "decoder", "jitter")}
@@ -262,9 +269,7 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
                 winner,
                 meta,
                 {**metrics, "source_score": source_val},
-                trial_run_config(from_source(spec.run, source_dir), domain, best.config, str(ckpt)).model_dump(
-                    mode="json"
-                ),
+                trial_run_config(from_source(spec.run, source), domain, best.config, str(ckpt)).model_dump(mode="json"),
                 parent=source_ref,
                 lineage=lineage,
             )
@@ -315,18 +320,42 @@ def incumbent_of(
     return entry.ref, source_score(model, val, run, judge)
 
 
-def trial_selected_model(storage: Path, metrics: dict[str, Any]) -> Path:
-    """The trial's selected model (its best-scored epoch so far): in the checkpoint its last report
-    names, else in the newest checkpoint of its Train run. A search resumed after a crash can
-    leave the last report naming a checkpoint that the rerun has since replaced (keep=1)."""
+def search_storage(spec: JobSpec) -> str:
+    """The search's Ray storage: `scale.storage_path`/name (object storage on a real cluster), else
+    a folder beside the driver's output (one machine, or nodes sharing that filesystem)."""
+    if spec.run.scale.storage_path:
+        return join(spec.run.scale.storage_path, spec.name)
+    return str(Path(spec.run.output_dir).resolve() / spec.name)
+
+
+def trial_selected_model(storage: str, metrics: dict[str, Any], local: Path) -> Path:
+    """A local folder holding the trial's selected model (its best-scored epoch so far), read from
+    the search's storage, never from the path of the node that ran the trial: the checkpoint its
+    last report names, else the newest checkpoint of its Train run (a search resumed after a crash
+    can leave the last report naming a checkpoint the rerun has since replaced, keep=1). From
+    object storage it is copied to `local`."""
+    import pyarrow.fs as pafs
+
+    fs, root = resolve(storage)
+
+    def selected(checkpoint: str) -> str | None:
+        folder = f"{checkpoint.rstrip('/')}/engine/{SELECTED}"
+        return folder if fs.get_file_info(f"{folder}/model.json").type == pafs.FileType.File else None
+
     reported = metrics.get("checkpoint_path")
-    if reported and (Path(reported) / "engine" / SELECTED / "model.json").is_file():
-        return Path(reported) / "engine" / SELECTED
-    run = storage / "trial_train" / f"train-{metrics['trial_id']}"
-    kept = sorted(run.glob(f"checkpoint_*/engine/{SELECTED}/model.json"))  # names sort by time
-    if not kept:
-        raise RaySegmentError(f"trial {metrics['trial_id']} left no checkpoint in {run}")
-    return kept[-1].parent
+    chosen = selected(reported) if reported else None
+    if chosen is None:
+        run = f"{root}/trial_train/train-{metrics['trial_id']}"
+        infos = fs.get_file_info(pafs.FileSelector(run, allow_not_found=True))
+        kept = sorted(i.path for i in infos if i.base_name.startswith("checkpoint_"))  # names sort by time
+        found = [f for f in map(selected, kept) if f]
+        if not found:
+            raise RaySegmentError(f"trial {metrics['trial_id']} left no checkpoint in {join(storage, run)}")
+        chosen = found[-1]
+    if isinstance(fs, pafs.LocalFileSystem):
+        return Path(chosen)
+    pafs.copy_files(chosen, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local
 
 
 def selected_score(result: Any) -> float:
