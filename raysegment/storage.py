@@ -129,24 +129,6 @@ def join(location: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) + (sep + query if sep else "")
 
 
-def is_file(location: str) -> bool:
-    fs, path = resolve(location)
-    import pyarrow.fs as pafs
-
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def download_tree(location: str, local: Path) -> Path:
-    """Copy a folder from a URI (or local path) to `local`, replacing it; returns `local`."""
-    import pyarrow.fs as pafs
-
-    fs, path = resolve(location)
-    shutil.rmtree(local, ignore_errors=True)
-    local.mkdir(parents=True)
-    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return local
-
-
 def upload_tree(local: Path, location: str) -> str:
     """Copy a local folder to a folder or URI; returns `location`."""
     import pyarrow.fs as pafs

@@ -10,9 +10,9 @@ from conftest import TINY_BACKBONE
 from PIL import Image
 
 from raysegment.apps.demo import run_demo
+from raysegment.augment import to_float
 from raysegment.distributed.train import SHARED_FS_ENV
 from raysegment.registry import Registry
-from raysegment.augment import to_float
 from raysegment.serving.imaging import class_shares, decode_upload
 
 

@@ -18,7 +18,7 @@ from conftest import TINY_BACKBONE
 from safetensors.torch import load_file, save_file
 
 from raysegment.config import ModelConfig
-from raysegment.distributed.train import PROGRESS_FILE, fine_tune
+from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, fine_tune
 from raysegment.engine.loss import segmentation_loss
 from raysegment.errors import RaySegmentError
 from raysegment.models import build_segmenter, load_model
@@ -106,6 +106,12 @@ def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config)
         fine_tune(tiny_config(scale={"num_workers": 1, "cpus_per_worker": 2}))
     with pytest.raises(RaySegmentError, match="GPU"):
         fine_tune(tiny_config(scale={"use_gpu": True}))
+
+
+def test_a_local_storage_path_is_refused_on_nodes_that_share_no_disk(ray_cluster, tiny_config, monkeypatch):
+    monkeypatch.delenv(SHARED_FS_ENV)
+    with pytest.raises(RaySegmentError, match=r"local path but this cluster has 2 nodes that share no disk"):
+        fine_tune(tiny_config())
 
 
 def _worker_pids() -> list[int]:

@@ -14,6 +14,7 @@ whose winner is already registered is skipped.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -354,6 +355,8 @@ def trial_selected_model(storage: str, metrics: dict[str, Any], local: Path) -> 
         chosen = found[-1]
     if isinstance(fs, pafs.LocalFileSystem):
         return Path(chosen)
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
     pafs.copy_files(chosen, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local
 
