@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raysegment.errors import RaySegmentError
-from raysegment.storage import atomic_write_bytes, fsync_dir
+from raysegment.storage import atomic_write_bytes, check_not_placeholder, fsync_dir
 
 
 class StoreError(RaySegmentError):
@@ -52,6 +52,7 @@ class ObjectStore(Protocol):
 def open_store(uri: str | os.PathLike) -> ObjectStore:
     """A local path or `file://` -> FolderStore; `s3://bucket/prefix` -> S3Store."""
     text = str(uri)
+    check_not_placeholder(text)
     if text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://") :].partition("/")
         if not bucket:

@@ -20,6 +20,16 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 
+PLACEHOLDER_BUCKET = "YOUR-BUCKET"  # what the shipped cluster specs and manifests say until edited
+
+
+def check_not_placeholder(location: str) -> None:
+    if f"://{PLACEHOLDER_BUCKET}" in location:
+        raise RaySegmentError(
+            f"{location}: replace {PLACEHOLDER_BUCKET} with your bucket (the cluster specs ship with a placeholder)"
+        )
+
+
 def is_uri(location: str) -> bool:
     """True for `scheme://...` locations other than plain local paths."""
     return "://" in str(location)
@@ -32,6 +42,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     location = str(location)
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+    check_not_placeholder(location)
     try:
         return pafs.FileSystem.from_uri(location)
     except (pafs.ArrowInvalid, OSError, ValueError) as exc:  # type: ignore[attr-defined]

@@ -41,9 +41,29 @@ def test_spec_paths_resolve_against_the_spec_folder(tmp_path, synth_root):
         load_spec(bad)
 
 
+SPECS = Path(__file__).resolve().parent.parent / "jobs" / "specs"
+
+
 def test_example_spec_is_valid():
-    spec = load_spec(Path(__file__).resolve().parent.parent / "jobs" / "specs" / "fine_tune.yaml")
+    spec = load_spec(SPECS / "fine_tune.yaml")
     assert spec.job == "fine_tune" and spec.run.scale.num_workers == 2
+
+
+@pytest.mark.parametrize("name", ["fine_tune.yaml", "tune.yaml"])
+def test_cluster_specs_keep_everything_durable_in_object_storage(name):
+    from raysegment.distributed.train import storage_path
+    from raysegment.errors import RaySegmentError
+    from raysegment.registry import Registry
+
+    spec = load_spec(SPECS / "cluster" / name)
+    assert spec.run.scale.storage_path and spec.run.scale.storage_path.startswith("s3://")
+    assert spec.registry is None or spec.registry.startswith("s3://")
+    # Until the placeholder bucket is replaced, every use says so instead of failing somewhere in S3.
+    with pytest.raises(RaySegmentError, match="replace YOUR-BUCKET"):
+        storage_path(spec.run)
+    if spec.registry:
+        with pytest.raises(RaySegmentError, match="replace YOUR-BUCKET"):
+            Registry(spec.registry)
 
 
 def test_submitted_fine_tune_job_succeeds_leaves_a_checkpoint_and_logs(ray_cluster, tmp_path, synth_root):

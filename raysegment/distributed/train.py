@@ -30,7 +30,7 @@ from raysegment.engine.learner import Learner
 from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
 from raysegment.errors import RaySegmentError
 from raysegment.models import save_model
-from raysegment.storage import is_uri
+from raysegment.storage import check_not_placeholder, is_uri
 
 PROGRESS_FILE = "progress.jsonl"
 
@@ -154,6 +154,7 @@ SHARED_FS_ENV = "RAYSEGMENT_SHARED_FS"  # "1": every node mounts the same filesy
 
 def storage_path(cfg: RunConfig) -> str:
     path = cfg.scale.storage_path or str(Path(cfg.output_dir) / "ray")
+    check_not_placeholder(path)
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
