@@ -160,9 +160,13 @@ def _wait(predicate, timeout: float, what: str, logs: list[Path] = ()) -> None:
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s{tails}")
 
 
-def _start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    """`ray start --block` in its own session, its output kept in `log` for failure reports."""
+def _start_node(args: list[str], log: Path, env: dict, private: Path) -> subprocess.Popen:
+    """`ray start --block` in its own session, its output kept in `log` for failure reports, in a
+    working folder and temp dir (TMPDIR) of its own: what one node's processes write there is not
+    where another node's processes look."""
     bin_dir = Path(sys.executable).parent
+    private.mkdir(parents=True, exist_ok=True)
+    env = {**env, "TMPDIR": str(private)}
     with open(log, "wb") as out:
         return subprocess.Popen(
             [
@@ -180,6 +184,7 @@ def _start_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=private,
         )
 
 
@@ -215,6 +220,7 @@ def ray_cluster(s3_endpoint):
             ],
             logs[0],
             env,
+            Path(temp_dir) / "head-private",
         )
     ]
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, procs)
@@ -227,7 +233,8 @@ def ray_cluster(s3_endpoint):
         )
         ray.init(address=cluster.address, log_to_driver=False)
         for attempt in range(2):  # a worker node that fails to join is replaced once, on fresh ports
-            worker = _start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env)
+            private = Path(temp_dir) / f"worker-private-{attempt}"
+            worker = _start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env, private)
             procs.append(worker)
             try:
                 _wait(
