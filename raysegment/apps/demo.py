@@ -67,7 +67,7 @@ def run_demo(
     height: int = 128,
     width: int = 256,
     source_epochs: int = 8,
-    trials: int = 3,
+    trials: int = 2,
     trial_epochs: int = 3,
     shots: int = 10,
     targets: tuple[str, ...] = synth.DOMAINS[1:],
