@@ -62,7 +62,7 @@ def open_store(uri: str | os.PathLike) -> ObjectStore:
         scheme = text.split("://", 1)[0]
         raise StoreError(
             f"{text}: {scheme}:// registries are not supported yet (they need a conditional-write backend); "
-            f"use s3:// (any S3-compatible store, GCS through its S3 interoperability endpoint) or a folder"
+            f"use s3:// (AWS S3 or a store with S3 conditional writes, e.g. MinIO) or a folder"
         )
     return FolderStore(Path(text.removeprefix("file://")).expanduser().resolve())
 
