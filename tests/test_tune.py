@@ -97,9 +97,9 @@ def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "jobs" / "tune.py"), str(spec_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    runs = tmp_path / "tune" / "search" / "trial_runs"
+    runs = tmp_path / "tune" / "search" / "trial_train"  # each trial's Ray Train run, in the search's storage
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not any(runs.glob("*/progress.jsonl")):
+    while time.monotonic() < deadline and not any(runs.glob("train-*/checkpoint_*")):
         time.sleep(0.5)
     time.sleep(3)
     os.killpg(proc.pid, signal.SIGKILL)
