@@ -23,43 +23,39 @@ import torch
 from raysegment.config import ResizeConfig, parse_config
 from raysegment.data import open_split, synth
 from raysegment.engine.evaluate import scaled_batches
-from raysegment.engine.signature import Signature, distance, domain_signature, image_signatures, nearest
+from raysegment.engine.signature import distance, domain_signature, image_signatures, nearest
 from raysegment.models import build_segmenter
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
+
+Distances = dict[str, list[dict[str, float]]]  # per true domain, per test image: distance to each signature
 
 
 def route_all(
     model: torch.nn.Module, root: Path, domains: list[str], resize: ResizeConfig | None
-) -> tuple[np.ndarray, list[tuple[str, str, float]], float, dict[str, Signature]]:
+) -> tuple[np.ndarray, float, Distances]:
+    """Confusion matrix of nearest-signature routing, ms per routed image, and every distance."""
     signatures = {
         d: domain_signature(model, open_split(root, d, "train", unlabelled=True), resize=resize) for d in domains
     }
     confusion = np.zeros((len(domains), len(domains)), dtype=int)
-    routed: list[tuple[str, str, float]] = []
+    per_domain: Distances = {d: [] for d in domains}
     seconds, count = 0.0, 0
     for i, d in enumerate(domains):
         for batch, _, _ in scaled_batches(open_split(root, d, "test", unlabelled=True), 1, resize, torch.device("cpu")):
             start = time.perf_counter()
             (image,) = image_signatures(model, batch)
-            name, dist = nearest(image, signatures)
+            name, _ = nearest(image, signatures)
             seconds += time.perf_counter() - start
             count += 1
             confusion[i, domains.index(name)] += 1
-            routed.append((d, name, dist))
-    return confusion, routed, 1000 * seconds / max(count, 1), signatures
+            per_domain[d].append({k: distance(image, s) for k, s in signatures.items()})
+    return confusion, 1000 * seconds / max(count, 1), per_domain
 
 
-def unknown_detection(model, root, domains, resize, signatures: dict[str, Signature]) -> list[tuple[str, float, float]]:
+def unknown_detection(domains: list[str], per_domain: Distances) -> list[tuple[str, float, float]]:
     """Each domain left out: share of its images beyond the 95th percentile of in-domain distances,
     and share of in-domain images beyond it (false alarms)."""
     rows = []
-    per_domain = {}
-    for d in domains:
-        dists = []
-        for batch, _, _ in scaled_batches(open_split(root, d, "test", unlabelled=True), 1, resize, torch.device("cpu")):
-            (image,) = image_signatures(model, batch)
-            dists.append({k: distance(image, s) for k, s in signatures.items()})
-        per_domain[d] = dists
     for left_out in domains:
         known = [d for d in domains if d != left_out]
         inside = [min(x[k] for k in known) for d in known for x in per_domain[d]]
@@ -101,10 +97,10 @@ def main() -> None:
         )
         results = []
         domains = list(synth.DOMAINS)
-        confusion, _, ms, sigs = route_all(model, synth_root, domains, None)
+        confusion, ms, distances = route_all(model, synth_root, domains, None)
         print_confusion("synthetic domains (128x256)", domains, confusion, ms)
         results.append(("synthetic", domains, confusion))
-        for left_out, caught, false_alarm in unknown_detection(model, synth_root, domains, None, sigs):
+        for left_out, caught, false_alarm in unknown_detection(domains, distances):
             print(
                 f"  {left_out:<8} without a signature: {100 * caught:5.1f}% flagged unknown "
                 f"({100 * false_alarm:.1f}% of known images)"
@@ -112,7 +108,7 @@ def main() -> None:
         retina = Path(args.retina)
         if retina.is_dir():
             resize = ResizeConfig(short_side=320)
-            confusion, _, ms, sigs = route_all(model, retina, ["drive", "chase"], resize)
+            confusion, ms, _ = route_all(model, retina, ["drive", "chase"], resize)
             print_confusion("retina DRIVE vs CHASE_DB1 (short side 320)", ["drive", "chase"], confusion, ms)
             results.append(("retina", ["drive", "chase"], confusion))
         else:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from raysegment.errors import RaySegmentError
-from raysegment.storage import atomic_write_bytes, check_not_placeholder, fsync_dir
+from raysegment.storage import atomic_write_bytes, check_not_placeholder, durable_temp_beside, fsync_dir
 
 
 class StoreError(RaySegmentError):
@@ -98,21 +97,15 @@ class FolderStore:
 
     def put_new(self, key: str, data: bytes) -> bool:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = durable_temp_beside(target, data)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, target)  # atomic, and fails if the name is taken
-            except FileExistsError:
-                return False
-            fsync_dir(target.parent)
-            return True
+            os.link(tmp, target)  # atomic, and fails if the name is taken
+        except FileExistsError:
+            return False
         finally:
             os.unlink(tmp)
+        fsync_dir(target.parent)
+        return True
 
     def put_if(self, key: str, data: bytes, tag: str | None) -> bool:
         with self._locked(key):

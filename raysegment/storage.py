@@ -90,6 +90,18 @@ def atomic_write_bytes(location: str | os.PathLike, data: bytes) -> None:
         fs.move(tmp, path)
         return
     target = Path(location.removeprefix("file://")).expanduser()
+    tmp = durable_temp_beside(target, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def durable_temp_beside(target: Path, data: bytes) -> str:
+    """A fully written, fsynced temporary file in `target`'s folder (hidden: its name starts with
+    '.'); on the same filesystem, so renaming or linking it to `target` is atomic."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -97,12 +109,10 @@ def atomic_write_bytes(location: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
 
 
 def atomic_write_json(location: str | os.PathLike, obj: Any) -> None:
