@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +66,26 @@ def open_store(uri: str | os.PathLike) -> ObjectStore:
             f"use s3:// (AWS S3 or a store with S3 conditional writes, e.g. MinIO) or a folder"
         )
     return FolderStore(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+CAS_ATTEMPTS = 200
+
+
+def update_json(
+    store: ObjectStore, key: str, change: Callable[[Any], bool], parse: Callable[[bytes | None], Any]
+) -> Any:
+    """Read a JSON document, change it in place and compare-and-swap it until the swap wins (or
+    `change` returns False: nothing to write). `parse` turns the stored bytes (None: absent) into the
+    document. Returns the document as written (or as read, when unchanged)."""
+    for attempt in range(CAS_ATTEMPTS):
+        tagged = store.get_tagged(key)
+        doc = parse(tagged[0] if tagged else None)
+        if not change(doc):
+            return doc
+        if store.put_if(key, json.dumps(doc, indent=1).encode(), tagged[1] if tagged else None):
+            return doc
+        time.sleep(min(0.001 * 2**attempt, 0.2))  # another writer won this round
+    raise StoreError(f"{store.uri}/{key}: still contended after {CAS_ATTEMPTS} attempts")
 
 
 def content_tag(data: bytes) -> str:

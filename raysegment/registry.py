@@ -5,6 +5,7 @@ Layout under the registry's root:
     <domain>/versions/<NNNN>.json         the manifest: meta, metrics, hash, base (written last)
     <domain>/versions/<NNNN>.removed      the tombstone a removed version leaves
     <domain>/aliases.json                 {"aliases": {name: version}, "history": [every move]}
+    <domain>/signatures/<sha256>.safetensors  what the version's images look like (drift, routing)
 
 - A version exists once its manifest does, and the manifest is created only-if-absent after its
   weights are stored: concurrent registrations never take one number, a crash never leaves a
@@ -17,6 +18,9 @@ Layout under the registry's root:
   parent (frozen stages are not stored again) and names its base; loading rebuilds the whole.
 - Domain names are validated (whole-string match): never a key outside the registry.
 - Version numbers are never reused: removing a version leaves a tombstone.
+- A version may carry signatures of the images it was made from (`engine.signature`): `own`, under
+  its own model (the drift signal compares a domain's traffic with it), and one under its base
+  model, keyed by the base's ref (domain routing compares images under one shared model).
 """
 
 from __future__ import annotations
@@ -34,17 +38,18 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
+from raysegment.engine.signature import Signature
 from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.models.rebuild import rebuild
-from raysegment.objectstore import ObjectStore, StoreError, open_store
+from raysegment.objectstore import ObjectStore, StoreError, open_store, update_json
 from raysegment.storage import atomic_write_bytes
 
+TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegment.traffic), never a domain
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
 VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
 ALIASES = "aliases.json"
 REGISTER_ATTEMPTS = 1000
-CAS_ATTEMPTS = 200
 CACHE_ENV = "RAYSEGMENT_CACHE"
 
 
@@ -75,10 +80,10 @@ class Entry:
 
 
 def check_domain(domain: str) -> str:
-    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain) or ".." in domain:
+    if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain) or ".." in domain or domain == TRAFFIC:
         raise RegistryError(
             f"invalid domain name {domain!r}: use 1-64 letters, digits, '_', '-', '.', "
-            f"starting with a letter or digit, no '..' or path separators"
+            f"starting with a letter or digit, no '..' or path separators ({TRAFFIC!r} is reserved)"
         )
     return domain
 
@@ -110,8 +115,10 @@ class Registry:
         config: dict | None = None,
         parent: str | None = None,
         lineage: dict | None = None,
+        signatures: dict[str, Signature] | None = None,
     ) -> int:
-        """Store a new version; with `parent` ("domain@version" or alias), only differing tensors are kept."""
+        """Store a new version; with `parent` ("domain@version" or alias), only differing tensors are kept.
+        `signatures`: {"own": ..., "<base ref>": ...} of the images the version was made from."""
         check_domain(domain)
         state = state_dict_for_saving(model)
         base = None
@@ -127,6 +134,11 @@ class Registry:
         weights = save(state)
         digest = sha256_bytes(weights)
         self.store.put_new(self._blob_key(domain, digest), weights)  # named by content: an existing one is the same
+        signature_digests = {}
+        for under, signature in (signatures or {}).items():
+            data = signature.to_bytes()
+            signature_digests[under] = sha256_bytes(data)
+            self.store.put_new(self._signature_key(domain, signature_digests[under]), data)
         manifest = {
             "domain": domain,
             "meta": meta.model_dump(mode="json"),
@@ -137,6 +149,7 @@ class Registry:
             "tensors": len(state),
             "bytes": len(weights),
             "lineage": {"time": time.time(), "parent": parent, **(lineage or {})},
+            "signatures": signature_digests,
         }
         for _ in range(REGISTER_ATTEMPTS):
             version = self._next_version(domain)
@@ -186,7 +199,7 @@ class Registry:
 
     def history(self, domain: str) -> list[dict[str, Any]]:
         """Every alias move of a domain, oldest first (an audit record each)."""
-        return self._aliases_doc(domain)[0]["history"]
+        return self._aliases_doc(domain)["history"]
 
     def remove(self, domain: str, version: int) -> None:
         entry = self.get_entry(domain, version)
@@ -200,8 +213,12 @@ class Registry:
         # meet other weights under the same name.
         self.store.put_new(self._version_key(domain, version, "removed"), b"")
         self.store.delete(self._version_key(domain, version, "json"))
-        if all(self.get_entry(domain, v).manifest["sha256"] != entry.manifest["sha256"] for v in self.versions(domain)):
+        remaining = [self.get_entry(domain, v).manifest for v in self.versions(domain)]
+        if all(m["sha256"] != entry.manifest["sha256"] for m in remaining):
             self.store.delete(self._blob_key(domain, entry.manifest["sha256"]))
+        still_used = {d for m in remaining for d in (m.get("signatures") or {}).values()}
+        for digest in set((entry.manifest.get("signatures") or {}).values()) - still_used:
+            self.store.delete(self._signature_key(domain, digest))
 
     # ------------------------------------------------------------------- reads
     def domains(self) -> list[str]:
@@ -212,7 +229,7 @@ class Registry:
         return sorted(int(m.group(1)) for m in found if m and m.group(2) == "json")
 
     def aliases(self, domain: str) -> dict[str, int]:
-        return dict(self._aliases_doc(domain)[0]["aliases"])
+        return dict(self._aliases_doc(domain)["aliases"])
 
     def entries(self) -> list[Entry]:
         return [self.get_entry(d, v) for d in self.domains() for v in self.versions(d)]
@@ -293,7 +310,22 @@ class Registry:
         model.load_state_dict(state, assign=True)  # adopt the tensors themselves, no copy
         return model.eval().to(bases.device), meta, entry
 
+    def signature(self, entry: Entry, under: str = "own") -> Signature | None:
+        """The version's signature under its own model ("own") or a base's ("domain@version"); None
+        when it has none; hash-checked like weights."""
+        digest = (entry.manifest.get("signatures") or {}).get(under)
+        if digest is None:
+            return None
+        data = self.store.get(self._signature_key(entry.domain, digest))
+        if data is None or sha256_bytes(data) != digest:
+            raise CorruptRegistry(f"{entry.ref}: its {under} signature is missing or does not match its hash")
+        return Signature.from_bytes(data)
+
     # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _signature_key(domain: str, digest: str) -> str:
+        return f"{domain}/signatures/{digest}.safetensors"
+
     @staticmethod
     def _version_key(domain: str, version: int, kind: str) -> str:
         return f"{domain}/versions/{version:04d}.{kind}"
@@ -325,12 +357,14 @@ class Registry:
             atomic_write_bytes(cached, fetched)
         return fetched
 
-    def _aliases_doc(self, domain: str) -> tuple[dict[str, Any], str | None]:
+    def _aliases_doc(self, domain: str) -> dict[str, Any]:
         key = f"{check_domain(domain)}/{ALIASES}"
-        tagged = self.store.get_tagged(key)
-        if tagged is None:
-            return {"aliases": {}, "history": []}, None
-        doc = _parse_json(tagged[0], f"{self.uri}/{key}")
+        return self._parse_aliases(self.store.get(key), key)
+
+    def _parse_aliases(self, data: bytes | None, key: str) -> dict[str, Any]:
+        if data is None:
+            return {"aliases": {}, "history": []}
+        doc = _parse_json(data, f"{self.uri}/{key}")
         if (
             not isinstance(doc, dict)
             or not isinstance(doc.get("aliases"), dict)
@@ -338,19 +372,15 @@ class Registry:
             or not isinstance(doc.get("history"), list)
         ):
             raise CorruptRegistry(f"{self.uri}/{key} is corrupt (not aliases -> versions with a history)")
-        return doc, tagged[1]
+        return doc
 
     def _update_aliases(self, domain: str, change: Any) -> None:
-        """Read, change and compare-and-swap a domain's aliases document until the swap wins."""
+        """Change a domain's aliases document by compare-and-swap (concurrent moves never lose one another)."""
         key = f"{check_domain(domain)}/{ALIASES}"
-        for attempt in range(CAS_ATTEMPTS):
-            doc, tag = self._aliases_doc(domain)
-            if not change(doc):
-                return
-            if self.store.put_if(key, json.dumps(doc, indent=1).encode(), tag):
-                return
-            time.sleep(min(0.001 * 2**attempt, 0.2))  # another writer won this round
-        raise RegistryError(f"{domain}: aliases still contended after {CAS_ATTEMPTS} attempts")
+        try:
+            update_json(self.store, key, change, lambda data: self._parse_aliases(data, key))
+        except StoreError as exc:
+            raise RegistryError(f"{domain}: {exc}") from exc
 
     def _next_version(self, domain: str) -> int:
         """One past every number ever used, removed versions included: numbers are never reused."""

@@ -428,3 +428,11 @@ def s3_bucket(s3_endpoint, request):
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(params=["folder", "s3"])
+def registry_uri(request, tmp_path):
+    """The same tests on a local folder and on a bucket of the loopback S3 server."""
+    if request.param == "folder":
+        return str(tmp_path / "registry")
+    return request.getfixturevalue("s3_bucket") + "/registry"

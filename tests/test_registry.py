@@ -17,14 +17,6 @@ CFG = ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8)
 META = ModelMeta(model=CFG, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
 
 
-@pytest.fixture(params=["folder", "s3"])
-def registry_uri(request, tmp_path):
-    """The same tests on a local folder and on a bucket of the loopback S3 server (conftest)."""
-    if request.param == "folder":
-        return str(tmp_path / "registry")
-    return request.getfixturevalue("s3_bucket") + "/registry"
-
-
 def tamper(uri: str, key: str) -> None:
     """Flip one byte of a stored object, behind the registry's back."""
     if uri.startswith("s3://"):
@@ -255,3 +247,21 @@ def test_remote_weights_are_cached_by_content_hash(s3_bucket, tmp_path, monkeypa
 def test_unsupported_registry_uris_fail_with_a_reason(uri):
     with pytest.raises(RegistryError, match="not supported yet|no bucket"):
         Registry(uri)
+
+
+def test_signatures_travel_with_a_version_and_leave_with_it(registry_uri):
+    from raysegment.engine.signature import Signature
+
+    reg = Registry(registry_uri)
+    model = build_segmenter(CFG, 3)
+    own = Signature([torch.rand(4, dtype=torch.float64)], [torch.rand(4, dtype=torch.float64) + 0.1], 7, 0.25)
+    reg.register("base", model, META)
+    version = reg.register("fog", model, META, parent="base@1", signatures={"own": own, "base@1": own})
+    entry = reg.get_entry("fog", version)
+    back = reg.signature(entry)
+    assert back is not None and back.images == 7 and back.radius == 0.25
+    assert torch.allclose(back.means[0], own.means[0].float().double())
+    assert reg.signature(entry, "base@1") is not None and reg.signature(entry, "other@1") is None
+    assert reg.signature(reg.get_entry("base", 1)) is None  # registered without one
+    reg.remove("fog", version)
+    assert Registry(registry_uri).store.children("fog/signatures") == []

@@ -12,10 +12,12 @@ come from the same model (routing: the source model every domain was adapted fro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import safetensors.torch
 import torch
 
 from raysegment.config import ResizeConfig
@@ -24,21 +26,53 @@ from raysegment.engine.evaluate import scaled_batches
 from raysegment.models.freeze import is_batchnorm
 
 EPS = 1e-5
+RADIUS_QUANTILE = 0.95
+
+
+def safe_open_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors buffer (its JSON header; no tensor is read)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__", {})
 
 
 @dataclass(frozen=True)
 class Signature:
-    """Per BatchNorm layer: channel means and variances of its input, and how many images made it."""
+    """Per BatchNorm layer: channel means and variances of its input, and how many images made it.
+    `radius`: the 95th percentile of its own images' distances to it (how far an image of this
+    domain usually lies; what the unknown-domain flag compares with), when measured."""
 
     means: list[torch.Tensor]
     variances: list[torch.Tensor]
     images: int
+    radius: float | None = None
+
+    def to_bytes(self) -> bytes:
+        """safetensors: float32 tensors, the counts in its metadata (never pickled)."""
+        tensors = {f"mean.{k}": m.float().contiguous() for k, m in enumerate(self.means)}
+        tensors.update({f"var.{k}": v.float().contiguous() for k, v in enumerate(self.variances)})
+        metadata = {"images": str(self.images), "layers": str(len(self.means))}
+        if self.radius is not None:
+            metadata["radius"] = repr(self.radius)
+        return safetensors.torch.save(tensors, metadata=metadata)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Signature:
+        tensors = safetensors.torch.load(data)
+        metadata = safe_open_metadata(data)
+        layers = int(metadata["layers"])
+        return cls(
+            [tensors[f"mean.{k}"].double() for k in range(layers)],
+            [tensors[f"var.{k}"].double() for k in range(layers)],
+            int(metadata["images"]),
+            float(metadata["radius"]) if "radius" in metadata else None,
+        )
 
     def to_dict(self) -> dict:
         return {
             "means": [m.tolist() for m in self.means],
             "variances": [v.tolist() for v in self.variances],
             "images": self.images,
+            "radius": self.radius,
         }
 
     @classmethod
@@ -47,6 +81,7 @@ class Signature:
             [torch.tensor(m, dtype=torch.float64) for m in data["means"]],
             [torch.tensor(v, dtype=torch.float64) for v in data["variances"]],
             int(data["images"]),
+            data.get("radius"),
         )
 
 
@@ -81,15 +116,7 @@ def per_image_moments(model: torch.nn.Module, batch: torch.Tensor) -> tuple[list
 
 def image_signatures(model: torch.nn.Module, batch: torch.Tensor) -> list[Signature]:
     """One signature per image of `batch` (its own spatial statistics)."""
-    means, squares = per_image_moments(model, batch)
-    return [
-        Signature(
-            [m[i] for m in means],
-            [(s[i] - m[i].pow(2)).clamp_min(EPS) for m, s in zip(means, squares)],
-            1,
-        )
-        for i in range(batch.shape[0])
-    ]
+    return signatures_of(*per_image_moments(model, batch))
 
 
 def domain_signature(
@@ -99,27 +126,59 @@ def domain_signature(
     device: torch.device | str = "cpu",
     resize: ResizeConfig | None = None,
 ) -> Signature:
-    """The pooled signature of a set of images (masks never read): every pixel of every image counts
-    once per image, so the variance holds both within- and between-image spread."""
+    """The pooled signature of a set of images (masks never read), with its radius: every pixel of
+    every image counts once per image, so the variance holds both within- and between-image spread."""
     device = torch.device(device)
     model = model.to(device)
-    mean_sums: list[torch.Tensor] = []
-    square_sums: list[torch.Tensor] = []
-    count = 0
+    pooled = RunningSignature(window=None)
+    singles: list[Signature] = []
     for batch, _, _ in scaled_batches(images.without_labels(), batch_size, resize, device):
         means, squares = per_image_moments(model, batch)
-        if not mean_sums:
-            mean_sums = [torch.zeros_like(m[0]) for m in means]
-            square_sums = [torch.zeros_like(s[0]) for s in squares]
-        for k, (m, s) in enumerate(zip(means, squares)):
-            mean_sums[k] += m.sum(0)
-            square_sums[k] += s.sum(0)
-        count += batch.shape[0]
-    if count == 0:
+        pooled.update(means, squares)
+        singles += signatures_of(means, squares)
+    if not singles:
         raise ValueError("a signature needs at least one image")
-    means_out = [s / count for s in mean_sums]
-    variances = [(q / count - m.pow(2)).clamp_min(EPS) for q, m in zip(square_sums, means_out)]
-    return Signature([m.cpu() for m in means_out], [v.cpu() for v in variances], count)
+    whole = pooled.signature()
+    spread = torch.tensor([distance(one, whole) for one in singles], dtype=torch.float64)
+    return Signature(whole.means, whole.variances, whole.images, float(spread.quantile(RADIUS_QUANTILE)))
+
+
+class RunningSignature:
+    """The signature of a stream of images: a plain average of their moments (`window=None`), or an
+    exponential one that weighs about the last `window` images (a service's recent traffic)."""
+
+    def __init__(self, window: int | None) -> None:
+        self.window = window
+        self.means: list[torch.Tensor] = []
+        self.squares: list[torch.Tensor] = []
+        self.images = 0
+
+    def update(self, means: list[torch.Tensor], squares: list[torch.Tensor]) -> None:
+        """Add a batch's per-image moments ((B, C) per layer, as `per_image_moments` gives them)."""
+        for i in range(means[0].shape[0]):
+            self.images += 1
+            weight = 1 / self.images if self.window is None else max(1 / self.images, 1 / self.window)
+            if not self.means:
+                self.means = [m[i].double().cpu().clone() for m in means]
+                self.squares = [s[i].double().cpu().clone() for s in squares]
+                continue
+            for k, (m, s) in enumerate(zip(means, squares)):
+                self.means[k].lerp_(m[i].double().cpu(), weight)
+                self.squares[k].lerp_(s[i].double().cpu(), weight)
+
+    def signature(self) -> Signature:
+        if not self.images:
+            raise ValueError("a signature needs at least one image")
+        variances = [(q - m.pow(2)).clamp_min(EPS) for q, m in zip(self.squares, self.means)]
+        return Signature([m.clone() for m in self.means], variances, self.images)
+
+
+def signatures_of(means: list[torch.Tensor], squares: list[torch.Tensor]) -> list[Signature]:
+    """One signature per image from per-image moments ((B, C) per layer)."""
+    return [
+        Signature([m[i] for m in means], [(s[i] - m[i].pow(2)).clamp_min(EPS) for m, s in zip(means, squares)], 1)
+        for i in range(means[0].shape[0])
+    ]
 
 
 def distance(a: Signature, b: Signature) -> float:
