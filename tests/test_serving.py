@@ -415,3 +415,132 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("running_" in k or "num_batches" in k for k in changed)  # statistics only
     assert entry.manifest["bytes"] < reg.get_entry("base", 1).manifest["bytes"] / 2  # stored as a small delta
+
+
+# ---------------------------------------------------------------- the closed loop's service side
+@pytest.fixture(scope="module")
+def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
+    """clear@1 (the source, the routing model), fog@1 and night@1 built on it, each registered with
+    the signatures of its train images; fog@2 a different model, fog's `candidate`."""
+    from ray import serve
+
+    from raysegment.data import open_split
+    from raysegment.engine.signature import version_signatures
+    from raysegment.models import load_model
+    from raysegment.serving.app import build_app
+
+    root = tmp_path_factory.mktemp("loop-registry")
+    reg = Registry(root)
+    source, meta = load_model(source_model_dir)
+    train = {d: open_split(synth_root, d, "train", unlabelled=True) for d in ("clear", "fog", "night")}
+    reg.register("clear", source, meta, signatures=version_signatures(source, train["clear"], meta.resize))
+    for domain in ("fog", "night"):
+        signatures = version_signatures(source, train[domain], meta.resize, ("clear@1", source))
+        reg.register(domain, source, meta, parent="clear@1", signatures=signatures)
+        reg.promote(domain, 1)
+    other, _ = load_model(source_model_dir)
+    with torch.no_grad():
+        other.head.bias.add_(torch.linspace(-3, 3, other.head.bias.numel()))  # answers differently
+    reg.register("fog", other, meta, parent="clear@1")
+    reg.promote("fog", 2, "candidate")
+    cfg = ServeConfig(
+        registry=str(root),
+        auth="none",
+        max_replicas=1,
+        cpus_per_replica=0.25,
+        ingress_cpus=0.05,
+        routing_base="clear@1",
+        default_domain="clear",
+        capture_domains=["fog", "new"],
+        capture_max_images=3,
+        shadow_share=1.0,
+        drift_window=6,
+        resolve_ttl_s=0.0,
+    )
+    serve.run(build_app(cfg.model_dump()), name="loop", route_prefix="/loop")
+    yield f"{served}/loop", root
+    serve.delete("loop")
+
+
+def test_requests_without_a_domain_are_routed_to_the_nearest_one(loop_served, synth_root):
+    from raysegment.data import open_split
+
+    url, _ = loop_served
+    routed = {}
+    for domain in ("clear", "fog", "night"):
+        for path, _ in open_split(synth_root, domain, "test").samples:
+            r = httpx.post(f"{url}/v1/segment?format=json", content=path.read_bytes(), timeout=60)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["route"]["domain"] == r.headers["x-route-domain"] and body["route"]["unknown"] is False
+            assert float(r.headers["x-route-distance"]) == pytest.approx(body["route"]["distance"], abs=1e-5)
+            assert body["domain"] == body["route"]["domain"]  # served by the routed domain's production model
+            routed[path] = (domain, body["route"]["domain"])
+    right = sum(truth == got for truth, got in routed.values())
+    assert right >= len(routed) - 1, routed  # test images never seen by any signature
+    assert all(got == "night" for truth, got in routed.values() if truth == "night")
+
+
+def test_an_image_far_from_every_domain_is_unknown_served_by_the_default_and_captured(loop_served):
+    from raysegment.traffic import TrafficStore
+
+    url, root = loop_served
+    noise = png(128, 64)  # uniform noise: nothing like a street
+    r = httpx.post(f"{url}/v1/segment?format=json", content=noise, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["route"]["unknown"] is True and r.headers["x-route-unknown"] == "true"
+    assert r.json()["domain"] == "clear"  # the configured default answered
+    assert wait_for(lambda: len(TrafficStore(str(root)).items("new")) == 1)
+    assert TrafficStore(str(root)).read(TrafficStore(str(root)).items("new")[0].key) == noise
+
+
+def wait_for(condition, seconds: float = 60.0) -> bool:
+    """Background work (capture, shadow) lands after the answer: poll, bounded only against a hang."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_capture_keeps_a_bounded_sample_and_shadow_answers_from_production(loop_served, synth_root):
+    from raysegment.data import open_split
+    from raysegment.traffic import TrafficStore
+
+    url, root = loop_served
+    store = TrafficStore(str(root))
+    images = [p.read_bytes() for p, _ in open_split(synth_root, "fog", "all").samples]
+    before = store.seen("fog")
+    for body in images:
+        r = httpx.post(f"{url}/v1/domains/fog/segment?format=json", content=body, timeout=60)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"  # production answers, always
+        assert r.json()["version"] == 1
+    assert wait_for(lambda: store.seen("fog") >= before + len(images))
+    assert len(store.items("fog")) == 3 and len(store.store.children("traffic/fog/images")) == 3
+    assert wait_for(lambda: len(store.shadow("fog", 2, 1)) >= len(images) // 2)
+    pairs = store.shadow("fog", 2, 1)
+    assert all(0.0 <= c <= 1.0 and 0.0 <= p <= 1.0 for c, p in pairs)
+    assert any(abs(c - p) > 1e-6 for c, p in pairs)  # two different models were scored
+    explicit = httpx.post(f"{url}/v1/domains/fog/segment?version=2&format=json", content=images[0], timeout=60)
+    assert explicit.json()["version"] == 2  # a named version is served, and not mirrored
+    assert store.items("clear") == []  # capture is opt-in per domain
+
+
+def test_the_domain_listing_shows_drift_when_traffic_leaves_the_training_images(loop_served, synth_root):
+    from raysegment.data import open_split
+
+    url, _ = loop_served
+    fog = [p.read_bytes() for p, _ in open_split(synth_root, "fog", "train").samples]
+    night = [p.read_bytes() for p, _ in open_split(synth_root, "night", "all").samples]
+    for body in fog:
+        httpx.post(f"{url}/v1/domains/fog/segment", content=body, timeout=60)
+    calm = httpx.get(f"{url}/v1/domains", timeout=60).json()["domains"]["fog"]
+    for body in night:  # the fog endpoint now sees night images
+        httpx.post(f"{url}/v1/domains/fog/segment", content=body, timeout=60)
+    shifted = httpx.get(f"{url}/v1/domains", timeout=60).json()["domains"]["fog"]
+    assert calm["drift"]["recent_images"] > 0 and shifted["drift"]["distance"] > 2 * calm["drift"]["distance"]
+    assert calm["drift"]["drifted"] is False and shifted["drift"]["drifted"] is True
+    assert shifted["captured"] == 3

@@ -36,6 +36,7 @@ from raysegment.distributed.spec import JobSpec
 from raysegment.distributed.train import build_trainer, check_resources, check_shared, ensure_ray
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.judge import judged_scores
+from raysegment.engine.signature import version_signatures
 from raysegment.errors import ConfigError, RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, promote_if_better
@@ -193,6 +194,12 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
         return folder, entry.ref
     folder = Path(spec.source)
     model, meta = load_model(folder)
+    try:
+        d = spec.run.data
+        images = open_split(d.root, spec.source_domain, d.train_split, d.layout, unlabelled=True)
+        signatures = version_signatures(model, images, meta.resize)
+    except RaySegmentError:  # the source's own images are not in this dataset: no drift signal for it
+        signatures = None
     for entry in registry.entries():
         if entry.domain == spec.source_domain and entry.manifest["lineage"].get("source_path") == str(folder):
             return folder, entry.ref
@@ -203,6 +210,7 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
         meta.metrics,
         meta.model.model_dump(mode="json"),
         lineage={"source_path": str(folder), "method": "source"},
+        signatures=signatures,
     )
     return folder, f"{spec.source_domain}@{version}"
 
@@ -265,6 +273,8 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
         }
         version = registered_version(registry, domain, spec.name, best.metrics["trial_id"])  # a crash after
         if version is None:  # registering: reuse
+            train_images = open_split(d.root, domain, d.train_split, d.layout, unlabelled=True)
+            signatures = version_signatures(winner, train_images, meta.resize, (source_ref, source_model))
             version = registry.register(
                 domain,
                 winner,
@@ -273,6 +283,7 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
                 trial_run_config(from_source(spec.run, source), domain, best.config, str(ckpt)).model_dump(mode="json"),
                 parent=source_ref,
                 lineage=lineage,
+                signatures=signatures,
             )
         incumbent, incumbent_score = incumbent_of(registry, domain, source_ref, source_val, val, spec.run, judge)
         decision = promote_if_better(registry, domain, version, best_score, incumbent_score, judge, incumbent)

@@ -51,6 +51,11 @@ class ProxyScores:
         }
 
 
+def perturbation(device: torch.device) -> torch.nn.Module:
+    """The photometric nuisance the consistency proxy asks a model to be stable under."""
+    return K.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0).to(device)
+
+
 def _iou_metric(num_classes: int, device: torch.device) -> MulticlassJaccardIndex:
     return MulticlassJaccardIndex(num_classes=num_classes, average="none", zero_division=float("nan")).to(device)
 
@@ -85,7 +90,7 @@ def proxy_scores(
     was_training = model.training
     model.eval()
     reference.eval()
-    perturb = K.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0).to(device)
+    perturb = perturbation(device)
     consistency, agreement = _iou_metric(num_classes, device), _iou_metric(num_classes, device)
     entropy_sum, pixels = 0.0, 0
     source_classes = torch.zeros(num_classes, dtype=torch.bool)
@@ -112,3 +117,29 @@ def proxy_scores(
         mean_iou_over(consistency_iou, predicted | source_classes),
         mean_iou_over(agreement.compute()) if agreement.update_count else 0.0,
     )
+
+
+@torch.no_grad()
+def paired_consistency(
+    models: list[torch.nn.Module], batch: torch.Tensor, num_classes: int, seed: int = 0
+) -> list[float]:
+    """The consistency proxy of several models on the same images (a shadow comparison): each one
+    over the classes that any of them predicts, under one shared perturbation, so a model that
+    drops a class the others see scores 0 on it."""
+    with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        twin_input = perturbation(batch.device)(batch).flip(-1)
+    preds, twins = [], []
+    for model in models:
+        model.eval()
+        preds.append(model(batch).argmax(1))
+        twins.append(model(twin_input).argmax(1).flip(-1))
+    seen = torch.zeros(num_classes, dtype=torch.bool)
+    for pred in preds:
+        seen |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0
+    scores = []
+    for pred, twin in zip(preds, twins):
+        metric = _iou_metric(num_classes, batch.device)
+        metric.update(twin, pred)
+        scores.append(mean_iou_over(metric.compute(), seen))
+    return scores

@@ -38,8 +38,8 @@ def safe_open_metadata(data: bytes) -> dict[str, str]:
 @dataclass(frozen=True)
 class Signature:
     """Per BatchNorm layer: channel means and variances of its input, and how many images made it.
-    `radius`: the 95th percentile of its own images' distances to it (how far an image of this
-    domain usually lies; what the unknown-domain flag compares with), when measured."""
+    `radius`: the 95th percentile of its images' distances to the pool of the others (how far an
+    unseen image of this domain usually lies; what the unknown-domain flag compares with)."""
 
     means: list[torch.Tensor]
     variances: list[torch.Tensor]
@@ -139,8 +139,22 @@ def domain_signature(
     if not singles:
         raise ValueError("a signature needs at least one image")
     whole = pooled.signature()
-    spread = torch.tensor([distance(one, whole) for one in singles], dtype=torch.float64)
-    return Signature(whole.means, whole.variances, whole.images, float(spread.quantile(RADIUS_QUANTILE)))
+    return Signature(whole.means, whole.variances, whole.images, held_out_radius(singles, pooled))
+
+
+def held_out_radius(singles: list[Signature], pooled: RunningSignature) -> float | None:
+    """The RADIUS_QUANTILE of each image's distance to the pooled signature of the *other* images
+    (an image is always close to a pool it is part of; unseen images are not): None for one image."""
+    n = len(singles)
+    if n < 2:
+        return None
+    spread = []
+    for one in singles:
+        means = [(n * m - o) / (n - 1) for m, o in zip(pooled.means, one.means)]
+        squares = [(n * q - (v + o.pow(2))) / (n - 1) for q, v, o in zip(pooled.squares, one.variances, one.means)]
+        others = Signature(means, [(q - m.pow(2)).clamp_min(EPS) for q, m in zip(squares, means)], n - 1)
+        spread.append(distance(one, others))
+    return float(torch.tensor(spread, dtype=torch.float64).quantile(RADIUS_QUANTILE))
 
 
 class RunningSignature:
@@ -199,3 +213,18 @@ def nearest(image: Signature, domains: dict[str, Signature]) -> tuple[str, float
     scored = {name: distance(image, sig) for name, sig in domains.items()}
     best = min(scored, key=scored.__getitem__)
     return best, scored[best]
+
+
+def version_signatures(
+    model: torch.nn.Module,
+    images: SegmentationDataset,
+    resize: ResizeConfig | None,
+    base: tuple[str, torch.nn.Module] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Signature]:
+    """What a registry version stores about the images it was made from: `own` (under `model`, for
+    the drift signal) and, given `(base ref, base model)`, the same images under its base (routing)."""
+    found = {"own": domain_signature(model, images, device=device, resize=resize)}
+    if base is not None:
+        found[base[0]] = domain_signature(base[1], images, device=device, resize=resize)
+    return found

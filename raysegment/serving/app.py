@@ -12,9 +12,21 @@ Models of many domains share their base's tensors on a replica (`Registry.load_s
 domain loaded next to others costs only its delta. With `online_adabn`, each domain's BatchNorm
 statistics follow the images its endpoint receives (its own copy of those buffers, never the
 shared ones); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new registry version.
+
+The closed loop's service side (issue: live traffic -> adaptation -> shadow -> promotion):
+- `POST /v1/segment` (no domain) routes the image to the nearest domain by signature
+  (`serving.routing`) and says which, with the distance (JSON `route`, `x-route-*` headers);
+- request images of the domains in `capture_domains` go to the traffic reservoir, off the
+  request's path (a bounded set of background tasks; when full, capture is skipped);
+- each replica keeps the BatchNorm-input statistics of each model's recent images, and
+  `GET /v1/domains` reports their distance to the version's training signature (`drift`);
+- with `shadow_share`, that share of a domain's production requests is also run, in the
+  background, by its `candidate` and both are scored by the consistency proxy on the same image;
+  the answer always comes from production.
 """
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +42,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
 from raysegment.engine.evaluate import predict_full_size
+from raysegment.engine.proxies import paired_consistency
+from raysegment.engine.signature import RunningSignature, Signature, batchnorm_inputs, distance, image_signatures
 from raysegment.models.freeze import is_batchnorm
 from raysegment.promotion import Decision, promote_if_better
 from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, SharedBases, check_domain
@@ -46,6 +60,8 @@ from raysegment.serving.imaging import (
     overlay_png,
     sniff,
 )
+from raysegment.serving.routing import Route, RoutingTable
+from raysegment.traffic import NEW_POOL, TrafficStore
 
 SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored by .../adabn-snapshot
 
@@ -102,6 +118,7 @@ class Loaded:
 
     model: torch.nn.Module
     scale: ResizeConfig | None
+    num_classes: int
 
 
 WHOLE_IMAGE = EvalConfig(mode="whole")
@@ -116,13 +133,16 @@ class SegmentModels:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bases = SharedBases(self.device)
         self.adapted_images: dict[str, int] = {}
+        self.recent: dict[str, RunningSignature] = {}  # per model id: its recent images' statistics
+        base = self.cfg.routing_base
+        self.routing = RoutingTable(self.registry, base, self.cfg.unknown_factor) if base else None
 
         # Plain closures, not bound methods: Serve keeps its LRU / batch queue on the wrapped object.
         async def load(model_id: str) -> Loaded:
             model, meta, _ = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
             if self.cfg.online_adabn:
                 own_batchnorm_buffers(model)
-            return Loaded(model, meta.resize)
+            return Loaded(model, meta.resize, meta.num_classes)
 
         async def segment_batch(images: list[torch.Tensor]) -> list[dict[str, Any]]:
             return await self._segment_batch(images)
@@ -141,7 +161,13 @@ class SegmentModels:
             batch = resize_images(batch, scaled_size(h, w, loaded.scale))
             if self.cfg.online_adabn:
                 update_batchnorm_statistics(loaded.model, batch, self.cfg.online_adabn_momentum)
-            logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
+            if self.cfg.drift_window:
+                with batchnorm_inputs(loaded.model) as captured:
+                    logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
+                recent = self.recent.setdefault(model_id, RunningSignature(self.cfg.drift_window))
+                recent.update([m for m, _ in captured], [q for _, q in captured])
+            else:
+                logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
             preds = logits.argmax(1).to(torch.uint8).cpu()  # class ids fit a byte: 1/8 of int64 to ship back
             for row, k in enumerate(index):
                 masks[k] = preds[row]
@@ -151,6 +177,31 @@ class SegmentModels:
 
     async def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return await self.segment(image)
+
+    async def _at_scale(self, loaded: Loaded, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        return resize_images(to_float(image)[None].to(self.device), scaled_size(h, w, loaded.scale))
+
+    async def route(self, image: torch.Tensor) -> Route | None:
+        """The nearest domain to this image under the routing model (the request's model id)."""
+        if self.routing is None:
+            raise RuntimeError("routing is off: set routing_base")
+        loaded = await self.get_model(serve.get_multiplexed_model_id())
+        signature = image_signatures(loaded.model, await self._at_scale(loaded, image))[0]
+        return await asyncio.to_thread(self.routing.route, signature)
+
+    async def drift(self) -> bytes | None:
+        """This replica's signature of the recent images of the request's model (safetensors bytes)."""
+        recent = self.recent.get(serve.get_multiplexed_model_id())
+        return recent.signature().to_bytes() if recent is not None and recent.images else None
+
+    async def shadow_compare(self, image: torch.Tensor, production_ref: str) -> tuple[float, float]:
+        """(candidate, production) consistency proxy on one image; the candidate is the request's model."""
+        candidate = await self.get_model(serve.get_multiplexed_model_id())
+        production = await self.get_model(production_ref)
+        batch = await self._at_scale(candidate, image)
+        scores = paired_consistency([candidate.model, production.model], batch, candidate.num_classes)
+        return scores[0], scores[1]
 
     async def batchnorm_snapshot(self) -> dict[str, Any]:
         """This replica's BatchNorm statistics for the request's model and how many images shaped them."""
@@ -194,6 +245,11 @@ class Gateway:
         self.registry = Registry(self.cfg.registry)
         self.tokens = TokenTable.read(self.cfg.token_file) if self.cfg.token_file and self.cfg.auth == "token" else None
         self._entries: dict[tuple[str, str], tuple[float, Entry]] = {}
+        self._candidates: dict[str, tuple[float, Entry | None]] = {}
+        self._signatures: dict[str | None, Signature | None] = {}  # training signatures by content hash
+        self.traffic = TrafficStore(self.cfg.registry, self.cfg.capture_max_images, self.cfg.capture_max_age_s)
+        self._background: set[asyncio.Task] = set()
+        self.skipped_background = 0
 
     def _denied(self, request: Request, role: str) -> JSONResponse | None:
         """None when the request's bearer token grants `role`; else the 401/403 answer."""
@@ -240,7 +296,58 @@ class Gateway:
     async def domains(self, request: Request) -> Any:
         if denied := self._denied(request, "read"):
             return denied
-        return {"domains": {d: self._domain_listing(d) for d in self.registry.domains()}}
+        listing = {d: self._domain_listing(d) for d in self.registry.domains()}
+        for domain, shown in listing.items():
+            if "error" not in shown:
+                shown["drift"] = await self._drift(domain)
+                if self._captures(domain):
+                    items = await asyncio.to_thread(self.traffic.items, domain)
+                    shown["captured"] = len(items)
+        return {"domains": listing}
+
+    async def _drift(self, domain: str) -> dict[str, Any]:
+        """How far the production model's recent images (on the replica that answers) are from its
+        training images: symmetric KL of their BatchNorm-input statistics (`engine.signature`),
+        against `drift_factor` times the version's radius."""
+        try:
+            entry = self._resolve(domain, "production")
+            trained = await asyncio.to_thread(self._training_signature, entry)
+        except RegistryError as exc:
+            return {"drifted": None, "detail": str(exc)[:200]}
+        if trained is None or trained.radius is None:
+            return {"drifted": None, "detail": f"{entry.ref} was registered without a signature of its images"}
+        threshold = self.cfg.drift_factor * trained.radius
+        if not self.cfg.drift_window:
+            return {"drifted": None, "detail": "drift tracking is off (drift_window: 0)"}
+        try:
+            recent = await asyncio.wait_for(
+                self.models.drift.options(multiplexed_model_id=entry.ref).remote(), self.cfg.body_timeout_s
+            )
+        except (TimeoutError, *REPLICA_GONE):
+            return {"drifted": None, "detail": "no model replica answered"}
+        if recent is None:
+            return {
+                "drifted": False,
+                "distance": None,
+                "recent_images": 0,
+                "threshold": threshold,
+                "version": entry.version,
+            }
+        seen = Signature.from_bytes(recent)
+        gap = distance(seen, trained)
+        return {
+            "drifted": gap > threshold,
+            "distance": round(gap, 6),
+            "recent_images": seen.images,
+            "threshold": round(threshold, 6),
+            "version": entry.version,
+        }
+
+    def _training_signature(self, entry: Entry) -> Signature | None:
+        digest = (entry.manifest.get("signatures") or {}).get("own")
+        if digest not in self._signatures:
+            self._signatures[digest] = self.registry.signature(entry)
+        return self._signatures[digest]
 
     @api.post("/v1/domains/{domain}/segment")
     async def segment(
@@ -266,6 +373,48 @@ class Gateway:
             return error(503, "domain unavailable", str(exc))
         except RegistryError as exc:
             return error(404, "unknown domain or version", str(exc))
+        upload = await self._upload(request)
+        if isinstance(upload, JSONResponse):
+            return upload
+        return await self._answer(entry, *upload, format, mirror=version == "production")
+
+    @api.post("/v1/segment")
+    async def segment_routed(self, request: Request, format: str = Query("png", pattern="^(png|json|overlay)$")):
+        """Segment with the production model of the domain nearest to the image (`serving.routing`);
+        an image far from every domain is `unknown`: served by `default_domain` (else the routing
+        model) and captured into the `new` pool."""
+        if denied := self._denied(request, "read"):
+            return denied
+        if self.cfg.routing_base is None:
+            return error(
+                409, "routing is off", "name the domain (POST /v1/domains/{domain}/segment) or set routing_base"
+            )
+        upload = await self._upload(request)
+        if isinstance(upload, JSONResponse):
+            return upload
+        body, image = upload
+        try:
+            route = await self._call_models(self.cfg.routing_base, image, method="route")
+        except REPLICA_GONE as exc:
+            return error(503, "model replica unavailable", f"{type(exc).__name__}; retry shortly")
+        except RegistryError as exc:
+            return error(503, "routing model unavailable", str(exc).strip().splitlines()[-1][:300])
+        if route is None:
+            return error(
+                503, "no routable domain", f"no production version has a signature under {self.cfg.routing_base}"
+            )
+        served = self.cfg.default_domain if route.unknown else route.domain
+        try:
+            entry = self._resolve(served, "production") if served else self.registry.resolve(self.cfg.routing_base)
+        except RegistryError as exc:
+            return error(503, "domain unavailable", str(exc))
+        if route.unknown:
+            self._in_background(self._capture(NEW_POOL, body))
+        return await self._answer(entry, body, image, format, mirror=not route.unknown, route=route)
+
+    async def _upload(self, request: Request) -> tuple[bytes, torch.Tensor] | JSONResponse:
+        """The request's image (its bytes and decoded tensor), or the 4xx answer: sizes checked from
+        the headers before decoding, the body capped while streaming."""
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         if ctype not in ("image/png", "image/jpeg", "application/octet-stream", ""):
             return error(415, "unsupported content type", f"{ctype!r}; send image/png or image/jpeg")
@@ -292,18 +441,39 @@ class Gateway:
             return error(415, "unsupported image format", str(exc))
         except BadImage as exc:
             return error(400, "not a valid image", str(exc))
+        return body, image
+
+    async def _answer(
+        self, entry: Entry, body: bytes, image: torch.Tensor, format: str, mirror: bool, route: Route | None = None
+    ) -> Response:
+        """Segment with `entry`'s model and answer in `format`; then, off the request's path, capture
+        the image and (for a production request) mirror it to the domain's candidate."""
         try:
             result = await self._call_models(entry.ref, image)
         except REPLICA_GONE as exc:
             return error(503, "model replica unavailable", f"{type(exc).__name__}; retry shortly")
         except RegistryError as exc:  # raised on the replica: the version's weights are corrupt or gone
             return error(503, "domain unavailable", str(exc).strip().splitlines()[-1][:300])
+        if self._captures(entry.domain):
+            self._in_background(self._capture(entry.domain, body))
+        if mirror and self.cfg.shadow_share and random.random() < self.cfg.shadow_share:
+            candidate = self._candidate(entry.domain)
+            if candidate is not None and candidate.version != entry.version:
+                self._in_background(self._shadow(candidate, entry, image))
         mask = result["mask"]
         headers = {
             "x-model-version": str(entry.version),
             "x-model-id": result["model_id"],
             "x-batch-size": str(result["batch_size"]),
         }
+        if route is not None:
+            headers.update(
+                {
+                    "x-route-domain": route.domain,
+                    "x-route-distance": f"{route.distance:.6f}",
+                    "x-route-unknown": str(route.unknown).lower(),
+                }
+            )
         if format == "json":
             meta = entry.manifest["meta"]
             return JSONResponse(
@@ -314,6 +484,7 @@ class Gateway:
                     "height": int(mask.shape[0]),
                     "width": int(mask.shape[1]),
                     "shares": class_shares(mask, meta["classes"]),
+                    **({"route": route.as_json()} if route is not None else {}),
                 },
                 headers=headers,
             )
@@ -323,6 +494,51 @@ class Gateway:
         else:
             png = mask_png(mask)
         return Response(content=png, media_type="image/png", headers=headers)
+
+    def _captures(self, domain: str) -> bool:
+        return domain in self.cfg.capture_domains or "*" in self.cfg.capture_domains
+
+    def _in_background(self, work: Any) -> None:
+        """Run `work` after the answer, never making a request wait: beyond `max_background_tasks`
+        in flight it is skipped (and counted), not queued."""
+        if len(self._background) >= self.cfg.max_background_tasks:
+            work.close()
+            self.skipped_background += 1
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _capture(self, domain: str, body: bytes) -> None:
+        if not self._captures(domain):
+            return
+        try:
+            await asyncio.to_thread(self.traffic.capture, domain, body, (sniff(body) or "image/bin").split("/")[1])
+        except Exception as exc:  # a failed capture must never reach the client: log and go on
+            print(f"[raysegment] capture for {domain} failed: {type(exc).__name__}: {exc}")
+
+    async def _shadow(self, candidate: Entry, production: Entry, image: torch.Tensor) -> None:
+        try:
+            scores = await self.models.shadow_compare.options(multiplexed_model_id=candidate.ref).remote(
+                image, production.ref
+            )
+            await asyncio.to_thread(
+                self.traffic.record_shadow, candidate.domain, candidate.version, production.version, [scores]
+            )
+        except Exception as exc:  # the shadow never affects the answer
+            print(f"[raysegment] shadow of {candidate.ref} failed: {type(exc).__name__}: {exc}")
+
+    def _candidate(self, domain: str) -> Entry | None:
+        """The domain's `candidate` version, if any (absence cached like a hit, for `resolve_ttl_s`)."""
+        now = time.monotonic()
+        hit = self._candidates.get(domain)
+        if hit is None or now - hit[0] >= self.cfg.resolve_ttl_s:
+            try:
+                entry: Entry | None = self.registry.get_entry(domain, "candidate")
+            except RegistryError:
+                entry = None
+            hit = self._candidates[domain] = (now, entry)
+        return hit[1]
 
     def _resolve(self, domain: str, version: str, fresh: bool = False) -> Entry:
         """domain + version/alias -> registry entry ("production" falls back to the newest), cached for
@@ -337,11 +553,14 @@ class Gateway:
         self._entries[key] = (now, entry)
         return entry
 
-    async def _call_models(self, model_id: str, image: torch.Tensor, attempts: int = 3) -> dict[str, Any]:
+    async def _call_models(
+        self, model_id: str, image: torch.Tensor, method: str = "__call__", attempts: int = 3
+    ) -> Any:
         """Call the model deployment, retrying when the replica it picked has died."""
         for attempt in range(attempts):
             try:
-                return await self.models.options(multiplexed_model_id=model_id).remote(image)
+                handle = self.models if method == "__call__" else getattr(self.models, method)
+                return await handle.options(multiplexed_model_id=model_id).remote(image)
             except REPLICA_GONE:
                 if attempt == attempts - 1:
                     raise

@@ -76,6 +76,35 @@ class ServeConfig(BaseModel):
         4, description="unaliased AdaBN snapshots kept per domain; the oldest goes when a new one passes the cap"
     )
 
+    capture_domains: list[str] = Field(
+        default_factory=list,
+        description="domains whose request images are captured into traffic/<domain>/ ('*': every "
+        "domain; 'new': images the router found far from every domain); empty: nothing is stored",
+    )
+    capture_max_images: PositiveInt = Field(256, description="reservoir size per domain")
+    capture_max_age_s: PositiveFloat = Field(7 * 86400, description="captured images older than this leave the sample")
+    max_background_tasks: PositiveInt = Field(
+        16, description="captures and shadow calls in flight per gateway; beyond it they are skipped, never queued"
+    )
+    drift_window: int = Field(
+        64, ge=0, description="recent images per domain whose BatchNorm statistics the drift signal tracks (0: off)"
+    )
+    drift_factor: PositiveFloat = Field(
+        1.0,
+        description="a domain has drifted when its recent traffic, pooled, is farther from its training images "
+        "than this times the radius of one training image (engine.signature.held_out_radius)",
+    )
+    routing_base: str | None = Field(
+        None, description="DOMAIN@VERSION of the model routing compares images under; None: POST /v1/segment is off"
+    )
+    unknown_factor: PositiveFloat = Field(
+        2.0, description="an image farther than this times the nearest domain's radius is `unknown`"
+    )
+    default_domain: str | None = Field(None, description="serves `unknown` images (None: the routing model itself)")
+    shadow_share: float = Field(
+        0.0, ge=0, le=1, description="share of a domain's production requests mirrored to its `candidate`"
+    )
+
     @model_validator(mode="after")
     def _strangers_need_tokens(self) -> ServeConfig:
         if self.auth == "token" and not self.token_file:
