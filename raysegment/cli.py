@@ -133,7 +133,52 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, expected="tune")
     print(format_table(run_search(spec)))
-    print(f"plots: {Path(spec.run.output_dir) / spec.name}/tune_curves.png, tune_winners.png")
+    print(f"plots: {Path(spec.require_run().output_dir) / spec.name}/tune_curves.png, tune_winners.png")
+    return 0
+
+
+def cmd_loop(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from raysegment.apps.loop import run_loop
+    from raysegment.config import LoopConfig
+    from raysegment.distributed.spec import load_spec
+
+    if args.spec:
+        spec = load_spec(args.spec, expected="loop")
+        assert spec.registry is not None
+        registry, cfg, domains = spec.registry, spec.loop, spec.targets
+    else:
+        if not args.domain:
+            raise ConfigError("raysegment loop needs DOMAIN (or --spec SPEC)")
+        registry, cfg, domains = args.registry, LoopConfig(), [args.domain]
+    cfg = LoopConfig.model_validate({**cfg.model_dump(), **_parse_overrides(args.set)})
+    for domain in domains:
+        print(json.dumps(asdict(run_loop(registry, domain, cfg))), flush=True)
+    return 0
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    import time
+
+    from raysegment.traffic import TrafficStore
+
+    store = TrafficStore(args.registry, max_age_s=float("inf"))
+    domains = [args.domain] if args.domain else store.domains()
+    if args.action == "purge":
+        if not args.domain:
+            raise ConfigError("raysegment traffic purge needs DOMAIN")
+        removed = store.purge(args.domain, args.older_than)
+        print(f"{args.domain}: removed {removed} captured images")
+        return 0
+    now = time.time()
+    for domain in domains:
+        items = store.items(domain)
+        oldest = f", oldest {(now - items[0].time) / 3600:.1f} h ago" if items else ""
+        print(
+            f"{domain}: {len(items)} images kept of {store.seen(domain)} seen, {sum(i.bytes for i in items)} B{oldest}"
+        )
     return 0
 
 
@@ -398,6 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="per-domain Ray Tune search from a tune spec; winners into the registry")
     p.add_argument("spec", help="YAML spec with job: tune (see jobs/specs/tune.yaml)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "loop", help="adapt a domain's production model to its captured traffic, shadow it, promote or retire"
+    )
+    p.add_argument("domain", nargs="?", help="the domain (or --spec with targets)")
+    p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
+    p.add_argument("--spec", help="a `job: loop` spec (jobs/specs/loop.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. shadow_images=0")
+    p.set_defaults(func=cmd_loop)
+
+    p = sub.add_parser("traffic", help="list or purge the captured request images")
+    p.add_argument("action", choices=["ls", "purge"])
+    p.add_argument("domain", nargs="?")
+    p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
+    p.add_argument("--older-than", type=float, metavar="SECONDS", help="purge: only images older than this")
+    p.set_defaults(func=cmd_traffic)
 
     p = sub.add_parser("serve", help="serve every registered domain over HTTP (Ray Serve, embedded default)")
     p.add_argument("--registry", required=True)

@@ -256,6 +256,28 @@ class SearchConfig(_Strict):
     seed: int = 0
 
 
+LoopMethod = Literal["adabn", "tent"]  # label-free methods that need nothing but the captured images
+
+
+class LoopConfig(_Strict):
+    """`raysegment loop DOMAIN`: adapt production to its captured traffic, shadow, then promote or retire.
+    Self-training is not searched here: it learns from source labels, which captured traffic lacks."""
+
+    methods: list[LoopMethod] = Field(["adabn", "tent"], description="label-free methods to try")
+    tent_lr: list[PositiveFloat] = Field([1e-4, 1e-3], description="Tent learning rates tried (one run each)")
+    epochs: PositiveInt = Field(2, description="Tent epochs over the captured train images")
+    batch_size: PositiveInt = 8
+    min_images: PositiveInt = Field(8, description="fewer captured images than this: the loop refuses to run")
+    val_share: float = Field(0.25, gt=0, lt=1, description="captured images held back to judge the search")
+    shadow_images: NonNegativeInt = Field(
+        16, description="mirrored requests the candidate must be compared on before a decision (0: no shadow)"
+    )
+    shadow_timeout_s: PositiveFloat = Field(600, description="without enough shadow images by then: retired")
+    shadow_poll_s: PositiveFloat = 2.0
+    margin: float = Field(0.0, ge=0, description="the candidate's proxy must beat production's by more than this")
+    seed: int = 0
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem: `source: a.b.c: message`."""
     parts = []

@@ -84,11 +84,17 @@ def promote_if_better(
     return decision
 
 
+def retire(registry: Registry, domain: str, version: int, reason: str) -> None:
+    """A candidate that lost (or could not be judged) stops being `candidate`; the version stays
+    registered, and the reason enters the history."""
+    registry.drop_alias(domain, CANDIDATE, version, record={"retired": {"version": version, "reason": reason}})
+
+
 def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
     """Move `production` back to the version that held it before the current one took over; returns
     it. Repeated rollbacks walk further back through the promotions (rollbacks are not promotions)."""
     current = registry.aliases(domain).get(PRODUCTION)
-    promoted = [r["version"] for r in registry.history(domain) if r["alias"] == PRODUCTION and "rollback" not in r]
+    promoted = [r["version"] for r in registry.history(domain) if r.get("alias") == PRODUCTION and "rollback" not in r]
     if current not in promoted:
         raise RegistryError(f"{domain}: production {current} has no promotion in the history to roll back")
     position = len(promoted) - 1 - promoted[::-1].index(current)

@@ -186,19 +186,33 @@ class Registry:
 
         self._update_aliases(domain, move)
 
-    def drop_alias(self, domain: str, alias: str, version: int) -> None:
-        """Remove `alias` if it still points at `version` (a candidate that has just gone live)."""
+    def drop_alias(self, domain: str, alias: str, version: int, record: dict | None = None) -> None:
+        """Remove `alias` if it still points at `version` (a candidate that went live or was retired);
+        with `record`, the removal enters the history too."""
 
         def drop(doc: dict[str, Any]) -> bool:
             if doc["aliases"].get(alias) != version:
                 return False
             del doc["aliases"][alias]
+            if record is not None:
+                doc["history"].append(
+                    {"time": time.time(), "alias": alias, "version": None, "previous": version, **record}
+                )
             return True
 
         self._update_aliases(domain, drop)
 
+    def note(self, domain: str, record: dict[str, Any]) -> None:
+        """Append an audit record that moves no alias (a step of `raysegment loop`, say)."""
+
+        def append(doc: dict[str, Any]) -> bool:
+            doc["history"].append({"time": time.time(), **record})
+            return True
+
+        self._update_aliases(domain, append)
+
     def history(self, domain: str) -> list[dict[str, Any]]:
-        """Every alias move of a domain, oldest first (an audit record each)."""
+        """Every alias move of a domain and every note, oldest first (an audit record each)."""
         return self._aliases_doc(domain)["history"]
 
     def remove(self, domain: str, version: int) -> None:

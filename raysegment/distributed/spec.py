@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raysegment.config import RunConfig, SearchConfig, format_validation_error, read_yaml_mapping
+from raysegment.config import LoopConfig, RunConfig, SearchConfig, format_validation_error, read_yaml_mapping
 from raysegment.errors import ConfigError
 
 SPEC_ENV = "RAYSEGMENT_SPEC_JSON"  # a submitted job's validated spec travels in its environment
@@ -20,24 +20,35 @@ FROM_ENV = "--from-env"
 
 
 class JobSpec(BaseModel):
-    """`fine_tune` uses `run`; `tune` also needs `targets`, `source` and `registry`."""
+    """`fine_tune` uses `run`; `tune` also needs `targets`, `source` and `registry`; `loop` runs
+    `raysegment loop` for each of `targets` on `registry` with the `loop` settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: Literal["fine_tune", "tune"]
+    job: Literal["fine_tune", "tune", "loop"]
     name: str = "raysegment"
-    run: RunConfig
-    targets: list[str] = Field(default_factory=list, description="target domains to search (tune)")
+    run: RunConfig | None = None
+    targets: list[str] = Field(default_factory=list, description="target domains to search (tune) or adapt (loop)")
+    loop: LoopConfig = LoopConfig()
     search: SearchConfig = SearchConfig()
     registry: str | None = Field(None, description="registry folder the winners go to (tune)")
     source: str | None = Field(None, description="source model: a model folder, or DOMAIN@VERSION in the registry")
     source_domain: str = Field("source", description="registry domain for a source given as a folder")
 
     @model_validator(mode="after")
-    def _tune_needs_targets(self) -> JobSpec:
+    def _each_kind_has_what_it_needs(self) -> JobSpec:
+        if self.job in ("fine_tune", "tune") and self.run is None:
+            raise ValueError(f"a {self.job} spec needs run")
         if self.job == "tune" and not (self.targets and self.registry and self.source):
             raise ValueError("a tune spec needs targets, registry and source")
+        if self.job == "loop" and not (self.targets and self.registry):
+            raise ValueError("a loop spec needs targets (the domains) and registry")
         return self
+
+    def require_run(self) -> RunConfig:
+        if self.run is None:
+            raise ConfigError(f"a {self.job} spec has no run section")
+        return self.run
 
 
 def load_job_spec(arg: str, expected: str) -> JobSpec:

@@ -145,7 +145,7 @@ def from_source(run: RunConfig, source_dir: str) -> RunConfig:
 def tune_domain(spec: JobSpec, domain: str, source: str, storage: str, log=print) -> tuple[Any, str]:
     """Run (or resume) the search for one domain in `storage` (folder or URI), every trial starting
     from the source model at `source` (readable from every node); returns (ResultGrid, experiment path)."""
-    search, run = spec.search, spec.run
+    search, run = spec.search, spec.require_run()
     base = from_source(run, source)
     model, _ = load_model(source)
     trainable = tune.with_resources(
@@ -195,7 +195,7 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
     folder = Path(spec.source)
     model, meta = load_model(folder)
     try:
-        d = spec.run.data
+        d = spec.require_run().data
         images = open_split(d.root, spec.source_domain, d.train_split, d.layout, unlabelled=True)
         signatures = version_signatures(model, images, meta.resize)
     except RaySegmentError:  # the source's own images are not in this dataset: no drift signal for it
@@ -218,8 +218,8 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
 def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
     """Search every target domain; register and promote each winner; write the PNG summary."""
     ensure_ray()
-    check_resources(spec.run)
-    storage = Path(spec.run.output_dir).resolve() / spec.name  # this driver's own files
+    check_resources(spec.require_run())
+    storage = Path(spec.require_run().output_dir).resolve() / spec.name  # this driver's own files
     ray_storage = search_storage(spec)  # what every node reads and writes: checkpoints, the source
     if spec.registry is None:
         raise ConfigError("a tune spec needs `registry`: where the winners go")
@@ -237,10 +237,10 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
             log(f"[tune] {domain}: winner already registered as {domain}@{outcome.version}")
             outcomes.append(outcome)
             continue
-        d = spec.run.data
+        d = spec.require_run().data
         judge = spec.search.judged_by
         val = open_split(d.root, domain, d.val_split, d.layout, unlabelled=judge == "proxy")
-        source_val = source_score(source_model, val, spec.run, judge)
+        source_val = source_score(source_model, val, spec.require_run(), judge)
         results, _ = tune_domain(spec, domain, source, ray_storage, log)
         finished = [r for r in results if r.metrics and "score" in r.metrics]
         if not finished:
@@ -280,12 +280,16 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
                 winner,
                 meta,
                 {**metrics, "source_score": source_val},
-                trial_run_config(from_source(spec.run, source), domain, best.config, str(ckpt)).model_dump(mode="json"),
+                trial_run_config(from_source(spec.require_run(), source), domain, best.config, str(ckpt)).model_dump(
+                    mode="json"
+                ),
                 parent=source_ref,
                 lineage=lineage,
                 signatures=signatures,
             )
-        incumbent, incumbent_score = incumbent_of(registry, domain, source_ref, source_val, val, spec.run, judge)
+        incumbent, incumbent_score = incumbent_of(
+            registry, domain, source_ref, source_val, val, spec.require_run(), judge
+        )
         decision = promote_if_better(registry, domain, version, best_score, incumbent_score, judge, incumbent)
         if not decision.promoted:
             log(f"[tune] {domain}: {domain}@{version} kept out of production ({decision.reason} of {incumbent})")
@@ -335,9 +339,10 @@ def incumbent_of(
 def search_storage(spec: JobSpec) -> str:
     """The search's Ray storage: `scale.storage_path`/name (object storage on a real cluster), else
     a folder beside the driver's output (one machine, or nodes sharing that filesystem)."""
-    if spec.run.scale.storage_path:
-        return join(spec.run.scale.storage_path, spec.name)
-    return str(Path(spec.run.output_dir).resolve() / spec.name)
+    run = spec.require_run()
+    if run.scale.storage_path:
+        return join(run.scale.storage_path, spec.name)
+    return str(Path(run.output_dir).resolve() / spec.name)
 
 
 def trial_selected_model(storage: str, metrics: dict[str, Any], local: Path) -> Path:

@@ -143,3 +143,18 @@ def paired_consistency(
         metric.update(twin, pred)
         scores.append(mean_iou_over(metric.compute(), seen))
     return scores
+
+
+def paired_consistency_per_image(
+    models: list[torch.nn.Module],
+    images: SegmentationDataset,
+    num_classes: int,
+    resize: ResizeConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> list[list[float]]:
+    """`paired_consistency` on each image of a set on its own (as a shadow comparison sees them):
+    one row of per-model scores per image."""
+    rows = []
+    for batch, _, _ in scaled_batches(images.without_labels(), 1, resize, torch.device(device)):
+        rows.append(paired_consistency([m.to(device) for m in models], batch, num_classes))
+    return rows

@@ -1,0 +1,225 @@
+"""`raysegment loop DOMAIN`: one turn of the closed loop for a domain whose world drifted.
+
+1. the domain's captured traffic (`raysegment.traffic`) becomes an unlabelled dataset, split into
+   images to adapt on and images held back to judge;
+2. label-free search from the production model: AdaBN, and Tent at each learning rate, each scored
+   with production on each held-back image by the paired consistency proxy (both over the classes
+   either predicts, so a production model that collapsed to one class cannot look perfectly
+   stable); none beats production -> refused, nothing registered;
+3. the best is registered (a delta on production, with its signatures) as alias `candidate`;
+4. shadow evaluation: the service mirrors a share of the domain's production requests to the
+   candidate and scores both on each image (`serving.app`); once `shadow_images` pairs are in,
+   the promotion policy decides on their means (candidate must win by more than `margin`);
+   a loss or a timeout retires the candidate. `shadow_images: 0` decides on the held-back images.
+
+Every step leaves a record in the domain's history (`raysegment registry history DOMAIN`);
+`raysegment registry rollback DOMAIN` undoes a promotion.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import torch
+
+from raysegment.config import AdaptConfig, DataConfig, LoopConfig, OptimConfig, PretrainedConfig, RunConfig
+from raysegment.data import DatasetInfo, open_split
+from raysegment.engine.adapt import adapt
+from raysegment.engine.proxies import paired_consistency_per_image
+from raysegment.engine.signature import Signature, domain_signature
+from raysegment.models import ModelMeta, save_model
+from raysegment.promotion import CANDIDATE, promote_if_better, retire
+from raysegment.registry import Entry, Registry
+from raysegment.storage import atomic_write_json
+from raysegment.traffic import TrafficStore
+
+
+@dataclass
+class LoopOutcome:
+    domain: str
+    production: str
+    candidate: int | None = None
+    promoted: bool = False
+    reason: str = ""
+    scores: dict[str, tuple[float, float]] = field(default_factory=dict)  # method: (its proxy, production's)
+    shadow_pairs: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def export_traffic(traffic: TrafficStore, domain: str, info: DatasetInfo, root: Path, cfg: LoopConfig) -> int:
+    """Write the captured images as an unlabelled dataset `root/<domain>` with a train/val split."""
+    items = traffic.items(domain)
+    images = root / domain / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    stems = []
+    for k, item in enumerate(items):
+        data = traffic.read(item.key)
+        if data is None:  # replaced by a newer capture since the listing
+            continue
+        stem = f"{k:05d}"
+        (images / f"{stem}.{item.key.rsplit('.', 1)[-1]}").write_bytes(data)
+        stems.append(stem)
+    random.Random(cfg.seed).shuffle(stems)
+    held = max(1, round(cfg.val_share * len(stems)))
+    atomic_write_json(root / domain / "splits.json", {"train": sorted(stems[held:]), "val": sorted(stems[:held])})
+    info.write(root)
+    return len(stems)
+
+
+def run_config(
+    meta: ModelMeta, production_dir: Path, root: Path, domain: str, cfg: LoopConfig, method: str, lr: float = 1e-3
+) -> RunConfig:
+    """One method's adaptation run, typed, from the production model's own settings."""
+    return RunConfig(
+        data=DataConfig(root=str(root), domain=domain, unlabelled=True, resize=meta.resize),
+        model=meta.model.model_copy(
+            update={"pretrained": PretrainedConfig(source="checkpoint", uri=str(production_dir)), "freeze_depth": 0}
+        ),
+        optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed),
+        adapt=AdaptConfig(method=method),
+        output_dir=str(root.parent / f"{method}-{lr:g}"),
+    )
+
+
+def candidate_signatures(
+    registry: Registry, production: Entry, model: torch.nn.Module, images: Any, meta: ModelMeta
+) -> dict[str, Signature]:
+    """The candidate's own signature and one under every model production's routing signature uses."""
+    kept = production.manifest.get("signatures") or {}
+    found = {"own": domain_signature(model, images, resize=meta.resize)}
+    unders = [k for k in kept if k != "own"] + ([production.ref] if "own" in kept else [])
+    for under in unders:
+        found[under] = domain_signature(registry.load(under)[0], images, resize=meta.resize)
+    return found
+
+
+def run_loop(
+    registry_uri: str, domain: str, cfg: LoopConfig, work_dir: str | None = None, log: Callable[[str], Any] = print
+) -> LoopOutcome:
+    registry, traffic = Registry(registry_uri), TrafficStore(registry_uri)
+    production = registry.get_entry(domain)
+    outcome = LoopOutcome(domain, production.ref)
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        outcome.timings[stage] = round(time.monotonic() - clock, 2)
+        clock = time.monotonic()
+
+    def refuse(reason: str) -> LoopOutcome:
+        outcome.reason = reason
+        registry.note(domain, {"loop": {"step": "refused", "reason": reason, "production": production.ref}})
+        log(f"[loop] {domain}: refused: {reason}")
+        return outcome
+
+    captured = len(traffic.items(domain))
+    registry.note(domain, {"loop": {"step": "start", "production": production.ref, "captured": captured}})
+    if captured < cfg.min_images:
+        return refuse(
+            f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
+        )
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        root = Path(tmp) / "traffic"
+        model, meta, _ = registry.load(production.ref)
+        production_dir = save_model(Path(tmp) / "production", model, meta)
+        info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
+        exported = export_traffic(traffic, domain, info, root, cfg)
+        lap("export")
+        log(f"[loop] {domain}: {exported} captured images exported ({outcome.timings['export']} s)")
+        tries = (
+            [("adabn", run_config(meta, production_dir, root, domain, cfg, "adabn"))] if "adabn" in cfg.methods else []
+        )
+        if "tent" in cfg.methods:
+            tries += [
+                (f"tent lr={lr:g}", run_config(meta, production_dir, root, domain, cfg, "tent", lr))
+                for lr in cfg.tent_lr
+            ]
+        val = open_split(root, domain, "val", unlabelled=True)
+        results: dict[str, torch.nn.Module] = {}
+        for name, run in tries:
+            adapted = adapt(run, resume=False, progress=False, log=log).model
+            rows = paired_consistency_per_image([adapted, model], val, meta.num_classes, meta.resize)
+            results[name] = adapted
+            outcome.scores[name] = (mean(r[0] for r in rows), mean(r[1] for r in rows))
+            ours, theirs = outcome.scores[name]
+            log(f"[loop] {domain}: {name}: proxy {100 * ours:.2f} vs production {100 * theirs:.2f}")
+        lap("search")
+        best = max(results, key=lambda n: outcome.scores[n][0] - outcome.scores[n][1])
+        best_score, production_score = outcome.scores[best]
+        registry.note(domain, {"loop": {"step": "search", "scores": outcome.scores, "best": best}})
+        if best_score <= production_score + cfg.margin:
+            return refuse(
+                f"no label-free method beats production on {len(val)} held-back captured images "
+                f"(best {best}: {100 * best_score:.2f} vs {100 * production_score:.2f})"
+            )
+        winner = results[best]
+        train = open_split(root, domain, "train", unlabelled=True)
+        version = registry.register(
+            domain,
+            winner,
+            meta,
+            {"proxy_score": best_score, "production_proxy_score": production_score},
+            dict(tries)[best].model_dump(mode="json"),
+            parent=production.ref,
+            lineage={"method": best.split()[0], "target_labels": 0, "loop": True, "traffic_images": exported},
+            signatures=candidate_signatures(registry, production, winner, train, meta),
+        )
+    outcome.candidate = version
+    registry.promote(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
+    lap("register")
+    log(f"[loop] {domain}: {domain}@{version} ({best}) is the candidate")
+    if cfg.shadow_images == 0:
+        decision = promote_if_better(
+            registry,
+            domain,
+            version,
+            best_score,
+            production_score,
+            "proxy",
+            production.ref,
+            cfg.margin,
+        )
+    else:
+        pairs = wait_for_shadow(traffic, domain, version, production.version, cfg, log)
+        outcome.shadow_pairs = len(pairs)
+        lap("shadow")
+        if len(pairs) < cfg.shadow_images:
+            reason = f"{len(pairs)} of {cfg.shadow_images} shadow images within {cfg.shadow_timeout_s:g} s"
+            retire(registry, domain, version, reason)
+            outcome.reason = f"retired: {reason}"
+            log(f"[loop] {domain}: {domain}@{version} {outcome.reason}")
+            return outcome
+        mean_candidate = sum(c for c, _ in pairs) / len(pairs)
+        mean_production = sum(p for _, p in pairs) / len(pairs)
+        decision = promote_if_better(
+            registry, domain, version, mean_candidate, mean_production, "shadow proxy", production.ref, cfg.margin
+        )
+    outcome.promoted, outcome.reason = decision.promoted, decision.reason
+    if not decision.promoted:
+        retire(registry, domain, version, decision.reason)
+    lap("decide")
+    verdict = "promoted to production" if decision.promoted else "retired"
+    log(f"[loop] {domain}: {domain}@{version} {verdict}: {decision.reason}")
+    return outcome
+
+
+def wait_for_shadow(
+    traffic: TrafficStore, domain: str, candidate: int, production: int, cfg: LoopConfig, log: Callable[[str], Any]
+) -> list[tuple[float, float]]:
+    """Poll the shadow record until `shadow_images` pairs are in or the timeout passes."""
+    deadline = time.monotonic() + cfg.shadow_timeout_s
+    pairs, reported = traffic.shadow(domain, candidate, production), -1
+    while len(pairs) < cfg.shadow_images and time.monotonic() < deadline:
+        if len(pairs) != reported:
+            log(f"[loop] {domain}: shadow {len(pairs)}/{cfg.shadow_images} mirrored images")
+            reported = len(pairs)
+        time.sleep(cfg.shadow_poll_s)
+        pairs = traffic.shadow(domain, candidate, production)
+    return pairs
