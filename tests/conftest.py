@@ -436,3 +436,16 @@ def registry_uri(request, tmp_path):
     if request.param == "folder":
         return str(tmp_path / "registry")
     return request.getfixturevalue("s3_bucket") + "/registry"
+
+
+def miscalibrated(model):
+    """BatchNorm statistics that no longer fit the images (what a sensor change does): the model's
+    predictions fall apart, and re-estimating the statistics (AdaBN) fixes them."""
+    from raysegment.models.freeze import is_batchnorm
+
+    with torch.no_grad():
+        for module in model.modules():
+            if is_batchnorm(module) and module.running_var is not None:
+                module.running_var.mul_(40.0)
+                module.running_mean.add_(1.5)
+    return model

@@ -5,30 +5,18 @@ tests/test_serving.py.)"""
 from __future__ import annotations
 
 import pytest
-import torch
+from conftest import miscalibrated
 
 from raysegment.apps.loop import run_loop
 from raysegment.config import LoopConfig
 from raysegment.data import open_split
 from raysegment.engine.signature import version_signatures
 from raysegment.models import load_model
-from raysegment.models.freeze import is_batchnorm
 from raysegment.promotion import rollback
 from raysegment.registry import Registry
 from raysegment.traffic import TrafficStore
 
 QUICK = LoopConfig(tent_lr=[1e-3], epochs=1, batch_size=4, min_images=6, shadow_images=0)
-
-
-def miscalibrated(model: torch.nn.Module) -> torch.nn.Module:
-    """BatchNorm statistics that no longer fit the images (what a sensor change does): the model's
-    predictions fall apart, and re-estimating the statistics (AdaBN) fixes them."""
-    with torch.no_grad():
-        for module in model.modules():
-            if is_batchnorm(module) and module.running_var is not None:
-                module.running_var.mul_(40.0)
-                module.running_mean.add_(1.5)
-    return model
 
 
 @pytest.fixture

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, free_port, many_scan_jpeg
+from conftest import TINY_BACKBONE, free_port, many_scan_jpeg, miscalibrated
 from PIL import Image
 
 from raysegment.config import ModelConfig, ResizeConfig
@@ -421,7 +422,8 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
 @pytest.fixture(scope="module")
 def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
     """clear@1 (the source, the routing model), fog@1 and night@1 built on it, each registered with
-    the signatures of its train images; fog@2 a different model, fog's `candidate`."""
+    the signatures of its train images; fog@2 a different model, fog's `candidate`; dusk@1 the
+    source with miscalibrated BatchNorm statistics (what `raysegment loop` should fix)."""
     from ray import serve
 
     from raysegment.data import open_split
@@ -443,6 +445,8 @@ def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
         other.head.bias.add_(torch.linspace(-3, 3, other.head.bias.numel()))  # answers differently
     reg.register("fog", other, meta, parent="clear@1")
     reg.promote("fog", 2, "candidate")
+    reg.register("dusk", miscalibrated(load_model(source_model_dir)[0]), meta, parent="clear@1")
+    reg.promote("dusk", 1)
     cfg = ServeConfig(
         registry=str(root),
         auth="none",
@@ -544,3 +548,42 @@ def test_the_domain_listing_shows_drift_when_traffic_leaves_the_training_images(
     assert calm["drift"]["recent_images"] > 0 and shifted["drift"]["distance"] > 2 * calm["drift"]["distance"]
     assert calm["drift"]["drifted"] is False and shifted["drift"]["drifted"] is True
     assert shifted["captured"] == 3
+
+
+def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_served, synth_root, cli):
+    import threading
+
+    from raysegment.apps.loop import run_loop
+    from raysegment.config import LoopConfig
+    from raysegment.data import open_split
+    from raysegment.traffic import TrafficStore
+
+    url, root = loop_served
+    images = [p.read_bytes() for p, _ in open_split(synth_root, "fog", "all").samples]
+    for body in images:
+        TrafficStore(str(root)).capture("dusk", body, "png")  # what capture_domains would have kept
+    cfg = LoopConfig(tent_lr=[1e-3], epochs=1, batch_size=4, min_images=6, shadow_images=4, shadow_poll_s=0.3)
+    done: list = []
+    loop = threading.Thread(target=lambda: done.append(run_loop(str(root), "dusk", cfg, log=lambda line: None)))
+    loop.start()
+    answered = []
+    while loop.is_alive() and len(answered) < 2000:
+        r = httpx.post(f"{url}/v1/domains/dusk/segment?format=json", content=images[len(answered) % 12], timeout=60)
+        assert r.status_code == 200, r.text
+        answered.append(r.json()["version"])
+    loop.join(timeout=300)
+    outcome = done[0]
+    assert outcome.candidate == 2 and outcome.promoted, outcome
+    assert outcome.shadow_pairs >= 4 and "shadow" in outcome.timings
+    assert answered[0] == 1 and set(answered) <= {1, 2}  # production answered; the candidate only once promoted
+    assert answered == sorted(answered)  # and never production again after that
+    assert len(TrafficStore(str(root)).shadow("dusk", 2, 1)) >= 4
+    after = httpx.post(f"{url}/v1/domains/dusk/segment?format=json", content=images[0], timeout=60)
+    assert after.json()["version"] == 2  # promoted: live within resolve_ttl_s
+    assert cli("registry", "rollback", "dusk", "--registry", root).returncode == 0
+    assert Registry(root).aliases("dusk")["production"] == 1
+    history = cli("registry", "history", "dusk", "--registry", root)
+    steps = [json.loads(line) for line in history.stdout.splitlines()]
+    assert [s.get("loop", {}).get("step") for s in steps if "loop" in s] == ["start", "search", "candidate"]
+    assert any(s.get("decision", {}).get("judge") == "shadow proxy" for s in steps)
+    assert steps[-1]["rollback"]["from"] == 2
