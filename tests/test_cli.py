@@ -18,7 +18,18 @@ def raysegment(*args, cwd=None):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["data", "synth"], ["weights", "import"]]
+    "command",
+    [
+        [],
+        ["train"],
+        ["evaluate"],
+        ["predict"],
+        ["demo"],
+        ["loop"],
+        ["traffic"],
+        ["data", "synth"],
+        ["weights", "import"],
+    ],
 )
 def test_help_for_every_command(command):
     result = raysegment(*command, "--help")
@@ -201,3 +212,32 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_targe
         tmp_path / "s2",
     )
     assert labelled.returncode == 2 and "unreadable" in labelled.stderr
+
+
+def test_traffic_ls_and_purge(cli, tmp_path):
+    from raysegment.traffic import TrafficStore
+
+    store = TrafficStore(str(tmp_path), max_images=4)
+    for i in range(6):
+        store.capture("fog", b"x" * (i + 1), "png")
+    store.capture("new", b"odd", "jpeg")
+    listing = cli("traffic", "ls", "--registry", tmp_path)
+    assert listing.returncode == 0
+    assert "fog: 4 images kept of 6 seen" in listing.stdout and "new: 1 images kept of 1 seen" in listing.stdout
+    assert cli("traffic", "purge", "fog", "--registry", tmp_path, "--older-than", 3600).stdout.strip() == (
+        "fog: removed 0 captured images"
+    )
+    assert cli("traffic", "purge", "fog", "--registry", tmp_path).stdout.strip() == "fog: removed 4 captured images"
+    assert "fog: 0 images kept of 0 seen" in cli("traffic", "ls", "fog", "--registry", tmp_path).stdout
+    bad = cli("traffic", "purge", "../etc", "--registry", tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid domain name" in bad.stderr
+
+
+def test_loop_refusals_are_one_line_errors(cli, tmp_path):
+    missing = cli("loop", "fog", "--registry", tmp_path)
+    assert missing.returncode == 2 and "no version" in missing.stderr and missing.stderr.count("\n") == 1
+    bad = cli("loop", "fog", "--registry", tmp_path, "--set", "shadow_images=-1")
+    assert bad.returncode == 2 and "shadow_images" in bad.stderr
+    spec = tmp_path / "loop.yaml"
+    spec.write_text("job: loop\nregistry: reg\n")
+    assert "targets" in cli("loop", "--spec", spec).stderr
