@@ -76,12 +76,14 @@ def bar_chart_png(
     return _save(fig, path)
 
 
-def curves_png(path: str | Path, curves: Mapping[str, Sequence[float]], title: str, ylabel: str) -> Path:
-    """One line per named series over epochs."""
+def curves_png(
+    path: str | Path, curves: Mapping[str, Sequence[float]], title: str, ylabel: str, xlabel: str = "epoch"
+) -> Path:
+    """One line per named series over epochs (or rounds: `xlabel`)."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(curves) <= 12:

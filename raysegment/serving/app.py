@@ -41,6 +41,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
+from raysegment.engine.continual import update_batchnorm_statistics
 from raysegment.engine.evaluate import predict_full_size
 from raysegment.engine.proxies import paired_consistency
 from raysegment.engine.signature import RunningSignature, Signature, batchnorm_inputs, distance, image_signatures
@@ -620,20 +621,6 @@ def own_batchnorm_buffers(model: torch.nn.Module) -> None:
             module.running_var = module.running_var.clone() if module.running_var is not None else None
             if module.num_batches_tracked is not None:
                 module.num_batches_tracked = module.num_batches_tracked.clone()
-
-
-@torch.no_grad()
-def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, momentum: float) -> None:
-    """One AdaBN step: move running statistics towards this batch's, weights untouched."""
-    layers = [m for m in model.modules() if is_batchnorm(m)]
-    saved = [m.momentum for m in layers]
-    for m in layers:
-        m.momentum = momentum
-        m.train()
-    model(batch)
-    for m, old in zip(layers, saved):
-        m.momentum = old
-    model.eval()
 
 
 def build_app(args: dict) -> serve.Application:

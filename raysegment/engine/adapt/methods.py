@@ -41,6 +41,12 @@ def tent_parameters(model: Segmenter) -> list[torch.nn.Parameter]:
     return params
 
 
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel prediction entropy: what Tent minimises."""
+    probs = logits.float().softmax(1)
+    return -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
+
+
 class Tent(Learner):
     """Entropy minimisation on unlabelled target batches; BN normalises with batch statistics."""
 
@@ -62,8 +68,7 @@ class Tent(Learner):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         images, _ = self.to_device(batch)
-        probs = self.forward(images).float().softmax(1)
-        return -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
+        return mean_entropy(self.forward(images))
 
 
 class SelfTraining(Learner):

@@ -1,0 +1,104 @@
+"""Continual adaptation while serving, without collapse: online AdaBN or Tent on a stream of
+unlabelled batches, watched by a guard (CoTTA's restore, with the proxy as the trigger).
+
+Online test-time adaptation drifts: Tent keeps lowering entropy until it predicts one class, and
+statistics follow whatever the stream shows last. The guard keeps the production snapshot the
+adaptation started from; every `window` images it scores the adapted model and the snapshot on
+those images with the paired consistency proxy (both over the classes either predicts), and when
+the adapted model scores below the snapshot the model is reset to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+
+from raysegment.engine.adapt.methods import mean_entropy, tent_parameters
+from raysegment.engine.proxies import paired_consistency
+from raysegment.models.freeze import is_batchnorm
+
+OnlineMethod = Literal["none", "adabn", "tent"]
+
+
+@torch.no_grad()
+def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, momentum: float) -> None:
+    """One online AdaBN step: move running statistics towards this batch's, weights untouched."""
+    layers = [m for m in model.modules() if is_batchnorm(m)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = momentum
+        m.train()
+    model(batch)
+    for m, old in zip(layers, saved):
+        m.momentum = old
+    model.eval()
+
+
+class OnlineAdapter:
+    """Adapts `model` in place to each batch before predicting it; `guard` restores the snapshot
+    whenever the adapted model loses to it on the last `window` images."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        num_classes: int,
+        method: OnlineMethod,
+        guard: bool,
+        window: int = 16,
+        momentum: float = 0.1,
+        lr: float = 1e-3,
+    ) -> None:
+        self.model = model.eval()
+        self.num_classes = num_classes
+        self.method = method
+        self.guard = guard
+        self.window = window
+        self.momentum = momentum
+        self.snapshot = copy.deepcopy(model).eval()
+        self.recent: list[torch.Tensor] = []
+        self.restores = 0
+        self.lr = lr
+        self.optimizer = self._optimizer()
+
+    def _optimizer(self) -> torch.optim.Optimizer | None:
+        if self.method != "tent":
+            return None
+        return torch.optim.Adam(tent_parameters(self.model), lr=self.lr)  # type: ignore[arg-type]
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        """Adapt to `batch` (B, 3, H, W float), then return the adapted model's logits for it."""
+        if self.method == "adabn":
+            update_batchnorm_statistics(self.model, batch, self.momentum)
+        elif self.method == "tent":
+            assert self.optimizer is not None
+            layers = [m for m in self.model.modules() if is_batchnorm(m)]
+            for m in layers:
+                m.momentum, m.training = self.momentum, True  # normalise with (and track) this batch's statistics
+            loss = mean_entropy(self.model(batch))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.model.eval()
+        with torch.no_grad():
+            logits = self.model(batch)
+        if self.guard and self.method != "none":
+            self._watch(batch)
+        return logits
+
+    @torch.no_grad()
+    def _watch(self, batch: torch.Tensor) -> None:
+        self.recent += list(batch)
+        if len(self.recent) < self.window:
+            return
+        scores = [
+            paired_consistency([self.model, self.snapshot], image[None], self.num_classes) for image in self.recent
+        ]
+        self.recent = []
+        adapted = sum(s[0] for s in scores) / len(scores)
+        kept = sum(s[1] for s in scores) / len(scores)
+        if adapted < kept:
+            self.model.load_state_dict(self.snapshot.state_dict())
+            self.optimizer = self._optimizer()  # no momentum carried over from the collapsed run
+            self.restores += 1
