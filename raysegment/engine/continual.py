@@ -69,6 +69,14 @@ class OnlineAdapter:
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         """Adapt to `batch` (B, 3, H, W float), then return the adapted model's logits for it."""
+        self.adapt(batch)
+        with torch.no_grad():
+            logits = self.model(batch)
+        self.watch(batch)
+        return logits
+
+    def adapt(self, batch: torch.Tensor) -> None:
+        """One adaptation step on `batch` (nothing for method `none`)."""
         if self.method == "adabn":
             update_batchnorm_statistics(self.model, batch, self.momentum)
         elif self.method == "tent":
@@ -81,14 +89,12 @@ class OnlineAdapter:
             loss.backward()
             self.optimizer.step()
             self.model.eval()
-        with torch.no_grad():
-            logits = self.model(batch)
-        if self.guard and self.method != "none":
-            self._watch(batch)
-        return logits
 
     @torch.no_grad()
-    def _watch(self, batch: torch.Tensor) -> None:
+    def watch(self, batch: torch.Tensor) -> None:
+        """Let the guard see `batch`; every `window` images it judges, and restores on a loss."""
+        if not self.guard or self.method == "none":
+            return
         self.recent += list(batch)
         if len(self.recent) < self.window:
             return
@@ -99,6 +105,9 @@ class OnlineAdapter:
         adapted = sum(s[0] for s in scores) / len(scores)
         kept = sum(s[1] for s in scores) / len(scores)
         if adapted < kept:
-            self.model.load_state_dict(self.snapshot.state_dict())
+            current = self.model.state_dict()
+            for key, value in self.snapshot.state_dict().items():
+                if not torch.equal(current[key], value):  # only what moved: shared tensors are never written
+                    current[key].copy_(value)
             self.optimizer = self._optimizer()  # no momentum carried over from the collapsed run
             self.restores += 1

@@ -11,7 +11,9 @@ images of one size in a batch run as one tensor at the model's working scale (`m
 Models of many domains share their base's tensors on a replica (`Registry.load_shared`): a
 domain loaded next to others costs only its delta. With `online_adabn`, each domain's BatchNorm
 statistics follow the images its endpoint receives (its own copy of those buffers, never the
-shared ones); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new registry version.
+shared ones), watched by a guard that resets them to production's when the consistency proxy says
+they lost (`engine.continual`); `POST /v1/domains/{domain}/adabn-snapshot` stores them as a new
+registry version.
 
 The closed loop's service side (issue: live traffic -> adaptation -> shadow -> promotion):
 - `POST /v1/segment` (no domain) routes the image to the nearest domain by signature
@@ -41,7 +43,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
-from raysegment.engine.continual import update_batchnorm_statistics
+from raysegment.engine.continual import OnlineAdapter
 from raysegment.engine.evaluate import predict_full_size
 from raysegment.engine.proxies import paired_consistency
 from raysegment.engine.signature import RunningSignature, Signature, batchnorm_inputs, distance, image_signatures
@@ -134,6 +136,7 @@ class SegmentModels:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bases = SharedBases(self.device)
         self.adapted_images: dict[str, int] = {}
+        self.adapters: dict[str, OnlineAdapter] = {}
         self.recent: dict[str, RunningSignature] = {}  # per model id: its recent images' statistics
         base = self.cfg.routing_base
         self.routing = RoutingTable(self.registry, base, self.cfg.unknown_factor) if base else None
@@ -161,7 +164,9 @@ class SegmentModels:
             batch = torch.stack([to_float(images[k]) for k in index]).to(self.device)
             batch = resize_images(batch, scaled_size(h, w, loaded.scale))
             if self.cfg.online_adabn:
-                update_batchnorm_statistics(loaded.model, batch, self.cfg.online_adabn_momentum)
+                adapter = self._adapter(model_id, loaded)
+                adapter.adapt(batch)
+                adapter.watch(batch)
             if self.cfg.drift_window:
                 with batchnorm_inputs(loaded.model) as captured:
                     logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
@@ -178,6 +183,16 @@ class SegmentModels:
 
     async def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return await self.segment(image)
+
+    def _adapter(self, model_id: str, loaded: Loaded) -> OnlineAdapter:
+        """The online AdaBN (and its guard) of a loaded model; a reloaded model starts afresh."""
+        adapter = self.adapters.get(model_id)
+        if adapter is None or adapter.model is not loaded.model:
+            window = self.cfg.online_guard_window
+            momentum = self.cfg.online_adabn_momentum
+            adapter = OnlineAdapter(loaded.model, loaded.num_classes, "adabn", window > 0, window, momentum)
+            self.adapters[model_id] = adapter
+        return adapter
 
     async def _at_scale(self, loaded: Loaded, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -211,7 +226,14 @@ class SegmentModels:
         state = {
             k: v.detach().cpu() for k, v in loaded.model.state_dict().items() if "running_" in k or "num_batches" in k
         }
-        return {"model_id": model_id, "images": self.adapted_images.get(model_id, 0), "state": state}
+        adapter = self.adapters.get(model_id)
+        restores = adapter.restores if adapter is not None else 0
+        return {
+            "model_id": model_id,
+            "images": self.adapted_images.get(model_id, 0),
+            "state": state,
+            "restores": restores,
+        }
 
 
 # Defined before the ingress: `serve.ingress` pickles the routes (and the globals they use) at
@@ -591,6 +613,7 @@ class Gateway:
             "version": decision.version,
             "parent": entry.ref,
             "images": snap["images"],
+            "guard_restores": snap["restores"],
             "promoted": decision.promoted,
             "reason": decision.reason,
             "pruned": pruned,

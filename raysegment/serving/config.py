@@ -72,6 +72,12 @@ class ServeConfig(BaseModel):
         "endpoint receives (label-free); POST .../adabn-snapshot stores them",
     )
     online_adabn_momentum: float = Field(0.01, gt=0, le=1, description="weight of each new batch's statistics")
+    online_guard_window: int = Field(
+        32,
+        ge=0,
+        description="online AdaBN's guard: every this many images the adapted statistics are judged against "
+        "production's by the consistency proxy, and reset to them on a loss (0: no guard)",
+    )
     max_snapshots_per_domain: PositiveInt = Field(
         4, description="unaliased AdaBN snapshots kept per domain; the oldest goes when a new one passes the cap"
     )

@@ -1,0 +1,61 @@
+"""Online adaptation and its guard: statistics follow the stream, a collapsing Tent is reset to
+the production snapshot, and without the guard it is not."""
+
+from __future__ import annotations
+
+import torch
+
+from raysegment.data import open_split
+from raysegment.engine.continual import OnlineAdapter, update_batchnorm_statistics
+from raysegment.engine.evaluate import scaled_batches
+from raysegment.models import load_model
+
+
+def fog_batches(synth_root, size: int = 4) -> list[torch.Tensor]:
+    return [b for b, _, _ in scaled_batches(open_split(synth_root, "fog", "all"), size, None, torch.device("cpu"))]
+
+
+def equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_online_adabn_moves_statistics_only(source_model_dir, synth_root):
+    model, _ = load_model(source_model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    update_batchnorm_statistics(model, fog_batches(synth_root)[0], momentum=0.5)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("running_" in k or "num_batches" in k for k in changed)
+    assert not model.training
+
+
+def test_the_guard_resets_a_collapsing_tent_to_the_snapshot(source_model_dir, synth_root):
+    torch.manual_seed(0)
+    batches = fog_batches(synth_root) * 3
+    model, meta = load_model(source_model_dir)
+    guarded = OnlineAdapter(model, meta.num_classes, "tent", guard=True, window=4, lr=0.5)
+    reset_after = None
+    for step, batch in enumerate(batches):
+        guarded.step(batch)
+        if guarded.restores and reset_after is None:
+            reset_after = step
+            assert equal_states(guarded.model, guarded.snapshot)  # exactly production again
+    assert guarded.restores >= 1 and reset_after is not None
+    unguarded_model, _ = load_model(source_model_dir)
+    unguarded = OnlineAdapter(unguarded_model, meta.num_classes, "tent", guard=False, window=4, lr=0.5)
+    for batch in batches:
+        unguarded.step(batch)
+    assert unguarded.restores == 0 and not equal_states(unguarded.model, unguarded.snapshot)
+    # what the guard saw: the unguarded model now scores below the snapshot on the same images
+    from raysegment.engine.proxies import paired_consistency
+
+    scores = [paired_consistency([unguarded.model, unguarded.snapshot], b, meta.num_classes) for b in batches[:3]]
+    assert sum(s[0] for s in scores) < sum(s[1] for s in scores)
+
+
+def test_without_adaptation_nothing_changes(source_model_dir, synth_root):
+    model, meta = load_model(source_model_dir)
+    static = OnlineAdapter(model, meta.num_classes, "none", guard=True)
+    for batch in fog_batches(synth_root):
+        static.step(batch)
+    assert equal_states(static.model, static.snapshot) and static.restores == 0
