@@ -67,7 +67,8 @@ def run_stream(
     per_round: dict[str, list[float]] = {}
     restores: dict[str, int] = {}
     sets = {d: open_split(root, d, "test") for d in domains}
-    for name, (method, guard) in CONFIGS.items():
+    for name in args.configs:
+        method, guard = CONFIGS[name]
         model, meta = load_model(source_dir)
         assert isinstance(meta, ModelMeta)
         adapter = OnlineAdapter(model, meta.num_classes, method, guard, args.window, args.momentum, args.tent_lr)
@@ -90,11 +91,12 @@ def run_stream(
 def table(title: str, per_round: dict[str, list[float]], restores: dict[str, int]) -> str:
     names = list(per_round)
     lines = [f"### {title}", "", "| round | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for r in range(len(per_round["static"])):
+    for r in range(len(per_round[names[0]])):
         lines.append(f"| {r + 1} | " + " | ".join(f"{per_round[n][r]:.1f}" for n in names) + " |")
     lines.append("| restores | " + " | ".join(str(restores[n]) for n in names) + " |")
-    worst = {n: min(a - s for a, s in zip(per_round[n], per_round["static"])) for n in names if n != "static"}
-    lines += ["", "worst round vs static: " + ", ".join(f"{n} {v:+.1f}" for n, v in worst.items())]
+    if "static" in per_round:
+        worst = {n: min(a - s for a, s in zip(per_round[n], per_round["static"])) for n in names if n != "static"}
+        lines += ["", "worst round vs static: " + ", ".join(f"{n} {v:+.1f}" for n, v in worst.items())]
     return "\n".join(lines)
 
 
@@ -111,6 +113,7 @@ def main() -> None:
     p.add_argument("--retina", help="../shared/data/retina: also run the stream on DRIVE/CHASE")
     p.add_argument("--retina-source", help="a DRIVE-trained model folder")
     p.add_argument("--no-synthetic", action="store_true")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--out", default="bench_out/continual")
     args = p.parse_args()
     torch.set_num_threads(2)

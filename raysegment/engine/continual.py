@@ -3,9 +3,9 @@ unlabelled batches, watched by a guard (CoTTA's restore, with the proxy as the t
 
 Online test-time adaptation drifts: Tent keeps lowering entropy until it predicts one class, and
 statistics follow whatever the stream shows last. The guard keeps the production snapshot the
-adaptation started from; every `window` images it scores the adapted model and the snapshot on
-those images with the paired consistency proxy (both over the classes either predicts), and when
-the adapted model scores below the snapshot the model is reset to it.
+adaptation started from and scores every image with both, by the paired consistency proxy (both
+over the classes either predicts); when the adapted model is behind over a sliding window of the
+last `window` images, the model is reset to the snapshot.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, mom
 
 class OnlineAdapter:
     """Adapts `model` in place to each batch before predicting it; `guard` restores the snapshot
-    whenever the adapted model loses to it on the last `window` images."""
+    whenever the adapted model is behind it over a sliding window of the last `window` images."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class OnlineAdapter:
         self.window = window
         self.momentum = momentum
         self.snapshot = copy.deepcopy(model).eval()
-        self.recent: list[torch.Tensor] = []
+        self.recent: list[float] = []  # adapted minus snapshot proxy, per recent image
         self.restores = 0
         self.lr = lr
         self.optimizer = self._optimizer()
@@ -92,19 +92,16 @@ class OnlineAdapter:
 
     @torch.no_grad()
     def watch(self, batch: torch.Tensor) -> None:
-        """Let the guard see `batch`; every `window` images it judges, and restores on a loss."""
+        """Let the guard score `batch` (the adapted model against the snapshot, image by image) and
+        restore the snapshot when the adapted model is behind over the last `window` images."""
         if not self.guard or self.method == "none":
             return
-        self.recent += list(batch)
-        if len(self.recent) < self.window:
-            return
-        scores = [
-            paired_consistency([self.model, self.snapshot], image[None], self.num_classes) for image in self.recent
-        ]
-        self.recent = []
-        adapted = sum(s[0] for s in scores) / len(scores)
-        kept = sum(s[1] for s in scores) / len(scores)
-        if adapted < kept:
+        for image in batch:
+            adapted, kept = paired_consistency([self.model, self.snapshot], image[None], self.num_classes)
+            self.recent.append(adapted - kept)
+        self.recent = self.recent[-self.window :]
+        if len(self.recent) >= self.window and sum(self.recent) < 0:
+            self.recent = []
             current = self.model.state_dict()
             for key, value in self.snapshot.state_dict().items():
                 if not torch.equal(current[key], value):  # only what moved: shared tensors are never written
