@@ -62,3 +62,14 @@ def test_pipeline_trains_tunes_registers_and_serves_with_no_shared_disk(ray_clus
     assert list(adapted["night"]["test_miou"]) == ["source-only", "adabn", "2-shot", "oracle"]
     assert set(adapted["night"]["proxy"]) == {"source-only", "adabn"} and adapted["night"]["proxy_reason"]
     assert Image.open(tmp_path / "adapt" / "adapt_miou.png").format == "PNG"
+    # The closed loop's ending: a request without a domain, the loop's turn on night with its record.
+    shown = summary["closed_loop"]
+    assert shown["route"]["domain"] == "night" and not shown["route"]["unknown"]
+    assert shown["loop"]["reason"] and shown["answered_by"]
+    steps = [r["loop"]["step"] for r in registry.history("night") if "loop" in r]
+    assert steps[:2] == ["start", "search"]
+    if shown["loop"]["promoted"]:
+        assert registry.aliases("night")["production"] == shown["loop"]["candidate"]
+    else:  # refused before registering, or retired: production did not move to it
+        assert shown["loop"]["candidate"] is None or "candidate" not in registry.aliases("night")
+    assert any("5b/6" in line for line in lines) and any("loop on night" in line for line in lines)

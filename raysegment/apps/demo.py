@@ -2,7 +2,9 @@
 
 generated domains -> source fine-tune on Ray Train (ImageNet EfficientNet-Lite0) -> per-domain
 Tune search with a few target labels -> winners into the registry -> Serve app up -> one real
-HTTP request per domain, overlay written -> clean shutdown.
+HTTP request per domain, overlay written -> the closed loop: a request without a domain routed by
+signature, one domain's traffic captured, its drift shown, one `raysegment loop` turn with shadow
+evaluation on mirrored requests (promoted, or refused with the reason) -> clean shutdown.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
 
+from raysegment.apps.loop import LoopOutcome, run_loop
 from raysegment.apps.study import format_table as format_study
 from raysegment.apps.study import run_study
-from raysegment.config import LABEL_FREE_METHODS, parse_config
+from raysegment.config import LABEL_FREE_METHODS, LoopConfig, parse_config
 from raysegment.data import open_split, synth
 from raysegment.distributed.spec import JobSpec
 from raysegment.engine import evaluate
@@ -30,6 +34,7 @@ from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
 from raysegment.storage import join
+from raysegment.traffic import NEW_POOL, TrafficStore
 from raysegment.viz import bar_chart_png
 
 RAY_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.tune", "ray.data")
@@ -59,6 +64,57 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def show_closed_loop(url: str, registry_uri: str, data: Path, domain: str, routed_from: str, log) -> dict:
+    """On the running service: one request without a domain; `domain`'s train images as live traffic
+    (captured), its drift; then one loop turn while its test images keep coming (mirrored to the
+    candidate). Returns what was shown."""
+    import threading
+
+    image = open_split(data, routed_from, "test").samples[0][0]
+    route = httpx.post(f"{url}/v1/segment?format=json", content=image.read_bytes(), timeout=120).json()["route"]
+    verdict = "unknown" if route["unknown"] else ("right" if route["domain"] == routed_from else "wrong")
+    log(
+        f"  POST {url}/v1/segment (a {routed_from} image, no domain) -> {route['domain']} ({verdict}), "
+        f"distance {route['distance']:.3f}"
+    )
+    traffic = TrafficStore(registry_uri)
+    seen = traffic.seen(domain)
+    train = [p.read_bytes() for p, _ in open_split(data, domain, "train").samples]
+    for body in train:
+        httpx.post(f"{url}/v1/domains/{domain}/segment", content=body, timeout=120).raise_for_status()
+    deadline = time.monotonic() + 120
+    while traffic.seen(domain) < seen + len(train) and time.monotonic() < deadline:
+        time.sleep(0.2)  # captures land just after the answers
+    drift = httpx.get(f"{url}/v1/domains", timeout=120).json()["domains"][domain].get("drift", {})
+    log(f"  {len(train)} {domain} requests captured ({len(traffic.items(domain))} kept); drift: {json.dumps(drift)}")
+    cfg = LoopConfig(tent_lr=[1e-3], epochs=1, min_images=4, shadow_images=8, shadow_timeout_s=300, shadow_poll_s=0.5)
+    done: list[LoopOutcome] = []
+    turn = threading.Thread(target=lambda: done.append(run_loop(registry_uri, domain, cfg, log=log)), daemon=True)
+    turn.start()
+    live = [p.read_bytes() for p, _ in open_split(data, domain, "test").samples]
+    answered: list[int] = []
+    while turn.is_alive():
+        reply = httpx.post(f"{url}/v1/domains/{domain}/segment", content=live[len(answered) % len(live)], timeout=120)
+        answered.append(int(reply.headers.get("x-model-version", 0)))
+    turn.join()
+    if not done:
+        raise RaySegmentError(f"the loop on {domain} failed; see the log above")
+    outcome = done[0]
+    verdict = f"promoted {domain}@{outcome.candidate}" if outcome.promoted else "no promotion"
+    log(
+        f"  loop on {domain}: {verdict} ({outcome.reason}); {len(answered)} live requests meanwhile, answered by "
+        f"versions {sorted(set(answered))}; timings {outcome.timings}"
+    )
+    log(f"  audit trail: raysegment registry history {domain} --registry {registry_uri}")
+    return {
+        "route": route,
+        "routed_from": routed_from,
+        "drift": drift,
+        "loop": asdict(outcome),
+        "answered_by": answered,
+    }
 
 
 def run_demo(
@@ -223,7 +279,11 @@ def run_demo(
                     auth="none",
                     max_replicas=1,
                     cpus_per_replica=0.5,
-                    max_models_per_replica=len(targets) + 1,
+                    max_models_per_replica=len(targets) + 3,
+                    routing_base=Registry(registry_uri).get_entry("clear").ref,
+                    capture_domains=["night" if "night" in targets else targets[-1], NEW_POOL],
+                    shadow_share=1.0,
+                    drift_window=16,
                 ).model_dump()
             ),
             name="raysegment",
@@ -250,6 +310,9 @@ def run_demo(
                 f"{out / 'overlays' / (domain + '.png')}"
             )
         last_image = image_path
+        loop_domain = "night" if "night" in targets else targets[-1]
+        stage(f"[demo] 5b/6 closed loop: routing without a domain; {loop_domain}'s traffic -> loop -> shadow")
+        closed_loop = show_closed_loop(url, registry_uri, data, loop_domain, targets[0], log)
     finally:
         stage("[demo] 6/6 shutting down Serve" + (" and Ray" if started_ray else ""))
         try:
@@ -264,6 +327,7 @@ def run_demo(
         "seconds": time.perf_counter() - start,
         "chart": str(chart),
         "adapt": json.loads((out / "adapt" / "results.json").read_text()),
+        "closed_loop": closed_loop,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {registry_uri}")

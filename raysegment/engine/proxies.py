@@ -126,6 +126,14 @@ def paired_consistency(
     """The consistency proxy of several models on the same images (a shadow comparison): each one
     over the classes that any of them predicts, under one shared perturbation, so a model that
     drops a class the others see scores 0 on it."""
+    return paired_consistency_and_predictions(models, batch, num_classes, seed)[0]
+
+
+@torch.no_grad()
+def paired_consistency_and_predictions(
+    models: list[torch.nn.Module], batch: torch.Tensor, num_classes: int, seed: int = 0
+) -> tuple[list[float], list[torch.Tensor]]:
+    """`paired_consistency`, and each model's class predictions (B, H, W) on `batch`."""
     with torch.random.fork_rng(devices=[batch.device] if batch.device.type == "cuda" else []):
         torch.manual_seed(seed)
         twin_input = perturbation(batch.device)(batch).flip(-1)
@@ -142,7 +150,7 @@ def paired_consistency(
         metric = _iou_metric(num_classes, batch.device)
         metric.update(twin, pred)
         scores.append(mean_iou_over(metric.compute(), seen))
-    return scores
+    return scores, preds
 
 
 def paired_consistency_per_image(
