@@ -59,3 +59,15 @@ def test_without_adaptation_nothing_changes(source_model_dir, synth_root):
     for batch in fog_batches(synth_root):
         static.step(batch)
     assert equal_states(static.model, static.snapshot) and static.restores == 0
+
+
+def test_the_guard_names_a_class_that_shrank_but_not_one_that_grew(source_model_dir):
+    model, meta = load_model(source_model_dir)
+    adapter = OnlineAdapter(model, 3, "tent", guard=True, window=2, min_class_ratio=0.9)
+    # per image: predicted pixels per class, (adapted, snapshot)
+    adapter.class_pixels = [torch.tensor([[900, 100, 0], [800, 200, 0]]), torch.tensor([[880, 100, 20], [800, 200, 0]])]
+    assert adapter.shrunk_class() == 1  # class 1: 20% of the snapshot's pixels, 10% of the adapted model's
+    adapter.class_pixels = [torch.tensor([[760, 230, 10], [800, 200, 0]])]
+    assert adapter.shrunk_class() is None  # class 1 grew, class 2 appeared: adaptation may do that
+    adapter.class_pixels = [torch.tensor([[10000, 0, 0], [9950, 0, 50]])]
+    assert adapter.shrunk_class() is None  # under 1% of the snapshot's pixels: too rare to judge
