@@ -106,3 +106,20 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2():
     )
     assert refused.returncode == 2 and "cannot reach the Ray dashboard" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_loop_specs_name_their_domains_and_the_registry(tmp_path):
+    from raysegment.apps.loop import run_loop
+    from raysegment.errors import RaySegmentError
+
+    local = load_spec(SPECS / "loop.yaml", expected="loop")
+    assert local.targets == ["fog"] and local.loop.shadow_images == 32 and local.run is None
+    assert local.registry == str((SPECS / ".." / ".." / "registry").resolve())
+    cluster = load_spec(SPECS / "cluster" / "loop.yaml", expected="loop")
+    assert cluster.registry is not None and cluster.registry.startswith("s3://")
+    with pytest.raises(RaySegmentError, match="replace YOUR-BUCKET"):
+        run_loop(cluster.registry, "fog", cluster.loop)
+    with pytest.raises(ConfigError, match="needs run"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("job: tune\ntargets: [fog]\nregistry: r\nsource: s@1\n")
+        load_spec(bad)
