@@ -320,12 +320,11 @@ class Gateway:
         if denied := self._denied(request, "read"):
             return denied
         listing = {d: self._domain_listing(d) for d in self.registry.domains()}
-        for domain, shown in listing.items():
-            if "error" not in shown:
-                shown["drift"] = await self._drift(domain)
-                if self._captures(domain):
-                    items = await asyncio.to_thread(self.traffic.items, domain)
-                    shown["captured"] = len(items)
+        healthy = [d for d, shown in listing.items() if "error" not in shown]
+        for domain, drift in zip(healthy, await asyncio.gather(*(self._drift(d) for d in healthy))):
+            listing[domain]["drift"] = drift
+            if self._captures(domain):
+                listing[domain]["captured"] = len(await asyncio.to_thread(self.traffic.items, domain))
         return {"domains": listing}
 
     async def _drift(self, domain: str) -> dict[str, Any]:
@@ -431,7 +430,7 @@ class Gateway:
             entry = self._resolve(served, "production") if served else self.registry.resolve(self.cfg.routing_base)
         except RegistryError as exc:
             return error(503, "domain unavailable", str(exc))
-        if route.unknown:
+        if route.unknown:  # not the default domain's traffic: kept apart, in the `new` pool
             self._in_background(self._capture(NEW_POOL, body))
         return await self._answer(entry, body, image, format, mirror=not route.unknown, route=route)
 
@@ -477,7 +476,7 @@ class Gateway:
             return error(503, "model replica unavailable", f"{type(exc).__name__}; retry shortly")
         except RegistryError as exc:  # raised on the replica: the version's weights are corrupt or gone
             return error(503, "domain unavailable", str(exc).strip().splitlines()[-1][:300])
-        if self._captures(entry.domain):
+        if self._captures(entry.domain) and not (route is not None and route.unknown):
             self._in_background(self._capture(entry.domain, body))
         if mirror and self.cfg.shadow_share and random.random() < self.cfg.shadow_share:
             candidate = self._candidate(entry.domain)
