@@ -36,15 +36,16 @@ def one_turn(source_dir: Path, root: Path, domain: str, cfg: LoopConfig, work: P
         traffic.capture(domain, path.read_bytes(), path.suffix.lstrip("."))
     outcome = run_loop(reg.uri, domain, cfg, str(work), log=lambda line: None)
     test = open_split(root, domain, "test").labelled()
-    scored = {"production": evaluate(model, test, EvalConfig()).miou}
+    scored = {"production": evaluate(model, test, EvalConfig(), resize=meta.resize).miou}  # at its working scale
     if outcome.candidate is not None:
-        scored["candidate"] = evaluate(reg.load(f"{domain}@{outcome.candidate}")[0], test, EvalConfig()).miou
+        candidate = reg.load(f"{domain}@{outcome.candidate}")[0]
+        scored["candidate"] = evaluate(candidate, test, EvalConfig(), resize=meta.resize).miou
     return {"outcome": outcome, "test_miou": scored}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", nargs="+", default=["fog", "night", "rain", "sensor", "texture"])
+    p.add_argument("--targets", nargs="*", default=["fog", "night", "rain", "sensor", "texture"])
     p.add_argument("--data", default="runs/bench_continual/data", help="synthetic domains (bench_continual's)")
     p.add_argument("--source", default="runs/bench_continual/source_model")
     p.add_argument("--retina")
