@@ -29,7 +29,7 @@ EPS = 1e-5
 RADIUS_QUANTILE = 0.95
 
 
-def safe_open_metadata(data: bytes) -> dict[str, str]:
+def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The string metadata of a safetensors buffer (its JSON header; no tensor is read)."""
     size = int.from_bytes(data[:8], "little")
     return json.loads(data[8 : 8 + size]).get("__metadata__", {})
@@ -58,30 +58,13 @@ class Signature:
     @classmethod
     def from_bytes(cls, data: bytes) -> Signature:
         tensors = safetensors.torch.load(data)
-        metadata = safe_open_metadata(data)
+        metadata = safetensors_metadata(data)
         layers = int(metadata["layers"])
         return cls(
             [tensors[f"mean.{k}"].double() for k in range(layers)],
             [tensors[f"var.{k}"].double() for k in range(layers)],
             int(metadata["images"]),
             float(metadata["radius"]) if "radius" in metadata else None,
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "means": [m.tolist() for m in self.means],
-            "variances": [v.tolist() for v in self.variances],
-            "images": self.images,
-            "radius": self.radius,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Signature:
-        return cls(
-            [torch.tensor(m, dtype=torch.float64) for m in data["means"]],
-            [torch.tensor(v, dtype=torch.float64) for v in data["variances"]],
-            int(data["images"]),
-            data.get("radius"),
         )
 
 
