@@ -45,3 +45,21 @@ def test_shipped_serve_config_and_job_specs_validate():
     spec = load_spec(root / "jobs" / "specs" / "tune.yaml")
     assert "self_training" in spec.search.method and spec.search.judged_by == "labels"
     assert load_spec(root / "jobs" / "specs" / "fine_tune.yaml").job == "fine_tune"
+
+
+def test_closed_loop_serve_settings_name_registry_things():
+    from pydantic import ValidationError
+
+    from raysegment.serving.config import ServeConfig
+
+    ok = ServeConfig(registry="r", auth="none", routing_base="clear@1", capture_domains=["*", "new"])
+    assert ok.routing_base == "clear@1"
+    for bad in (
+        {"routing_base": "clear"},  # a moving alias would change every signature under it
+        {"routing_base": "../x@1"},
+        {"capture_domains": ["fog/../../etc"]},
+        {"default_domain": "traffic"},
+        {"shadow_share": 1.5},
+    ):
+        with pytest.raises(ValidationError):
+            ServeConfig(registry="r", auth="none", **bad)

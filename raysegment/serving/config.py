@@ -112,6 +112,21 @@ class ServeConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _names_are_registry_names(self) -> ServeConfig:
+        from raysegment.registry import check_domain
+
+        for name in [n for n in self.capture_domains if n != "*"] + (
+            [self.default_domain] if self.default_domain else []
+        ):
+            check_domain(name)
+        if self.routing_base is not None:
+            domain, at, version = self.routing_base.partition("@")
+            check_domain(domain)
+            if not (at and version.isdigit()):
+                raise ValueError(f"routing_base must be DOMAIN@VERSION (a fixed version), got {self.routing_base!r}")
+        return self
+
+    @model_validator(mode="after")
     def _strangers_need_tokens(self) -> ServeConfig:
         if self.auth == "token" and not self.token_file:
             raise ValueError("auth: token needs token_file (make one with `raysegment token add NAME ROLE --file F`)")
