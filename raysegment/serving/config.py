@@ -113,17 +113,21 @@ class ServeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _names_are_registry_names(self) -> ServeConfig:
-        from raysegment.registry import check_domain
+        from raysegment.registry import RegistryError, check_domain
 
-        for name in [n for n in self.capture_domains if n != "*"] + (
-            [self.default_domain] if self.default_domain else []
-        ):
-            check_domain(name)
-        if self.routing_base is not None:
-            domain, at, version = self.routing_base.partition("@")
-            check_domain(domain)
-            if not (at and version.isdigit()):
-                raise ValueError(f"routing_base must be DOMAIN@VERSION (a fixed version), got {self.routing_base!r}")
+        names = [n for n in self.capture_domains if n != "*"] + ([self.default_domain] if self.default_domain else [])
+        try:
+            for name in names:
+                check_domain(name)
+            if self.routing_base is not None:
+                domain, at, version = self.routing_base.partition("@")
+                check_domain(domain)
+                if not (at and version.isdigit()):
+                    raise ValueError(
+                        f"routing_base must be DOMAIN@VERSION (a fixed version), not {self.routing_base!r}"
+                    )
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     @model_validator(mode="after")
