@@ -263,7 +263,7 @@ class LoopConfig(_Strict):
     """`raysegment loop DOMAIN`: adapt production to its captured traffic, shadow, then promote or retire.
     Self-training is not searched here: it learns from source labels, which captured traffic lacks."""
 
-    methods: list[LoopMethod] = Field(["adabn", "tent"], description="label-free methods to try")
+    methods: list[LoopMethod] = Field(["adabn", "tent"], min_length=1, description="label-free methods to try")
     tent_lr: list[PositiveFloat] = Field([1e-4, 1e-3], description="Tent learning rates tried (one run each)")
     epochs: PositiveInt = Field(2, description="Tent epochs over the captured train images")
     batch_size: PositiveInt = 8
