@@ -18,13 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import synthetic_source
 
 from raysegment.apps.study import format_table, run_study
-from raysegment.config import LABEL_FREE_METHODS, parse_config
-from raysegment.data import open_split, synth
-from raysegment.engine import fit
-from raysegment.models import save_model
-from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
+from raysegment.config import LABEL_FREE_METHODS
+from raysegment.data import synth
 
 
 def main() -> None:
@@ -50,19 +48,7 @@ def main() -> None:
         height=args.height,
         width=args.width,
     )
-    source_dir = out / "source_model"
-    if not (source_dir / "model.safetensors").is_file():
-        weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0", out / "lite0.safetensors")
-        cfg = parse_config(
-            {
-                "data": {"root": str(root), "domain": "clear"},
-                "model": {"pretrained": {"source": "file", "uri": str(weights)}},
-                "optim": {"epochs": args.source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-                "output_dir": str(out / "source_run"),
-            }
-        )
-        learner = fit(cfg, open_split(root, "clear", "train"), open_split(root, "clear", "val"), resume=False)
-        save_model(source_dir, learner.selected_model(), learner.meta)
+    source_dir = synthetic_source(root, out, args.source_epochs)
     print(f"[bench] source model ready after {time.perf_counter() - start:.0f} s")
     reports = run_study(
         source_dir,

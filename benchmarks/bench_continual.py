@@ -22,15 +22,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import synthetic_source
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from raysegment.config import parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine import fit
 from raysegment.engine.continual import OnlineAdapter
 from raysegment.engine.evaluate import scaled_batches
-from raysegment.models import ModelMeta, load_model, save_model
-from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
+from raysegment.models import ModelMeta, load_model
 from raysegment.viz import curves_png
 
 CONFIGS = {  # name: (method, guard)
@@ -40,24 +38,6 @@ CONFIGS = {  # name: (method, guard)
     "tent": ("tent", False),
     "tent+guard": ("tent", True),
 }
-
-
-def synthetic_source(out: Path, images: int, height: int, width: int, epochs: int) -> tuple[Path, Path]:
-    root = synth.generate(out / "data", images_per_domain=images, height=height, width=width)
-    source_dir = out / "source_model"
-    if not (source_dir / "model.safetensors").is_file():
-        weights, _, _ = import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0", out / "lite0.safetensors")
-        cfg = parse_config(
-            {
-                "data": {"root": str(root), "domain": "clear"},
-                "model": {"pretrained": {"source": "file", "uri": str(weights)}},
-                "optim": {"epochs": epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-                "output_dir": str(out / "source_run"),
-            }
-        )
-        learner = fit(cfg, open_split(root, "clear", "train"), open_split(root, "clear", "val"), resume=False)
-        save_model(source_dir, learner.selected_model(), learner.meta)
-    return root, source_dir
 
 
 def run_stream(
@@ -121,7 +101,8 @@ def main() -> None:
     out = Path(args.out)
     reports = []
     if not args.no_synthetic:
-        root, source_dir = synthetic_source(out, args.images, args.height, args.width, args.source_epochs)
+        root = synth.generate(out / "data", images_per_domain=args.images, height=args.height, width=args.width)
+        source_dir = synthetic_source(root, out, args.source_epochs)
         targets = list(synth.DOMAINS[1:])
         per_round, restores = run_stream(source_dir, root, targets, args.rounds, 4, args)
         reports.append(table(f"synthetic stream: {', '.join(targets)} x {args.rounds} rounds", per_round, restores))

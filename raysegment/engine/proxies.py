@@ -162,7 +162,6 @@ def paired_consistency_per_image(
 ) -> list[list[float]]:
     """`paired_consistency` on each image of a set on its own (as a shadow comparison sees them):
     one row of per-model scores per image."""
-    rows = []
-    for batch, _, _ in scaled_batches(images.without_labels(), 1, resize, torch.device(device)):
-        rows.append(paired_consistency([m.to(device) for m in models], batch, num_classes))
-    return rows
+    models = [m.to(device) for m in models]
+    batches = scaled_batches(images.without_labels(), 1, resize, torch.device(device))
+    return [paired_consistency(models, batch, num_classes) for batch, _, _ in batches]

@@ -75,8 +75,8 @@ def batchnorm_inputs(model: torch.nn.Module) -> Iterator[list[tuple[torch.Tensor
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double().flatten(2)  # (B, C, H*W)
-        captured.append((x.mean(2), x.pow(2).mean(2)))
+        x = args[0].detach().flatten(2)  # (B, C, H*W), reduced in its own dtype: no float64 copy of it
+        captured.append((x.mean(2).double(), x.square().mean(2).double()))
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if is_batchnorm(m)]
     try:
@@ -152,16 +152,18 @@ class RunningSignature:
 
     def update(self, means: list[torch.Tensor], squares: list[torch.Tensor]) -> None:
         """Add a batch's per-image moments ((B, C) per layer, as `per_image_moments` gives them)."""
+        means = [m.double().cpu() for m in means]  # one transfer per layer, not one per image
+        squares = [s.double().cpu() for s in squares]
         for i in range(means[0].shape[0]):
             self.images += 1
             weight = 1 / self.images if self.window is None else max(1 / self.images, 1 / self.window)
             if not self.means:
-                self.means = [m[i].double().cpu().clone() for m in means]
-                self.squares = [s[i].double().cpu().clone() for s in squares]
+                self.means = [m[i].clone() for m in means]
+                self.squares = [s[i].clone() for s in squares]
                 continue
             for k, (m, s) in enumerate(zip(means, squares)):
-                self.means[k].lerp_(m[i].double().cpu(), weight)
-                self.squares[k].lerp_(s[i].double().cpu(), weight)
+                self.means[k].lerp_(m[i], weight)
+                self.squares[k].lerp_(s[i], weight)
 
     def signature(self) -> Signature:
         if not self.images:
