@@ -125,7 +125,7 @@ def _worker_pids() -> list[int]:
 def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config, tmp_path):
     from raysegment.data import synth
 
-    epochs = 3
+    epochs = 6  # epochs last ~2 s here: the kill must land mid-run with epochs left to run after it
     root = synth.generate(tmp_path / "data", domains=("clear",), images_per_domain=60, height=64, width=128)
     cfg = tiny_config(
         data={"root": str(root)},
@@ -156,10 +156,12 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
     assert len(records) <= epochs + 1, (
         f"lost more than one epoch: {[(r['epoch'], r['resumed'], r['time'] - killed_at) for r in records]}"
     )
+    assert [r["epoch"] for r in records if not r["resumed"]][-1] < epochs, "the kill landed after the last epoch"
     resumed = [r for r in records if r["resumed"]]
     assert resumed, "no epoch ran after a restart"
     recovery_s = resumed[0]["time"] - killed_at
-    print(f"recovery: first epoch after the kill finished {recovery_s:.1f} s after it; epochs {epochs_seen}")
+    timeline = [(r["epoch"], r["resumed"], round(r["time"] - killed_at, 1)) for r in records]
+    print(f"recovery: first epoch after the kill finished {recovery_s:.1f} s after it; (epoch, resumed, s) {timeline}")
     model, _ = load_model(outcome["result"].checkpoint_dir)
     assert torch.isfinite(model(torch.rand(1, 3, 64, 128))).all()
 
