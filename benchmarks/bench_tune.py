@@ -1,12 +1,13 @@
 """ASHA vs the same search without early stopping, per target domain: epochs spent and best
 val mIoU of each, and the ratio (goal: within 1 mIoU point at <= 40% of the epochs). The same
 seed samples the same trial configs for every scheduler, so the full-budget (FIFO) search is the
-reference each ASHA setting (grace period, reduction factor) is measured against.
+reference each ASHA setting (grace period, reduction factor, searcher: random or Optuna's TPE) is
+measured against.
 Also reports registry bytes per domain model stored as a delta vs a full checkpoint at
 freeze_depth 0, 2 and 4 (skip with --no-sizes).
 
     python benchmarks/bench_tune.py [--samples 8] [--epochs 6] [--targets fog night]
-                                    [--asha 1:2 2:3] [--cpus 2]
+                                    [--asha 1:2 2:3 1:4:tpe] [--cpus 2]
 Embedded local Ray (--cpus, default 2); synthetic domains at 64x128.
 """
 
@@ -66,15 +67,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--targets", nargs="+", default=["fog", "night"])
     parser.add_argument(
-        "--asha", nargs="+", default=["1:2"], help="ASHA settings to compare, each GRACE:REDUCTION_FACTOR"
+        "--asha",
+        nargs="+",
+        default=["1:2"],
+        help="ASHA settings to compare, each GRACE:REDUCTION_FACTOR[:tpe] (tpe: Optuna's TPE draws the trials)",
     )
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
     parser.add_argument("--images", type=int, default=30, help="images per synthetic domain")
     parser.add_argument("--no-sizes", action="store_true", help="skip the registry delta-size table")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    settings: list[tuple[int, float] | None] = [None] + [
-        (int(g), float(r)) for g, r in (a.split(":") for a in args.asha)
+    settings: list[tuple[int, float, str] | None] = [None] + [
+        (int(g), float(r), (rest or ["random"])[0]) for g, r, *rest in (a.split(":") for a in args.asha)
     ]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -106,6 +110,7 @@ def main() -> None:
                         "early_stopping": setting is not None,
                         "grace_period": setting[0] if setting else 1,
                         "reduction_factor": setting[1] if setting else 2.0,
+                        "searcher": setting[2] if setting else "random",
                         "seed": 0,
                     },
                     "run": {
@@ -130,8 +135,9 @@ def main() -> None:
                 continue
             for d in args.targets:
                 a, f = results[setting][d], results[None][d]
+                label = f"{setting[0]}:{setting[1]:g}" + (":tpe" if setting[2] == "tpe" else "")
                 print(
-                    f"{d:<8} {setting[0]:>5}:{setting[1]:<3g} {a.epochs_spent:>11} {100 * a.best_score:>8.1f}% "
+                    f"{d:<8} {label:>9} {a.epochs_spent:>11} {100 * a.best_score:>8.1f}% "
                     f"{f.epochs_spent:>11} {100 * f.best_score:>8.1f}% {a.epochs_spent / f.epochs_spent:>11.2f} "
                     f"{100 * (a.best_score - f.best_score):>+9.1f}",
                     flush=True,

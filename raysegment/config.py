@@ -252,6 +252,11 @@ class SearchConfig(_Strict):
     early_stopping: bool = Field(True, description="ASHA; False runs every trial to max_epochs (FIFO)")
     grace_period: PositiveInt = 2
     reduction_factor: float = Field(2.0, gt=1)
+    searcher: Literal["random", "tpe"] = Field(
+        "random",
+        description="how trial configs are drawn: independently at random, or by Optuna's TPE, which "
+        "proposes each new trial from the scores of the ones before it (ASHA still stops the weak ones)",
+    )
     max_concurrent_trials: PositiveInt | None = Field(None, description="default: what the cluster's CPUs fit")
     seed: int = 0
 

@@ -15,9 +15,10 @@ import yaml
 from conftest import TINY_BACKBONE
 from PIL import Image
 
+from raysegment.config import RunConfig, SearchConfig
 from raysegment.data import open_split
 from raysegment.distributed.spec import load_spec
-from raysegment.distributed.tune import format_table, run_search
+from raysegment.distributed.tune import format_table, param_space, run_search, search_algorithm
 from raysegment.engine import fit
 from raysegment.registry import Registry
 
@@ -66,6 +67,29 @@ def _spec(tmp_path, synth_root, source_model, num_samples=4, max_epochs=3):
     return path
 
 
+def _suggestions(searcher, n: int) -> list[dict | None]:
+    return [searcher.suggest(f"t{i}") for i in range(n)]
+
+
+def test_tpe_searcher_is_seeded_bounded_and_limited():
+    """Same seed, same trials; every draw inside the spec's ranges; never more trials out than allowed."""
+    search = SearchConfig(searcher="tpe", num_samples=8, lr=(1e-4, 1e-2), freeze_depth=[0, 2], seed=3)
+    space = param_space(search, RunConfig.model_validate({"data": {"root": "unused"}}), num_stages=4)
+    searchers = [search_algorithm(search, 2) for _ in range(2)]
+    for searcher in searchers:
+        assert searcher.set_search_properties("score", "max", space)
+    first, again = (_suggestions(s, 3) for s in searchers)
+    assert first[:2] == again[:2] and first[2] is None  # two out at once: the third waits
+    tpe = searchers[0]
+    for round_ in range(4):  # past the random start-up trials, TPE proposes from the scores
+        for i, config in enumerate(first[:2]):
+            tpe.on_trial_complete(f"t{round_}-{i}" if round_ else f"t{i}", {"score": config["lr"] * 10})
+        first = [tpe.suggest(f"t{round_ + 1}-{i}") for i in range(2)]
+        for config in first:
+            assert 1e-4 <= config["lr"] <= 1e-2 and config["freeze_depth"] in (0, 2)
+            assert 0.85 <= config["decay"] <= 0.999  # constants (max_epochs, judge) are merged in by Tune
+
+
 def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir):
     """On a target domain with no masks folder at all: the search, its judge and registration never need one."""
     import shutil
@@ -75,11 +99,12 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     shutil.rmtree(data / "night" / "masks")
     raw = yaml.safe_load(_spec(tmp_path, data, source_model_dir, num_samples=2, max_epochs=2).read_text())
     raw["targets"] = ["night"]
-    raw["search"].update(method=["adabn", "self_training"], freeze_depth=[0], ema_alpha=[0.9])
+    raw["search"].update(method=["adabn", "self_training"], freeze_depth=[0], ema_alpha=[0.9], searcher="tpe")
     (tmp_path / "label_free.yaml").write_text(yaml.safe_dump(raw))
     spec = load_spec(tmp_path / "label_free.yaml")
     assert spec.search.judged_by == "proxy"
     (night,) = run_search(spec, log=lambda s: None)
+    assert night.trials == 2
     entry = Registry(tmp_path / "registry").get_entry("night", night.version)
     lineage, metrics = entry.manifest["lineage"], entry.manifest["metrics"]
     assert lineage["method"] in ("adabn", "self_training") and lineage["method"] == night.config["method"]

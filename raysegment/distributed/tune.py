@@ -1,6 +1,7 @@
 """Ray Tune shell: per target domain, search the adaptation method (finetune, adabn, tent,
 self_training) and its parameters, decay, freeze depth, lr, decoder and augmentation strength
-with ASHA early stopping on the domain's score; every trial is a Ray Train run of the engine.
+with ASHA early stopping on the domain's score (trials drawn at random or by Optuna's TPE); every
+trial is a Ray Train run of the engine.
 
 The score is the target val mIoU when labels judge, or the unsupervised proxy on the val images
 when the domain is searched without labels (only label-free methods). The winner per domain goes
@@ -28,6 +29,7 @@ import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysegment.config import RunConfig, SearchConfig
@@ -127,6 +129,20 @@ def concurrency(search: SearchConfig, run: RunConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 
+def search_algorithm(search: SearchConfig, max_concurrent: int) -> Searcher | BasicVariantGenerator:
+    """The spec's searcher, seeded, at most `max_concurrent` trials at once. TPE learns from finished
+    epochs' scores, so it proposes better trials only once some have reported: it pays off in searches
+    with many trials, and is no better than random for the first few."""
+    if search.searcher == "random":
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=max_concurrent)
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Optuna's default of 10 random trials first would leave a 12-trial search almost all random.
+    sampler = TPESampler(seed=search.seed, n_startup_trials=max(max_concurrent, search.num_samples // 4))
+    return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+
+
 def from_source(run: RunConfig, source_dir: str) -> RunConfig:
     """The spec's run, starting from the source model (every trial adapts it)."""
     return run.model_copy(
@@ -176,7 +192,7 @@ def tune_domain(spec: JobSpec, domain: str, source: str, storage: str, log=print
                 mode="max",
                 scheduler=scheduler,
                 num_samples=search.num_samples,
-                search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrency(search, run)),
+                search_alg=search_algorithm(search, concurrency(search, run)),
             ),
             run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=0),
         )
