@@ -96,6 +96,11 @@ def test_fine_tune_on_two_workers_reports_checkpoints_that_load(ray_cluster, tin
     assert model(torch.rand(1, 3, 64, 128)).shape == (1, 7, 64, 128)
     lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    again = fine_tune(cfg, name="two-workers")  # a finished run, restored: it reports its end again
+    assert again.metrics["epoch"] == 2 and again.metrics["resumed"] and "score" in again.metrics
+    assert again.metrics["score"] == pytest.approx(result.metrics["score"])
+    lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
+    assert [(r["epoch"], r["resumed"]) for r in map(json.loads, lines)] == [(1, False), (2, False), (2, True)]
 
 
 def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config):

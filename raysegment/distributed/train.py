@@ -127,7 +127,13 @@ def train_loop_per_worker(config: dict) -> None:
             learner.restore(Path(folder) / "engine")
     # Each rank's augmentation stream, re-seeded per (rank, epoch reached) so a restart stays reproducible.
     torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729 + learner.epoch)
-    run_epochs(learner, val_set, ray_sink(cfg, rank, checkpoint is not None, hook))
+    sink = ray_sink(cfg, rank, checkpoint is not None, hook)
+    if learner.epoch >= learner.total_epochs and learner.history:
+        # A finished run restored (whoever followed it, e.g. a Tune trial whose driver died, missed its
+        # end): report the last epoch again, or the follower ends with no score.
+        sink(learner, dict(learner.history[-1]), True)
+        return
+    run_epochs(learner, val_set, sink)
 
 
 def weights_checksum(model: torch.nn.Module) -> float:
