@@ -259,7 +259,7 @@ def ray_cluster(s3_endpoint):
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
-                proc.wait(timeout=8)
+                proc.wait(timeout=3)  # then SIGKILL: nothing of the test cluster needs keeping
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
