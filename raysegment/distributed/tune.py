@@ -130,14 +130,16 @@ def concurrency(search: SearchConfig, run: RunConfig) -> int:
 
 
 def search_algorithm(search: SearchConfig, max_concurrent: int) -> Searcher | BasicVariantGenerator:
-    """The spec's searcher, seeded, at most `max_concurrent` trials at once. TPE learns from finished
-    epochs' scores, so it proposes better trials only once some have reported: it pays off in searches
-    with many trials, and is no better than random for the first few."""
+    """The spec's searcher, seeded, at most `max_concurrent` trials at once. TPE learns from the final
+    scores of finished trials (one ASHA stopped counts with the score it was stopped at), so it can
+    only do better than random after its random start-up trials, in searches with many trials."""
     if search.searcher == "random":
         return BasicVariantGenerator(random_state=search.seed, max_concurrent=max_concurrent)
+    import optuna
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study on the search's console
     # Optuna's default of 10 random trials first would leave a 12-trial search almost all random.
     sampler = TPESampler(seed=search.seed, n_startup_trials=max(max_concurrent, search.num_samples // 4))
     return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
