@@ -118,9 +118,12 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
 def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp_path, synth_root, source_model):
     """The search killed mid-run (its driver, SIGKILL), run again: it resumes the same trials, then
     registers and judges the winner; a third run finds the winner registered and searches nothing."""
+    import ray
+
     spec_path = _spec(tmp_path, synth_root, source_model, num_samples=2, max_epochs=2)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "jobs" / "tune.py"), str(spec_path)]
+    idle_cpus = ray.available_resources().get("CPU", 0)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs = tmp_path / "tune" / "search" / "trial_train"  # each trial's Ray Train run, in the search's storage
     deadline = time.monotonic() + 240
@@ -131,7 +134,9 @@ def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp
     proc.wait()
     before = {p.name for p in runs.iterdir()}
     assert before and not (tmp_path / "tune" / "search" / "search-fog" / "winner.json").exists()
-    time.sleep(5)  # let the cluster notice the dead driver and free its trials' resources
+    deadline = time.monotonic() + 30  # the cluster notices the dead driver and frees its trials' CPUs
+    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < idle_cpus:
+        time.sleep(0.5)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming the interrupted search" in done.stdout
