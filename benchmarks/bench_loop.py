@@ -20,7 +20,7 @@ import torch
 from raysegment.apps.loop import run_loop
 from raysegment.config import EvalConfig, LoopConfig
 from raysegment.data import open_split
-from raysegment.engine import evaluate
+from raysegment.engine.evaluate import evaluate
 from raysegment.models import load_model
 from raysegment.registry import Registry
 from raysegment.traffic import TrafficStore

@@ -276,7 +276,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raysegment.config import EvalConfig
     from raysegment.data import open_split
-    from raysegment.engine import evaluate
+    from raysegment.engine.evaluate import evaluate
     from raysegment.models import load_model
 
     model, meta = load_model(args.model)

@@ -41,7 +41,6 @@ from safetensors.torch import load, save
 from raysegment.engine.signature import Signature
 from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta, state_dict_for_saving
-from raysegment.models.rebuild import rebuild
 from raysegment.objectstore import ObjectStore, StoreError, open_store, update_json
 from raysegment.storage import atomic_write_bytes
 
@@ -302,6 +301,8 @@ class Registry:
         return full
 
     def load(self, ref: str) -> tuple[torch.nn.Module, ModelMeta, Entry]:
+        from raysegment.models.rebuild import rebuild  # timm on first load, not on import: alias moves need none
+
         entry = self.resolve(ref)
         meta = ModelMeta.model_validate(entry.manifest["meta"])
         model = rebuild(meta)
@@ -314,6 +315,8 @@ class Registry:
         Models of many domains built on one base then hold only their own deltas in memory. The
         shared tensors must never be written to (inference only).
         """
+        from raysegment.models.rebuild import rebuild
+
         entry = self.resolve(ref)
         meta = ModelMeta.model_validate(entry.manifest["meta"])
         own = self._own_state(entry)

@@ -8,9 +8,9 @@ from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig, parse_config
 from raysegment.data import open_split
-from raysegment.engine import evaluate
 from raysegment.engine.adapt import EMATeacher, adapt, adapt_batchnorm, open_source_train, open_target_train
 from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors, load_selected_weights
+from raysegment.engine.evaluate import evaluate
 from raysegment.errors import ConfigError
 from raysegment.models import build_segmenter, load_model
 

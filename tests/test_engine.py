@@ -7,8 +7,8 @@ from torch import nn
 from raysegment.config import EvalConfig, OptimConfig
 from raysegment.data import open_split
 from raysegment.engine import checkpoint as ckpt
-from raysegment.engine import evaluate, fit
-from raysegment.engine.evaluate import predict_logits
+from raysegment.engine import fit
+from raysegment.engine.evaluate import evaluate, predict_logits
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.schedule import lr_factor
 from raysegment.models import load_model

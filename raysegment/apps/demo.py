@@ -28,7 +28,7 @@ from raysegment.apps.study import run_study
 from raysegment.config import LABEL_FREE_METHODS, LoopConfig, parse_config
 from raysegment.data import open_split, synth
 from raysegment.distributed.spec import JobSpec
-from raysegment.engine import evaluate
+from raysegment.engine.evaluate import evaluate
 from raysegment.errors import RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights

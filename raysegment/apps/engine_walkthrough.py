@@ -14,7 +14,8 @@ from typing import Any
 
 from raysegment.config import parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine import evaluate, fit
+from raysegment.engine import fit
+from raysegment.engine.evaluate import evaluate
 from raysegment.engine.predict import segment
 from raysegment.models import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights

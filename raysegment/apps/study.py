@@ -26,8 +26,8 @@ from typing import Any
 
 from raysegment.config import LABEL_FREE_METHODS, ResizeConfig, RunConfig, parse_config
 from raysegment.data import open_split
-from raysegment.engine import evaluate
 from raysegment.engine.adapt import adapt
+from raysegment.engine.evaluate import evaluate
 from raysegment.engine.proxies import proxy_scores
 from raysegment.models import load_model
 from raysegment.viz import bar_chart_png

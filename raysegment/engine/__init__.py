@@ -1,7 +1,33 @@
-"""One-process training, adaptation and evaluation. Ray Train/Tune wrap these; nothing here imports Ray."""
+"""One-process training, adaptation and evaluation. Ray Train/Tune wrap these; nothing here imports Ray.
 
-from raysegment.engine.evaluate import EvalResult, evaluate
-from raysegment.engine.learner import Finetune, Learner
-from raysegment.engine.loop import fit, run_epochs, train_in_process
+The names below are imported on first use (PEP 562), so one module of the engine (the registry
+reads `engine.signature`) does not import the loop, the learners and torchmetrics with it. A
+function named like its module (`evaluate`) is imported from the module: once the submodule is
+loaded, the package attribute of that name is the module.
+"""
 
-__all__ = ["EvalResult", "Finetune", "Learner", "evaluate", "fit", "run_epochs", "train_in_process"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raysegment.engine.evaluate import EvalResult
+    from raysegment.engine.learner import Finetune, Learner
+    from raysegment.engine.loop import fit, run_epochs, train_in_process
+
+HOMES = {
+    "EvalResult": "raysegment.engine.evaluate",
+    "Finetune": "raysegment.engine.learner",
+    "Learner": "raysegment.engine.learner",
+    "fit": "raysegment.engine.loop",
+    "run_epochs": "raysegment.engine.loop",
+    "train_in_process": "raysegment.engine.loop",
+}
+__all__ = ["EvalResult", "Finetune", "Learner", "fit", "run_epochs", "train_in_process"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in HOMES:
+        return getattr(import_module(HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,16 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import safetensors.torch
 import torch
 
-from raysegment.config import ResizeConfig
-from raysegment.data.dataset import SegmentationDataset
-from raysegment.engine.evaluate import scaled_batches
 from raysegment.models.freeze import is_batchnorm
+
+if TYPE_CHECKING:  # the registry reads signatures without paying for datasets and metrics
+    from raysegment.config import ResizeConfig
+    from raysegment.data.dataset import SegmentationDataset
 
 EPS = 1e-5
 RADIUS_QUANTILE = 0.95
@@ -111,6 +113,8 @@ def domain_signature(
 ) -> Signature:
     """The pooled signature of a set of images (masks never read), with its radius: every pixel of
     every image counts once per image, so the variance holds both within- and between-image spread."""
+    from raysegment.engine.evaluate import scaled_batches
+
     device = torch.device(device)
     model = model.to(device)
     pooled = RunningSignature(window=None)

@@ -8,17 +8,19 @@ keep drifting even though no weight receives a gradient.
 
 from __future__ import annotations
 
-from typing import TypeGuard, cast
+from typing import TYPE_CHECKING, TypeGuard, cast
 
-from timm.models import FeatureInfo
 from torch import nn
 
 from raysegment.errors import ModelError
 
+if TYPE_CHECKING:  # a type only: `is_batchnorm` users (the registry, via signatures) need no timm
+    from timm.models import FeatureInfo
+
 
 def feature_info(encoder: nn.Module) -> FeatureInfo:
     """timm's per-stage table (channels, reduction, module name) of a `features_only` encoder."""
-    return cast(FeatureInfo, encoder.feature_info)
+    return cast("FeatureInfo", encoder.feature_info)
 
 
 def num_stages(encoder: nn.Module) -> int:
