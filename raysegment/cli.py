@@ -199,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth=auth,
         token_file=str(Path(args.token_file).resolve()) if args.token_file else None,
         bind_host=args.host,
+        **({"topology": args.topology} if args.topology else {}),
     )
     use_serve_process_env()
     ensure_ray()
@@ -465,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument(
+        "--topology",
+        choices=["split", "fused"],
+        help="split: gateway + model deployments (the default); fused: one deployment, a hop less (CPU nodes)",
+    )
     p.add_argument(
         "--token-file",
         help="bearer tokens (hashes) for every request; without one the API is open, "

@@ -211,6 +211,42 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     assert max(b for _, _, b in results) > 1, "no request was batched"
 
 
+def test_the_fused_topology_batches_mixed_domains_each_with_its_own_model(served, tmp_path):
+    """One deployment validates, decodes, batches and segments (no gateway hop): one batch may hold
+    several domains' images now, and every answer must still come from its own domain's model."""
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+
+    reg = Registry(tmp_path / "registry")
+    reg.register("base", constant_model(0), META)
+    for cls, domain in enumerate(["fog", "night"], start=1):
+        reg.register(domain, constant_model(cls), META, parent="base@1")
+        reg.promote(domain, 1)
+    cfg = ServeConfig(registry=str(tmp_path / "registry"), auth="none", topology="fused", cpus_per_replica=0.25)
+    serve.run(build_app(cfg.model_dump()), name="fused", route_prefix="/fused")
+    try:
+        assert set(serve.status().applications["fused"].deployments) == {"SegmentService"}
+        bodies = {w: png(width=w) for w in (40, 64)}
+
+        def call(case):
+            domain, cls, w = case
+            r = httpx.post(f"{served}/fused/v1/domains/{domain}/segment", content=bodies[w], timeout=60)
+            mask = np.asarray(Image.open(io.BytesIO(r.content)))
+            return r.status_code, mask.shape == (32, w) and (mask == cls).all(), int(r.headers["x-batch-size"])
+
+        cases = [(d, cls, w) for d, cls in (("fog", 1), ("night", 2)) for w in (40, 64)] * 8
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(call, cases))
+        assert all(status == 200 for status, _, _ in results)
+        assert all(right for _, right, _ in results), "a response came from another domain's model"
+        assert max(b for _, _, b in results) > 1, "no request was batched"
+        bad = httpx.post(f"{served}/fused/v1/domains/fog/segment", content=b"hello world")
+        assert bad.status_code == 400 and bad.json()["error"] == "not a valid image"
+    finally:
+        serve.delete("fused")
+
+
 @pytest.mark.parametrize(
     "body,headers,url,status,needle",
     [

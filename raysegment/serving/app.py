@@ -7,6 +7,9 @@ body on bad input), then calls the `SegmentModels` deployment with
 (`@serve.multiplexed`) and batches concurrent requests for the same model (`@serve.batch`);
 images of one size in a batch run as one tensor at the model's working scale (`model.json`'s
 `resize`), their logits resized back to the upload's size.
+With `topology: fused` there is one deployment: each ingress replica holds its own SegmentModels
+and calls it in-process (a hop less per request; on CPU nodes, where the model and the decoding
+share the cores anyway), so a batch may mix domains and is split by model there.
 
 Models of many domains share their base's tensors on a replica (`Registry.load_shared`): a
 domain loaded next to others costs only its delta. With `online_adabn`, each domain's BatchNorm
@@ -41,6 +44,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
 
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
@@ -157,18 +161,34 @@ class SegmentModels:
                 own_batchnorm_buffers(model)
             return Loaded(model, meta.resize, meta.num_classes)
 
-        async def segment_batch(images: list[torch.Tensor]) -> list[dict[str, Any]]:
-            return await self._segment_batch(images)
+        async def segment_batch(model_ids: list[str], images: list[torch.Tensor]) -> list[dict[str, Any]]:
+            return await self._segment_batch(model_ids, images)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=self.cfg.max_models_per_replica)(load)
-        self.segment = serve.batch(
+        # Called (model_id, image); the batch function gets both as lists (mypy sees only one-argument batching).
+        self.segment: Any = serve.batch(
             max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s
         )(segment_batch)
 
-    async def _segment_batch(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
-        model_id = serve.get_multiplexed_model_id()
-        loaded = await self.get_model(model_id)
+    async def _segment_batch(self, model_ids: list[str], images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """One forward per (model, image size) in the batch: Serve splits batches by the handle's model
+        id (split topology); a fused replica's batch may hold several models."""
         masks: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        same_model: dict[str, list[int]] = {}
+        for k, model_id in enumerate(model_ids):
+            same_model.setdefault(model_id, []).append(k)
+        for model_id, members in same_model.items():
+            await self._segment_model(model_id, [images[k] for k in members], members, masks)
+        return [
+            {"mask": mask, "model_id": model_id, "batch_size": len(same_model[model_id])}
+            for mask, model_id in zip(masks, model_ids, strict=True)
+        ]
+
+    async def _segment_model(
+        self, model_id: str, images: list[torch.Tensor], slots: list[int], masks: list[torch.Tensor]
+    ) -> None:
+        """Segment `images` with one model; the mask of images[i] goes to masks[slots[i]]."""
+        loaded = await self.get_model(model_id)
         for (h, w), index in group_by_size(img.shape[-2:] for img in images).items():  # one size each, unpadded
             batch = torch.stack([to_float(images[k]) for k in index]).to(self.device)
             batch = resize_images(batch, scaled_size(h, w, loaded.scale))
@@ -185,13 +205,12 @@ class SegmentModels:
                 logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
             preds = logits.argmax(1).to(torch.uint8).cpu()  # class ids fit a byte: 1/8 of int64 to ship back
             for row, k in enumerate(index):
-                masks[k] = preds[row]
+                masks[slots[k]] = preds[row]
         if self.cfg.online_adabn:
             self.adapted_images[model_id] = self.adapted_images.get(model_id, 0) + len(images)
-        return [{"mask": mask, "model_id": model_id, "batch_size": len(images)} for mask in masks]
 
-    async def __call__(self, image: np.ndarray) -> dict[str, Any]:
-        return await self.segment(received(image))
+    async def __call__(self, model_id: str, image: np.ndarray) -> dict[str, Any]:
+        return await self.segment(model_id, received(image))
 
     def _adapter(self, model_id: str, loaded: Loaded) -> OnlineAdapter:
         """The online AdaBN (and its guard) of a loaded model; a reloaded model starts afresh."""
@@ -207,30 +226,29 @@ class SegmentModels:
         h, w = image.shape[-2:]
         return resize_images(to_float(image)[None].to(self.device), scaled_size(h, w, loaded.scale))
 
-    async def route(self, image: np.ndarray) -> Route | None:
-        """The nearest domain to this image under the routing model (the request's model id)."""
+    async def route(self, model_id: str, image: np.ndarray) -> Route | None:
+        """The nearest domain to this image under the routing model `model_id`."""
         if self.routing is None:
             raise RuntimeError("routing is off: set routing_base")
-        loaded = await self.get_model(serve.get_multiplexed_model_id())
+        loaded = await self.get_model(model_id)
         signature = image_signatures(loaded.model, await self._at_scale(loaded, received(image)))[0]
         return await asyncio.to_thread(self.routing.route, signature)
 
-    async def drift(self) -> bytes | None:
-        """This replica's signature of the recent images of the request's model (safetensors bytes)."""
-        recent = self.recent.get(serve.get_multiplexed_model_id())
+    async def drift(self, model_id: str) -> bytes | None:
+        """This replica's signature of the recent images of `model_id` (safetensors bytes)."""
+        recent = self.recent.get(model_id)
         return recent.signature().to_bytes() if recent is not None and recent.images else None
 
-    async def shadow_compare(self, image: np.ndarray, production_ref: str) -> tuple[float, float]:
-        """(candidate, production) consistency proxy on one image; the candidate is the request's model."""
-        candidate = await self.get_model(serve.get_multiplexed_model_id())
+    async def shadow_compare(self, candidate_ref: str, image: np.ndarray, production_ref: str) -> tuple[float, float]:
+        """(candidate, production) consistency proxy on one image."""
+        candidate = await self.get_model(candidate_ref)
         production = await self.get_model(production_ref)
         batch = await self._at_scale(candidate, received(image))
         scores = paired_consistency([candidate.model, production.model], batch, candidate.num_classes)
         return scores[0], scores[1]
 
-    async def batchnorm_snapshot(self) -> dict[str, Any]:
-        """This replica's BatchNorm statistics for the request's model and how many images shaped them."""
-        model_id = serve.get_multiplexed_model_id()
+    async def batchnorm_snapshot(self, model_id: str) -> dict[str, Any]:
+        """This replica's BatchNorm statistics for `model_id` and how many images shaped them."""
         loaded = await self.get_model(model_id)
         state = {
             k: v.detach().cpu() for k, v in loaded.model.state_dict().items() if "running_" in k or "num_batches" in k
@@ -243,6 +261,23 @@ class SegmentModels:
             "state": state,
             "restores": restores,
         }
+
+
+class ModelCalls:
+    """How the gateway reaches the models. Split topology: the SegmentModels deployment over a Serve
+    handle, routed by model id to a replica that has the model loaded. Fused: a SegmentModels in the
+    gateway's own process, one hop less per request."""
+
+    def __init__(self, handle: DeploymentHandle | None, cfg: ServeConfig) -> None:
+        self.handle = handle
+        self.local = SegmentModels(cfg.model_dump()) if handle is None else None
+
+    async def __call__(self, method: str, model_id: str, *args: Any) -> Any:
+        if self.local is not None:
+            return await getattr(self.local, method)(model_id, *args)
+        assert self.handle is not None
+        handle = self.handle if method == "__call__" else getattr(self.handle, method)
+        return await handle.options(multiplexed_model_id=model_id).remote(model_id, *args)
 
 
 # Defined before the ingress: `serve.ingress` pickles the routes (and the globals they use) at
@@ -271,9 +306,9 @@ def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
 
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, models, cfg: dict) -> None:
-        self.models = models
+    def __init__(self, models: DeploymentHandle | None, cfg: dict) -> None:
         self.cfg = ServeConfig.model_validate(cfg)
+        self.models = ModelCalls(models, self.cfg)
         self.registry = Registry(self.cfg.registry)
         self.tokens = TokenTable.read(self.cfg.token_file) if self.cfg.token_file and self.cfg.auth == "token" else None
         self._entries: dict[tuple[str, str], tuple[float, Entry]] = {}
@@ -351,9 +386,7 @@ class Gateway:
         if not self.cfg.drift_window:
             return {"drifted": None, "detail": "drift tracking is off (drift_window: 0)"}
         try:
-            recent = await asyncio.wait_for(
-                self.models.drift.options(multiplexed_model_id=entry.ref).remote(), self.cfg.body_timeout_s
-            )
+            recent = await asyncio.wait_for(self.models("drift", entry.ref), self.cfg.body_timeout_s)
         except (TimeoutError, *REPLICA_GONE):
             return {"drifted": None, "detail": "no model replica answered"}
         if recent is None:
@@ -550,9 +583,7 @@ class Gateway:
 
     async def _shadow(self, candidate: Entry, production: Entry, image: torch.Tensor) -> None:
         try:
-            scores = await self.models.shadow_compare.options(multiplexed_model_id=candidate.ref).remote(
-                image.numpy(), production.ref
-            )
+            scores = await self.models("shadow_compare", candidate.ref, image.numpy(), production.ref)
             await asyncio.to_thread(
                 self.traffic.record_shadow, candidate.domain, candidate.version, production.version, [scores]
             )
@@ -590,8 +621,7 @@ class Gateway:
         """Call the model deployment, retrying when the replica it picked has died."""
         for attempt in range(attempts):
             try:
-                handle = self.models if method == "__call__" else getattr(self.models, method)
-                return await handle.options(multiplexed_model_id=model_id).remote(image.numpy())
+                return await self.models(method, model_id, image.numpy())
             except REPLICA_GONE:
                 if attempt == attempts - 1:
                     raise
@@ -611,7 +641,7 @@ class Gateway:
             entry = self._resolve(domain, version, fresh=True)
         except RegistryError as exc:
             return error(404, "unknown domain or version", str(exc))
-        snap = await self.models.batchnorm_snapshot.options(multiplexed_model_id=entry.ref).remote()
+        snap = await self.models("batchnorm_snapshot", entry.ref)
         if snap["images"] == 0:
             return error(409, "nothing to store", f"{entry.ref} has seen no images on this replica yet")
         decision = await asyncio.to_thread(self._register_adapted, entry, snap)
@@ -662,6 +692,15 @@ def build_app(args: dict) -> serve.Application:
         "max_replicas": cfg.max_replicas,
         "target_ongoing_requests": cfg.target_ongoing_requests,
     }
+    if cfg.topology == "fused":
+        fused = serve.deployment(
+            name="SegmentService",
+            autoscaling_config=autoscaling,
+            max_ongoing_requests=max(cfg.max_batch_size * 4, 32),
+            max_queued_requests=cfg.max_queued_requests,
+            ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        )(Gateway)
+        return fused.bind(None, cfg.model_dump())
     models = serve.deployment(
         name="SegmentModels",
         autoscaling_config=autoscaling,

@@ -58,8 +58,14 @@ class ServeConfig(BaseModel):
     cpus_per_replica: float = Field(0.5, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     ingress_cpus: float = Field(0.1, ge=0)
+    topology: Literal["split", "fused"] = Field(
+        "split",
+        description="split: Gateway replicas (validate, decode, encode) call SegmentModels replicas routed by model "
+        "id, so CPU gateways can feed a GPU replica; fused: one deployment does both, a hop less per request (CPU "
+        "nodes; scaled by the replica settings, and any replica may load any domain)",
+    )
     ingress_replicas: PositiveInt = Field(
-        1, description="Gateway replicas: they decode uploads, so a fast model replica (a GPU) needs several"
+        1, description="Gateway replicas (split): they decode uploads, so a fast model replica (a GPU) needs several"
     )
     resolve_ttl_s: float = Field(
         1.0,
