@@ -14,6 +14,7 @@ Embedded local Ray (--cpus, default 2); synthetic domains at 64x128.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -68,13 +69,16 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["fog", "night"])
     parser.add_argument(
         "--asha",
-        nargs="+",
+        nargs="*",
         default=["1:2"],
         help="ASHA settings to compare, each GRACE:REDUCTION_FACTOR[:tpe] (tpe: Optuna's TPE draws the trials)",
     )
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
     parser.add_argument("--images", type=int, default=30, help="images per synthetic domain")
     parser.add_argument("--no-sizes", action="store_true", help="skip the registry delta-size table")
+    parser.add_argument(
+        "--curves", type=Path, help="write the full-budget search's per-trial score curves here (JSON, by domain)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     settings: list[tuple[int, float, str] | None] = [None] + [
@@ -123,6 +127,8 @@ def main() -> None:
             )
             results[setting] = {o.domain: o for o in run_search(spec, log=lambda s: None)}
             if setting is None:
+                if args.curves:
+                    args.curves.write_text(json.dumps({d: o.curves for d, o in results[None].items()}, indent=1))
                 print(
                     f"{args.samples} trials x up to {args.epochs} epochs per domain, EfficientNet-Lite0 + FPN, "
                     f"64x128, 10 labels, {args.cpus} CPUs"
