@@ -97,7 +97,7 @@ def main() -> None:
         base = dict(registry=registry, auth="none", max_replicas=1, cpus_per_replica=0.5, drift_window=0)
         cases = {
             "plain": (base, "/v1/domains/fog/segment"),
-            "drift": ({**base, "drift_window": 64}, "/v1/domains/fog/segment"),
+            "drift": ({**base, "drift_window": 64, "drift_every": 1}, "/v1/domains/fog/segment"),
             "routed": ({**base, "routing_base": "clear@1"}, "/v1/segment"),
             "mirrored": ({**base, "shadow_share": 1.0, "capture_domains": ["fog"]}, "/v1/domains/fog/segment"),
         }

@@ -179,6 +179,9 @@ def main() -> None:
     parser.add_argument(
         "--topology", choices=["split", "fused"], default="split", help="ServeConfig.topology (fused: no gateway hop)"
     )
+    parser.add_argument(
+        "--drift-window", type=int, help="ServeConfig.drift_window (0: no drift statistics; default: the config's)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--pairs", type=int, default=3, help="turns of (best batched cell, in-process limit)")
     args = parser.parse_args()
@@ -219,6 +222,7 @@ def main() -> None:
                 ingress_replicas=args.ingress,
                 max_models_per_replica=8,
                 topology=args.topology,
+                **({} if args.drift_window is None else {"drift_window": args.drift_window}),
             )
             serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
             for mix in (["d0"], DOMAINS[:4]):
@@ -246,7 +250,8 @@ def main() -> None:
     print(
         f"{args.height}x{args.width} PNG, EfficientNet-Lite0 + FPN, {cpus} CPUs, "
         f"{torch.cuda.get_device_name() if gpu else 'no GPU'}, {args.topology} topology, {gateways} gateway(s), "
-        f"{replicas} model replica(s) x {cpus_per_replica:.2f} CPU, loopback, "
+        f"{replicas} model replica(s) x {cpus_per_replica:.2f} CPU, "
+        f"drift window {cfg.drift_window} (one batch in {cfg.drift_every}), loopback, "
         f"{args.seconds:.0f} s per cell"
     )
     print(

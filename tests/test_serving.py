@@ -211,6 +211,18 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     assert max(b for _, _, b in results) > 1, "no request was batched"
 
 
+def test_drift_statistics_come_from_one_batch_in_drift_every_per_model(tmp_path):
+    """Taking them costs a pass over every BatchNorm input, so a replica samples batches: the first of
+    each model, then one in `drift_every`; none when drift tracking is off."""
+    from raysegment.serving.app import SegmentModels
+
+    models = SegmentModels(ServeConfig(registry=str(tmp_path), auth="none", drift_every=3).model_dump())
+    assert [models._drift_sample("fog@1") for _ in range(7)] == [True, False, False, True, False, False, True]
+    assert models._drift_sample("night@1")  # counted per model: night's first batch
+    off = SegmentModels(ServeConfig(registry=str(tmp_path), auth="none", drift_window=0).model_dump())
+    assert not any(off._drift_sample("fog@1") for _ in range(3))
+
+
 def test_the_fused_topology_batches_mixed_domains_each_with_its_own_model(served, tmp_path):
     """One deployment validates, decodes, batches and segments (no gateway hop): one batch may hold
     several domains' images now, and every answer must still come from its own domain's model."""
@@ -500,6 +512,7 @@ def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
         capture_max_images=3,
         shadow_share=1.0,
         drift_window=6,
+        drift_every=1,
         resolve_ttl_s=0.0,
     )
     serve.run(build_app(cfg.model_dump()), name="loop", route_prefix="/loop")

@@ -284,6 +284,7 @@ def run_demo(
                     capture_domains=["night" if "night" in targets else targets[-1], NEW_POOL],
                     shadow_share=1.0,
                     drift_window=16,
+                    drift_every=1,  # the demo's traffic is a few dozen images: use every one
                 ).model_dump()
             ),
             name="raysegment",

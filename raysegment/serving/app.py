@@ -151,6 +151,7 @@ class SegmentModels:
         self.adapted_images: dict[str, int] = {}
         self.adapters: dict[str, OnlineAdapter] = {}
         self.recent: dict[str, RunningSignature] = {}  # per model id: its recent images' statistics
+        self.drift_batches: dict[str, int] = {}  # per model id: batches segmented (drift samples one in drift_every)
         base = self.cfg.routing_base
         self.routing = RoutingTable(self.registry, base, self.cfg.unknown_factor) if base else None
 
@@ -196,7 +197,7 @@ class SegmentModels:
                 adapter = self._adapter(model_id, loaded)
                 adapter.adapt(batch)
                 adapter.watch(batch)
-            if self.cfg.drift_window:
+            if self._drift_sample(model_id):
                 with batchnorm_inputs(loaded.model) as captured:
                     logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
                 recent = self.recent.setdefault(model_id, RunningSignature(self.cfg.drift_window))
@@ -208,6 +209,14 @@ class SegmentModels:
                 masks[slots[k]] = preds[row]
         if self.cfg.online_adabn:
             self.adapted_images[model_id] = self.adapted_images.get(model_id, 0) + len(images)
+
+    def _drift_sample(self, model_id: str) -> bool:
+        """Whether this batch of `model_id` feeds its drift statistics: the first, then one in `drift_every`."""
+        if not self.cfg.drift_window:
+            return False
+        batches = self.drift_batches.get(model_id, 0)
+        self.drift_batches[model_id] = batches + 1
+        return batches % self.cfg.drift_every == 0
 
     async def __call__(self, model_id: str, image: np.ndarray) -> dict[str, Any]:
         return await self.segment(model_id, received(image))

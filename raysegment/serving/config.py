@@ -101,6 +101,11 @@ class ServeConfig(BaseModel):
     drift_window: int = Field(
         64, ge=0, description="recent images per domain whose BatchNorm statistics the drift signal tracks (0: off)"
     )
+    drift_every: PositiveInt = Field(
+        8,
+        description="the drift statistics come from one batch in this many per model (1: every batch): taking them "
+        "costs a pass over every BatchNorm input (bench_serve.py: 0.64 -> 0.74 of the CPU limit without them)",
+    )
     drift_factor: PositiveFloat = Field(
         1.0,
         description="a domain has drifted when its recent traffic, pooled, is farther from its training images "
