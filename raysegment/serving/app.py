@@ -696,26 +696,22 @@ def own_batchnorm_buffers(model: torch.nn.Module) -> None:
 def build_app(args: dict) -> serve.Application:
     """Application builder for `serve run`/`serve deploy` (args = ServeConfig fields)."""
     cfg = ServeConfig.model_validate(args)
-    autoscaling = {
-        "min_replicas": cfg.min_replicas,
-        "max_replicas": cfg.max_replicas,
-        "target_ongoing_requests": cfg.target_ongoing_requests,
+    model_replica: dict[str, Any] = {  # a replica that runs the models, in either topology
+        "autoscaling_config": {
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
+        "max_queued_requests": cfg.max_queued_requests,
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
     }
-    if cfg.topology == "fused":
-        fused = serve.deployment(
-            name="SegmentService",
-            autoscaling_config=autoscaling,
-            max_ongoing_requests=max(cfg.max_batch_size * 4, 32),
-            max_queued_requests=cfg.max_queued_requests,
-            ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    if cfg.topology == "fused":  # its requests are in flight while their uploads are read, too
+        service = serve.deployment(
+            name="SegmentService", max_ongoing_requests=max(cfg.max_batch_size * 4, 32), **model_replica
         )(Gateway)
-        return fused.bind(None, cfg.model_dump())
+        return service.bind(None, cfg.model_dump())
     models = serve.deployment(
-        name="SegmentModels",
-        autoscaling_config=autoscaling,
-        max_ongoing_requests=max(cfg.max_batch_size * 2, 16),
-        max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        name="SegmentModels", max_ongoing_requests=max(cfg.max_batch_size * 2, 16), **model_replica
     )(SegmentModels).bind(cfg.model_dump())
     gateway = serve.deployment(
         name="Gateway",
