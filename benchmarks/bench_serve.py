@@ -173,8 +173,8 @@ def main() -> None:
         "--replicas",
         type=int,
         default=None,
-        help="model replicas (default: one per CPU on a CPU, one on a GPU); each gets an equal share of the "
-        "CPUs the gateway leaves, and as many torch threads as whole CPUs in it (at least one)",
+        help="model replicas (default: one per CPU on a CPU, one on a GPU); on a CPU each gets an equal share of "
+        "the CPUs the gateway leaves, and as many torch threads as whole CPUs in it (at least one)",
     )
     parser.add_argument(
         "--topology", choices=["split", "fused"], default="split", help="ServeConfig.topology (fused: no gateway hop)"
@@ -190,7 +190,9 @@ def main() -> None:
     replicas = args.replicas or (1 if gpu else cpus)
     ingress_cpus = 0.1 if args.topology == "split" else 0.0
     # Ray schedules by these numbers: the replicas and the gateways together must fit the node.
-    cpus_per_replica = round((cpus - ingress_cpus * args.ingress + 1e-9) // (0.05 * replicas) * 0.05, 2)
+    cpus_per_replica = (
+        1.0 if gpu else round((cpus - ingress_cpus * args.ingress + 1e-9) // (0.05 * replicas) * 0.05, 2)
+    )  # a GPU replica's CPU only batches and copies
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "registry"
         make_registry(root)
