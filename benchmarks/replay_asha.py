@@ -4,9 +4,9 @@ at what share of its epochs. Ray's own `ASHAScheduler` makes every stop decision
 `--slots` at a time in trial order, one epoch per step (2 CPUs, trials of equal speed). Ray draws
 each trial's bracket at random, so a setting with several brackets is averaged over `--draws`
 seeds. Also: how well each epoch's ranking of the trials predicts their final ranking (Spearman),
-which is what successive halving bets on, and a PNG of the curves.
+which is what successive halving bets on, and PNGs of the curves.
 
-    python benchmarks/replay_asha.py CURVES.json [--slots 2] [--draws 5] [--plot curves.png]
+    python benchmarks/replay_asha.py CURVES.json [--slots 2] [--draws 5] [--plot FOLDER]
 
 A replay is exact only for random draws (the full search and ASHA then sample the same trials);
 a real run also differs where trials of unequal speed reach the rungs in another order.
@@ -22,6 +22,8 @@ from types import SimpleNamespace
 
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from raysegment.viz import curves_png
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
@@ -59,24 +61,16 @@ def replay(
     return float(best), spent
 
 
-def plot(data: dict[str, dict[str, list[float]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 3.6), squeeze=False)
-    for ax, (domain, curves) in zip(axes[0], data.items()):
+def plot(data: dict[str, dict[str, list[float]]], folder: Path) -> list[Path]:
+    """One PNG of every trial's curve per domain (`raysegment.viz.curves_png`, as a Tune search draws them)."""
+    paths = []
+    for domain, curves in data.items():
         winner = max(curves, key=lambda t: max(curves[t]))
-        for trial_id, curve in sorted(curves.items()):
-            epochs = range(1, len(curve) + 1)
-            strong = trial_id == winner
-            ax.plot(epochs, [100 * v for v in curve], lw=2.2 if strong else 0.9, color="C3" if strong else "0.55")
-        ax.set(title=f"{domain}: {len(curves)} trials (red: the full search's best)", xlabel="epoch")
-        ax.set_ylabel("val mIoU %")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        best = 100 * max(curves[winner])
+        title = f"{domain}: {len(curves)} trials; the full search's best is {winner[-5:]} ({best:.1f}%)"
+        series = {trial_id[-5:]: [100 * v for v in curve] for trial_id, curve in sorted(curves.items())}
+        paths.append(curves_png(folder / f"{domain}.png", series, title, "val mIoU (%)"))
+    return paths
 
 
 def main() -> None:
@@ -84,7 +78,7 @@ def main() -> None:
     parser.add_argument("curves", type=Path)
     parser.add_argument("--slots", type=int, default=2, help="trials at once")
     parser.add_argument("--draws", type=int, default=5, help="bracket draws averaged when brackets > 1")
-    parser.add_argument("--plot", type=Path, help="write the curves as a PNG here")
+    parser.add_argument("--plot", type=Path, help="a folder for the curves, one PNG per domain")
     args = parser.parse_args()
     data = json.loads(args.curves.read_text())
     for domain, curves in data.items():
@@ -111,8 +105,7 @@ def main() -> None:
                 f"{epochs:>6.1f} {epochs / full_epochs:>5.2f}{met}"
             )
     if args.plot:
-        plot(data, args.plot)
-        print(f"plot: {args.plot}")
+        print("plots: " + ", ".join(str(p) for p in plot(data, args.plot)))
 
 
 if __name__ == "__main__":
