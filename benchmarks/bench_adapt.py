@@ -7,7 +7,10 @@ Goals (issue 7): zero-label self-training closes >= 50% of the gap on average; A
 source-only on the photometric shifts (fog, night).
 
     python benchmarks/bench_adapt.py [--targets fog night rain sensor texture] [--images 60]
-                                     [--height 96 --width 192] [--out bench_out/adapt]
+                                     [--height 96 --width 192] [--variants ...] [--canary K]
+                                     [--out bench_out/adapt]
+Prints every label-free criterion's score per candidate, its Spearman correlation with test mIoU
+and its regret, per target and averaged over the targets.
 One process, no Ray; EfficientNet-Lite0 (ImageNet weights from the bundled package) + FPN.
 """
 
@@ -21,7 +24,7 @@ import torch
 from common import synthetic_source
 
 from raysegment.apps.study import format_table, run_study
-from raysegment.config import LABEL_FREE_METHODS
+from raysegment.config import LABEL_FREE_METHODS, STUDY_VARIANTS
 from raysegment.data import synth
 
 
@@ -36,6 +39,8 @@ def main() -> None:
     p.add_argument("--source-epochs", type=int, default=10)
     p.add_argument("--st-epochs", type=int, default=8, help="self-training epochs")
     p.add_argument("--ft-epochs", type=int, default=8, help="few-shot and oracle fine-tuning epochs")
+    p.add_argument("--variants", nargs="*", default=[], choices=sorted(STUDY_VARIANTS))
+    p.add_argument("--canary", type=int, default=0, help="k labelled val images judge the label-free candidates")
     p.add_argument("--out", default="bench_out/adapt")
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -59,6 +64,8 @@ def main() -> None:
         tuple(args.shots),
         out=out,
         epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs, "oracle": args.ft_epochs},
+        variants=tuple(args.variants),
+        canary=args.canary,
     )
     print(format_table(reports))
     print(f"[bench] {time.perf_counter() - start:.0f} s in all; chart {out / 'adapt_miou.png'}")

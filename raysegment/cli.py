@@ -84,6 +84,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         resize=resize,
         unlabelled=args.unlabelled,
         layout=args.layout,
+        adapt_overrides={"criterion": args.criterion} if args.criterion else None,
+        variants=tuple(args.variants),
+        canary=args.canary,
+        target_short_sides=args.target_short_sides,
     )
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
@@ -381,7 +385,7 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from raysegment.config import LABEL_FREE_METHODS, LAYOUTS  # not data.*: `--help` must not import torch
+    from raysegment.config import CRITERIA, LABEL_FREE_METHODS, LAYOUTS, STUDY_VARIANTS  # `--help`: no torch
     from raysegment.config import SYNTH_DOMAINS as DOMAINS
 
     parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
@@ -420,6 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the targets as unlabelled: no target mask is opened, candidates are judged by the proxy",
     )
     p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(STUDY_VARIANTS),
+        help="extra label-free candidates (partial AdaBN, class-balanced / MIC self-training)",
+    )
+    p.add_argument("--criterion", choices=list(CRITERIA), help="the proxy judge's criterion (default: the config's)")
+    p.add_argument(
+        "--canary", type=int, default=0, help="k labelled val images judge the label-free candidates (0: the proxy)"
+    )
+    p.add_argument(
+        "--target-short-sides",
+        nargs="+",
+        type=int,
+        help="pick each target's working scale among these short sides without labels (BatchNorm statistics)",
+    )
     p.add_argument("--out", default="adapt_out")
     p.set_defaults(func=cmd_adapt)
 

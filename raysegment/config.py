@@ -30,6 +30,17 @@ Layout = Literal["raysegment", "cityscapes", "acdc"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 METHODS: tuple[str, ...] = get_args(Method)
 LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "finetune")
+# Label-free selection criteria (engine.criteria); the proxy judge scores by `adapt.criterion`.
+Criterion = Literal["consistency", "entropy", "infomax", "ensemble", "snd", "mixval", "bn_distance", "agreement"]
+CRITERIA: tuple[str, ...] = get_args(Criterion)
+# `raysegment adapt --variants`: label-free candidates beyond the plain methods, name -> (method, adapt
+# settings). The judge picks among all candidates, so each is a setting "the judge picks".
+STUDY_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
+    "adabn-half": ("adabn", {"bn_mix": 0.5}),
+    "tent-half": ("tent", {"bn_mix": 0.5}),
+    "self_training-cb": ("self_training", {"pseudo_class_portion": 0.5}),
+    "self_training-mic": ("self_training", {"pseudo_class_portion": 0.5, "mask_ratio": 0.5}),
+}
 SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
 
 
@@ -181,6 +192,34 @@ class AdaptConfig(_Strict):
     )
     strong_jitter: float = Field(0.4, ge=0, le=1, description="photometric strength of the student's view")
     proxy_confidence: float = Field(0.9, gt=0, lt=1, description="source-confident pixels for the agreement proxy")
+    criterion: Criterion = Field(
+        "consistency", description="the label-free criterion the proxy judge scores by (engine.criteria)"
+    )
+    canary: PositiveInt | None = Field(
+        None,
+        description="label-free methods: the first k labelled val images judge the run instead of the proxy "
+        "(a few labels, when they exist, are a better judge than any proxy)",
+    )
+    bn_mix: float = Field(
+        1.0, gt=0, le=1, description="adabn/tent: share of target statistics mixed with the source's (1 = AdaBN)"
+    )
+    pseudo_class_portion: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="self_training: class-balanced pseudo-labels: a pixel counts when its confidence is in the "
+        "top portion of its predicted class (or above pseudo_threshold); None = confidence-weighted images",
+    )
+    mask_ratio: float = Field(
+        0.0, ge=0, lt=1, description="self_training: MIC masked-image consistency, share of target patches hidden"
+    )
+    mask_block: PositiveInt = Field(32, description="self_training: MIC patch size in pixels at working scale")
+    target_short_sides: list[PositiveInt] | None = Field(
+        None,
+        description="working scales tried for the target (short sides): the one at which the target's "
+        "BatchNorm input statistics under the source model are nearest the source's own replaces "
+        "data.resize (label-free; engine.scale); None keeps data.resize",
+    )
 
     @property
     def uses_target_labels(self) -> bool:
@@ -199,8 +238,11 @@ class RunConfig(_Strict):
 
     @property
     def judge(self) -> str:
-        """What scores this run on held-back target images: their labels, or the unsupervised proxy."""
-        return self.adapt.judge or ("labels" if self.adapt.uses_target_labels else "proxy")
+        """What scores this run on held-back target images: their labels (all of them, or the
+        `adapt.canary` first ones), or the unsupervised proxy."""
+        if self.adapt.judge:
+            return self.adapt.judge
+        return "labels" if self.adapt.uses_target_labels or self.adapt.canary else "proxy"
 
     @model_validator(mode="after")
     def _adaptation_needs_a_source_model(self) -> RunConfig:

@@ -1,5 +1,6 @@
 """Adaptation methods: AdaBN, Tent, mean-teacher self-training, few-shot fine-tuning."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,16 @@ from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig, parse_config
 from raysegment.data import open_split
-from raysegment.engine.adapt import EMATeacher, adapt, adapt_batchnorm, open_source_train, open_target_train
+from raysegment.engine.adapt import (
+    EMATeacher,
+    adapt,
+    adapt_batchnorm,
+    open_source_train,
+    open_target_train,
+    open_val,
+)
+from raysegment.engine.adapt.methods import masked_patches
+from raysegment.engine.adapt.teacher import class_balanced_weights
 from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors, load_selected_weights
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import ConfigError
@@ -63,6 +73,56 @@ def test_pseudo_label_weight_is_the_share_of_confident_pixels():
     assert labels.shape == (2, 32, 32) and (labels == 0).all() and torch.allclose(weights, torch.ones(2, 32, 32))
     _, weights = teacher.pseudo_labels(torch.rand(2, 3, 32, 32), threshold=0.99)
     assert torch.allclose(weights, torch.zeros(2, 32, 32))
+
+
+def test_partial_adabn_keeps_the_moments_of_the_mixture(synth_root):
+    torch.manual_seed(0)
+    model = build_segmenter(ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), 7).eval()
+    night = open_split(synth_root, "night", "all")
+    bn = model.encoder.bn1
+    source_mean, source_var = bn.running_mean.clone(), bn.running_var.clone()
+    full = copy.deepcopy(model)
+    adapt_batchnorm(full, night, batch_size=4)
+    target_mean, target_var = full.encoder.bn1.running_mean, full.encoder.bn1.running_var
+    adapt_batchnorm(model, night, batch_size=4, target_share=0.25)
+    assert torch.allclose(bn.running_mean, 0.25 * target_mean + 0.75 * source_mean, atol=1e-6)
+    spread = 0.25 * 0.75 * (target_mean - source_mean).pow(2)
+    assert torch.allclose(bn.running_var, 0.25 * target_var + 0.75 * source_var + spread, atol=1e-6)
+    assert not torch.allclose(bn.running_mean, target_mean)
+
+
+def test_class_balanced_pseudo_labels_let_a_rare_unsure_class_teach():
+    """Vessels the teacher is never 90% sure of: with a global threshold none of them would count;
+    class-balanced, the top half of each predicted class does."""
+    confidence = torch.tensor([[[0.99, 0.98, 0.97, 0.96], [0.6, 0.7, 0.55, 0.65]]])  # (1, 2, 4)
+    labels = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 1]]])
+    weights = class_balanced_weights(confidence, labels, threshold=0.9, portion=0.5)
+    assert weights[0, 0].tolist() == [1, 1, 1, 1]  # above the global threshold
+    assert weights[0, 1].tolist() == [0, 1, 0, 1]  # the surer half of the vessel pixels
+    student = build_segmenter(ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), 2)
+    _, w = EMATeacher(student, 0.99).pseudo_labels(torch.rand(2, 3, 32, 32), 0.99, class_portion=0.25)
+    assert set(w.unique().tolist()) <= {0.0, 1.0} and 0.2 <= float(w.mean()) <= 0.3
+
+
+def test_masked_patches_hide_the_asked_share_in_whole_blocks():
+    images = torch.ones(4, 3, 70, 90)  # not a multiple of the block
+    generator = torch.Generator().manual_seed(0)
+    masked = masked_patches(images, 0.5, 10, generator)
+    assert masked.shape == images.shape
+    hidden = (masked[:, 0] == 0).float()
+    assert 0.35 < float(hidden.mean()) < 0.65
+    blocks = hidden.reshape(4, 7, 10, 9, 10)
+    assert torch.equal(blocks.amin(dim=(2, 4)), blocks.amax(dim=(2, 4)))  # each 10x10 block all or nothing
+    again = masked_patches(images, 0.5, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(masked, again)
+
+
+def test_a_canary_of_k_labelled_val_images_judges_a_label_free_run(odd_root, odd_source_dir, tmp_path):
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, "tent", canary=1)
+    assert cfg.judge == "labels" and len(open_val(cfg)) == 1
+    assert open_target_train(cfg).labelled_count == 0  # training still reads no target label
+    result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
+    assert result.scores["score"] == result.scores["val_miou"]  # the canary's mIoU selected the epoch
 
 
 def _adapt_config(synth_root, source_model_dir, tmp_path, method, domain="night", **adapt_extra):
@@ -191,6 +251,8 @@ ODD_CASES = [
     ("tent", {}),
     ("self_training", {"fda_beta": 0.05, "rare_class_temperature": 0.1, "classmix": True}),
     ("self_training", {"classmix": False}),
+    ("self_training", {"pseudo_class_portion": 0.5, "mask_ratio": 0.5, "mask_block": 8}),
+    ("adabn", {"bn_mix": 0.5}),
 ]
 
 

@@ -184,7 +184,7 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_targe
         tmp_path / "study",
     )
     assert study.returncode == 0, study.stderr
-    assert "no target labels read" in study.stdout and "proxy pick:" in study.stdout
+    assert "no target labels read" in study.stdout and "judge pick:" in study.stdout
     assert "test mIoU" not in study.stdout  # no fake mIoU column
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     assert results[0]["test_miou"] == {} and set(results[0]["proxy"]) == {

@@ -11,6 +11,9 @@ from conftest import TINY_BACKBONE
 from PIL import Image
 
 from raysegment.apps.study import TargetReport, format_table, run_study
+from raysegment.config import CRITERIA
+from raysegment.engine.criteria import judge_pick
+from raysegment.errors import ConfigError
 
 
 def test_gap_closed_is_the_share_of_source_to_oracle():
@@ -52,8 +55,46 @@ def test_study_writes_table_results_and_chart(synth_root, source_model_dir, tmp_
     assert results[0]["proxy_choice"] in ("source-only", "adabn") and results[0]["proxy_reason"]
     assert Image.open(tmp_path / "adapt_miou.png").format == "PNG"
     table = format_table(reports)
-    assert "gap closed" in table and "proxy pick:" in table and "val labels would pick" in table
+    assert "gap closed" in table and "judge pick:" in table and "val labels would pick" in table
     assert any("adabn" in line for line in lines)
+
+
+def test_study_judges_by_every_criterion_a_canary_and_a_picked_scale(odd_root, odd_source_dir, tmp_path):
+    """Real-world shapes (2 classes, odd sizes, 2 target train images): a variant, a canary of one
+    labelled val image and a target scale picked without labels; every criterion scores every
+    label-free candidate, and the table says how each ranks them against the test labels."""
+    lines = []
+    (chase,) = run_study(
+        odd_source_dir,
+        odd_root,
+        "drive",
+        ["chase"],
+        methods=("adabn", "tent"),
+        shots=(),
+        oracle=False,
+        out=tmp_path,
+        epochs={"tent": 1},
+        variants=("adabn-half",),
+        canary=1,
+        target_short_sides=[25, 50],
+        log=lines.append,
+    )
+    label_free = {"source-only", "source-rescaled", "adabn", "tent", "adabn-half"}
+    assert set(chase.proxy) == set(chase.canary_miou) == label_free
+    assert all(set(chase.proxy[c]) == {*CRITERIA, "score"} for c in label_free)
+    assert chase.scale["short_side"] in (25, 50) and chase.labels_used["canary"] == 1
+    assert chase.proxy_choice == judge_pick({c: {"m": v} for c, v in chase.canary_miou.items()}, "m", "source-only")
+    assert "canary" in chase.proxy_reason
+    table = format_table([chase])
+    assert all(c in table for c in CRITERIA) and "spearman" in table and "target scale picked" in table
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results[0]["criteria_quality"]) == set(CRITERIA)
+    assert set(results[-1]["criterion_summary"]) == set(CRITERIA)
+
+
+def test_study_refuses_an_unknown_variant(odd_root, odd_source_dir, tmp_path):
+    with pytest.raises(ConfigError, match="adabn-half"):
+        run_study(odd_source_dir, odd_root, "drive", ["chase"], variants=("nope",), out=tmp_path)
 
 
 def _retina_root() -> Path:
@@ -100,15 +141,25 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
         "1",
         "--shots",
         "2",
+        "--variants",
+        "adabn-half",
         "--out",
         tmp_path / "study",
     )
     assert study.returncode == 0, study.stderr
     (chase,) = json.loads((tmp_path / "study" / "results.json").read_text())
-    assert list(chase["test_miou"]) == ["source-only", "adabn", "tent", "self_training", "2-shot", "oracle"]
+    assert list(chase["test_miou"]) == [
+        "source-only",
+        "adabn",
+        "tent",
+        "self_training",
+        "adabn-half",
+        "2-shot",
+        "oracle",
+    ]
     assert set(chase["test_iou"]["oracle"]) == {"background", "vessel"}
     assert chase["labels_used"]["oracle"] == 14 and chase["proxy_choice"] in chase["proxy"]
-    assert "proxy pick:" in study.stdout and "vessel" in study.stdout
+    assert "judge pick:" in study.stdout and "vessel" in study.stdout and "spearman" in study.stdout
 
 
 def test_adapt_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):

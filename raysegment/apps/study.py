@@ -24,15 +24,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysegment.config import LABEL_FREE_METHODS, ResizeConfig, RunConfig, parse_config
+from raysegment.config import CRITERIA, LABEL_FREE_METHODS, STUDY_VARIANTS, ResizeConfig, RunConfig, parse_config
 from raysegment.data import open_split
 from raysegment.engine.adapt import adapt
+from raysegment.engine.criteria import (
+    Candidate,
+    CriterionQuality,
+    criterion_quality,
+    criterion_scores,
+    judge_pick,
+)
 from raysegment.engine.evaluate import evaluate
-from raysegment.engine.proxies import proxy_scores
+from raysegment.engine.scale import pick_scale
+from raysegment.errors import ConfigError
 from raysegment.models import load_model
 from raysegment.viz import bar_chart_png
 
 SOURCE = "source-only"
+RESCALED = "source-rescaled"  # the source model, unadapted, at the target scale picked without labels
 
 
 @dataclass
@@ -45,6 +54,9 @@ class TargetReport:
     val_miou: dict[str, float] = field(default_factory=dict)  # candidate -> val mIoU (the label check)
     labels_used: dict[str, int] = field(default_factory=dict)  # candidate -> target labels it saw
     seconds: dict[str, float] = field(default_factory=dict)
+    criterion: str = "consistency"  # what the proxy judge picks by (proxy[c]["score"] is its score)
+    canary_miou: dict[str, float] = field(default_factory=dict)  # candidate -> mIoU on k labelled val images
+    scale: dict[str, float] = field(default_factory=dict)  # picked target short side, distance per side
 
     def gap_closed(self, candidate: str) -> float:
         """(m - source) / (oracle - source) in test mIoU; NaN without labels, an oracle or a gap."""
@@ -54,23 +66,40 @@ class TargetReport:
         return (self.test_miou[candidate] - source) / (oracle - source)
 
     @property
+    def judged_by(self) -> str:
+        """What picks among the label-free results: the canary labels when there are some, else the proxy."""
+        return f"canary ({self.canary_images} labelled val images)" if self.canary_miou else f"proxy ({self.criterion})"
+
+    @property
+    def canary_images(self) -> int:
+        return self.labels_used.get("canary", 0)
+
+    @property
     def proxy_choice(self) -> str:
-        """The zero-label pick: the best proxy score; the source model unless a result beats it."""
-        best = max(self.proxy, key=lambda c: (self.proxy[c]["score"], c == SOURCE))
-        return best if self.proxy[best]["score"] > self.proxy[SOURCE]["score"] else SOURCE
+        """What ships with zero training labels: the best score by the judge (canary mIoU when a few
+        val labels exist, else the proxy); the source model unless a result beats it outright."""
+        if self.canary_miou:
+            return judge_pick({c: {"canary": v} for c, v in self.canary_miou.items()}, "canary", SOURCE)
+        return judge_pick(self.proxy, "score", SOURCE)
 
     @property
     def proxy_reason(self) -> str:
-        choice, source = self.proxy_choice, self.proxy[SOURCE]["score"]
+        choice = self.proxy_choice
+        scores = self.canary_miou if self.canary_miou else {c: p["score"] for c, p in self.proxy.items()}
+        source, what = scores[SOURCE], self.judged_by
         if choice == SOURCE:
             return (
-                f"no label-free result beats the source model's proxy score {100 * source:.1f} "
-                f"on the val images, so the source model stays"
+                f"no label-free result beats the source model's {what} score {100 * source:.1f}, "
+                "so the source model stays"
             )
         return (
-            f"{choice} has the best proxy score, {100 * self.proxy[choice]['score']:.1f} against the source "
-            f"model's {100 * source:.1f} on the val images"
+            f"{choice} has the best {what} score, {100 * scores[choice]:.1f} "
+            f"against the source model's {100 * source:.1f}"
         )
+
+    def criterion_quality(self, criterion: str) -> CriterionQuality:
+        """How `criterion` ranks this study's label-free candidates against test mIoU (labelled studies)."""
+        return criterion_quality(self.proxy, self.test_miou, criterion, SOURCE)
 
     @property
     def label_choice(self) -> str | None:
@@ -150,9 +179,20 @@ def run_study(
     unlabelled: bool = False,
     layout: str = "raysegment",
     adapt_overrides: dict | None = None,
+    variants: tuple[str, ...] = (),
+    canary: int = 0,
+    target_short_sides: list[int] | None = None,
     log: Callable[[str], Any] = print,
 ) -> list[TargetReport]:
-    """Run the whole comparison in this process; writes `results.json` and a PNG chart under `out`."""
+    """Run the whole comparison in this process; writes `results.json` and a PNG chart under `out`.
+
+    `variants` (names of `config.STUDY_VARIANTS`) add label-free candidates; `canary` > 0 lets the first k
+    labelled val images judge the label-free candidates (and their epochs) instead of the proxy;
+    `target_short_sides` picks each target's working scale without labels (`engine.scale`) for
+    every label-free candidate, and adds the unadapted source at that scale as a candidate."""
+    unknown = [v for v in variants if v not in STUDY_VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown study variant(s) {unknown}; choose from {sorted(STUDY_VARIANTS)}")
     out = Path(out)
     epochs = {"tent": 2, "self_training": 8, "finetune": 8, "oracle": 8, **(epochs or {})}
     source_model, meta = load_model(source)
@@ -160,6 +200,9 @@ def run_study(
     base = study_config(source, data_root, source_domain, layout, resize, lr, batch_size, adapt_overrides)
     d = base.data
     quiet = lambda line: None  # noqa: E731 - per-epoch lines stay out of the table
+    label_free: list[tuple[str, str, dict[str, float]]] = [(m, m, {}) for m in methods] + [
+        (v, *STUDY_VARIANTS[v]) for v in variants
+    ]
     reports = []
     for domain in targets:
         val_images = open_split(d.root, domain, d.val_split, layout, unlabelled=True)
@@ -167,37 +210,55 @@ def run_study(
         has_labels = test is not None and test.labelled_count > 0
         val = None if unlabelled else open_split(d.root, domain, d.val_split, layout)
         val_labelled = val is not None and val.labelled_count > 0
-        report = TargetReport(domain, has_labels)
+        if canary and not val_labelled:
+            raise ConfigError(f"--canary {canary}: {domain}'s val split has no labelled image to judge with")
+        canary_set = val.labelled(canary) if canary and val is not None else None
+        report = TargetReport(domain, has_labels, criterion=base.adapt.criterion)
+        if canary_set is not None:
+            report.labels_used["canary"] = len(canary_set)
+        judged: list[Candidate] = []
 
-        def record(candidate: str, model: Any, labels: int, seconds: float, label_free: bool) -> None:
+        def record(candidate: str, model: Any, labels: int, seconds: float, label_free: bool, scale: Any) -> None:
             report.labels_used[candidate] = labels
             report.seconds[candidate] = seconds
             if label_free:
-                scores = proxy_scores(
-                    model,
-                    source_model,
-                    val_images,
-                    meta.num_classes,
-                    base.adapt.proxy_confidence,
-                    batch_size=base.eval.batch_size,
-                    resize=resize,
-                )
-                report.proxy[candidate] = {**scores.as_metrics(), "score": scores.score}
+                judged.append(Candidate(candidate, model, scale))
+                if canary_set is not None:
+                    report.canary_miou[candidate] = evaluate(model, canary_set, base.eval, resize=scale).miou
             if val is not None and val_labelled and label_free:
-                report.val_miou[candidate] = evaluate(model, val, base.eval, resize=resize).miou
+                report.val_miou[candidate] = evaluate(model, val, base.eval, resize=scale).miou
             if test is not None and has_labels:
-                result = evaluate(model, test, base.eval, resize=resize)
+                result = evaluate(model, test, base.eval, resize=scale)
                 report.test_miou[candidate], report.test_iou[candidate] = result.miou, result.per_class
             log(candidate_line(report, candidate))
 
-        record(SOURCE, source_model, 0, 0.0, label_free=True)
-        for method in methods:
+        record(SOURCE, source_model, 0, 0.0, label_free=True, scale=resize)
+        domain_base = base
+        if target_short_sides:
+            start = time.perf_counter()
+            train_images = open_split(d.root, domain, d.train_split, layout, unlabelled=True)
+            picked, distances = pick_scale(source_model, train_images, target_short_sides, batch_size=batch_size)
+            report.scale = {"short_side": float(picked.short_side or 0)} | {str(k): v for k, v in distances.items()}
+            log(f"[adapt] {domain:<8} target scale: short side {picked.short_side} ({scale_line(distances)})")
+            domain_base = base.model_copy(update={"data": base.data.model_copy(update={"resize": picked})})
+            if picked != resize:
+                record(RESCALED, source_model, 0, time.perf_counter() - start, label_free=True, scale=picked)
+        for name, method, settings in label_free:
             start = time.perf_counter()
             cfg = candidate_config(
-                base, domain, out / "runs" / domain / method, method, epochs.get(method, 1), unlabelled=True
+                domain_base, domain, out / "runs" / domain / name, method, epochs.get(method, 1), unlabelled=True
             )
+            cfg = cfg.model_copy(update={"adapt": cfg.adapt.model_copy(update={**settings, "canary": canary or None})})
             result = adapt(cfg, resume=False, progress=False, log=quiet)
-            record(method, result.model, 0, time.perf_counter() - start, label_free=True)
+            record(name, result.model, 0, time.perf_counter() - start, label_free=True, scale=cfg.data.resize)
+        scores = criterion_scores(
+            judged,
+            val_images,
+            meta.num_classes,
+            batch_size=base.eval.batch_size,
+            confidence=base.adapt.proxy_confidence,
+        )
+        report.proxy = {c: {**s, "score": s[report.criterion]} for c, s in scores.items()}
         train = None if unlabelled else open_split(d.root, domain, d.train_split, layout)
         available = train.labelled_count if train is not None else 0
         for k in [*shots, None] if oracle else list(shots):
@@ -218,25 +279,79 @@ def run_study(
                 labelled=k,
             )
             result = adapt(cfg, resume=False, progress=False, log=quiet)
-            record(name, result.model, k or available, time.perf_counter() - start, label_free=False)
-        log(f"[adapt] {domain:<8} the proxy picks {report.proxy_choice}: {report.proxy_reason}")
+            record(name, result.model, k or available, time.perf_counter() - start, label_free=False, scale=resize)
+        log(f"[adapt] {domain:<8} the judge picks {report.proxy_choice}: {report.proxy_reason}")
         reports.append(report)
     write_outputs(reports, out)
     return reports
 
 
 def candidate_line(report: TargetReport, candidate: str) -> str:
-    line = f"[adapt] {report.domain:<8} {candidate:<14}"
+    line = f"[adapt] {report.domain:<8} {candidate:<18}"
     if candidate in report.test_miou:
         line += f" test mIoU {100 * report.test_miou[candidate]:5.1f}"
-    if candidate in report.proxy:
-        line += f" proxy {100 * report.proxy[candidate]['score']:5.1f}"
+    if candidate in report.canary_miou:
+        line += f" canary mIoU {100 * report.canary_miou[candidate]:5.1f}"
     return line + f" ({report.seconds[candidate]:.0f} s)"
+
+
+def scale_line(distances: dict[int, float]) -> str:
+    return ", ".join(f"{side}: {d:.3f}" for side, d in distances.items())
+
+
+def criterion_table(report: TargetReport) -> str:
+    """Every criterion's score per label-free candidate; with test labels, each criterion's Spearman
+    rank correlation with test mIoU, what it would ship and its regret (mIoU points)."""
+    names = list(report.proxy)
+    width = max(12, *(len(n) + 1 for n in names))
+    head = f"{'criterion':<12}" + "".join(f"{n[: width - 1]:>{width}}" for n in names)
+    if report.labelled:
+        head += f"{'spearman':>9}{'regret':>7}  ships"
+    lines = [head]
+    rows = [*CRITERIA, "test mIoU"] if report.labelled else list(CRITERIA)
+    for criterion in rows:
+        if criterion == "test mIoU":
+            lines.append(f"{criterion:<12}" + "".join(f"{100 * report.test_miou[n]:>{width}.1f}" for n in names))
+            continue
+        line = f"{criterion:<12}" + "".join(f"{100 * report.proxy[n][criterion]:>{width}.2f}" for n in names)
+        if report.labelled:
+            q = report.criterion_quality(criterion)
+            rho = f"{q.spearman:>9.2f}" if not math.isnan(q.spearman) else f"{'-':>9}"
+            line += f"{rho}{100 * q.regret:>7.2f}  {q.pick}"
+        lines.append(line + ("  <- judge" if criterion == report.criterion else ""))
+    return "\n".join(lines)
+
+
+def criterion_summary(reports: list[TargetReport]) -> dict[str, dict[str, float]]:
+    """Per criterion, over the labelled studies: mean Spearman (where defined) and mean regret (points)."""
+    labelled = [r for r in reports if r.labelled and r.proxy]
+    summary = {}
+    for criterion in CRITERIA:
+        qualities = [r.criterion_quality(criterion) for r in labelled]
+        rhos = [q.spearman for q in qualities if not math.isnan(q.spearman)]
+        summary[criterion] = {
+            "spearman": sum(rhos) / len(rhos) if rhos else math.nan,
+            "regret": 100 * sum(q.regret for q in qualities) / len(qualities) if qualities else math.nan,
+            "studies": float(len(qualities)),
+        }
+    return summary
+
+
+def format_criterion_summary(reports: list[TargetReport]) -> str:
+    summary = criterion_summary(reports)
+    if not any(s["studies"] for s in summary.values()):
+        return ""
+    lines = ["label-free criteria over the labelled studies (regret: test mIoU points lost to the label-picked best)"]
+    lines.append(f"{'criterion':<12}{'spearman':>9}{'regret':>8}")
+    for criterion, s in summary.items():
+        rho = f"{s['spearman']:>9.2f}" if not math.isnan(s["spearman"]) else f"{'-':>9}"
+        lines.append(f"{criterion:<12}{rho}{s['regret']:>8.2f}")
+    return "\n".join(lines)
 
 
 def format_table(reports: list[TargetReport]) -> str:
     """Per target: a row per candidate. With test labels: mIoU, per-class IoU and the gap closed;
-    without: the proxy metrics only (no mIoU column to fake). Then what the proxy picks and why."""
+    without: the proxy metrics only (no mIoU column to fake). Then every criterion, what the judge picks and why."""
     lines = []
     for r in reports:
         candidates = list(r.labels_used)
@@ -244,37 +359,36 @@ def format_table(reports: list[TargetReport]) -> str:
             classes = list(next(iter(r.test_iou.values())))
             lines.append(f"{r.domain}: target test labels score every candidate")
             lines.append(
-                f"{'candidate':<14}{'labels':>7}{'test mIoU':>10}"
+                f"{'candidate':<18}{'labels':>7}{'test mIoU':>10}"
                 + "".join(f"{c[:10]:>11}" for c in classes)
                 + f"{'gap closed':>11}{'proxy':>7}"
             )
             for c in candidates:
+                if c not in r.test_miou:
+                    continue
                 gap = r.gap_closed(c)
                 lines.append(
-                    f"{c:<14}{r.labels_used[c]:>7}{100 * r.test_miou[c]:>10.1f}"
+                    f"{c:<18}{r.labels_used[c]:>7}{100 * r.test_miou[c]:>10.1f}"
                     + "".join(f"{100 * r.test_iou[c][k]:>11.1f}" for k in classes)
                     + (f"{100 * gap:>10.0f}%" if not math.isnan(gap) else f"{'-':>11}")
                     + (f"{100 * r.proxy[c]['score']:>7.1f}" if c in r.proxy else f"{'-':>7}")
                 )
         else:
             lines.append(f"{r.domain}: no target labels read; candidates are judged by the unsupervised proxy")
-            lines.append(f"{'candidate':<14}{'proxy score':>12}{'consistency':>12}{'entropy':>9}{'agreement':>10}")
-            for c in r.proxy:
-                p = r.proxy[c]
-                lines.append(
-                    f"{c:<14}{100 * p['score']:>12.1f}{100 * p['proxy_consistency']:>12.1f}"
-                    f"{p['proxy_entropy']:>9.3f}{100 * p['proxy_agreement']:>10.1f}"
-                )
-        lines.append(f"proxy pick: {r.proxy_choice} ({r.proxy_reason})")
+        if r.scale:
+            lines.append(f"target scale picked without labels: short side {int(r.scale['short_side'])}")
+        lines.append(criterion_table(r))
+        lines.append(f"judge pick: {r.proxy_choice} ({r.proxy_reason})")
         if r.label_choice is not None:
             lines.append(f"val labels would pick: {r.label_choice}")
         if r.labelled:
             lines.append(
-                f"on test, the proxy pick scores {100 * r.test_miou[r.proxy_choice]:.1f} mIoU against "
+                f"on test, the judge pick scores {100 * r.test_miou[r.proxy_choice]:.1f} mIoU against "
                 f"source-only {100 * r.test_miou[SOURCE]:.1f}"
             )
         lines.append("")
-    return "\n".join(lines).rstrip()
+    summary = format_criterion_summary(reports)
+    return "\n".join([*lines, summary] if summary else lines).rstrip()
 
 
 def write_outputs(reports: list[TargetReport], out: Path) -> dict[str, Path]:
@@ -289,9 +403,11 @@ def write_outputs(reports: list[TargetReport], out: Path) -> dict[str, Path]:
                     "proxy_choice": r.proxy_choice,
                     "proxy_reason": r.proxy_reason,
                     "label_choice": r.label_choice,
+                    "criteria_quality": {c: asdict(r.criterion_quality(c)) for c in CRITERIA} if r.labelled else {},
                 }
                 for r in reports
-            ],
+            ]
+            + [{"criterion_summary": criterion_summary(reports)}],
             indent=2,
         )
     )

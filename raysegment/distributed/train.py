@@ -24,7 +24,7 @@ import ray.train.torch
 import torch
 
 from raysegment.config import RunConfig
-from raysegment.engine.adapt import adabn_model, adabn_scores, build_learner, open_val
+from raysegment.engine.adapt import adabn_model, adabn_scores, build_learner, open_val, with_target_scale
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.learner import Learner
 from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
@@ -93,6 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scale.cpus_per_worker) or 1))
+    cfg, _ = with_target_scale(cfg, device)  # every rank picks the same scale from the same images
     val_set = open_val(cfg)
     checkpoint = ray.train.get_checkpoint()
     if cfg.adapt.method == "adabn":  # a function, not a loop: one report with the adapted model

@@ -54,5 +54,6 @@ def judged_scores(
         device,
         cfg.eval.batch_size,
         cfg.data.resize,
+        criterion=cfg.adapt.criterion,
     )
     return {**proxies.as_metrics(), "score": proxies.score}

@@ -13,60 +13,50 @@ These proxies score a candidate on held-back unlabelled target images:
   confidence above a threshold (a diagnostic: on a strong shift the source is often confidently
   wrong, so agreement would keep a model from fixing exactly that).
 
-`score = consistency`. A label-free result should replace the source model only when its score
+`score` is the criterion `adapt.criterion` names (see `engine.criteria` for all of them and how
+each ranks candidates against test labels). A label-free result should replace the source model only when its score
 beats the source model's own score on the same held-back images; the callers that register or
 pick a result (the Tune search, `raysegment adapt`) compare the two.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import kornia.augmentation as K
 import torch
-from torchmetrics.classification import MulticlassJaccardIndex
 
 from raysegment.config import ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
+from raysegment.engine.criteria import Candidate, criterion_scores, iou_metric, mean_iou_over, perturbation
 from raysegment.engine.evaluate import scaled_batches
 
 
 @dataclass(frozen=True)
 class ProxyScores:
-    entropy: float
-    consistency: float
-    agreement: float
+    """A candidate's label-free scores against its reference; `score` is the judge's criterion."""
+
+    criteria: dict[str, float]
+    criterion: str = "consistency"
+
+    @property
+    def entropy(self) -> float:
+        return 1.0 - self.criteria["entropy"]
+
+    @property
+    def consistency(self) -> float:
+        return self.criteria["consistency"]
+
+    @property
+    def agreement(self) -> float:
+        return self.criteria["agreement"]
 
     @property
     def score(self) -> float:
-        return self.consistency
+        return self.criteria[self.criterion]
 
     def as_metrics(self) -> dict[str, float]:
-        return {
-            "proxy_entropy": self.entropy,
-            "proxy_consistency": self.consistency,
-            "proxy_agreement": self.agreement,
-            "proxy_score": self.score,
-        }
-
-
-def perturbation(device: torch.device) -> torch.nn.Module:
-    """The photometric nuisance the consistency proxy asks a model to be stable under."""
-    return K.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0).to(device)
-
-
-def _iou_metric(num_classes: int, device: torch.device) -> MulticlassJaccardIndex:
-    return MulticlassJaccardIndex(num_classes=num_classes, average="none", zero_division=float("nan")).to(device)
-
-
-def mean_iou_over(iou: torch.Tensor, classes: torch.Tensor | None = None) -> float:
-    """Mean of per-class IoU over `classes` (bool mask; an absent class there counts 0), or over the
-    classes that occur (not NaN) when `classes` is None."""
-    iou = iou.double().cpu()
-    if classes is None:
-        classes = ~torch.isnan(iou)
-    return float(torch.nan_to_num(iou[classes], nan=0.0).mean()) if classes.any() else 0.0
+        metrics = {f"proxy_{name}": value for name, value in self.criteria.items()}
+        return {**metrics, "proxy_entropy": self.entropy, "proxy_score": self.score}
 
 
 @torch.no_grad()
@@ -80,43 +70,16 @@ def proxy_scores(
     batch_size: int = 8,
     resize: ResizeConfig | None = None,
     seed: int = 0,
+    criterion: str = "consistency",
 ) -> ProxyScores:
-    """Score `model` against `reference` (the source model) on the images of `images` (masks never read).
-
-    Deterministic for a given seed: the perturbation is drawn from a private generator state.
-    """
-    device = torch.device(device)
-    images = images.without_labels()
+    """Score `model` against `reference` (the source model) on the images of `images` (masks never
+    read), by every criterion of `engine.criteria`; `score` is `criterion`'s. Deterministic for a
+    given seed: the perturbation is drawn from a private generator state."""
     was_training = model.training
-    model.eval()
-    reference.eval()
-    perturb = perturbation(device)
-    consistency, agreement = _iou_metric(num_classes, device), _iou_metric(num_classes, device)
-    entropy_sum, pixels = 0.0, 0
-    source_classes = torch.zeros(num_classes, dtype=torch.bool)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for x, _, _ in scaled_batches(images, batch_size, resize, device):
-            probs = model(x).float().softmax(1)
-            pred = probs.argmax(1)
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(num_classes)
-            entropy_sum += float(entropy.sum())
-            pixels += entropy.numel()
-            twin = model(perturb(x).flip(-1)).argmax(1).flip(-1)
-            consistency.update(twin, pred)
-            ref_conf, ref_pred = reference(x).float().softmax(1).max(1)
-            sure = ref_conf > confidence
-            if sure.any():
-                agreement.update(pred[sure], ref_pred[sure])
-            source_classes |= torch.bincount(ref_pred.flatten().cpu(), minlength=num_classes) > 0
+    candidates = [Candidate("reference", reference, resize), Candidate("model", model, resize)]
+    scores = criterion_scores(candidates, images, num_classes, device, batch_size, confidence, seed)
     model.train(was_training)
-    consistency_iou = consistency.compute()
-    predicted = ~torch.isnan(consistency_iou.cpu())
-    return ProxyScores(
-        entropy_sum / max(1, pixels),
-        mean_iou_over(consistency_iou, predicted | source_classes),
-        mean_iou_over(agreement.compute()) if agreement.update_count else 0.0,
-    )
+    return ProxyScores(scores["model"], criterion)
 
 
 @torch.no_grad()
@@ -147,7 +110,7 @@ def paired_consistency_and_predictions(
         seen |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0
     scores = []
     for pred, twin in zip(preds, twins):
-        metric = _iou_metric(num_classes, batch.device)
+        metric = iou_metric(num_classes, batch.device)
         metric.update(twin, pred)
         scores.append(mean_iou_over(metric.compute(), seen))
     return scores, preds

@@ -22,6 +22,7 @@ from raysegment.engine.adapt.teacher import EMATeacher
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.learner import Finetune, Learner, Wrap
 from raysegment.engine.loop import train_in_process
+from raysegment.engine.scale import pick_scale
 from raysegment.errors import ConfigError
 from raysegment.models import ModelMeta, build_segmenter
 
@@ -44,10 +45,11 @@ def open_source_train(cfg: RunConfig) -> SegmentationDataset:
 
 
 def open_val(cfg: RunConfig) -> SegmentationDataset:
-    """The held-back target images that judge the run: labelled ones when labels judge, else images only."""
+    """The held-back target images that judge the run: labelled ones when labels judge (the first
+    `adapt.canary` of them for a label-free method with a canary set), else images only."""
     d = cfg.data
     if cfg.judge == "labels":
-        return open_split(d.root, d.domain, d.val_split, d.layout).labelled()
+        return open_split(d.root, d.domain, d.val_split, d.layout).labelled(cfg.adapt.canary)
     return open_split(d.root, d.domain, d.val_split, d.layout, unlabelled=True)
 
 
@@ -67,11 +69,32 @@ def build_learner(
     raise ValueError(f"{method} is not trained by a Learner")  # adabn: see adabn_model
 
 
+def with_target_scale(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[RunConfig, dict[str, float]]:
+    """`cfg` at the target scale picked without labels when `adapt.target_short_sides` asks for one
+    (its `data.resize` set, the choices cleared so the recorded config says what ran), and the
+    distance of every tried side; else `cfg` unchanged."""
+    sides = cfg.adapt.target_short_sides
+    if not sides:
+        return cfg, {}
+    images = open_target_train(cfg)
+    source = build_segmenter(cfg.model, images.info.num_classes)
+    resize, distances = pick_scale(source, images, sides, device, cfg.optim.batch_size)
+    picked = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"resize": resize}),
+            "adapt": cfg.adapt.model_copy(update={"target_short_sides": None}),
+        }
+    )
+    return picked, {"target_short_side": float(resize.short_side or 0)} | {
+        f"scale_distance_{side}": d for side, d in distances.items()
+    }
+
+
 def adabn_model(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
     """The source model with its BatchNorm statistics re-estimated on the target's train images."""
     target = open_target_train(cfg)
     model = build_segmenter(cfg.model, target.info.num_classes).to(device)
-    adapt_batchnorm(model, target, cfg.optim.batch_size, device, cfg.data.resize)
+    adapt_batchnorm(model, target, cfg.optim.batch_size, device, cfg.data.resize, cfg.adapt.bn_mix)
     info = target.info
     return model, ModelMeta(
         model=cfg.model,
@@ -112,15 +135,18 @@ def adapt(
     """Run `cfg.adapt.method` in this process: scored every `eval_every` epochs on held-back target
     images, checkpointed under `cfg.output_dir`, the best-scored epoch selected."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg, scale = with_target_scale(cfg, device)
+    if scale:
+        log(f"target scale: short side {int(scale['target_short_side'])} (BatchNorm statistics nearest the source's)")
     val = open_val(cfg)
     if cfg.adapt.method == "adabn":
         model, meta = adabn_model(cfg, device)
-        return Adapted(model.eval(), meta, adabn_scores(cfg, model, val, device))
+        return Adapted(model.eval(), meta, {**adabn_scores(cfg, model, val, device), **scale})
     learner = train_in_process(build_learner(cfg, device), val, resume, progress, log)
     return Adapted(
         learner.selected_model(),
         learner.meta,
-        {**learner.best_scores, "selected_epoch": learner.best_epoch},
+        {**learner.best_scores, "selected_epoch": learner.best_epoch, **scale},
         learner.history,
         learner,
     )
@@ -139,4 +165,5 @@ __all__ = [
     "open_target_train",
     "open_val",
     "tent_parameters",
+    "with_target_scale",
 ]

@@ -4,7 +4,8 @@ and on every Ray Train rank alike (AdaBN needs no loop: `adapt_batchnorm` is a f
 - `Tent`: AdaBN, then entropy minimisation of the BatchNorm affine parameters (Wang et al. 2021).
 - `SelfTraining`: mean-teacher self-training: supervised source batches plus target images with
   confidence-weighted teacher pseudo-labels, ClassMix-ed with source classes, strongly augmented
-  for the student; optional FDA and rare-class sampling. Source and target batches are paired item
+  for the student; optional FDA, rare-class sampling, class-balanced pseudo-label thresholds
+  (`pseudo_class_portion`) and MIC masked-image consistency (`mask_ratio`). Source and target batches are paired item
   by item whatever their sizes (short last batches, a target smaller than one batch, other image
   sizes): the target batch is repeated or cut to the source batch and resized to its size.
 """
@@ -12,6 +13,7 @@ and on every Ray Train rank alike (AdaBN needs no loop: `adapt_batchnorm` is a f
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 
 import torch
@@ -62,13 +64,33 @@ class Tent(Learner):
     ) -> None:
         reference = copy.deepcopy(model)
         model.to(device)
-        adapt_batchnorm(model, target_set, cfg.optim.batch_size, device, cfg.data.resize)  # target statistics first
+        adapt_batchnorm(  # target statistics first
+            model, target_set, cfg.optim.batch_size, device, cfg.data.resize, cfg.adapt.bn_mix
+        )
         tent_parameters(model)  # before any DDP wrap: DDP fixes the trainable set when it wraps
         super().__init__(cfg, target_set, device, rank, world_size, wrap_model, model, reference=reference)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         images, _ = self.to_device(batch)
         return mean_entropy(self.forward(images))
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    """Pixel cross-entropy weighted by pseudo-label confidence, averaged over the labelled pixels."""
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    valid = (labels != ignore_index).float()
+    return (ce * weights * valid).sum() / valid.sum().clamp(min=1)
+
+
+def masked_patches(images: torch.Tensor, ratio: float, block: int, generator: torch.Generator) -> torch.Tensor:
+    """images (B,3,H,W) with a random `ratio` of the `block` x `block` patches set to 0 (MIC,
+    Hoyer et al. 2023); drawn from `generator` so a resumed run masks the same way."""
+    b, _, h, w = images.shape
+    grid = (math.ceil(h / block), math.ceil(w / block))
+    keep = (torch.rand((b, 1, *grid), generator=generator) >= ratio).to(images.device, images.dtype)
+    return images * F.interpolate(keep, scale_factor=block, mode="nearest")[..., :h, :w]
 
 
 class SelfTraining(Learner):
@@ -129,21 +151,23 @@ class SelfTraining(Learner):
         xt, _ = self.to_device(batch.second)
         xt, _ = match_batch(xt, None, xs.shape[0], tuple(xs.shape[-2:]))
         xs_styled = fourier_domain_adaptation(xs, xt, a.fda_beta)
-        pseudo, weights = self.teacher.pseudo_labels(xt, a.pseudo_threshold)
+        pseudo, weights = self.teacher.pseudo_labels(xt, a.pseudo_threshold, a.pseudo_class_portion)
         if a.classmix:
             mixed, mixed_labels, mixed_weights = class_mix(
                 xs_styled, ys, xt, pseudo, weights, ignore, self.mix_generator
             )
         else:
             mixed, mixed_labels, mixed_weights = xt, pseudo, weights
-        mixed = self.strong(mixed).clamp(0, 1)
-        logits = self.forward(torch.cat([xs_styled, mixed]))  # one forward: DDP expects one per backward
-        source_logits, mixed_logits = logits.split([xs.shape[0], mixed.shape[0]])
-        loss_source = segmentation_loss(source_logits, ys, ignore, self.class_weights)
-        ce = F.cross_entropy(mixed_logits.float(), mixed_labels, ignore_index=ignore, reduction="none")
-        valid = (mixed_labels != ignore).float()
-        loss_target = (ce * mixed_weights * valid).sum() / valid.sum().clamp(min=1)
-        return loss_source + loss_target
+        views = [xs_styled, self.strong(mixed).clamp(0, 1)]
+        if a.mask_ratio > 0:  # MIC: the student must predict the teacher's labels from context alone
+            views.append(masked_patches(self.strong(xt).clamp(0, 1), a.mask_ratio, a.mask_block, self.mix_generator))
+        logits = self.forward(torch.cat(views))  # one forward: DDP expects one per backward
+        source_logits, mixed_logits, *masked_logits = logits.split([v.shape[0] for v in views])
+        loss = segmentation_loss(source_logits, ys, ignore, self.class_weights)
+        loss = loss + weighted_cross_entropy(mixed_logits, mixed_labels, mixed_weights, ignore)
+        for masked in masked_logits:
+            loss = loss + weighted_cross_entropy(masked, pseudo, weights, ignore)
+        return loss
 
     def after_step(self) -> None:
         self.teacher.update(self.model, self.step - 1)

@@ -31,13 +31,36 @@ class EMATeacher:
             t.mul_(a).add_(s.detach(), alpha=1.0 - a)
 
     @torch.no_grad()
-    def pseudo_labels(self, images: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def pseudo_labels(
+        self, images: torch.Tensor, threshold: float, class_portion: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B,3,H,W) float -> (labels (B,H,W) int64, weights (B,H,W) float).
 
-        The weight of an image's pseudo-labels is the share of its pixels predicted with
-        confidence above `threshold` (DAFormer): a confused teacher teaches softly.
+        Without `class_portion`, the weight of an image's pseudo-labels is the share of its pixels
+        predicted with confidence above `threshold` (DAFormer): a confused teacher teaches softly.
+        With it (class-balanced self-training, Zou et al. 2018), a pixel weighs 1 when its confidence
+        is above `threshold` or in the top `class_portion` of the pixels predicted as its class in
+        this batch, else 0: a rare class the teacher is never sure of (thin vessels) still teaches.
         """
         self.model.eval()
         confidence, labels = self.model(images).float().softmax(1).max(1)
-        share = (confidence > threshold).float().mean(dim=(1, 2), keepdim=True)
-        return labels, share.expand_as(confidence).contiguous()
+        if class_portion is None:
+            share = (confidence > threshold).float().mean(dim=(1, 2), keepdim=True)
+            return labels, share.expand_as(confidence).contiguous()
+        return labels, class_balanced_weights(confidence, labels, threshold, class_portion)
+
+
+def class_balanced_weights(
+    confidence: torch.Tensor, labels: torch.Tensor, threshold: float, portion: float
+) -> torch.Tensor:
+    """(B,H,W) 0/1 weights: per predicted class, the pixels above min(threshold, that class's
+    (1 - portion) confidence quantile)."""
+    weights = torch.zeros_like(confidence)
+    for c in labels.unique().tolist():
+        of_class = labels == c
+        values = confidence[of_class]
+        if values.numel() > 1_000_000:  # torch.quantile's input limit; a strided sample keeps it exact enough
+            values = values[:: values.numel() // 1_000_000 + 1]
+        cut = min(threshold, float(torch.quantile(values, 1 - portion)))
+        weights[of_class & (confidence >= cut)] = 1.0
+    return weights

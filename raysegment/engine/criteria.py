@@ -1,0 +1,279 @@
+"""Label-free model-selection criteria: which of several adapted models is best on a domain nobody
+labelled? Every criterion scores each candidate on the same held-back unlabelled images, higher is
+better, and no mask is ever read:
+
+- `consistency`: class-mean IoU between the prediction and the prediction on a photometrically
+  perturbed, mirrored copy, over the classes the candidate or the reference (the source) predicts.
+- `entropy`: 1 - mean per-pixel prediction entropy / log C (confidence; Tent optimises it directly).
+- `infomax`: entropy of the mean prediction minus mean entropy (information maximisation: confident
+  *and* not collapsed onto one class), both / log C.
+- `ensemble`: class-mean IoU with the prediction of the ensemble of all candidates (EnsV, Hu et al.
+  2023): the average of many adapted models is a steadier pseudo-label than any one of them.
+- `snd`: soft neighbourhood density (Saito et al. 2021): entropy of each sampled pixel's softmax
+  similarity to the other sampled pixels; dense, well-clustered predictions score high.
+- `mixval`: mixed-sample validation (Hu et al. 2023): on a 0.7/0.3 blend of two images, class-mean
+  IoU between the prediction and the candidate's own prediction on the dominant image.
+- `bn_distance`: minus the symmetric KL between the statistics each BatchNorm layer normalises with
+  and the statistics of its input on these images (AdaBN sets it to about zero by construction).
+- `agreement`: class-mean IoU with the reference on the pixels it predicts with confidence above a
+  threshold (a diagnostic: a confidently wrong source would keep a fix from shipping).
+
+How well each ranks candidates against test labels (`criterion_quality`) is measured per study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.functional import spearman_corrcoef
+
+from raysegment.augment import resize_images, scaled_size
+from raysegment.config import CRITERIA, ResizeConfig
+from raysegment.data.dataset import SegmentationDataset
+from raysegment.engine.evaluate import scaled_batches
+from raysegment.models.freeze import is_batchnorm
+
+EPS = 1e-5
+MIX_LAMBDA = 0.7  # the dominant image's share in a MixVal blend
+SND_PIXELS_PER_IMAGE = 64
+SND_MAX_PIXELS = 1024
+SND_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to judge, at its own working scale (None: the files' size)."""
+
+    name: str
+    model: torch.nn.Module
+    resize: ResizeConfig | None = None
+
+
+def perturbation(device: torch.device) -> torch.nn.Module:
+    """The photometric nuisance the consistency criterion asks a model to be stable under."""
+    return K.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0).to(device)
+
+
+def iou_metric(num_classes: int, device: torch.device) -> MulticlassJaccardIndex:
+    return MulticlassJaccardIndex(num_classes=num_classes, average="none", zero_division=float("nan")).to(device)
+
+
+def mean_iou_over(iou: torch.Tensor, classes: torch.Tensor | None = None) -> float:
+    """Mean of per-class IoU over `classes` (bool mask; an absent class there counts 0), or over the
+    classes that occur (not NaN) when `classes` is None."""
+    iou = iou.double().cpu()
+    if classes is None:
+        classes = ~torch.isnan(iou)
+    return float(torch.nan_to_num(iou[classes], nan=0.0).mean()) if classes.any() else 0.0
+
+
+class BatchNormInputs:
+    """Per BatchNorm layer, the running mean of its input's per-image channel moments."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers = [m for m in model.modules() if is_batchnorm(m) and m.running_mean is not None]
+        self.sums: dict[int, list[torch.Tensor]] = {}
+        self.images = 0
+        self.handles: list = []
+
+    def __enter__(self) -> BatchNormInputs:
+        for k, layer in enumerate(self.layers):
+            self.handles.append(layer.register_forward_pre_hook(self._hook(k)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _hook(self, k: int):  # noqa: ANN202 - a forward pre-hook
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().flatten(2).float()
+            moments = [x.mean(2).sum(0).double().cpu(), x.square().mean(2).sum(0).double().cpu()]
+            if k in self.sums:
+                self.sums[k] = [a + b for a, b in zip(self.sums[k], moments)]
+            else:
+                self.sums[k] = moments
+            if k == 0:
+                self.images += x.shape[0]
+
+        return hook
+
+    def distance(self) -> float:
+        """Mean over layers of the channel-mean symmetric KL between input and running statistics."""
+        per_layer = []
+        for k, layer in enumerate(self.layers):
+            if k not in self.sums:
+                continue
+            mean = self.sums[k][0] / self.images
+            var = (self.sums[k][1] / self.images - mean.pow(2)).clamp_min(EPS)
+            assert layer.running_mean is not None and layer.running_var is not None  # kept by __init__
+            rm, rv = layer.running_mean.double().cpu(), layer.running_var.double().cpu().clamp_min(EPS)
+            skl = ((var - rv).pow(2) + (var + rv) * (mean - rm).pow(2)) / (2 * var * rv)
+            per_layer.append(float(skl.mean()))
+        return sum(per_layer) / len(per_layer) if per_layer else 0.0
+
+
+@dataclass
+class _Tally:
+    """One candidate's running sums over the held-back images."""
+
+    num_classes: int
+    device: torch.device
+    entropy_sum: float = 0.0
+    pixels: int = 0
+    class_mass: torch.Tensor = field(init=False)
+    predicted: torch.Tensor = field(init=False)
+    snd_features: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.class_mass = torch.zeros(self.num_classes, dtype=torch.float64)
+        self.predicted = torch.zeros(self.num_classes, dtype=torch.bool)
+        self.consistency = iou_metric(self.num_classes, self.device)
+        self.ensemble = iou_metric(self.num_classes, self.device)
+        self.mixval = iou_metric(self.num_classes, self.device)
+        self.agreement = iou_metric(self.num_classes, self.device)
+        self.agreement_updates = 0
+
+
+def _at(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear")
+
+
+def _soft_neighbourhood_density(features: torch.Tensor) -> float:
+    """features (N, C) softmax vectors -> mean entropy of the temperature-softmax similarity rows."""
+    n = features.shape[0]
+    if n < 3:
+        return 0.0
+    f = F.normalize(features.double(), dim=1)
+    sim = f @ f.T / SND_TEMPERATURE
+    sim.fill_diagonal_(-math.inf)
+    p = sim.softmax(1)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(1).mean()
+    return float(entropy / math.log(n - 1))
+
+
+@torch.no_grad()
+def criterion_scores(
+    candidates: Sequence[Candidate],
+    images: SegmentationDataset,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    confidence: float = 0.9,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """candidate name -> criterion -> score (higher is better), on the images of `images` (masks
+    never read). The first candidate is the reference (the source model). Each candidate runs at its
+    own working scale; predictions meet at the reference's scale. Deterministic for a seed, and the
+    global RNG is left as it was."""
+    device = torch.device(device)
+    images = images.without_labels()
+    for c in candidates:
+        c.model.to(device).eval()
+    tallies = {c.name: _Tally(num_classes, device) for c in candidates}
+    hooks = {c.name: BatchNormInputs(c.model) for c in candidates}
+    perturb = perturbation(device)
+    pixel_generator = torch.Generator().manual_seed(seed)
+    reference = candidates[0]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for x, _, (h, w) in scaled_batches(images, batch_size, None, device):
+            common = scaled_size(h, w, reference.resize)
+            twin_full = perturb(x).flip(-1)
+            partner = x.roll(1, 0) if x.shape[0] > 1 else x.flip(-2)
+            mixed_full = MIX_LAMBDA * x + (1 - MIX_LAMBDA) * partner
+            n_pick = min(SND_PIXELS_PER_IMAGE, common[0] * common[1])
+            picks = torch.randint(0, common[0] * common[1], (x.shape[0], n_pick), generator=pixel_generator)
+            all_probs = {}
+            for c in candidates:
+                size = scaled_size(h, w, c.resize)
+                with hooks[c.name]:
+                    probs = _at(c.model(resize_images(x, size)).float(), common).softmax(1)
+                twin = _at(c.model(resize_images(twin_full, size)).float(), common).argmax(1).flip(-1)
+                mixed = _at(c.model(resize_images(mixed_full, size)).float(), common).argmax(1)
+                all_probs[c.name] = probs
+                t, pred = tallies[c.name], probs.argmax(1)
+                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(num_classes)
+                t.entropy_sum += float(entropy.sum())
+                t.pixels += entropy.numel()
+                t.class_mass += probs.sum((0, 2, 3)).double().cpu()
+                t.predicted |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0
+                t.consistency.update(twin, pred)
+                t.mixval.update(mixed, pred)
+                flat = probs.flatten(2)  # (B, C, h*w)
+                t.snd_features.append(
+                    torch.gather(flat, 2, picks.to(device)[:, None].expand(-1, num_classes, -1))
+                    .permute(0, 2, 1)
+                    .reshape(-1, num_classes)
+                    .cpu()
+                )
+            ensemble = torch.stack(list(all_probs.values())).mean(0).argmax(1)
+            ref_conf, ref_pred = all_probs[reference.name].max(1)
+            sure = ref_conf > confidence
+            for c in candidates:
+                t, pred = tallies[c.name], all_probs[c.name].argmax(1)
+                t.ensemble.update(pred, ensemble)
+                if sure.any():
+                    t.agreement.update(pred[sure], ref_pred[sure])
+                    t.agreement_updates += 1
+    reference_classes = tallies[reference.name].predicted
+    scores: dict[str, dict[str, float]] = {}
+    for c in candidates:
+        t = tallies[c.name]
+        mean_entropy = t.entropy_sum / max(1, t.pixels)
+        marginal = t.class_mass / t.class_mass.sum().clamp_min(1e-12)
+        marginal_entropy = float(-(marginal * marginal.clamp_min(1e-12).log()).sum()) / math.log(num_classes)
+        features = torch.cat(t.snd_features)
+        if features.shape[0] > SND_MAX_PIXELS:
+            features = features[torch.randperm(features.shape[0], generator=pixel_generator)[:SND_MAX_PIXELS]]
+        scores[c.name] = {
+            "consistency": mean_iou_over(t.consistency.compute(), t.predicted | reference_classes),
+            "entropy": 1.0 - mean_entropy,
+            "infomax": marginal_entropy - mean_entropy,
+            "ensemble": mean_iou_over(t.ensemble.compute()),
+            "snd": _soft_neighbourhood_density(features),
+            "mixval": mean_iou_over(t.mixval.compute(), t.predicted | reference_classes),
+            "bn_distance": -hooks[c.name].distance(),
+            "agreement": mean_iou_over(t.agreement.compute()) if t.agreement_updates else 0.0,
+        }
+    assert all(set(s) == set(CRITERIA) for s in scores.values())
+    return scores
+
+
+def judge_pick(scores: dict[str, dict[str, float]], criterion: str, reference: str) -> str:
+    """What a criterion ships: its best candidate, but only when it beats the reference outright
+    (do no harm: a tie keeps the source)."""
+    best = max(scores, key=lambda c: (scores[c][criterion], c == reference))
+    return best if scores[best][criterion] > scores[reference][criterion] else reference
+
+
+@dataclass(frozen=True)
+class CriterionQuality:
+    """How one criterion ranked one study's candidates against their test scores."""
+
+    spearman: float  # rank correlation of the criterion with test mIoU (NaN when undefined)
+    regret: float  # test mIoU of the label-picked best minus that of what the criterion ships
+    pick: str
+
+
+def criterion_quality(
+    scores: dict[str, dict[str, float]], test_miou: dict[str, float], criterion: str, reference: str
+) -> CriterionQuality:
+    """Spearman and regret of `criterion` over the candidates that have both a score and a test mIoU."""
+    names = [c for c in scores if c in test_miou]
+    pick = judge_pick({c: scores[c] for c in names}, criterion, reference)
+    regret = max(test_miou[c] for c in names) - test_miou[pick]
+    if len(names) < 3:
+        rho = math.nan
+    else:
+        values = torch.tensor([scores[c][criterion] for c in names], dtype=torch.float32)
+        truth = torch.tensor([test_miou[c] for c in names], dtype=torch.float32)
+        rho = float(spearman_corrcoef(values, truth)) if values.std() > 0 and truth.std() > 0 else math.nan
+    return CriterionQuality(rho, regret, pick)
