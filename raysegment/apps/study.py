@@ -406,11 +406,12 @@ def write_outputs(reports: list[TargetReport], out: Path) -> dict[str, Path]:
                     "criteria_quality": {c: asdict(r.criterion_quality(c)) for c in CRITERIA} if r.labelled else {},
                 }
                 for r in reports
-            ]
-            + [{"criterion_summary": criterion_summary(reports)}],
+            ],
             indent=2,
         )
     )
+    # results.json stays one row per target; the pooled criterion quality has a file of its own
+    (out / "criteria.json").write_text(json.dumps(criterion_summary(reports), indent=2))
     labelled = all(r.labelled for r in reports)
     candidates = list(dict.fromkeys(c for r in reports for c in (r.test_miou if labelled else r.proxy)))
     series = {
@@ -423,4 +424,4 @@ def write_outputs(reports: list[TargetReport], out: Path) -> dict[str, Path]:
     }
     title = "target test mIoU by candidate" if labelled else "val proxy score by candidate (no target labels)"
     chart = bar_chart_png(out / "adapt_miou.png", series, title=title)
-    return {"results": results, "chart": chart}
+    return {"results": results, "criteria": out / "criteria.json", "chart": chart}
