@@ -189,31 +189,28 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
-    from ray import serve
-
-    from raysegment.distributed.train import ensure_ray
     from raysegment.registry import Registry
-    from raysegment.serving.app import build_app
-    from raysegment.serving.config import ServeConfig, use_serve_process_env
+    from raysegment.serving.config import Replicas, ServeConfig
+    from raysegment.serving.startup import start_serving
 
     auth = "token" if args.token_file else "none"
+    replicas = Replicas(max_replicas=args.max_replicas, **({"topology": args.topology} if args.topology else {}))
     cfg = ServeConfig(
         registry=str(Path(args.registry).resolve()),
-        max_replicas=args.max_replicas,
         auth=auth,
         token_file=str(Path(args.token_file).resolve()) if args.token_file else None,
         bind_host=args.host,
-        **({"topology": args.topology} if args.topology else {}),
+        replicas=replicas,
     )
-    use_serve_process_env()
-    ensure_ray()
-    serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": 120})
-    serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+    start_serving(cfg, args.host, args.port, args.start_timeout, log=lambda line: print(line, file=sys.stderr))
+    url = f"http://{args.host}:{args.port}"
     print(
-        f"serving {len(Registry(cfg.registry).domains())} domains on http://{args.host}:{args.port} "
-        f"(docs at /docs; auth: {cfg.auth}); Ctrl-C stops",
+        f"serving {len(Registry(cfg.registry).domains())} domains on {url} (console at {url}/ui, API docs at "
+        f"{url}/docs; auth: {cfg.auth}); Ctrl-C stops",
         flush=True,
     )
+    from ray import serve
+
     try:
         while True:
             time.sleep(3600)
@@ -496,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file",
         help="bearer tokens (hashes) for every request; without one the API is open, "
         "which is refused unless --host is loopback",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the proxy and replicas to come up (a busy machine is slow; progress is printed)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -65,12 +65,13 @@ def promote_if_better(
     margin: float = 0.0,
     force: bool = False,
     actor: str | None = None,
+    why: str | None = None,
 ) -> Decision:
     """Apply the policy: `production` when the candidate wins (or is forced), else `candidate`."""
     if force:
         if not actor:
             raise ValueError("a forced promotion records who forced it: pass actor")
-        wins, reason = True, f"forced by {actor}"
+        wins, reason = True, f"forced by {actor}" + (f": {why}" if why else "")
     elif candidate_score is None:
         wins, reason = False, "no held-back score: the judge could not run"
     else:
@@ -139,12 +140,58 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
     return score(model), (score(reference) if incumbent else None), judge_name, incumbent
 
 
-def promote_version(registry: Registry, ref: str, force: bool = False, actor: str | None = None) -> Decision:
-    """`raysegment registry promote DOMAIN@VERSION`: judge on held-back images, then apply the policy."""
+def promote_version(
+    registry: Registry, ref: str, force: bool = False, actor: str | None = None, why: str | None = None
+) -> Decision:
+    """`raysegment registry promote DOMAIN@VERSION` (and `POST /v1/domains/{d}/promote`): judge on
+    held-back images, then apply the policy; `force` skips the judge and records `actor` and `why`."""
     entry = registry.resolve(ref)
     if force:
         return promote_if_better(
-            registry, entry.domain, entry.version, None, None, "forced", None, force=True, actor=actor
+            registry, entry.domain, entry.version, None, None, "forced", None, force=True, actor=actor, why=why
         )
     candidate, incumbent_score, judge_name, incumbent = held_back_scores(registry, entry)
     return promote_if_better(registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent)
+
+
+SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored from serving's online AdaBN
+
+
+def register_snapshot(registry: Registry, parent: Entry, statistics: dict[str, torch.Tensor], images: int) -> Decision:
+    """Store online-adapted BatchNorm statistics of `parent` as a new version and hand it to the
+    policy. A snapshot is registered with its own (empty) metrics, never its parent's, and has no
+    held-back score here, so it becomes `candidate`: production only by `promote_version`'s judge."""
+    model, meta, _ = registry.load(parent.ref)
+    model.load_state_dict({**model.state_dict(), **statistics})
+    version = registry.register(
+        parent.domain,
+        model,
+        meta,
+        {},
+        parent.manifest["config"],
+        parent=parent.ref,
+        lineage={"method": SNAPSHOT_METHOD, "target_labels": 0, "images": images},
+    )
+    return promote_if_better(registry, parent.domain, version, None, None, "proxy", parent.ref)
+
+
+def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
+    """Remove the oldest AdaBN snapshots of `domain` beyond `keep`; aliased ones (production,
+    candidate) and bases of other versions are never removed. Returns the removed versions."""
+    aliased = set(registry.aliases(domain).values())
+    used_as_base = {
+        (e.manifest["base"] or {}).get("version")
+        for e in registry.entries()
+        if (e.manifest.get("base") or {}).get("domain") == domain
+    }
+    spare = [
+        v
+        for v in registry.versions(domain)
+        if v not in aliased
+        and v not in used_as_base
+        and registry.get_entry(domain, v).manifest["lineage"].get("method") == SNAPSHOT_METHOD
+    ]
+    doomed = spare[: max(len(spare) - keep, 0)]
+    for version in doomed:
+        registry.remove(domain, version)
+    return doomed

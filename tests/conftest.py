@@ -122,6 +122,7 @@ class RayCluster:
     dashboard_url: str
     temp_dir: str
     processes: list
+    metrics_ports: list[int]  # each node's Prometheus endpoint (`--metrics-export-port`)
 
 
 def _worker_port_range(slot: int) -> list[str]:
@@ -131,14 +132,14 @@ def _worker_port_range(slot: int) -> list[str]:
     return [f"--min-worker-port={base}", f"--max-worker-port={base + 199}"]
 
 
-def _node_ports(slot: int) -> list[str]:
+def _node_ports(slot: int, metrics_port: int) -> list[str]:
     return [
         f"--node-manager-port={free_port()}",
         f"--object-manager-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        f"--metrics-export-port={metrics_port}",
         *_worker_port_range(slot),
     ]
 
@@ -202,10 +203,16 @@ def ray_cluster(s3_endpoint):
     from raysegment.serving.config import SERVE_PROCESS_ENV
 
     os.environ[SHARED_FS_ENV] = "1"
-    env = {**os.environ, **SERVE_PROCESS_ENV, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        **SERVE_PROCESS_ENV,
+        "RAY_metrics_report_interval_ms": "2000",  # the metrics test sees its counters within seconds
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+    }
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     logs = [Path(temp_dir) / "head.out", Path(temp_dir) / "worker.out"]
     gcs, dash = free_port(), free_port()
+    metrics_ports = [free_port(), free_port()]
     procs = [
         _start_node(
             [
@@ -216,14 +223,14 @@ def ray_cluster(s3_endpoint):
                 f"--dashboard-port={dash}",
                 f"--ray-client-server-port={free_port()}",
                 f"--temp-dir={temp_dir}",
-                *_node_ports(0),
+                *_node_ports(0, metrics_ports[0]),
             ],
             logs[0],
             env,
             Path(temp_dir) / "head-private",
         )
     ]
-    cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, procs)
+    cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, procs, metrics_ports)
     try:
         _wait(
             lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200,
@@ -234,7 +241,10 @@ def ray_cluster(s3_endpoint):
         ray.init(address=cluster.address, log_to_driver=False)
         for attempt in range(2):  # a worker node that fails to join is replaced once, on fresh ports
             private = Path(temp_dir) / f"worker-private-{attempt}"
-            worker = _start_node([f"--address={cluster.address}", *_node_ports(1)], logs[1], env, private)
+            metrics_ports[1] = free_port()
+            worker = _start_node(
+                [f"--address={cluster.address}", *_node_ports(1, metrics_ports[1])], logs[1], env, private
+            )
             procs.append(worker)
             try:
                 _wait(

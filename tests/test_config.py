@@ -41,7 +41,7 @@ def test_shipped_serve_config_and_job_specs_validate():
     root = Path(__file__).resolve().parent.parent
     app = yaml.safe_load((root / "serve" / "config.yaml").read_text())["applications"][0]
     assert app["import_path"] == "raysegment.serving.app:build_app"
-    assert ServeConfig.model_validate(app["args"]).online_adabn is False
+    assert ServeConfig.model_validate(app["args"]).online.adabn is False
     spec = load_spec(root / "jobs" / "specs" / "tune.yaml")
     assert "self_training" in spec.search.method and spec.search.judged_by == "labels"
     assert load_spec(root / "jobs" / "specs" / "fine_tune.yaml").job == "fine_tune"
@@ -52,8 +52,10 @@ def test_closed_loop_serve_settings_name_registry_things():
 
     from raysegment.serving.config import ServeConfig
 
-    ok = ServeConfig(registry="r", auth="none", routing_base="clear@1", capture_domains=["*", "new"])
-    assert ok.routing_base == "clear@1"
+    ok = ServeConfig.model_validate(
+        {"registry": "r", "auth": "none", "closed_loop": {"routing_base": "clear@1", "capture_domains": ["*", "new"]}}
+    )
+    assert ok.closed_loop.routing_base == "clear@1"
     for bad in (
         {"routing_base": "clear"},  # a moving alias would change every signature under it
         {"routing_base": "../x@1"},
@@ -62,4 +64,18 @@ def test_closed_loop_serve_settings_name_registry_things():
         {"shadow_share": 1.5},
     ):
         with pytest.raises(ValidationError):
-            ServeConfig(registry="r", auth="none", **bad)
+            ServeConfig.model_validate({"registry": "r", "auth": "none", "closed_loop": bad})
+
+
+def test_flat_serve_keys_of_the_old_config_name_their_new_section():
+    from pydantic import ValidationError
+
+    from raysegment.serving.config import ServeConfig
+
+    with pytest.raises(ValidationError) as caught:
+        ServeConfig.model_validate({"registry": "r", "auth": "none", "max_image_bytes": 5, "online_adabn": True})
+    message = str(caught.value)
+    assert "max_image_bytes is now limits.max_image_bytes" in message
+    assert "online_adabn is now online.adabn" in message
+    with pytest.raises(ValidationError, match="extra"):
+        ServeConfig.model_validate({"registry": "r", "auth": "none", "limits": {"max_imge_bytes": 5}})

@@ -71,3 +71,27 @@ def test_the_guard_names_a_class_that_shrank_but_not_one_that_grew(source_model_
     assert adapter.shrunk_class() is None  # class 1 grew, class 2 appeared: adaptation may do that
     adapter.class_pixels = [torch.tensor([[10000, 0, 0], [9950, 0, 50]])]
     assert adapter.shrunk_class() is None  # under 1% of the snapshot's pixels: too rare to judge
+
+
+def test_the_guard_snapshot_costs_only_batchnorm_layers(source_model_dir):
+    """With online AdaBN a domain's snapshot shares every tensor outside BatchNorm with the served
+    model (a full copy per domain was the old cost), and adapting the model leaves it untouched."""
+    from raysegment.engine.continual import batchnorm_twin
+    from raysegment.models import load_model
+    from raysegment.models.freeze import is_batchnorm
+
+    model, _ = load_model(source_model_dir)
+    twin = batchnorm_twin(model)
+    ours, theirs = dict(model.named_parameters()), dict(twin.named_parameters())
+    bn_names = {f"{n}.{p}" for n, m in model.named_modules() if is_batchnorm(m) for p, _ in m.named_parameters()}
+    shared = [n for n in ours if ours[n].data_ptr() == theirs[n].data_ptr()]
+    assert set(shared) == set(ours) - bn_names and shared
+    with torch.no_grad():
+        for m in model.modules():
+            if is_batchnorm(m):
+                m.running_mean.add_(1.0)
+    assert all(
+        not torch.equal(a.running_mean, b.running_mean)
+        for a, b in zip(model.modules(), twin.modules())
+        if is_batchnorm(a)
+    )

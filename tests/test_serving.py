@@ -16,7 +16,7 @@ from PIL import Image
 from raysegment.config import ModelConfig, ResizeConfig
 from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import Registry
-from raysegment.serving.config import ServeConfig
+from raysegment.serving.config import ClosedLoop, Limits, Online, Replicas, ServeConfig
 
 CLASSES = ["road", "sky", "car", "tree"]
 META = ModelMeta(
@@ -83,12 +83,9 @@ def served(ray_cluster, tmp_path_factory):
     cfg = ServeConfig(
         registry=str(root),
         auth="none",
-        max_image_bytes=200_000,
-        max_pixels=512 * 512,
-        max_replicas=1,
-        cpus_per_replica=0.25,
-        ingress_cpus=0.1,
-        batch_wait_timeout_s=0.01,  # the production default (0.05 measured no faster or slower under load)
+        limits=Limits(max_image_bytes=200_000, max_pixels=512 * 512, body_timeout_s=3),
+        # batch_wait_timeout_s: the production default (0.05 measured no faster or slower under load)
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.25, ingress_cpus=0.1, batch_wait_timeout_s=0.01),
     )
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -110,10 +107,8 @@ def test_tokens_guard_every_route_by_role(served, ray_cluster, tmp_path):
     cfg = ServeConfig(
         registry=str(tmp_path / "registry"),
         token_file=str(tokens),
-        max_replicas=1,
-        cpus_per_replica=0.1,
-        ingress_cpus=0.05,
-        online_adabn=True,
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.1, ingress_cpus=0.05),
+        online=Online(adabn=True),
     )
     serve.run(build_app(cfg.model_dump()), name="secure", route_prefix="/secure")
     try:
@@ -214,12 +209,16 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
 def test_drift_statistics_come_from_one_batch_in_drift_every_per_model(tmp_path):
     """Taking them costs a pass over every BatchNorm input, so a replica samples batches: the first of
     each model, then one in `drift_every`; none when drift tracking is off."""
-    from raysegment.serving.app import SegmentModels
+    from raysegment.serving.replica import SegmentModels
 
-    models = SegmentModels(ServeConfig(registry=str(tmp_path), auth="none", drift_every=3).model_dump())
+    models = SegmentModels(
+        ServeConfig(registry=str(tmp_path), auth="none", closed_loop=ClosedLoop(drift_every=3)).model_dump()
+    )
     assert [models._drift_sample("fog@1") for _ in range(7)] == [True, False, False, True, False, False, True]
     assert models._drift_sample("night@1")  # counted per model: night's first batch
-    off = SegmentModels(ServeConfig(registry=str(tmp_path), auth="none", drift_window=0).model_dump())
+    off = SegmentModels(
+        ServeConfig(registry=str(tmp_path), auth="none", closed_loop=ClosedLoop(drift_window=0)).model_dump()
+    )
     assert not any(off._drift_sample("fog@1") for _ in range(3))
 
 
@@ -235,7 +234,9 @@ def test_the_fused_topology_batches_mixed_domains_each_with_its_own_model(served
     for cls, domain in enumerate(["fog", "night"], start=1):
         reg.register(domain, constant_model(cls), META, parent="base@1")
         reg.promote(domain, 1)
-    cfg = ServeConfig(registry=str(tmp_path / "registry"), auth="none", topology="fused", cpus_per_replica=0.25)
+    cfg = ServeConfig(
+        registry=str(tmp_path / "registry"), auth="none", replicas=Replicas(topology="fused", cpus_per_replica=0.25)
+    )
     serve.run(build_app(cfg.model_dump()), name="fused", route_prefix="/fused")
     try:
         assert set(serve.status().applications["fused"].deployments) == {"SegmentService"}
@@ -437,12 +438,8 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
     cfg = ServeConfig(
         registry=str(tmp_path / "registry"),
         auth="none",
-        online_adabn=True,
-        online_adabn_momentum=0.5,
-        max_snapshots_per_domain=1,
-        max_replicas=1,
-        cpus_per_replica=0.2,
-        ingress_cpus=0.05,
+        online=Online(adabn=True, momentum=0.5, max_snapshots_per_domain=1),
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05),
     )
     serve.run(build_app(cfg.model_dump()), name="adabn", route_prefix="/adabn")
     try:
@@ -452,7 +449,9 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, t
         Image.fromarray(np.random.default_rng(1).integers(0, 40, (32, 48, 3), dtype=np.uint8)).save(dark, "PNG")
         for _ in range(5):
             assert httpx.post(f"{url}/segment", content=dark.getvalue(), timeout=60).status_code == 200
-        snap = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)  # asking for production changes nothing
+        typo = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)  # a parameter the route does not take
+        assert typo.status_code == 400 and typo.json()["error"] == "unknown query parameter", typo.text
+        snap = httpx.post(f"{url}/adabn-snapshot", timeout=60)
         assert snap.status_code == 200, snap.text
         assert snap.json()["images"] == 5 and snap.json()["version"] == 2 and snap.json()["promoted"] is False
         more = [httpx.post(f"{url}/adabn-snapshot", timeout=60).json() for _ in range(2)]
@@ -503,16 +502,16 @@ def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
     cfg = ServeConfig(
         registry=str(root),
         auth="none",
-        max_replicas=1,
-        cpus_per_replica=0.25,
-        ingress_cpus=0.05,
-        routing_base="clear@1",
-        default_domain="clear",
-        capture_domains=["fog", "new"],
-        capture_max_images=3,
-        shadow_share=1.0,
-        drift_window=6,
-        drift_every=1,
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.25, ingress_cpus=0.05),
+        closed_loop=ClosedLoop(
+            routing_base="clear@1",
+            default_domain="clear",
+            capture_domains=["fog", "new"],
+            capture_max_images=3,
+            shadow_share=1.0,
+            drift_window=6,
+            drift_every=1,
+        ),
         resolve_ttl_s=0.0,
     )
     serve.run(build_app(cfg.model_dump()), name="loop", route_prefix="/loop")
@@ -641,3 +640,189 @@ def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_serv
     assert [s.get("loop", {}).get("step") for s in steps if "loop" in s] == ["start", "search", "candidate"]
     assert any(s.get("decision", {}).get("judge") == "shadow proxy" for s in steps)
     assert steps[-1]["rollback"]["from"] == 2
+
+
+# ---------------------------------------------------------------- admin routes, hostile inputs, metrics
+@pytest.fixture(scope="module")
+def admin_served(served, tmp_path_factory):
+    """A token-guarded app: fog@1 production, fog@2 a candidate."""
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+    from raysegment.serving.auth import add_token
+
+    root = tmp_path_factory.mktemp("admin-registry")
+    tokens = root.parent / f"{root.name}-tokens"
+    reader, admin = add_token(tokens, "viewer", "read"), add_token(tokens, "ops", "admin")
+    reg = Registry(root)
+    reg.register("fog", constant_model(1), META, {"val_miou": 0.6})
+    reg.promote("fog", 1)
+    reg.register("fog", constant_model(2), META, {"val_miou": 0.7}, parent="fog@1", lineage={"method": "adabn"})
+    reg.promote("fog", 2, "candidate")
+    cfg = ServeConfig(
+        registry=str(root),
+        token_file=str(tokens),
+        resolve_ttl_s=0.0,
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.1, ingress_cpus=0.05),
+    )
+    serve.run(build_app(cfg.model_dump()), name="admin", route_prefix="/admin")
+    bearer = lambda token: {"authorization": f"Bearer {token}"}  # noqa: E731
+    yield {"url": f"{served}/admin", "read": bearer(reader), "admin": bearer(admin), "root": root}
+    serve.delete("admin")
+
+
+def test_admin_routes_need_the_admin_role_and_go_through_the_policy(admin_served):
+    url, read, admin, root = (admin_served[k] for k in ("url", "read", "admin", "root"))
+    for method, path in (("post", "promote"), ("post", "rollback"), ("post", "loop")):
+        r = httpx.request(method, f"{url}/v1/domains/fog/{path}", headers=read)
+        assert r.status_code == 403 and r.json()["error"] == "forbidden", (path, r.text)
+        assert httpx.request(method, f"{url}/v1/domains/fog/{path}").status_code == 401
+    detail = httpx.get(f"{url}/v1/domains/fog", headers=read).json()
+    assert detail["production"] == 1 and detail["candidate"] == 2
+    assert [v["method"] for v in detail["versions"]] == [None, "adabn"] and detail["versions"][1]["parent"] == "fog@1"
+    assert detail["shadow"] == {"candidate": 2, "production": 1, "pairs": 0}
+    judged = httpx.post(f"{url}/v1/domains/fog/promote", headers=admin, timeout=60)
+    assert judged.status_code == 200 and judged.json()["promoted"] is False  # no held-back images: refused
+    assert "no held-back score" in judged.json()["reason"]
+    assert httpx.post(f"{url}/v1/domains/fog/promote?force=true", headers=admin).status_code == 400  # no reason
+    forced = httpx.post(f"{url}/v1/domains/fog/promote?version=2&force=true&reason=hotfix", headers=admin).json()
+    assert forced["promoted"] and forced["forced_by"] == "ops" and forced["reason"] == "forced by ops: hotfix"
+    assert httpx.get(f"{url}/v1/domains", headers=read).json()["domains"]["fog"]["production"] == 2
+    back = httpx.post(f"{url}/v1/domains/fog/rollback", headers=admin).json()
+    assert back == {"domain": "fog", "production": 1, "previous": 2, "by": "ops"}
+    assert Registry(root).aliases("fog")["production"] == 1
+    again = httpx.post(f"{url}/v1/domains/fog/rollback", headers=admin)
+    assert again.status_code == 409 and again.json()["error"] == "nothing to roll back to"
+    page = httpx.get(f"{url}/v1/domains/fog/history?limit=2", headers=read).json()
+    assert page["total"] >= 4 and len(page["records"]) == 2 and page["records"][0]["rollback"]["by"] == "ops"
+    older = httpx.get(f"{url}/v1/domains/fog/history?offset=2&limit=2", headers=read).json()
+    assert older["records"][0] != page["records"][0]
+
+
+@pytest.mark.parametrize(
+    "path,status,error",
+    [
+        ("/v1/domains/fog/history?limit=0", 422, "invalid request"),
+        ("/v1/domains/fog/history?offset=-1", 422, "invalid request"),
+        ("/v1/domains/fog/history?limit=abc", 422, "invalid request"),
+        ("/v1/domains/fog/history?page=2", 400, "unknown query parameter"),
+        ("/v1/domains/snow", 404, "unknown domain or version"),
+        ("/v1/domains/bad..name/history", 400, "bad domain name"),
+        ("/v1/domains/fog/loop/nope", 404, "unknown loop turn"),
+        ("/v1/nothing-here", 404, "not found"),
+    ],
+)
+def test_every_query_value_is_validated(admin_served, path, status, error):
+    r = httpx.get(admin_served["url"] + path, headers=admin_served["read"])
+    assert r.status_code == status and r.json()["error"] == error, r.text
+
+
+def test_a_loop_turn_started_over_http_reports_how_it_ended(admin_served):
+    import time
+
+    url, read, admin = (admin_served[k] for k in ("url", "read", "admin"))
+    started = httpx.post(f"{url}/v1/domains/fog/loop", headers=admin)
+    assert started.status_code == 202 and started.json()["state"] == "running" and started.json()["started_by"] == "ops"
+    turn = started.json()["id"]
+    assert httpx.post(f"{url}/v1/domains/fog/loop", headers=admin).status_code == 409  # one at a time per domain
+    deadline, status = time.monotonic() + 180, started.json()
+    while status["state"] == "running" and time.monotonic() < deadline:  # a hang guard, not a speed bound
+        time.sleep(1)
+        status = httpx.get(f"{url}/v1/domains/fog/loop/{turn}", headers=read).json()
+    assert status["state"] == "succeeded" and status["exit_code"] == 0, status
+    outcome = status["outcome"]  # nothing was captured: the loop refuses, and says why
+    assert outcome["promoted"] is False and "captured images" in outcome["reason"], outcome
+    history = httpx.get(f"{url}/v1/domains/fog/history?limit=1", headers=read).json()["records"]
+    assert history[0]["loop"]["step"] == "refused"
+
+
+def test_hostile_pngs_are_refused_or_read_and_the_replica_survives(served):
+    """A bad row filter byte crashed libpng under torchvision (500 after the replica died); a 64 MB
+    zTXt chunk made a valid image 'unreadable'."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def gray(width: int, height: int, extra: bytes = b"", bad_filter: bool = False) -> bytes:
+        rows = b"".join(bytes([7 if bad_filter and y == height - 1 else 0]) + bytes(width) for y in range(height))
+        header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        return b"\x89PNG\r\n\x1a\n" + header + extra + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+    bad = httpx.post(f"{served}/v1/domains/fog/segment", content=gray(400, 400, bad_filter=True), timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"] == "not a valid image", bad.text
+    text = chunk(b"zTXt", b"note\x00\x00" + zlib.compress(bytes(64 * 2**20)))
+    ok = httpx.post(f"{served}/v1/domains/fog/segment?format=json", content=gray(48, 32, extra=text), timeout=60)
+    assert ok.status_code == 200 and ok.json()["width"] == 48, ok.text
+
+
+def raw_request(url: str, head: str, body: bytes = b"", wait_s: float = 30.0) -> tuple[bytes, bool]:
+    """Send `head` (and `body`) on a raw socket; (what came back first, whether the server closed)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=wait_s) as sock:
+        sock.sendall(head.encode() + body)
+        first = sock.recv(65536)
+        closed = False
+        try:
+            while True:
+                more = sock.recv(65536)
+                if not more:
+                    closed = True
+                    break
+                first += more
+        except TimeoutError:
+            pass
+    return first, closed
+
+
+def test_expect_100_continue_over_the_limit_gets_413_before_the_body(served):
+    head = (
+        "POST /v1/domains/fog/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {50 * 2**20}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    answer, _ = raw_request(served, head, wait_s=20)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"100 Continue" not in answer
+
+
+def test_a_stalled_upload_gets_408_and_loses_its_connection(served):
+    head = "POST /v1/domains/fog/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+    answer, closed = raw_request(served, head, body=b"\x89PNG\r\n\x1a\n00", wait_s=60)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert closed, "the connection of a stalled upload stays open"
+
+
+def test_operators_find_request_rejection_and_routing_metrics_on_the_nodes(served, loop_served, ray_cluster):
+    import time
+
+    url, _ = loop_served
+    for _ in range(3):
+        assert httpx.post(f"{served}/v1/domains/fog/segment", content=png(), timeout=60).status_code == 200
+    assert httpx.post(f"{served}/v1/domains/fog/segment", content=b"not an image").status_code == 400
+    assert httpx.post(f"{url}/v1/segment", content=png(128, 64), timeout=60).status_code == 200  # unknown
+
+    def scrape() -> str:
+        return "".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in ray_cluster.metrics_ports)
+
+    wanted = {
+        "requests": lambda line: (
+            line.startswith("ray_raysegment_requests_total{") and 'domain="fog"' in line and 'status="200"' in line
+        ),
+        "rejected": lambda line: (
+            line.startswith("ray_raysegment_uploads_rejected_total{") and 'reason="not_an_image"' in line
+        ),
+        "latency": lambda line: line.startswith("ray_raysegment_request_latency_ms_bucket{") and 'domain="fog"' in line,
+        "routing": lambda line: line.startswith("ray_raysegment_routing_decisions_total{") and 'unknown="true"' in line,
+    }
+    deadline, found = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and len(found) < len(wanted):  # metrics are exported every few seconds
+        lines = scrape().splitlines()
+        found = {name for name, match in wanted.items() if any(match(line) for line in lines)}
+        time.sleep(2)
+    assert found == set(wanted), f"missing {set(wanted) - found}"
+    requests = [line for line in scrape().splitlines() if wanted["requests"](line)]
+    assert any('deployment="Gateway"' in line and 'application="raysegment"' in line for line in requests), requests

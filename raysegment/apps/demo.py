@@ -147,7 +147,7 @@ def run_demo(
     from raysegment.distributed.train import fine_tune
     from raysegment.distributed.tune import format_table, run_search
     from raysegment.serving.app import build_app
-    from raysegment.serving.config import ServeConfig, use_serve_process_env
+    from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig, use_serve_process_env
 
     out = Path(out).resolve()
     registry_uri = join(storage, "registry") if storage else str(out / "registry")
@@ -277,14 +277,14 @@ def run_demo(
                 ServeConfig(
                     registry=registry_uri,
                     auth="none",
-                    max_replicas=1,
-                    cpus_per_replica=0.5,
-                    max_models_per_replica=len(targets) + 3,
-                    routing_base=Registry(registry_uri).get_entry("clear").ref,
-                    capture_domains=["night" if "night" in targets else targets[-1], NEW_POOL],
-                    shadow_share=1.0,
-                    drift_window=16,
-                    drift_every=1,  # the demo's traffic is a few dozen images: use every one
+                    replicas=Replicas(max_replicas=1, cpus_per_replica=0.5, max_models_per_replica=len(targets) + 3),
+                    closed_loop=ClosedLoop(
+                        routing_base=Registry(registry_uri).get_entry("clear").ref,
+                        capture_domains=["night" if "night" in targets else targets[-1], NEW_POOL],
+                        shadow_share=1.0,
+                        drift_window=16,
+                        drift_every=1,  # the demo's traffic is a few dozen images: use every one
+                    ),
                 ).model_dump()
             ),
             name="raysegment",
@@ -334,7 +334,7 @@ def run_demo(
     log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {registry_uri}")
     log(
         "[demo] the demo's server is shut down; to serve its registry yourself:\n"
-        f"  raysegment serve --registry {registry_uri} --port 8000 &\n"
+        f"  raysegment serve --registry {registry_uri} --port 8000 &   # then open http://127.0.0.1:8000/ui\n"
         f"  curl --data-binary @{last_image} 'http://127.0.0.1:8000/v1/domains/{targets[-1]}/segment?format=json'"
     )
     return summary

@@ -39,6 +39,18 @@ def update_batchnorm_statistics(model: torch.nn.Module, batch: torch.Tensor, mom
     model.eval()
 
 
+def batchnorm_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` that shares every tensor outside its BatchNorm layers: the only ones online
+    AdaBN and Tent change. A domain's guard snapshot then costs its BatchNorm layers, not a model."""
+    shared = {
+        id(t): t
+        for module in model.modules()
+        if not is_batchnorm(module)
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    }
+    return copy.deepcopy(model, memo=shared)
+
+
 class OnlineAdapter:
     """Adapts `model` in place to each batch before predicting it; `guard` restores the snapshot
     whenever the adapted model is behind it over a sliding window of the last `window` images."""
@@ -60,7 +72,7 @@ class OnlineAdapter:
         self.guard = guard
         self.window = window
         self.momentum = momentum
-        self.snapshot = copy.deepcopy(model).eval()
+        self.snapshot = batchnorm_twin(model).eval()
         self.recent: list[float] = []  # adapted minus snapshot proxy, per recent image
         self.class_pixels: list[torch.Tensor] = []  # (2, C) predicted pixels per class, adapted and snapshot
         self.min_class_ratio = min_class_ratio

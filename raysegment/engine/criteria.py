@@ -24,7 +24,7 @@ How well each ranks candidates against test labels (`criterion_quality`) is meas
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import kornia.augmentation as K
@@ -168,15 +168,19 @@ def criterion_scores(
     batch_size: int = 8,
     confidence: float = 0.9,
     seed: int = 0,
+    scored: Collection[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """candidate name -> criterion -> score (higher is better), on the images of `images` (masks
     never read). The first candidate is the reference (the source model). Each candidate runs at its
-    own working scale; predictions meet at the reference's scale. Deterministic for a seed, and the
-    global RNG is left as it was."""
+    own working scale; predictions meet at the reference's scale. Only the candidates named in
+    `scored` (all when None) get scores: the others run one forward per batch, not three (their
+    clean predictions still count for the ensemble, the reference's classes and agreement).
+    Deterministic for a seed, and the global RNG is left as it was."""
     device = torch.device(device)
     images = images.without_labels()
     for c in candidates:
         c.model.to(device).eval()
+    wanted = {c.name for c in candidates} if scored is None else set(scored)
     tallies = {c.name: _Tally(num_classes, device) for c in candidates}
     hooks = {c.name: BatchNormInputs(c.model) for c in candidates}
     perturb = perturbation(device)
@@ -196,15 +200,17 @@ def criterion_scores(
                 size = scaled_size(h, w, c.resize)
                 with hooks[c.name]:
                     probs = _at(c.model(resize_images(x, size)).float(), common).softmax(1)
-                twin = _at(c.model(resize_images(twin_full, size)).float(), common).argmax(1).flip(-1)
-                mixed = _at(c.model(resize_images(mixed_full, size)).float(), common).argmax(1)
                 all_probs[c.name] = probs
                 t, pred = tallies[c.name], probs.argmax(1)
+                t.predicted |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0
+                if c.name not in wanted:
+                    continue
+                twin = _at(c.model(resize_images(twin_full, size)).float(), common).argmax(1).flip(-1)
+                mixed = _at(c.model(resize_images(mixed_full, size)).float(), common).argmax(1)
                 entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(num_classes)
                 t.entropy_sum += float(entropy.sum())
                 t.pixels += entropy.numel()
                 t.class_mass += probs.sum((0, 2, 3)).double().cpu()
-                t.predicted |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0
                 t.consistency.update(twin, pred)
                 t.mixval.update(mixed, pred)
                 flat = probs.flatten(2)  # (B, C, h*w)
@@ -218,6 +224,8 @@ def criterion_scores(
             ref_conf, ref_pred = all_probs[reference.name].max(1)
             sure = ref_conf > confidence
             for c in candidates:
+                if c.name not in wanted:
+                    continue
                 t, pred = tallies[c.name], all_probs[c.name].argmax(1)
                 t.ensemble.update(pred, ensemble)
                 if sure.any():
@@ -226,6 +234,8 @@ def criterion_scores(
     reference_classes = tallies[reference.name].predicted
     scores: dict[str, dict[str, float]] = {}
     for c in candidates:
+        if c.name not in wanted:
+            continue
         t = tallies[c.name]
         mean_entropy = t.entropy_sum / max(1, t.pixels)
         marginal = t.class_mass / t.class_mass.sum().clamp_min(1e-12)

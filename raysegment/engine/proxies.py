@@ -76,8 +76,10 @@ def proxy_scores(
     read), by every criterion of `engine.criteria`; `score` is `criterion`'s. Deterministic for a
     given seed: the perturbation is drawn from a private generator state."""
     was_training = model.training
-    candidates = [Candidate("reference", reference, resize), Candidate("model", model, resize)]
-    scores = criterion_scores(candidates, images, num_classes, device, batch_size, confidence, seed)
+    candidates = [Candidate("model", model, resize)]  # a model judged against itself runs once
+    if reference is not model:
+        candidates.insert(0, Candidate("reference", reference, resize))
+    scores = criterion_scores(candidates, images, num_classes, device, batch_size, confidence, seed, {"model"})
     model.train(was_training)
     return ProxyScores(scores["model"], criterion)
 

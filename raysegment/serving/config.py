@@ -17,6 +17,12 @@ SERVE_PROCESS_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_PROXY_USE_GRPC": "1",
+    # A busy node (a training run on the same cores) starts the proxy slower than Serve's 5 s
+    # readiness check, which then kills it three times over: give it a minute, and health checks room.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+    # Oversized declared bodies are refused in the proxy, before `Expect: 100-continue` is answered.
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "raysegment.serving.proxy_guard:middlewares",
 }
 
 
@@ -35,23 +41,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class ServeConfig(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    registry: str = Field(description="registry folder or s3://bucket/prefix")
-    auth: Literal["token", "none"] = Field(
-        "token",
-        description="token: every request needs a bearer token from token_file; none: only for a loopback bind_host",
+
+class Limits(_Section):
+    """What one request may cost: the upload checks (`serving.upload`)."""
+
+    max_image_bytes: PositiveInt = Field(10 * 1024 * 1024, description="larger bodies get 413")
+    max_pixels: PositiveInt = Field(4096 * 4096, description="images whose header declares more get 413")
+    body_timeout_s: PositiveFloat = Field(
+        10.0, description="a body not received within this gets 408 and its connection is closed"
     )
-    token_file: str | None = Field(None, description="file of 'name role sha256-hex' lines (hashes, never tokens)")
-    bind_host: str = Field("127.0.0.1", description="the address the HTTP proxy listens on")
+    max_queued_requests: PositiveInt = Field(256, description="per deployment; beyond it Serve answers 503")
+
+
+class Replicas(_Section):
+    """How the model process runs (`serving.replica`) and scales."""
+
     max_models_per_replica: PositiveInt = Field(8, description="LRU of domain@version models per replica")
     max_batch_size: PositiveInt = 8
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    max_image_bytes: PositiveInt = Field(10 * 1024 * 1024, description="larger bodies get 413")
-    max_pixels: PositiveInt = Field(4096 * 4096, description="images whose header declares more get 413")
-    body_timeout_s: PositiveFloat = Field(30.0, description="a body not received within this gets 408")
-    max_queued_requests: PositiveInt = Field(256, description="per deployment; beyond it Serve answers 503")
     min_replicas: int = Field(1, ge=0)
     max_replicas: PositiveInt = 2
     target_ongoing_requests: PositiveFloat = 4
@@ -67,18 +77,18 @@ class ServeConfig(BaseModel):
     ingress_replicas: PositiveInt = Field(
         1, description="Gateway replicas (split): they decode uploads, so a fast model replica (a GPU) needs several"
     )
-    resolve_ttl_s: float = Field(
-        1.0,
-        ge=0,
-        description="how long the gateway trusts a resolved domain@alias; a promotion is live within this time",
-    )
-    online_adabn: bool = Field(
+
+
+class Online(_Section):
+    """Online AdaBN on each domain's endpoint images (`engine.continual`)."""
+
+    adabn: bool = Field(
         False,
         description="adapt each domain's BatchNorm statistics to the images its "
         "endpoint receives (label-free); POST .../adabn-snapshot stores them",
     )
-    online_adabn_momentum: float = Field(0.01, gt=0, le=1, description="weight of each new batch's statistics")
-    online_guard_window: int = Field(
+    momentum: float = Field(0.01, gt=0, le=1, description="weight of each new batch's statistics")
+    guard_window: int = Field(
         32,
         ge=0,
         description="online AdaBN's guard: every this many images the adapted statistics are judged against "
@@ -87,6 +97,10 @@ class ServeConfig(BaseModel):
     max_snapshots_per_domain: PositiveInt = Field(
         4, description="unaliased AdaBN snapshots kept per domain; the oldest goes when a new one passes the cap"
     )
+
+
+class ClosedLoop(_Section):
+    """Traffic capture, drift, routing and shadow (`serving.mirror`, `serving.routing`)."""
 
     capture_domains: list[str] = Field(
         default_factory=list,
@@ -122,20 +136,74 @@ class ServeConfig(BaseModel):
         0.0, ge=0, le=1, description="share of a domain's production requests mirrored to its `candidate`"
     )
 
+
+SECTIONS: dict[str, type[_Section]] = {
+    "limits": Limits,
+    "replicas": Replicas,
+    "online": Online,
+    "closed_loop": ClosedLoop,
+}
+# The flat keys of the config before it had sections -> where each lives now.
+MOVED = {key: f"{section}.{key}" for section, model in SECTIONS.items() for key in model.model_fields}
+MOVED.update(
+    {
+        "online_adabn": "online.adabn",
+        "online_adabn_momentum": "online.momentum",
+        "online_guard_window": "online.guard_window",
+    }
+)
+MOVED.pop("adabn")
+MOVED.pop("momentum")
+MOVED.pop("guard_window")
+
+
+class ServeConfig(BaseModel):
+    """Everything `raysegment serve` runs with, in sections that match the serving modules."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: str = Field(description="registry folder or s3://bucket/prefix")
+    auth: Literal["token", "none"] = Field(
+        "token",
+        description="token: every request needs a bearer token from token_file; none: only for a loopback bind_host",
+    )
+    token_file: str | None = Field(None, description="file of 'name role sha256-hex' lines (hashes, never tokens)")
+    bind_host: str = Field("127.0.0.1", description="the address the HTTP proxy listens on")
+    resolve_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="how long the gateway trusts what it read from the registry; a promotion is live within this time",
+    )
+    loop_timeout_s: PositiveFloat = Field(3600, description="a loop turn started over HTTP is stopped after this")
+    limits: Limits = Limits()
+    replicas: Replicas = Replicas()
+    online: Online = Online()
+    closed_loop: ClosedLoop = ClosedLoop()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys_moved(cls, data: object) -> object:
+        if isinstance(data, dict):
+            moved = [f"{key} is now {MOVED[key]}" for key in data if key in MOVED]
+            if moved:
+                raise ValueError("serve config keys moved into sections: " + "; ".join(moved))
+        return data
+
     @model_validator(mode="after")
     def _names_are_registry_names(self) -> ServeConfig:
         from raysegment.registry import RegistryError, check_domain
 
-        names = [n for n in self.capture_domains if n != "*"] + ([self.default_domain] if self.default_domain else [])
+        loop = self.closed_loop
+        names = [n for n in loop.capture_domains if n != "*"] + ([loop.default_domain] if loop.default_domain else [])
         try:
             for name in names:
                 check_domain(name)
-            if self.routing_base is not None:
-                domain, at, version = self.routing_base.partition("@")
+            if loop.routing_base is not None:
+                domain, at, version = loop.routing_base.partition("@")
                 check_domain(domain)
                 if not (at and version.isdigit()):
                     raise ValueError(
-                        f"routing_base must be DOMAIN@VERSION (a fixed version), not {self.routing_base!r}"
+                        f"closed_loop.routing_base must be DOMAIN@VERSION (a fixed version), not {loop.routing_base!r}"
                     )
         except RegistryError as exc:
             raise ValueError(str(exc)) from exc

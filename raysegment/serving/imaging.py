@@ -93,6 +93,47 @@ def header_size(body: bytes) -> tuple[int, int, int]:
         raise BadImage(f"image header cannot be read (truncated or corrupt): {str(exc)[:160]}") from exc
 
 
+# PNG chunks a decoder needs (critical ones, transparency, the animation header that marks an APNG);
+# every other ancillary chunk (text, EXIF, colour profiles) is dropped before decoding: a 64 MB zTXt
+# must not make a valid image unreadable, and none of them changes the pixels the model sees.
+PNG_KEPT_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"acTL", b"fcTL", b"fdAT"}
+
+
+def png_without_ancillary(body: bytes) -> bytes:
+    """The PNG with only `PNG_KEPT_CHUNKS`, walked by chunk lengths (nothing is decompressed)."""
+    kept, i, n = [PNG_MAGIC], len(PNG_MAGIC), len(body)
+    while i + 12 <= n:
+        length = int.from_bytes(body[i : i + 4], "big")
+        kind = body[i + 4 : i + 8]
+        end = i + 12 + length
+        if end > n:
+            raise BadImage(f"PNG chunk {kind!r} runs past the end of the file (truncated)")
+        if kind in PNG_KEPT_CHUNKS:
+            kept.append(body[i:end])
+        i = end
+        if kind == b"IEND":
+            break
+    return b"".join(kept)
+
+
+def decode_png(body: bytes) -> torch.Tensor:
+    """PNG -> (3,H,W) uint8 with Pillow, which reports corrupt data as an exception (libpng under
+    torchvision crashed the process on a bad row filter byte); 16-bit samples keep their top byte."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(body)) as img:
+                img.load()
+                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    gray = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+                    array = np.repeat(gray[..., None], 3, axis=-1)
+                else:
+                    array = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"image cannot be decoded (truncated or corrupt): {str(exc).splitlines()[0][:160]}") from exc
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).contiguous()
+
+
 def decode_upload(body: bytes, max_pixels: int = 4096 * 4096) -> torch.Tensor:
     """PNG/JPEG bytes -> (3,H,W) uint8 RGB, after checking the header's size: too many pixels is
     ImageTooLarge, an extreme aspect ratio or a JPEG of too many scans BadShape, GIF/WebP/animated PNG
@@ -104,6 +145,8 @@ def decode_upload(body: bytes, max_pixels: int = 4096 * 4096) -> torch.Tensor:
         if other:
             raise UnsupportedImage(f"{other} images are not accepted; send PNG or JPEG")
         raise BadImage("body is not a PNG or JPEG image (magic bytes do not match)")
+    if kind == "image/png":
+        body = png_without_ancillary(body)
     width, height, frames = header_size(body)
     if frames > 1:
         raise UnsupportedImage(f"animated PNG of {frames} frames: send one frame as a still PNG")
@@ -113,6 +156,8 @@ def decode_upload(body: bytes, max_pixels: int = 4096 * 4096) -> torch.Tensor:
         raise BadShape(f"{width}x{height} px: aspect ratio beyond {MAX_ASPECT_RATIO}:1; crop or tile the image")
     if kind == "image/jpeg" and jpeg_scan_count(body) > MAX_JPEG_SCANS:
         raise BadShape(f"JPEG of more than {MAX_JPEG_SCANS} scans: re-encode it as baseline or standard progressive")
+    if kind == "image/png":
+        return decode_png(body)
     try:
         image = decode_image(
             torch.frombuffer(bytearray(body), dtype=torch.uint8),

@@ -1,0 +1,139 @@
+"""The API's response shapes (pydantic), so `/docs` shows real schemas and answers stay typed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str = ""
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or degraded when some domain's registry files are corrupt")
+    domains: int
+    unavailable: list[str] | None = None
+
+
+class Caller(BaseModel):
+    name: str
+    role: str
+
+
+class Version(BaseModel):
+    version: int
+    method: str | None = Field(None, description="how it was made: source, adabn, tent, self_training, ...")
+    target_labels: int | None = Field(None, description="target labels used (0: label-free)")
+    judge: str | None = None
+    parent: str | None = None
+    metrics: dict[str, Any] = {}
+    bytes: int | None = None
+    base: dict[str, Any] | None = None
+    time: float | None = None
+
+
+class Drift(BaseModel):
+    drifted: bool | None = Field(description="None: cannot be told (no signature, tracking off, no replica)")
+    distance: float | None = None
+    threshold: float | None = None
+    recent_images: int | None = None
+    version: int | None = None
+    detail: str | None = None
+
+
+class ShadowProgress(BaseModel):
+    candidate: int
+    production: int
+    pairs: int
+    candidate_mean: float | None = None
+    production_mean: float | None = None
+
+
+class DomainListing(BaseModel):
+    versions: list[Version] = []
+    aliases: dict[str, int] = {}
+    production: int | None = None
+    candidate: int | None = None
+    drift: Drift | None = None
+    captured: int | None = None
+    last_decision: dict[str, Any] | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+class Domains(BaseModel):
+    domains: dict[str, DomainListing]
+
+
+class DomainDetail(DomainListing):
+    domain: str
+    shadow: ShadowProgress | None = None
+
+
+class HistoryPage(BaseModel):
+    domain: str
+    total: int
+    offset: int
+    records: list[dict[str, Any]]
+
+
+class PromotionVerdict(BaseModel):
+    domain: str
+    version: int
+    promoted: bool
+    judge: str
+    candidate_score: float | None
+    incumbent_score: float | None
+    incumbent: str | None
+    reason: str
+    forced_by: str | None = None
+
+
+class Rollback(BaseModel):
+    domain: str
+    production: int
+    previous: int | None
+    by: str
+
+
+class LoopTurn(BaseModel):
+    id: str
+    domain: str
+    state: str = Field(description="running, succeeded or failed")
+    started_by: str
+    started: float
+    ended: float | None = None
+    exit_code: int | None = None
+    log_tail: list[str] = []
+    outcome: dict[str, Any] | None = None
+    notes: list[str] = []
+
+
+class Snapshot(BaseModel):
+    domain: str
+    version: int
+    parent: str
+    images: int
+    guard_restores: int
+    promoted: bool
+    reason: str
+    pruned: list[int]
+
+
+class Route(BaseModel):
+    domain: str
+    distance: float
+    unknown: bool
+
+
+class Segmentation(BaseModel):
+    domain: str
+    version: int
+    model_id: str
+    height: int
+    width: int
+    shares: dict[str, float]
+    route: Route | None = None
