@@ -35,7 +35,7 @@ from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.serving.app import build_app  # noqa: E402
-from raysegment.serving.config import ServeConfig, use_serve_process_env  # noqa: E402
+from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig, use_serve_process_env  # noqa: E402
 
 
 def free_port() -> int:
@@ -94,16 +94,23 @@ def main() -> None:
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        base = dict(registry=registry, auth="none", max_replicas=1, cpus_per_replica=0.5, drift_window=0)
-        cases = {
-            "plain": (base, "/v1/domains/fog/segment"),
-            "drift": ({**base, "drift_window": 64, "drift_every": 1}, "/v1/domains/fog/segment"),
-            "routed": ({**base, "routing_base": "clear@1"}, "/v1/segment"),
-            "mirrored": ({**base, "shadow_share": 1.0, "capture_domains": ["fog"]}, "/v1/domains/fog/segment"),
+        base = ServeConfig(
+            registry=registry,
+            auth="none",
+            replicas=Replicas(max_replicas=1, cpus_per_replica=0.5),
+            closed_loop=ClosedLoop(drift_window=0),
+        )
+        loops = {
+            "plain": ClosedLoop(drift_window=0),
+            "drift": ClosedLoop(drift_window=64, drift_every=1),
+            "routed": ClosedLoop(drift_window=0, routing_base="clear@1"),
+            "mirrored": ClosedLoop(drift_window=0, shadow_share=1.0, capture_domains=["fog"]),
         }
+        paths = {"routed": "/v1/segment"}
         rows = {}
-        for name, (settings, path) in cases.items():
-            serve.run(build_app(ServeConfig(**settings).model_dump()), name=name, route_prefix=f"/{name}")
+        for name, loop in loops.items():
+            settings, path = base.model_copy(update={"closed_loop": loop}), paths.get(name, "/v1/domains/fog/segment")
+            serve.run(build_app(settings.model_dump()), name=name, route_prefix=f"/{name}")
             took = measure(f"http://127.0.0.1:{port}/{name}{path}", bodies, args.requests)
             serve.delete(name)
             rows[name] = (statistics.median(took), statistics.mean(took))

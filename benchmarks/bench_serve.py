@@ -41,7 +41,7 @@ from raysegment.data import synth  # noqa: E402
 from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.serving.app import build_app  # noqa: E402
-from raysegment.serving.config import ServeConfig, use_serve_process_env  # noqa: E402
+from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig, use_serve_process_env  # noqa: E402
 
 DOMAINS = [f"d{i}" for i in range(8)]
 
@@ -215,16 +215,18 @@ def main() -> None:
             cfg = ServeConfig(
                 registry=str(root),
                 auth="none",
-                max_batch_size=batch,
-                max_replicas=replicas,
-                min_replicas=replicas,
-                cpus_per_replica=cpus_per_replica,
-                ingress_cpus=ingress_cpus,
-                gpus_per_replica=1 if gpu else 0,
-                ingress_replicas=args.ingress,
-                max_models_per_replica=8,
-                topology=args.topology,
-                **({} if args.drift_window is None else {"drift_window": args.drift_window}),
+                replicas=Replicas(
+                    max_batch_size=batch,
+                    max_replicas=replicas,
+                    min_replicas=replicas,
+                    cpus_per_replica=cpus_per_replica,
+                    ingress_cpus=ingress_cpus,
+                    gpus_per_replica=1 if gpu else 0,
+                    ingress_replicas=args.ingress,
+                    max_models_per_replica=8,
+                    topology=args.topology,
+                ),
+                closed_loop=ClosedLoop() if args.drift_window is None else ClosedLoop(drift_window=args.drift_window),
             )
             serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
             for mix in (["d0"], DOMAINS[:4]):
@@ -253,7 +255,7 @@ def main() -> None:
         f"{args.height}x{args.width} PNG, EfficientNet-Lite0 + FPN, {cpus} CPUs, "
         f"{torch.cuda.get_device_name() if gpu else 'no GPU'}, {args.topology} topology, {gateways} gateway(s), "
         f"{replicas} model replica(s) x {cpus_per_replica:.2f} CPU, "
-        f"drift window {cfg.drift_window} (one batch in {cfg.drift_every}), loopback, "
+        f"drift window {cfg.closed_loop.drift_window} (one batch in {cfg.closed_loop.drift_every}), loopback, "
         f"{args.seconds:.0f} s per cell"
     )
     print(

@@ -51,9 +51,18 @@ def constant_model(cls: int) -> torch.nn.Module:
     return model
 
 
-def png_bytes(width=64, height=48) -> bytes:
+RETINA = Path(os.environ.get("RAYSEGMENT_RETINA", Path(__file__).resolve().parents[2] / "shared" / "data" / "retina"))
+
+
+def picture(width=240, height=230) -> bytes:
+    """A CHASE_DB1 fundus image at a small size where the data is on the machine, else noise."""
+    found = sorted((RETINA / "chase" / "images").glob("chase_1*.png")) if RETINA.is_dir() else []
+    if found:
+        image = Image.open(found[0]).convert("RGB").resize((width, height))
+    else:
+        image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (height, width, 3), dtype=np.uint8))
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    image.save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -115,7 +124,7 @@ def open_console(browser, console, role: str | None):
     if role:
         page.fill("#token", console[role])
         page.click("#token-use")
-        page.wait_for_function("document.getElementById('whoami').textContent.includes('(')")
+        page.wait_for_selector("#whoami:has-text('(')")  # locators, not eval: the page's CSP forbids eval
     return page, errors
 
 
@@ -151,10 +160,10 @@ def test_without_a_token_the_page_asks_for_one(console, browser):
 
 def test_try_an_image_shows_production_and_candidate_overlays(console, browser, tmp_path, shots):
     image = tmp_path / "fundus.png"
-    image.write_bytes(png_bytes())
+    image.write_bytes(picture())
     page, errors = open_console(browser, console, "read")
     page.goto(f"{console['url']}/ui#/try")
-    page.wait_for_selector("#try-domain option[value='drive']")
+    page.wait_for_selector("#try-domain option[value='drive']", state="attached")
     page.select_option("#try-domain", "drive")
     page.set_input_files("#try-file", str(image))
     page.wait_for_selector("#overlay-candidate")
@@ -162,7 +171,7 @@ def test_try_an_image_shows_production_and_candidate_overlays(console, browser, 
         size = page.eval_on_selector(
             f"#overlay-{which}", "img => img.complete && [img.naturalWidth, img.naturalHeight]"
         )
-        assert size and size[0] == 64 and size[1] > 48, (which, size)
+        assert size and size[0] == 240 and size[1] > 230, (which, size)
     text = page.locator("#try-result").inner_text()
     assert "production: drive v1" in text and "candidate: drive v2" in text and "vessel" in text
     page.screenshot(path=str(shots / "try.png"), full_page=True)
@@ -192,7 +201,7 @@ def test_admin_promote_and_rollback_round_trip_and_hostile_reasons_render_as_tex
     assert Registry(console["root"]).aliases("drive")["production"] == 1
     page.fill("#force-reason", HOSTILE_REASON)
     page.click("#force")
-    page.wait_for_function("document.getElementById('verdict').textContent.includes('PROMOTED v2')")
+    page.wait_for_selector("#verdict:has-text('(forced)')")
     listing = httpx.get(f"{console['url']}/v1/domains", headers={"authorization": f"Bearer {console['read']}"})
     assert listing.json()["domains"]["drive"]["production"] == 2  # what /v1/domains says changed
     page.reload()
@@ -203,7 +212,7 @@ def test_admin_promote_and_rollback_round_trip_and_hostile_reasons_render_as_tex
     assert page.evaluate("window.__xss === undefined")
     page.screenshot(path=str(shots / "domain.png"), full_page=True)
     page.click("#rollback")
-    page.wait_for_function("document.getElementById('verdict').textContent.includes('production is v1 again')")
+    page.wait_for_selector("#verdict:has-text('production is v1 again')")
     listing = httpx.get(f"{console['url']}/v1/domains", headers={"authorization": f"Bearer {console['read']}"})
     assert listing.json()["domains"]["drive"]["production"] == 1
     page.goto(f"{console['url']}/ui#/")

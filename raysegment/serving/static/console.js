@@ -77,6 +77,7 @@ function decisionText(record) {
   if (record.rollback) return `rolled back from v${record.rollback.from}${record.rollback.by ? ` by ${record.rollback.by}` : ""}`;
   if (record.retired) return `retired v${record.retired.version}: ${record.retired.reason}`;
   if (record.loop) return `loop: ${record.loop.step}${record.loop.reason ? ` (${record.loop.reason})` : ""}`;
+  if (record.alias) return `v${record.version} became ${record.alias}${record.previous ? ` (was v${record.previous})` : ""}`;
   return JSON.stringify(record);
 }
 
