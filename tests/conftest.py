@@ -459,3 +459,32 @@ def miscalibrated(model):
                 module.running_var.mul_(40.0)
                 module.running_mean.add_(1.5)
     return model
+
+
+def constant_model(meta, cls: int) -> torch.nn.Module:
+    """A segmenter whose head makes it answer `cls` everywhere: responses reveal which model ran."""
+    from raysegment.models import build_segmenter
+
+    model = build_segmenter(meta.model, meta.num_classes)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), meta.num_classes).float() * 10)
+    return model
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def gray_png(width: int, height: int, extra: bytes = b"", bad_filter: bool = False) -> bytes:
+    """An 8-bit grayscale PNG written by hand: `extra` chunks before the image data, and with
+    `bad_filter` a last row whose filter byte (7) no PNG decoder knows."""
+    import struct
+    import zlib
+
+    rows = b"".join(bytes([7 if bad_filter and y == height - 1 else 0]) + bytes(width) for y in range(height))
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + extra + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, free_port, many_scan_jpeg, miscalibrated
+from conftest import TINY_BACKBONE, free_port, gray_png, many_scan_jpeg, miscalibrated, png_chunk
+from conftest import constant_model as answering
 from PIL import Image
 
 from raysegment.config import ModelConfig, ResizeConfig
@@ -28,12 +29,7 @@ META = ModelMeta(
 
 
 def constant_model(cls: int) -> torch.nn.Module:
-    """A segmenter whose head makes it answer `cls` everywhere: responses reveal which model ran."""
-    model = build_segmenter(META.model, 4)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), 4).float() * 10)
-    return model
+    return answering(META, cls)
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -726,21 +722,12 @@ def test_a_loop_turn_started_over_http_reports_how_it_ended(admin_served):
 def test_hostile_pngs_are_refused_or_read_and_the_replica_survives(served):
     """A bad row filter byte crashed libpng under torchvision (500 after the replica died); a 64 MB
     zTXt chunk made a valid image 'unreadable'."""
-    import struct
     import zlib
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    def gray(width: int, height: int, extra: bytes = b"", bad_filter: bool = False) -> bytes:
-        rows = b"".join(bytes([7 if bad_filter and y == height - 1 else 0]) + bytes(width) for y in range(height))
-        header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-        return b"\x89PNG\r\n\x1a\n" + header + extra + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-    bad = httpx.post(f"{served}/v1/domains/fog/segment", content=gray(400, 400, bad_filter=True), timeout=60)
+    bad = httpx.post(f"{served}/v1/domains/fog/segment", content=gray_png(400, 400, bad_filter=True), timeout=60)
     assert bad.status_code == 400 and bad.json()["error"] == "not a valid image", bad.text
-    text = chunk(b"zTXt", b"note\x00\x00" + zlib.compress(bytes(64 * 2**20)))
-    ok = httpx.post(f"{served}/v1/domains/fog/segment?format=json", content=gray(48, 32, extra=text), timeout=60)
+    text = png_chunk(b"zTXt", b"note\x00\x00" + zlib.compress(bytes(64 * 2**20)))
+    ok = httpx.post(f"{served}/v1/domains/fog/segment?format=json", content=gray_png(48, 32, extra=text), timeout=60)
     assert ok.status_code == 200 and ok.json()["width"] == 48, ok.text
 
 

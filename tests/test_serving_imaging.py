@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import many_scan_jpeg
+from conftest import gray_png, many_scan_jpeg, png_chunk
 from PIL import Image
 
 from raysegment.serving.imaging import (
@@ -83,37 +83,21 @@ def test_gif_webp_and_animated_pngs_are_unsupported_not_garbage():
     assert decode_upload(_encode(frames[1], "PNG"))[2].float().mean() == 255  # a still PNG is fine
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    import struct
-    import zlib
-
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _gray_png(width: int, height: int, extra: bytes = b"", bad_filter: bool = False) -> bytes:
-    import struct
-    import zlib
-
-    rows = b"".join(bytes([7 if bad_filter and y == height - 1 else 0]) + bytes(width) for y in range(height))
-    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + extra + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
-
-
 def test_a_bad_row_filter_byte_is_a_bad_image_not_a_crash():
     """libpng (under torchvision) took the whole process down on this one: 4000x4000, last row bad."""
     with pytest.raises(BadImage, match="cannot be decoded"):
-        decode_upload(_gray_png(4000, 4000, bad_filter=True))
+        decode_upload(gray_png(4000, 4000, bad_filter=True))
 
 
 def test_ancillary_chunks_are_skipped_however_large():
     import zlib
 
-    text = _chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(bytes(64 * 2**20)))  # 64 MB of text, inflated
-    image = decode_upload(_gray_png(40, 24, extra=text))
+    text = png_chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(bytes(64 * 2**20)))  # 64 MB of text, inflated
+    image = decode_upload(gray_png(40, 24, extra=text))
     assert image.shape == (3, 24, 40) and image.dtype == torch.uint8
 
 
 def test_a_png_chunk_running_past_the_end_is_a_bad_image():
-    whole = _gray_png(40, 24)
+    whole = gray_png(40, 24)
     with pytest.raises(BadImage):
         decode_upload(whole[:40] + b"\xff\xff\xff\x00IDAT" + whole[48:60])

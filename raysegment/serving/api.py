@@ -12,7 +12,15 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from raysegment.promotion import CANDIDATE, PRODUCTION, promote_version, prune_snapshots, register_snapshot, rollback
+from raysegment.promotion import (
+    CANDIDATE,
+    PRODUCTION,
+    Decision,
+    promote_version,
+    prune_snapshots,
+    register_snapshot,
+    rollback,
+)
 from raysegment.registry import Entry, RegistryError
 from raysegment.serving.auth import Client
 from raysegment.serving.catalog import check_version, checked_domain
@@ -38,7 +46,6 @@ from raysegment.serving.schemas import (
     Health,
     HistoryPage,
     LoopTurn,
-    PromotionVerdict,
     Segmentation,
     ShadowProgress,
     Snapshot,
@@ -135,7 +142,7 @@ async def history(
     return HistoryPage(domain=domain, total=len(records), offset=offset, records=records[offset : offset + limit])
 
 
-@router.post("/v1/domains/{domain}/promote", response_model=PromotionVerdict)
+@router.post("/v1/domains/{domain}/promote", response_model=Decision)
 async def promote(
     domain: str = DOMAIN,
     version: str = Query(CANDIDATE, description="version number or alias to promote"),
@@ -144,7 +151,7 @@ async def promote(
     svc: Services = Depends(services),
     client: Client = Depends(ADMIN),
     __: None = Depends(only_query("version", "force", "reason")),
-) -> PromotionVerdict:
+) -> Decision:
     """Judge the version against production on held-back images and apply the one promotion policy."""
     if force and not (reason and reason.strip()):
         raise BadVersion("a forced promotion needs a reason (?reason=...)")
@@ -154,7 +161,7 @@ async def promote(
         domain, lambda: promote_version(svc.catalog.registry, entry.ref, force, client.name, reason)
     )
     svc.metrics.decisions.inc(tags={"domain": domain, "promoted": str(decision.promoted).lower()})
-    return PromotionVerdict(**vars(decision))
+    return decision
 
 
 @router.post("/v1/domains/{domain}/rollback", response_model=RollbackResult)

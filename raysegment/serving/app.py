@@ -42,6 +42,14 @@ SECURITY_HEADERS = {
 }
 
 
+API_DOCS = ("/docs", "/redoc", "/docs/oauth2-redirect")
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
 def error(status: int, message: str, detail: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, "detail": detail}, headers=headers)
 
@@ -106,10 +114,14 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        wanted = SECURITY_HEADERS
+        if scope.get("path", "").endswith(API_DOCS):  # Swagger/ReDoc: FastAPI's inline script and CDN assets
+            wanted = {**SECURITY_HEADERS, "content-security-policy": DOCS_CSP}
+
         async def with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items() if k.encode() not in present]
+                extra = [(k.encode(), v.encode()) for k, v in wanted.items() if k.encode() not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

@@ -80,18 +80,6 @@ class HistoryPage(BaseModel):
     records: list[dict[str, Any]]
 
 
-class PromotionVerdict(BaseModel):
-    domain: str
-    version: int
-    promoted: bool
-    judge: str
-    candidate_score: float | None
-    incumbent_score: float | None
-    incumbent: str | None
-    reason: str
-    forced_by: str | None = None
-
-
 class Rollback(BaseModel):
     domain: str
     production: int
