@@ -207,6 +207,9 @@ def ray_cluster(s3_endpoint):
         **os.environ,
         **SERVE_PROCESS_ENV,
         "RAY_metrics_report_interval_ms": "2000",  # the metrics test sees its counters within seconds
+        # Ray Train's controller polls its workers every 2 s, so each run ends up to 2 s after its last
+        # epoch; the suite runs ~20 of them (a test speed-up only: deployments keep Ray's default).
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
     }
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")

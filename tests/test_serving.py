@@ -330,20 +330,21 @@ def _load(served: str, seconds: float, concurrency: int, stop_after: int | None 
 
 
 @pytest.mark.slow
-def test_three_thousand_requests_at_concurrency_16_without_errors(served):
-    """Counts and outcomes only: 3,000 requests, all 200 (10,000 took over 3 minutes of the suite's
-    15; `benchmarks/bench_serve.py` is where rates are measured). The deadline is a hang guard."""
+def test_a_thousand_requests_at_concurrency_16_without_errors(served):
+    """Counts and outcomes only: 1,000 requests over three domains, all 200 (10,000 took over 3
+    minutes of the suite's 15; `benchmarks/bench_serve.py` is the load test, where rates are
+    measured). The deadline is a hang guard."""
     import time
 
     start = time.monotonic()
-    results = _load(served, seconds=1_800, concurrency=16, stop_after=3_000)
+    results = _load(served, seconds=1_800, concurrency=16, stop_after=1_000)
     seconds = time.monotonic() - start
     errors = [s for _, s in results if s != 200]
     print(
         f"{len(results)} requests at concurrency 16 in {seconds:.0f} s ({len(results) / seconds:.0f} req/s), "
         f"{len(errors)} errors"
     )
-    assert len(results) >= 3_000 and not errors
+    assert len(results) >= 1_000 and not errors
 
 
 @pytest.mark.slow

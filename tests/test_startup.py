@@ -24,7 +24,7 @@ def test_a_deployment_that_never_comes_up_is_reported_then_one_line(ray_cluster,
     lines: list[str] = []
     try:
         with pytest.raises(RaySegmentError) as caught:
-            start_serving(cfg, "127.0.0.1", 0, 20, lines.append, "never", "/never", progress_every_s=3)
+            start_serving(cfg, "127.0.0.1", 0, 8, lines.append, "never", "/never", progress_every_s=2)
     finally:
         serve.delete("never")
     message = str(caught.value)
