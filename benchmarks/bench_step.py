@@ -14,7 +14,7 @@ import torch
 
 from raysegment.config import parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine.learner import Finetune
+from raysegment.engine.loop import finetune_runner
 from raysegment.engine.loss import segmentation_loss
 
 
@@ -39,30 +39,30 @@ def main() -> None:
         cfg = parse_config(
             {"data": {"root": str(root)}, "optim": {"batch_size": args.batch}, "output_dir": f"{tmp}/run"}
         )
-        learner = Finetune(cfg, open_split(root, "clear", "all"), device)
+        runner = finetune_runner(cfg, open_split(root, "clear", "all"), device)
         times = {"load": 0.0, "augment": 0.0, "forward": 0.0, "backward": 0.0}
         steps = 0
         while steps < args.steps + 1:
-            it = iter(learner.loader)
+            it = iter(runner.method.loader)
             while True:
                 t0 = time.perf_counter()
                 try:
                     batch = next(it)
                 except StopIteration:
                     break
-                images, masks = learner.to_device(batch)
+                images, masks = runner.compute.to_device(batch)
                 sync(device)
                 t1 = time.perf_counter()
-                images, masks = learner.augment(images, masks)
+                images, masks = runner.compute.augment(images, masks)
                 sync(device)
                 t2 = time.perf_counter()
-                logits = learner.module(images)
+                logits = runner.module(images)
                 loss = segmentation_loss(logits, masks, 255)
                 sync(device)
                 t3 = time.perf_counter()
-                learner.optimizer.zero_grad()
+                runner.optimizer.zero_grad()
                 loss.backward()
-                learner.optimizer.step()
+                runner.optimizer.step()
                 sync(device)
                 t4 = time.perf_counter()
                 if steps > 0:  # first step is warm-up

@@ -1,5 +1,5 @@
 """Is the training device fed? Images/s of the real engine (PNG decode in loader workers -> pinned
-copy -> resize + Kornia augmentation on the device -> forward/backward/step, the Learner's own
+copy -> resize + Kornia augmentation on the device -> forward/backward/step, the Runner's own
 `train_step`) against the same model's forward+backward+step on synthetic tensors already on the
 device, same batch, resolution, AMP and memory format, measured in one run. Prints the ratio
 (goal on a GPU: >= 0.8).
@@ -20,8 +20,9 @@ import torch
 from raysegment.config import parse_config
 from raysegment.data import open_split, synth
 from raysegment.data.dataset import Batch
-from raysegment.engine.learner import Finetune
+from raysegment.engine.loop import finetune_runner
 from raysegment.engine.loss import segmentation_loss
+from raysegment.engine.runner import Runner
 
 
 def sync(device: torch.device) -> None:
@@ -29,34 +30,34 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def engine_rate(learner: Finetune, steps: int, warmup: int) -> float:
-    """Images/s through the Learner's loader and train_step (what `fit` and Ray Train run)."""
-    learner.module.train()
-    batches = itertools.chain.from_iterable(learner.batches() for _ in itertools.count())
+def engine_rate(runner: Runner, steps: int, warmup: int) -> float:
+    """Images/s through the Runner's loader and train_step (what `fit` and Ray Train run)."""
+    runner.module.train()
+    batches = itertools.chain.from_iterable(runner.method.batches(0) for _ in itertools.count())
     for _ in range(warmup):
-        learner.train_step(next(batches))
-    sync(learner.device)
+        runner.train_step(next(batches))
+    sync(runner.device)
     start, seen = time.perf_counter(), 0
     for _ in range(steps):
         batch = next(batches)
-        learner.train_step(batch)
+        runner.train_step(batch)
         seen += batch.images.shape[0]
-    sync(learner.device)
+    sync(runner.device)
     return seen / (time.perf_counter() - start)
 
 
-def synthetic_rate(learner: Finetune, batch: int, height: int, width: int, steps: int, warmup: int) -> float:
+def synthetic_rate(runner: Runner, batch: int, height: int, width: int, steps: int, warmup: int) -> float:
     """Images/s of forward+backward+step alone, on tensors that never leave the device."""
-    device = learner.device
+    device = runner.device
     images = torch.rand(batch, 3, height, width, device=device)
-    masks = torch.randint(0, learner.info.num_classes, (batch, height, width), device=device)
+    masks = torch.randint(0, runner.info.num_classes, (batch, height, width), device=device)
 
     def step() -> None:
-        loss = segmentation_loss(learner.forward(images), masks, learner.info.ignore_index)
-        learner.optimizer.zero_grad(set_to_none=True)
-        learner.scaler.scale(loss).backward()
-        learner.scaler.step(learner.optimizer)
-        learner.scaler.update()
+        loss = segmentation_loss(runner.compute.forward(images), masks, runner.info.ignore_index)
+        runner.optimizer.zero_grad(set_to_none=True)
+        runner.scaler.scale(loss).backward()
+        runner.scaler.step(runner.optimizer)
+        runner.scaler.update()
 
     for _ in range(warmup):
         step()
@@ -93,15 +94,15 @@ def main() -> None:
             },
             "bench",
         )
-        learner = Finetune(cfg, open_split(root, "clear", "all"), device)
-        sample: Batch = next(iter(learner.loader))
-        h, w = learner.to_device(sample)[0].shape[-2:]
-        engine = engine_rate(learner, args.steps, args.warmup)
-        pure = synthetic_rate(learner, args.batch, h, w, args.steps, args.warmup)
+        runner = finetune_runner(cfg, open_split(root, "clear", "all"), device)
+        sample: Batch = next(iter(runner.method.loader))
+        h, w = runner.compute.to_device(sample)[0].shape[-2:]
+        engine = engine_rate(runner, args.steps, args.warmup)
+        pure = synthetic_rate(runner, args.batch, h, w, args.steps, args.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device={name} batch={args.batch} size={h}x{w} amp={cfg.optim.amp if device.type == 'cuda' else 'none'} "
-        f"loader_workers={learner.loader.num_workers} compile={args.compile} steps={args.steps}"
+        f"loader_workers={runner.method.loader.num_workers} compile={args.compile} steps={args.steps}"
     )
     print(f"engine (decode -> device -> augment -> step) {engine:8.1f} img/s")
     print(f"model alone (synthetic device tensors)      {pure:8.1f} img/s")

@@ -12,12 +12,11 @@ import sys
 from dataclasses import asdict
 
 from raysegment.apps.loop import run_loop
-from raysegment.distributed.spec import load_job_spec
+from raysegment.distributed.spec import LoopJob, load_job_spec
 
 
 def main(path: str) -> int:
-    spec = load_job_spec(path, expected="loop")
-    assert spec.registry is not None  # the spec's validator requires it
+    spec = load_job_spec(path, LoopJob)
     for domain in spec.targets:
         print(json.dumps(asdict(run_loop(spec.registry, domain, spec.loop))), flush=True)
     return 0

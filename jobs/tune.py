@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from raysegment.distributed.spec import load_job_spec
+from raysegment.distributed.spec import TuneJob, load_job_spec
 from raysegment.distributed.tune import format_table, run_search
 
 
 def main(path: str) -> int:
-    spec = load_job_spec(path, expected="tune")
+    spec = load_job_spec(path, TuneJob)
     print(format_table(run_search(spec)))
     return 0
 

@@ -132,12 +132,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from raysegment.distributed.spec import load_spec
+    from raysegment.distributed.spec import TuneJob, load_spec
     from raysegment.distributed.tune import format_table, run_search
 
-    spec = load_spec(args.spec, expected="tune")
+    spec = load_spec(args.spec, TuneJob)
     print(format_table(run_search(spec)))
-    print(f"plots: {Path(spec.require_run().output_dir) / spec.name}/tune_curves.png, tune_winners.png")
+    print(f"plots: {Path(spec.run.output_dir) / spec.name}/tune_curves.png, tune_winners.png")
     return 0
 
 
@@ -147,11 +147,10 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
     from raysegment.apps.loop import run_loop
     from raysegment.config import LoopConfig
-    from raysegment.distributed.spec import load_spec
+    from raysegment.distributed.spec import LoopJob, load_spec
 
     if args.spec:
-        spec = load_spec(args.spec, expected="loop")
-        assert spec.registry is not None
+        spec = load_spec(args.spec, LoopJob)
         registry, cfg, domains = spec.registry, spec.loop, spec.targets
     else:
         if not args.domain:

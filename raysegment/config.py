@@ -26,6 +26,7 @@ from raysegment.errors import ConfigError
 # The one list of each kind of name: the Literal types validate configs, the tuples feed CLIs and searches.
 Decoder = Literal["fpn", "unet", "deeplabv3plus", "segformer"]
 Method = Literal["finetune", "adabn", "tent", "self_training"]
+Judge = Literal["labels", "proxy"]  # what scores a result on held-back images (engine.judge, engine.policy)
 Layout = Literal["raysegment", "cityscapes", "acdc"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 METHODS: tuple[str, ...] = get_args(Method)
@@ -178,7 +179,7 @@ class AdaptConfig(_Strict):
         description="finetune: mix every target batch with a source batch, so a "
         "few labels adapt the model without making it forget",
     )
-    judge: Literal["labels", "proxy"] | None = Field(
+    judge: Judge | None = Field(
         None,
         description="what scores a result: target val labels, or unsupervised proxies on the val images "
         "(default: labels for finetune, proxy for the label-free methods)",
@@ -226,6 +227,12 @@ class AdaptConfig(_Strict):
         return self.method == "finetune"
 
 
+def default_judge(methods: list[Method], canary: bool = False) -> Judge:
+    """The judge when none is set: labels when any method learns from target labels (then every
+    result of a search stays comparable) or a canary set of labelled val images exists, else the proxy."""
+    return "labels" if canary or "finetune" in methods else "proxy"
+
+
 class RunConfig(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
@@ -237,12 +244,10 @@ class RunConfig(_Strict):
     output_dir: str = "runs/default"
 
     @property
-    def judge(self) -> str:
+    def judge(self) -> Judge:
         """What scores this run on held-back target images: their labels (all of them, or the
         `adapt.canary` first ones), or the unsupervised proxy."""
-        if self.adapt.judge:
-            return self.adapt.judge
-        return "labels" if self.adapt.uses_target_labels or self.adapt.canary else "proxy"
+        return self.adapt.judge or default_judge([self.adapt.method], canary=self.adapt.canary is not None)
 
     @model_validator(mode="after")
     def _adaptation_needs_a_source_model(self) -> RunConfig:
@@ -279,15 +284,15 @@ class SearchConfig(_Strict):
     )
     ema_alpha: list[float] = Field([0.99, 0.999], description="self_training teacher EMA choices")
     fda_beta: list[float] = Field([0.0, 0.01], description="self_training FDA window choices")
-    judge: Literal["labels", "proxy"] | None = Field(
+    judge: Judge | None = Field(
         None,
         description="what scores every trial of a domain: target val labels, or the unsupervised proxy "
         "(default: labels when finetune is searched, else proxy, so trials stay comparable)",
     )
 
     @property
-    def judged_by(self) -> str:
-        return self.judge or ("labels" if "finetune" in self.method else "proxy")
+    def judged_by(self) -> Judge:
+        return self.judge or default_judge(self.method)
 
     num_samples: PositiveInt = 8
     max_epochs: PositiveInt = 8

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from raysegment.config import Judge
+from raysegment.engine.policy import as_judge, beats
 from raysegment.registry import Entry, Registry, RegistryError
 
 PRODUCTION = "production"
@@ -28,25 +30,22 @@ class Decision:
     domain: str
     version: int
     promoted: bool
-    judge: str
+    judge: Judge | None  # None: forced, nothing judged
     candidate_score: float | None
     incumbent_score: float | None
     incumbent: str | None  # the ref the candidate was judged against
     reason: str
     forced_by: str | None = None
+    evidence: str = "held-back images"  # what the scores were measured on (or "shadow traffic (N pairs)")
 
 
 def judge(
-    candidate_score: float, incumbent_score: float | None, judge_name: str, margin: float = 0.0
+    candidate_score: float, incumbent_score: float | None, judge_name: Judge, margin: float = 0.0
 ) -> tuple[bool, str]:
-    """(wins, reason). Labels: the candidate may tie (a tie keeps what labels cannot tell apart);
-    the proxy, a heuristic, must win outright by more than `margin`."""
+    """(wins, reason), by `engine.policy.beats`."""
     if incumbent_score is None:
         return True, "no model to beat"
-    if judge_name == "labels":
-        wins = candidate_score >= incumbent_score + margin
-    else:
-        wins = candidate_score > incumbent_score + margin
+    wins = beats(candidate_score, incumbent_score, judge_name, margin)
     relation = "beats" if wins else "does not beat"
     return wins, (
         f"{judge_name} score {100 * candidate_score:.2f} {relation} {100 * incumbent_score:.2f}"
@@ -60,24 +59,35 @@ def promote_if_better(
     version: int,
     candidate_score: float | None,
     incumbent_score: float | None,
-    judge_name: str,
+    judge_name: Judge | None,
     incumbent: str | None = None,
     margin: float = 0.0,
     force: bool = False,
     actor: str | None = None,
     why: str | None = None,
+    evidence: str = "held-back images",
 ) -> Decision:
-    """Apply the policy: `production` when the candidate wins (or is forced), else `candidate`."""
+    """Apply the policy: `production` when the candidate wins (or is forced), else `candidate`.
+    Only a forced promotion may come without a judge."""
     if force:
         if not actor:
             raise ValueError("a forced promotion records who forced it: pass actor")
         wins, reason = True, f"forced by {actor}" + (f": {why}" if why else "")
-    elif candidate_score is None:
+    elif candidate_score is None or judge_name is None:
         wins, reason = False, "no held-back score: the judge could not run"
     else:
         wins, reason = judge(candidate_score, incumbent_score, judge_name, margin)
     decision = Decision(
-        domain, version, wins, judge_name, candidate_score, incumbent_score, incumbent, reason, actor if force else None
+        domain,
+        version,
+        wins,
+        None if force else judge_name,
+        candidate_score,
+        incumbent_score,
+        incumbent,
+        reason,
+        actor if force else None,
+        evidence,
     )
     registry.promote(domain, version, PRODUCTION if wins else CANDIDATE, record={"decision": asdict(decision)})
     if wins:
@@ -106,7 +116,7 @@ def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
     return previous
 
 
-def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None, float | None, str, str | None]:
+def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None, float | None, Judge, str | None]:
     """Score a registered candidate and the domain's production model on the candidate's held-back
     images (its run config's val split), by its judge: (candidate, incumbent, judge, incumbent ref).
     A candidate without a usable run config cannot be judged: its score is None."""
@@ -121,7 +131,8 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
         cfg = RunConfig.model_validate(candidate.manifest.get("config") or {})
     except ValidationError:
         return None, None, "proxy", None
-    judge_name = candidate.manifest["lineage"].get("judge") or cfg.judge
+    recorded = candidate.manifest["lineage"].get("judge")
+    judge_name = as_judge(recorded) if recorded else cfg.judge
     production = registry.aliases(candidate.domain).get(PRODUCTION)
     incumbent = f"{candidate.domain}@{production}" if production not in (None, candidate.version) else None
     d = cfg.data
@@ -148,7 +159,7 @@ def promote_version(
     entry = registry.resolve(ref)
     if force:
         return promote_if_better(
-            registry, entry.domain, entry.version, None, None, "forced", None, force=True, actor=actor, why=why
+            registry, entry.domain, entry.version, None, None, None, None, force=True, actor=actor, why=why
         )
     candidate, incumbent_score, judge_name, incumbent = held_back_scores(registry, entry)
     return promote_if_better(registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent)

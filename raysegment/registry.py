@@ -244,8 +244,10 @@ class Registry:
     def aliases(self, domain: str) -> dict[str, int]:
         return dict(self._aliases_doc(domain)["aliases"])
 
-    def entries(self) -> list[Entry]:
-        return [self.get_entry(d, v) for d in self.domains() for v in self.versions(d)]
+    def entries(self, domain: str | None = None) -> list[Entry]:
+        """Every version of `domain` (one manifest read each), or of every domain."""
+        domains = [domain] if domain is not None else self.domains()
+        return [self.get_entry(d, v) for d in domains for v in self.versions(d)]
 
     def list(self) -> list[dict[str, Any]]:
         rows = []

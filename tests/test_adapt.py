@@ -173,12 +173,12 @@ def test_self_training_checkpoints_the_teacher_and_resumes_exactly(synth_root, s
     cfg = _adapt_config(
         synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.02, rare_class_temperature=0.1
     )
-    full = adapt(cfg, resume=False, log=lambda line: None).learner
+    full = adapt(cfg, resume=False, log=lambda line: None).runner
     ckpt = latest_checkpoint(cfg.output_dir)
     student = load_extra_tensors(ckpt)
     assert student and all(k.startswith("student/") for k in student)
     deployed, _ = load_model(ckpt)
-    assert all(torch.equal(v, full.teacher.model.state_dict()[k]) for k, v in deployed.state_dict().items())
+    assert all(torch.equal(v, full.method.teacher.model.state_dict()[k]) for k, v in deployed.state_dict().items())
     selected = load_selected_weights(ckpt)  # the best-scored epoch's teacher is the run's result
     assert all(torch.equal(v, full.selected_model().state_dict()[k]) for k, v in selected.items())
     # Interrupt after 2 epochs, resume to 4: same teacher as the uninterrupted run.
@@ -186,8 +186,10 @@ def test_self_training_checkpoints_the_teacher_and_resumes_exactly(synth_root, s
         update={"optim": cfg.optim.model_copy(update={"epochs": 2}), "output_dir": str(tmp_path / "resumed")}
     )
     adapt(short, resume=False, log=lambda line: None)
-    resumed = adapt(cfg.model_copy(update={"output_dir": short.output_dir}), resume=True, log=lambda line: None).learner
-    for (k, a), b in zip(full.teacher.model.state_dict().items(), resumed.teacher.model.state_dict().values()):
+    resumed = adapt(cfg.model_copy(update={"output_dir": short.output_dir}), resume=True, log=lambda line: None).runner
+    for (k, a), b in zip(
+        full.method.teacher.model.state_dict().items(), resumed.method.teacher.model.state_dict().values()
+    ):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     assert resumed.best_epoch == full.best_epoch
 
@@ -221,9 +223,9 @@ def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, sourc
     cfg = _adapt_config(synth_root, source_model_dir, tmp_path, "self_training", fda_beta=0.01)
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2, "amp": "bf16"})})
     result = adapt(cfg, device="cuda", resume=False, log=lambda line: None)
-    learner = result.learner
+    learner = result.runner
     assert learner.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in learner.history)
-    assert next(learner.teacher.model.parameters()).is_cuda
+    assert next(learner.method.teacher.model.parameters()).is_cuda
     assert evaluate(result.model, open_split(synth_root, "night", "test"), cfg.eval, "cuda").miou > 0
 
 
@@ -289,7 +291,7 @@ def test_finetune_with_source_replay_runs_on_mixed_sizes_and_selects_on_val(odd_
         }
     )
     result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
-    assert result.learner.steps_per_epoch == 2  # a pass over the 5 source images (batch 3), the 1 label cycled
+    assert result.runner.steps_per_epoch == 2  # a pass over the 5 source images (batch 3), the 1 label cycled
     assert 0 <= result.scores["selected_epoch"] <= 3 and result.scores["val_miou"] == result.scores["score"]
 
 

@@ -35,16 +35,16 @@ def test_shipped_serve_config_and_job_specs_validate():
 
     import yaml
 
-    from raysegment.distributed.spec import load_spec
+    from raysegment.distributed.spec import read_spec
     from raysegment.serving.config import ServeConfig
 
     root = Path(__file__).resolve().parent.parent
     app = yaml.safe_load((root / "serve" / "config.yaml").read_text())["applications"][0]
     assert app["import_path"] == "raysegment.serving.app:build_app"
     assert ServeConfig.model_validate(app["args"]).online.adabn is False
-    spec = load_spec(root / "jobs" / "specs" / "tune.yaml")
+    spec = read_spec(root / "jobs" / "specs" / "tune.yaml")
     assert "self_training" in spec.search.method and spec.search.judged_by == "labels"
-    assert load_spec(root / "jobs" / "specs" / "fine_tune.yaml").job == "fine_tune"
+    assert read_spec(root / "jobs" / "specs" / "fine_tune.yaml").job == "fine_tune"
 
 
 def test_closed_loop_serve_settings_name_registry_things():

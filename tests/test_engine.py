@@ -172,7 +172,7 @@ def test_evaluation_at_a_working_scale_is_scored_at_full_resolution(synth_root):
 def test_resize_trains_at_the_working_scale_and_records_it(tiny_config, synth_root, tmp_path):
     cfg = tiny_config(data={"resize": {"short_side": 32}}, optim={"epochs": 1}, output_dir=str(tmp_path / "r"))
     learner = fit(cfg, open_split(synth_root, "clear", "train"), resume=False, log=lambda s: None)
-    images, masks = learner.to_device(next(iter(learner.loader)))
+    images, masks = learner.compute.to_device(next(iter(learner.method.loader)))
     assert images.shape[-2:] == (32, 64) and masks.shape[-2:] == (32, 64)
     _, meta = load_model(ckpt.latest_checkpoint(cfg.output_dir))
     assert meta.resize.short_side == 32

@@ -120,11 +120,11 @@ def test_the_rayservice_embeds_a_serve_config_ray_and_raysegment_accept():
 
 
 def test_the_rayjob_ships_a_tune_spec_with_object_storage():
-    from raysegment.distributed.spec import SPEC_ENV, JobSpec
+    from raysegment.distributed.spec import JOB_SPECS, SPEC_ENV
 
     job = manifest("RayJob")["spec"]
     env = yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]
-    spec = JobSpec.model_validate(json.loads(env[SPEC_ENV]))
+    spec = JOB_SPECS.validate_json(env[SPEC_ENV])
     assert spec.job == "tune" and job["entrypoint"].endswith("jobs/tune.py --from-env")
     assert spec.registry and spec.registry.startswith("s3://")
     assert spec.run.scale.storage_path and spec.run.scale.storage_path.startswith("s3://")

@@ -5,7 +5,7 @@ import torch
 from conftest import TINY_BACKBONE
 
 from raysegment.config import parse_config
-from raysegment.engine.adapt import adabn_model
+from raysegment.engine.adapt import adapt
 from raysegment.models import load_model
 from raysegment.promotion import judge, promote_if_better, promote_version, rollback
 from raysegment.registry import Registry, RegistryError
@@ -48,7 +48,8 @@ def test_only_a_candidate_that_beats_production_on_held_back_labels_goes_live(sy
     refused = promote_version(reg, "night@2")
     assert not refused.promoted and "does not beat" in refused.reason and refused.incumbent == "night@1"
     assert reg.aliases("night") == {"production": 1, "candidate": 2}
-    adapted, _ = adabn_model(cfg)  # night is a photometric shift: AdaBN helps on its val labels
+    # night is a photometric shift: AdaBN helps on its val labels
+    adapted = adapt(cfg, resume=False, progress=False, log=lambda line: None).model
     reg.register("night", adapted, meta, config=config, lineage={"judge": "labels"})
     better = promote_version(reg, "night@3")
     assert better.promoted and better.candidate_score > better.incumbent_score

@@ -597,7 +597,10 @@ def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_serv
     history = cli("registry", "history", "dusk", "--registry", root)
     steps = [json.loads(line) for line in history.stdout.splitlines()]
     assert [s.get("loop", {}).get("step") for s in steps if "loop" in s] == ["start", "search", "candidate"]
-    assert any(s.get("decision", {}).get("judge") == "shadow proxy" for s in steps)
+    assert any(
+        s.get("decision", {}).get("judge") == "proxy" and s["decision"]["evidence"].startswith("shadow traffic")
+        for s in steps
+    )
     assert steps[-1]["rollback"]["from"] == 2
 
 

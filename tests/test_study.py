@@ -12,7 +12,7 @@ from PIL import Image
 
 from raysegment.apps.study import TargetReport, format_table, run_study
 from raysegment.config import CRITERIA
-from raysegment.engine.criteria import judge_pick
+from raysegment.engine.policy import pick
 from raysegment.errors import ConfigError
 
 
@@ -83,7 +83,7 @@ def test_study_judges_by_every_criterion_a_canary_and_a_picked_scale(odd_root, o
     assert set(chase.proxy) == set(chase.canary_miou) == label_free
     assert all(set(chase.proxy[c]) == {*CRITERIA, "score"} for c in label_free)
     assert chase.scale["short_side"] in (25, 50) and chase.labels_used["canary"] == 1
-    assert chase.proxy_choice == judge_pick({c: {"m": v} for c, v in chase.canary_miou.items()}, "m", "source-only")
+    assert chase.proxy_choice == pick(chase.canary_miou, "source-only", "labels")
     assert "canary" in chase.proxy_reason
     table = format_table([chase])
     assert all(c in table for c in CRITERIA) and "spearman" in table and "target scale picked" in table

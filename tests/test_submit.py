@@ -9,7 +9,7 @@ import yaml
 from conftest import TINY_BACKBONE
 
 from raysegment.distributed import submit as ray_jobs
-from raysegment.distributed.spec import load_spec
+from raysegment.distributed.spec import LoopJob, TuneJob, load_spec, read_spec
 from raysegment.errors import ConfigError
 from raysegment.models import load_model
 
@@ -33,19 +33,19 @@ def _spec(tmp_path, synth_root, **run_extra):
 
 
 def test_spec_paths_resolve_against_the_spec_folder(tmp_path, synth_root):
-    spec = load_spec(_spec(tmp_path, synth_root))
+    spec = read_spec(_spec(tmp_path, synth_root))
     assert spec.run.output_dir == str(tmp_path / "out")
     bad = tmp_path / "bad.yaml"
     bad.write_text("job: train_everything\nrun: {data: {root: x}}\n")
     with pytest.raises(ConfigError, match="job"):
-        load_spec(bad)
+        read_spec(bad)
 
 
 SPECS = Path(__file__).resolve().parent.parent / "jobs" / "specs"
 
 
 def test_example_spec_is_valid():
-    spec = load_spec(SPECS / "fine_tune.yaml")
+    spec = read_spec(SPECS / "fine_tune.yaml")
     assert spec.job == "fine_tune" and spec.run.scale.num_workers == 2
 
 
@@ -55,7 +55,7 @@ def test_cluster_specs_keep_everything_durable_in_object_storage(name):
     from raysegment.errors import RaySegmentError
     from raysegment.registry import Registry
 
-    spec = load_spec(SPECS / "cluster" / name)
+    spec = read_spec(SPECS / "cluster" / name)
     assert spec.run.scale.storage_path and spec.run.scale.storage_path.startswith("s3://")
     assert spec.registry is None or spec.registry.startswith("s3://")
     # Until the placeholder bucket is replaced, every use says so instead of failing somewhere in S3.
@@ -112,14 +112,22 @@ def test_loop_specs_name_their_domains_and_the_registry(tmp_path):
     from raysegment.apps.loop import run_loop
     from raysegment.errors import RaySegmentError
 
-    local = load_spec(SPECS / "loop.yaml", expected="loop")
-    assert local.targets == ["fog"] and local.loop.shadow_images == 32 and local.run is None
+    local = load_spec(SPECS / "loop.yaml", LoopJob)
+    assert local.targets == ["fog"] and local.loop.shadow_images == 32 and "run" not in LoopJob.model_fields
     assert local.registry == str((SPECS / ".." / ".." / "registry").resolve())
-    cluster = load_spec(SPECS / "cluster" / "loop.yaml", expected="loop")
+    cluster = load_spec(SPECS / "cluster" / "loop.yaml", LoopJob)
     assert cluster.registry is not None and cluster.registry.startswith("s3://")
     with pytest.raises(RaySegmentError, match="replace YOUR-BUCKET"):
         run_loop(cluster.registry, "fog", cluster.loop)
-    with pytest.raises(ConfigError, match="needs run"):
-        bad = tmp_path / "bad.yaml"
-        bad.write_text("job: tune\ntargets: [fog]\nregistry: r\nsource: s@1\n")
-        load_spec(bad)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job: tune\ntargets: [fog]\nregistry: r\nsource: s@1\n")
+    with pytest.raises(ConfigError, match="tune.run: Field required"):
+        read_spec(bad)
+    bad.write_text("job: loop\ntargets: []\nregistry: r\n")
+    with pytest.raises(ConfigError, match="loop.targets"):
+        read_spec(bad)
+    bad.write_text("job: tune\ntargets: [fog]\nregistry: r\nsource: s@1\nsource_domain: clear\n")
+    with pytest.raises(ConfigError, match="source_domain` is gone: the source's domain is run.data.domain"):
+        read_spec(bad)
+    with pytest.raises(ConfigError, match="is a 'loop' spec, this entry point runs 'tune'"):
+        load_spec(SPECS / "loop.yaml", TuneJob)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from raysegment.config import RunConfig, SearchConfig
 from raysegment.data import open_split
-from raysegment.distributed.spec import load_spec
+from raysegment.distributed.spec import TuneJob, load_spec
 from raysegment.distributed.tune import format_table, param_space, run_search, search_algorithm
 from raysegment.engine import fit
 from raysegment.registry import Registry
@@ -101,7 +101,7 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     raw["targets"] = ["night"]
     raw["search"].update(method=["adabn", "self_training"], freeze_depth=[0], ema_alpha=[0.9], searcher="tpe")
     (tmp_path / "label_free.yaml").write_text(yaml.safe_dump(raw))
-    spec = load_spec(tmp_path / "label_free.yaml")
+    spec = load_spec(tmp_path / "label_free.yaml", TuneJob)
     assert spec.search.judged_by == "proxy"
     (night,) = run_search(spec, log=lambda s: None)
     assert night.trials == 2
@@ -144,7 +144,7 @@ def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp
     assert winner["trials"] == 2  # the two trials of the first run, not two more
     assert before <= {p.name for p in runs.iterdir()}
 
-    (fog,) = run_search(load_spec(spec_path), log=lambda s: None)  # registered already: nothing searched
+    (fog,) = run_search(load_spec(spec_path, TuneJob), log=lambda s: None)  # registered already: nothing searched
     assert fog.trials == 2 and fog.version == winner["version"]
     assert set(fog.config) == {"method", "decay", "lr", "freeze_depth", "decoder", "jitter"}
     assert fog.config["method"] == "finetune"

@@ -25,9 +25,9 @@ import httpx
 from raysegment.apps.loop import LoopOutcome, run_loop
 from raysegment.apps.study import format_table as format_study
 from raysegment.apps.study import run_study
-from raysegment.config import LABEL_FREE_METHODS, LoopConfig, parse_config
+from raysegment.config import LABEL_FREE_METHODS, LoopConfig, SearchConfig, parse_config
 from raysegment.data import open_split, synth
-from raysegment.distributed.spec import JobSpec
+from raysegment.distributed.spec import TuneJob
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import RaySegmentError
 from raysegment.models import load_model, save_model
@@ -195,30 +195,30 @@ def run_demo(
         save_model(out / "runs" / "source" / "model", source_model, meta)
 
         stage(f"[demo] 3/6 per-domain Tune search: {trials} trials x <= {trial_epochs} epochs, {shots} target labels")
-        spec = JobSpec.model_validate(
-            {
-                "job": "tune",
-                "name": "demo",
-                "targets": list(targets),
-                "registry": registry_uri,
-                "source": str(out / "runs" / "source" / "model"),
-                "source_domain": "clear",
-                "search": {
-                    "num_samples": trials,
-                    "max_epochs": trial_epochs,
-                    "grace_period": 1,
-                    "freeze_depth": [0, 1, 2, 3],
-                    "lr": [3e-4, 3e-3],
-                    "jitter": [0.0, 0.2],
-                },
-                "run": {
-                    **source_cfg.model_dump(mode="json"),
-                    "data": {"root": str(data), "domain": "clear", "labelled_limit": shots},
-                    "optim": {"batch_size": 5},
-                    "scale": {"num_workers": 1, "cpus_per_worker": 1, "storage_path": ray_storage},
+        spec = TuneJob(
+            job="tune",
+            name="demo",
+            targets=list(targets),
+            registry=registry_uri,
+            source=str(out / "runs" / "source" / "model"),
+            search=SearchConfig(
+                num_samples=trials,
+                max_epochs=trial_epochs,
+                grace_period=1,
+                freeze_depth=[0, 1, 2, 3],
+                lr=(3e-4, 3e-3),
+                jitter=[0.0, 0.2],
+            ),
+            run=source_cfg.model_copy(
+                update={
+                    "data": source_cfg.data.model_copy(update={"labelled_limit": shots}),
+                    "optim": source_cfg.optim.model_copy(update={"batch_size": 5}),
+                    "scale": source_cfg.scale.model_copy(
+                        update={"num_workers": 1, "cpus_per_worker": 1, "storage_path": ray_storage}
+                    ),
                     "output_dir": str(out / "runs" / "tune"),
-                },
-            }
+                }
+            ),
         )
         outcomes = run_search(spec, log=log)
         log(format_table(outcomes))

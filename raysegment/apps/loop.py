@@ -32,6 +32,7 @@ import torch
 from raysegment.config import AdaptConfig, DataConfig, LoopConfig, OptimConfig, PretrainedConfig, RunConfig
 from raysegment.data import DatasetInfo, open_split
 from raysegment.engine.adapt import adapt
+from raysegment.engine.policy import beats
 from raysegment.engine.proxies import paired_consistency_per_image
 from raysegment.engine.signature import Signature, domain_signature
 from raysegment.models import ModelMeta, save_model
@@ -154,7 +155,7 @@ def run_loop(
         best = max(results, key=lambda n: outcome.scores[n][0] - outcome.scores[n][1])
         best_score, production_score = outcome.scores[best]
         registry.note(domain, {"loop": {"step": "search", "scores": outcome.scores, "best": best}})
-        if best_score <= production_score + cfg.margin:
+        if not beats(best_score, production_score, "proxy", cfg.margin):
             return refuse(
                 f"no label-free method beats production on {len(val)} held-back captured images "
                 f"(best {best}: {100 * best_score:.2f} vs {100 * production_score:.2f})"
@@ -199,7 +200,15 @@ def run_loop(
         mean_candidate = sum(c for c, _ in pairs) / len(pairs)
         mean_production = sum(p for _, p in pairs) / len(pairs)
         decision = promote_if_better(
-            registry, domain, version, mean_candidate, mean_production, "shadow proxy", production.ref, cfg.margin
+            registry,
+            domain,
+            version,
+            mean_candidate,
+            mean_production,
+            "proxy",
+            production.ref,
+            cfg.margin,
+            evidence=f"shadow traffic ({len(pairs)} pairs)",
         )
     outcome.promoted, outcome.reason = decision.promoted, decision.reason
     if not decision.promoted:

@@ -32,9 +32,9 @@ from raysegment.engine.criteria import (
     CriterionQuality,
     criterion_quality,
     criterion_scores,
-    judge_pick,
 )
 from raysegment.engine.evaluate import evaluate
+from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
 from raysegment.errors import ConfigError
 from raysegment.models import load_model
@@ -79,8 +79,8 @@ class TargetReport:
         """What ships with zero training labels: the best score by the judge (canary mIoU when a few
         val labels exist, else the proxy); the source model unless a result beats it outright."""
         if self.canary_miou:
-            return judge_pick({c: {"canary": v} for c, v in self.canary_miou.items()}, "canary", SOURCE)
-        return judge_pick(self.proxy, "score", SOURCE)
+            return pick(self.canary_miou, SOURCE, "labels")
+        return pick({c: p["score"] for c, p in self.proxy.items()}, SOURCE, "proxy")
 
     @property
     def proxy_reason(self) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from raysegment.distributed.spec import FROM_ENV, SPEC_ENV, load_spec
+from raysegment.distributed.spec import FROM_ENV, SPEC_ENV, read_spec
 from raysegment.errors import RaySegmentError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # raysegment/distributed/submit.py -> the repository
@@ -28,7 +28,7 @@ def submit(spec_path: str | Path, address: str) -> str:
     """Submit a spec; the job runs `jobs/<kind>.py` with the project shipped as its working_dir and the
     validated spec in its environment, so the entrypoint (quoted) names no path of this machine."""
     spec_path = Path(spec_path).resolve()
-    spec = load_spec(spec_path)
+    spec = read_spec(spec_path)
     entry = PROJECT_ROOT / "jobs" / f"{spec.job}.py"
     if not entry.is_file():
         raise RaySegmentError(f"no job entry point {entry} for job kind {spec.job!r}")

@@ -24,12 +24,12 @@ import ray.train.torch
 import torch
 
 from raysegment.config import RunConfig
-from raysegment.engine.adapt import adabn_model, adabn_scores, build_learner, open_val, with_target_scale
+from raysegment.engine.adapt import build_runner, open_val, with_target_scale
 from raysegment.engine.checkpoint import SELECTED
-from raysegment.engine.learner import Learner
 from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
+from raysegment.engine.method import Placement
+from raysegment.engine.runner import Runner
 from raysegment.errors import RaySegmentError
-from raysegment.models import save_model
 from raysegment.storage import check_not_placeholder, is_uri
 
 PROGRESS_FILE = "progress.jsonl"
@@ -44,7 +44,7 @@ class FineTuneResult:
     seconds: float
 
 
-EpochHook = Callable[[Any, dict[str, Any], int], None]  # (learner or model, metrics, rank), e.g. for tests
+EpochHook = Callable[[Runner, dict[str, Any], int], None]  # (runner, metrics, rank), e.g. for tests
 
 
 def ray_sink(cfg: RunConfig, rank: int, resumed: bool, hook: EpochHook | None = None) -> EpochSink:
@@ -53,7 +53,7 @@ def ray_sink(cfg: RunConfig, rank: int, resumed: bool, hook: EpochHook | None = 
     progress = Path(cfg.output_dir) / PROGRESS_FILE
     last_score: dict[str, Any] = {}
 
-    def sink(learner: Learner, stats: dict[str, Any], save: bool) -> None:
+    def sink(runner: Runner, stats: dict[str, Any], save: bool) -> None:
         if "score" in stats:
             last_score.update(score=stats["score"], score_epoch=stats["epoch"])
         elif not save:
@@ -61,19 +61,19 @@ def ray_sink(cfg: RunConfig, rank: int, resumed: bool, hook: EpochHook | None = 
         metrics = {
             **last_score,
             **stats,
-            "world_size": learner.world_size,
+            "world_size": runner.world_size,
             "resumed": resumed,
             "method": cfg.adapt.method,
         }
         if hook is not None:
-            hook(learner, metrics, rank)
+            hook(runner, metrics, rank)
         if rank != 0:
             ray.train.report(metrics)
             return
-        print(f"[rank 0] {epoch_line(learner, stats)}", flush=True)
+        print(f"[rank 0] {epoch_line(runner, stats)}", flush=True)
         if save:
             with tempfile.TemporaryDirectory() as tmp:
-                learner.save(Path(tmp) / "engine")
+                runner.save(Path(tmp) / "engine")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -96,25 +96,6 @@ def train_loop_per_worker(config: dict) -> None:
     cfg, _ = with_target_scale(cfg, device)  # every rank picks the same scale from the same images
     val_set = open_val(cfg)
     checkpoint = ray.train.get_checkpoint()
-    if cfg.adapt.method == "adabn":  # a function, not a loop: one report with the adapted model
-        model, meta = adabn_model(cfg, device)
-        metrics = {
-            **adabn_scores(cfg, model, val_set, device),
-            "epoch": 1,
-            "world_size": world,
-            "resumed": checkpoint is not None,
-            "method": "adabn",
-        }
-        if hook is not None:
-            hook(model, metrics, rank)
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_model(Path(tmp) / "engine", model, meta)
-                save_model(Path(tmp) / "engine" / SELECTED, model, meta)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-        return
     sync_bn = cfg.scale.sync_batchnorm if cfg.scale.sync_batchnorm is not None else device.type == "cuda"
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -122,19 +103,19 @@ def train_loop_per_worker(config: dict) -> None:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return ray.train.torch.prepare_model(model)
 
-    learner = build_learner(cfg, device, rank=rank, world_size=world, wrap_model=wrap)
+    runner = build_runner(cfg, Placement.of(device, rank, world), wrap_model=wrap)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            learner.restore(Path(folder) / "engine")
+            runner.restore(Path(folder) / "engine")
     # Each rank's augmentation stream, re-seeded per (rank, epoch reached) so a restart stays reproducible.
-    torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729 + learner.epoch)
+    torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729 + runner.epoch)
     sink = ray_sink(cfg, rank, checkpoint is not None, hook)
-    if learner.epoch >= learner.total_epochs and learner.history:
+    if runner.epoch >= runner.total_epochs and runner.history:
         # A finished run restored (whoever followed it, e.g. a Tune trial whose driver died, missed its
         # end): report the last epoch again, or the follower ends with no score.
-        sink(learner, dict(learner.history[-1]), True)
+        sink(runner, dict(runner.history[-1]), True)
         return
-    run_epochs(learner, val_set, sink)
+    run_epochs(runner, val_set, sink)
 
 
 def weights_checksum(model: torch.nn.Module) -> float:

@@ -32,14 +32,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from raysegment.config import RunConfig, SearchConfig
+from raysegment.config import Judge, RunConfig, SearchConfig
 from raysegment.data import open_split
-from raysegment.distributed.spec import JobSpec
+from raysegment.distributed.spec import TuneJob
 from raysegment.distributed.train import build_trainer, check_resources, check_shared, ensure_ray
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.signature import version_signatures
-from raysegment.errors import ConfigError, RaySegmentError
+from raysegment.errors import RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, promote_if_better
 from raysegment.registry import Registry
@@ -160,10 +160,10 @@ def from_source(run: RunConfig, source_dir: str) -> RunConfig:
     )
 
 
-def tune_domain(spec: JobSpec, domain: str, source: str, storage: str, log=print) -> tuple[Any, str]:
+def tune_domain(spec: TuneJob, domain: str, source: str, storage: str, log=print) -> tuple[Any, str]:
     """Run (or resume) the search for one domain in `storage` (folder or URI), every trial starting
     from the source model at `source` (readable from every node); returns (ResultGrid, experiment path)."""
-    search, run = spec.search, spec.require_run()
+    search, run = spec.search, spec.run
     base = from_source(run, source)
     model, _ = load_model(source)
     trainable = tune.with_resources(
@@ -201,28 +201,30 @@ def tune_domain(spec: JobSpec, domain: str, source: str, storage: str, log=print
     return tuner.fit(), path
 
 
-def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[Path, str]:
-    """A local model folder for the source and its registry ref (registering a folder source once)."""
-    if spec.source is None:
-        raise ConfigError("a tune spec needs `source`: a model folder or DOMAIN@VERSION")
+def source_model_dir(spec: TuneJob, registry: Registry, storage: Path, log=print) -> tuple[Path, str]:
+    """A local model folder for the source and its registry ref. A source given as a folder is
+    registered once, under its own domain (`run.data.domain`), with the drift and routing
+    signatures of that domain's train images; without those images it is registered without them,
+    and the log says so (serving then cannot route to it or measure drift from it)."""
     if "@" in spec.source:
         model, meta, entry = registry.load(spec.source)
         folder = storage / "source_model"
         save_model(folder, model, meta)
         return folder, entry.ref
-    folder = Path(spec.source)
+    folder, d = Path(spec.source), spec.run.data
+    for entry in registry.entries(d.domain):
+        if entry.manifest["lineage"].get("source_path") == str(folder):
+            return folder, entry.ref
     model, meta = load_model(folder)
     try:
-        d = spec.require_run().data
-        images = open_split(d.root, spec.source_domain, d.train_split, d.layout, unlabelled=True)
-        signatures = version_signatures(model, images, meta.resize)
-    except RaySegmentError:  # the source's own images are not in this dataset: no drift signal for it
+        images = open_split(d.root, d.domain, d.train_split, d.layout, unlabelled=True)
+    except RaySegmentError as exc:
+        log(f"[tune] source {d.domain}: registered without drift/routing signatures: {exc}")
         signatures = None
-    for entry in registry.entries():
-        if entry.domain == spec.source_domain and entry.manifest["lineage"].get("source_path") == str(folder):
-            return folder, entry.ref
+    else:
+        signatures = version_signatures(model, images, meta.resize)
     version = registry.register(
-        spec.source_domain,
+        d.domain,
         model,
         meta,
         meta.metrics,
@@ -230,21 +232,19 @@ def source_model_dir(spec: JobSpec, registry: Registry, storage: Path) -> tuple[
         lineage={"source_path": str(folder), "method": "source"},
         signatures=signatures,
     )
-    return folder, f"{spec.source_domain}@{version}"
+    return folder, f"{d.domain}@{version}"
 
 
-def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
+def run_search(spec: TuneJob, log=print) -> list[DomainOutcome]:
     """Search every target domain; register and promote each winner; write the PNG summary."""
     ensure_ray()
-    check_resources(spec.require_run())
-    storage = Path(spec.require_run().output_dir).resolve() / spec.name  # this driver's own files
+    check_resources(spec.run)
+    storage = Path(spec.run.output_dir).resolve() / spec.name  # this driver's own files
     ray_storage = search_storage(spec)  # what every node reads and writes: checkpoints, the source
-    if spec.registry is None:
-        raise ConfigError("a tune spec needs `registry`: where the winners go")
     check_shared(ray_storage, "the search's storage (scale.storage_path)")
     check_shared(spec.registry, "registry")
     registry = Registry(spec.registry)
-    source_dir, source_ref = source_model_dir(spec, registry, storage)
+    source_dir, source_ref = source_model_dir(spec, registry, storage, log)
     source_model, _ = load_model(source_dir)
     source = str(source_dir) if not is_uri(ray_storage) else upload_tree(source_dir, join(ray_storage, "source_model"))
     outcomes = []
@@ -255,10 +255,10 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
             log(f"[tune] {domain}: winner already registered as {domain}@{outcome.version}")
             outcomes.append(outcome)
             continue
-        d = spec.require_run().data
+        d = spec.run.data
         judge = spec.search.judged_by
         val = open_split(d.root, domain, d.val_split, d.layout, unlabelled=judge == "proxy")
-        source_val = source_score(source_model, val, spec.require_run(), judge)
+        source_val = source_score(source_model, val, spec.run, judge)
         results, _ = tune_domain(spec, domain, source, ray_storage, log)
         finished = [r for r in results if r.metrics and "score" in r.metrics]
         if not finished:
@@ -280,7 +280,6 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
             else 0
         )
         reported = {k.removeprefix("selected_"): v for k, v in best.metrics.items() if k.startswith("selected_")}
-        reported = reported or best.metrics  # AdaBN reports once: that report is its result
         metrics = {k: float(v) for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
         lineage = {
             "trial_id": best.metrics["trial_id"],
@@ -298,16 +297,12 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
                 winner,
                 meta,
                 {**metrics, "source_score": source_val},
-                trial_run_config(from_source(spec.require_run(), source), domain, best.config, str(ckpt)).model_dump(
-                    mode="json"
-                ),
+                trial_run_config(from_source(spec.run, source), domain, best.config, str(ckpt)).model_dump(mode="json"),
                 parent=source_ref,
                 lineage=lineage,
                 signatures=signatures,
             )
-        incumbent, incumbent_score = incumbent_of(
-            registry, domain, source_ref, source_val, val, spec.require_run(), judge
-        )
+        incumbent, incumbent_score = incumbent_of(registry, domain, source_ref, source_val, val, spec.run, judge)
         decision = promote_if_better(registry, domain, version, best_score, incumbent_score, judge, incumbent)
         if not decision.promoted:
             log(f"[tune] {domain}: {domain}@{version} kept out of production ({decision.reason} of {incumbent})")
@@ -335,15 +330,15 @@ def run_search(spec: JobSpec, log=print) -> list[DomainOutcome]:
 def registered_version(registry: Registry, domain: str, search: str, trial_id: str) -> int | None:
     """The version this search already registered for this trial (registration and `winner.json`
     are two writes: a search resumed between them must not register the winner twice)."""
-    for entry in registry.entries():
+    for entry in registry.entries(domain):
         lineage = entry.manifest["lineage"]
-        if entry.domain == domain and lineage.get("search") == search and lineage.get("trial_id") == trial_id:
+        if lineage.get("search") == search and lineage.get("trial_id") == trial_id:
             return entry.version
     return None
 
 
 def incumbent_of(
-    registry: Registry, domain: str, source_ref: str, source_val: float, val: Any, run: RunConfig, judge: str
+    registry: Registry, domain: str, source_ref: str, source_val: float, val: Any, run: RunConfig, judge: Judge
 ) -> tuple[str, float]:
     """What a winner must beat: the domain's production model if it has one, else the source model,
     scored by the same judge on the same held-back images."""
@@ -354,10 +349,10 @@ def incumbent_of(
     return entry.ref, source_score(model, val, run, judge)
 
 
-def search_storage(spec: JobSpec) -> str:
+def search_storage(spec: TuneJob) -> str:
     """The search's Ray storage: `scale.storage_path`/name (object storage on a real cluster), else
     a folder beside the driver's output (one machine, or nodes sharing that filesystem)."""
-    run = spec.require_run()
+    run = spec.run
     if run.scale.storage_path:
         return join(run.scale.storage_path, spec.name)
     return str(Path(run.output_dir).resolve() / spec.name)
@@ -400,7 +395,7 @@ def selected_score(result: Any) -> float:
     return result.metrics.get("selected_score", result.metrics["score"])
 
 
-def source_score(model: torch.nn.Module, val: Any, run: RunConfig, judge: str) -> float:
+def source_score(model: torch.nn.Module, val: Any, run: RunConfig, judge: Judge) -> float:
     """The source model's score by the domain's judge: val mIoU, or its proxy (agreement 1 by definition)."""
     return judged_scores(model, val, run, judge)["score"]
 

@@ -13,18 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raysegment.engine.evaluate import EvalResult
-    from raysegment.engine.learner import Finetune, Learner
+    from raysegment.engine.finetune import Finetune
     from raysegment.engine.loop import fit, run_epochs, train_in_process
+    from raysegment.engine.method import Method
+    from raysegment.engine.runner import Runner
 
 HOMES = {
     "EvalResult": "raysegment.engine.evaluate",
-    "Finetune": "raysegment.engine.learner",
-    "Learner": "raysegment.engine.learner",
+    "Finetune": "raysegment.engine.finetune",
+    "Method": "raysegment.engine.method",
+    "Runner": "raysegment.engine.runner",
     "fit": "raysegment.engine.loop",
     "run_epochs": "raysegment.engine.loop",
     "train_in_process": "raysegment.engine.loop",
 }
-__all__ = ["EvalResult", "Finetune", "Learner", "fit", "run_epochs", "train_in_process"]
+__all__ = ["EvalResult", "Finetune", "Method", "Runner", "fit", "run_epochs", "train_in_process"]
 
 
 def __getattr__(name: str) -> Any:

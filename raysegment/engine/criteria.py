@@ -37,6 +37,7 @@ from raysegment.augment import resize_images, scaled_size
 from raysegment.config import CRITERIA, ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
 from raysegment.engine.evaluate import scaled_batches
+from raysegment.engine.policy import pick
 from raysegment.models.freeze import is_batchnorm
 
 EPS = 1e-5
@@ -260,8 +261,7 @@ def criterion_scores(
 def judge_pick(scores: dict[str, dict[str, float]], criterion: str, reference: str) -> str:
     """What a criterion ships: its best candidate, but only when it beats the reference outright
     (do no harm: a tie keeps the source)."""
-    best = max(scores, key=lambda c: (scores[c][criterion], c == reference))
-    return best if scores[best][criterion] > scores[reference][criterion] else reference
+    return pick({c: s[criterion] for c, s in scores.items()}, reference, "proxy")
 
 
 @dataclass(frozen=True)

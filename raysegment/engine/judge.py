@@ -2,29 +2,25 @@
 
 `score` is val mIoU when target labels judge, else the label-free proxy of the model against a
 reference (the model its adaptation started from) on the held-back images, whose masks are then
-never read. Epoch selection (`Learner`), AdaBN, Tune's source baseline and the promotion policy
+never read. Epoch selection (`Runner`), AdaBN, Tune's source baseline and the promotion policy
 all score through `judged_scores`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from raysegment.config import RunConfig
+from raysegment.config import Judge, RunConfig
 from raysegment.data import SegmentationDataset
 from raysegment.engine.evaluate import evaluate
 from raysegment.engine.proxies import proxy_scores
-
-Judge = Literal["labels", "proxy"]
 
 
 def judged_scores(
     model: torch.nn.Module,
     held_back: SegmentationDataset,
     cfg: RunConfig,
-    judge: str,
+    judge: Judge,
     reference: torch.nn.Module | None = None,
     device: torch.device | str = "cpu",
     rank: int = 0,

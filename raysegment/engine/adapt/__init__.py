@@ -1,4 +1,5 @@
-"""Domain adaptation with few or no target labels, selected by `cfg.adapt.method`.
+"""Domain adaptation with few or no target labels, selected by `cfg.adapt.method` from `METHODS`,
+and every method run the same way: `build_runner` -> the one epoch loop.
 
 `finetune` trains on the target's labelled images (`data.labelled_limit` of them, optionally
 replaying source batches); `adabn`, `tent` and `self_training` read the target's images only:
@@ -14,14 +15,16 @@ from typing import Any
 
 import torch
 
+from raysegment.config import Method as MethodName
 from raysegment.config import RunConfig
 from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
-from raysegment.engine.adapt.methods import SelfTraining, Tent, tent_parameters
+from raysegment.engine.adapt.methods import AdaBN, SelfTraining, Tent, tent_parameters
 from raysegment.engine.adapt.teacher import EMATeacher
-from raysegment.engine.judge import judged_scores
-from raysegment.engine.learner import Finetune, Learner, Wrap
+from raysegment.engine.finetune import Finetune
 from raysegment.engine.loop import train_in_process
+from raysegment.engine.method import Method, Placement, Wrap
+from raysegment.engine.runner import Runner
 from raysegment.engine.scale import pick_scale
 from raysegment.errors import ConfigError
 from raysegment.models import ModelMeta, build_segmenter
@@ -53,20 +56,42 @@ def open_val(cfg: RunConfig) -> SegmentationDataset:
     return open_split(d.root, d.domain, d.val_split, d.layout, unlabelled=True)
 
 
-def build_learner(
-    cfg: RunConfig, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, wrap_model: Wrap = None
-) -> Learner:
-    """The `Learner` of a trained method (finetune, tent, self_training) with its datasets opened."""
-    method, target = cfg.adapt.method, open_target_train(cfg)
-    if method == "finetune":
-        replay = open_source_train(cfg) if cfg.adapt.source_replay else None
-        return Finetune(cfg, target, device, rank, world_size, wrap_model, replay=replay)
+def finetune(cfg: RunConfig, placement: Placement) -> Method:
+    replay = open_source_train(cfg) if cfg.adapt.source_replay else None
+    target = open_target_train(cfg)
     model = build_segmenter(cfg.model, target.info.num_classes)
-    if method == "tent":
-        return Tent(cfg, target, model, device, rank, world_size, wrap_model)
-    if method == "self_training":
-        return SelfTraining(cfg, open_source_train(cfg), target, device, rank, world_size, wrap_model, model)
-    raise ValueError(f"{method} is not trained by a Learner")  # adabn: see adabn_model
+    return Finetune(cfg, model=model, train_set=target, placement=placement, replay=replay)
+
+
+def label_free(kind: type[AdaBN] | type[Tent]) -> Callable[[RunConfig, Placement], Method]:
+    def build(cfg: RunConfig, placement: Placement) -> Method:
+        target = open_target_train(cfg)
+        model = build_segmenter(cfg.model, target.info.num_classes)
+        return kind(cfg, model=model, train_set=target, placement=placement)
+
+    return build
+
+
+def self_training(cfg: RunConfig, placement: Placement) -> Method:
+    source, target = open_source_train(cfg), open_target_train(cfg)
+    model = build_segmenter(cfg.model, source.info.num_classes)
+    return SelfTraining(cfg, model=model, train_set=source, target_set=target, placement=placement)
+
+
+# The one method table: `adapt.method` -> the method with its datasets opened (config.Method names them).
+METHODS: dict[MethodName, Callable[[RunConfig, Placement], Method]] = {
+    "finetune": finetune,
+    "adabn": label_free(AdaBN),
+    "tent": label_free(Tent),
+    "self_training": self_training,
+}
+
+
+def build_runner(cfg: RunConfig, placement: Placement, *, wrap_model: Wrap = None) -> Runner:
+    """The `Runner` of `cfg.adapt.method` on this rank, its datasets opened. Torch is seeded here,
+    once, so what a run draws (a new head's weights, augmentation) depends on the seed alone."""
+    torch.manual_seed(cfg.optim.seed)
+    return Runner(METHODS[cfg.adapt.method](cfg, placement), wrap_model=wrap_model)
 
 
 def with_target_scale(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[RunConfig, dict[str, float]]:
@@ -90,30 +115,6 @@ def with_target_scale(cfg: RunConfig, device: torch.device | str = "cpu") -> tup
     }
 
 
-def adabn_model(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
-    """The source model with its BatchNorm statistics re-estimated on the target's train images."""
-    target = open_target_train(cfg)
-    model = build_segmenter(cfg.model, target.info.num_classes).to(device)
-    adapt_batchnorm(model, target, cfg.optim.batch_size, device, cfg.data.resize, cfg.adapt.bn_mix)
-    info = target.info
-    return model, ModelMeta(
-        model=cfg.model,
-        num_classes=info.num_classes,
-        classes=info.classes,
-        palette=info.palette,
-        ignore_index=info.ignore_index,
-        resize=cfg.data.resize,
-    )
-
-
-def adabn_scores(
-    cfg: RunConfig, model: torch.nn.Module, val: SegmentationDataset, device: torch.device | str
-) -> dict[str, float]:
-    """AdaBN's held-back scores by the run's judge, against the unadapted source model."""
-    source = build_segmenter(cfg.model, val.info.num_classes).to(device) if cfg.judge == "proxy" else None
-    return judged_scores(model, val, cfg, cfg.judge, source, device)
-
-
 @dataclass
 class Adapted:
     """What an adaptation run produced: the selected model, its meta and held-back scores."""
@@ -122,7 +123,7 @@ class Adapted:
     meta: ModelMeta
     scores: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
-    learner: Learner | None = None  # None for AdaBN, which trains nothing
+    runner: Runner | None = None
 
 
 def adapt(
@@ -138,29 +139,27 @@ def adapt(
     cfg, scale = with_target_scale(cfg, device)
     if scale:
         log(f"target scale: short side {int(scale['target_short_side'])} (BatchNorm statistics nearest the source's)")
-    val = open_val(cfg)
-    if cfg.adapt.method == "adabn":
-        model, meta = adabn_model(cfg, device)
-        return Adapted(model.eval(), meta, {**adabn_scores(cfg, model, val, device), **scale})
-    learner = train_in_process(build_learner(cfg, device), val, resume, progress, log)
+    runner = train_in_process(build_runner(cfg, Placement.of(device)), open_val(cfg), resume, progress, log)
     return Adapted(
-        learner.selected_model(),
-        learner.meta,
-        {**learner.best_scores, "selected_epoch": learner.best_epoch, **scale},
-        learner.history,
-        learner,
+        runner.selected_model().eval(),
+        runner.meta,
+        {**runner.best_scores, "selected_epoch": runner.best_epoch, **scale},
+        runner.history,
+        runner,
     )
 
 
 __all__ = [
+    "METHODS",
+    "AdaBN",
     "Adapted",
     "EMATeacher",
+    "Finetune",
     "SelfTraining",
     "Tent",
-    "adabn_model",
     "adapt",
     "adapt_batchnorm",
-    "build_learner",
+    "build_runner",
     "open_source_train",
     "open_target_train",
     "open_val",

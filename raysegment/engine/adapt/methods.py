@@ -1,6 +1,8 @@
-"""The trained adaptation methods, as `Learner`s so the one epoch loop drives them in one process
-and on every Ray Train rank alike (AdaBN needs no loop: `adapt_batchnorm` is a function).
+"""The label-free adaptation methods, as `Method`s, so one `Runner` and the one epoch loop drive
+them like fine-tuning, in one process and on every Ray Train rank alike.
 
+- `AdaBN`: re-estimate BatchNorm statistics on the target images (Li et al. 2016): one epoch that
+  trains nothing (`adapt_batchnorm` is the work; the optimiser is empty).
 - `Tent`: AdaBN, then entropy minimisation of the BatchNorm affine parameters (Wang et al. 2021).
 - `SelfTraining`: mean-teacher self-training: supervised source batches plus target images with
   confidence-weighted teacher pseudo-labels, ClassMix-ed with source classes, strongly augmented
@@ -12,9 +14,8 @@ and on every Ray Train rank alike (AdaBN needs no loop: `adapt_batchnorm` is a f
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ from raysegment.data import EpochSampler, RareClassSampler, SegmentationDataset
 from raysegment.data.dataset import Batch, read_mask
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.teacher import EMATeacher
-from raysegment.engine.learner import Learner, Paired, Wrap, endless, make_loader
 from raysegment.engine.loss import segmentation_loss
+from raysegment.engine.method import Compute, Method, Paired, Placement, endless, make_loader
 from raysegment.models import Segmenter
 from raysegment.models.freeze import is_batchnorm
 
@@ -49,30 +50,51 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
 
 
-class Tent(Learner):
-    """Entropy minimisation on unlabelled target batches; BN normalises with batch statistics."""
+class AdaBN(Method):
+    """The source model with its BatchNorm statistics re-estimated on the target's train images:
+    seconds of work and no gradient, so one epoch of no steps whose end is the re-estimation."""
+
+    name = "adabn"
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        target_set: SegmentationDataset,
-        model: Segmenter,
-        device: torch.device | str,
-        rank: int = 0,
-        world_size: int = 1,
-        wrap_model: Wrap = None,
+        self, cfg: RunConfig, *, model: Segmenter, train_set: SegmentationDataset, placement: Placement
     ) -> None:
-        reference = copy.deepcopy(model)
-        model.to(device)
-        adapt_batchnorm(  # target statistics first
-            model, target_set, cfg.optim.batch_size, device, cfg.data.resize, cfg.adapt.bn_mix
-        )
-        tent_parameters(model)  # before any DDP wrap: DDP fixes the trainable set when it wraps
-        super().__init__(cfg, target_set, device, rank, world_size, wrap_model, model, reference=reference)
+        super().__init__(cfg, model=model.requires_grad_(False), train_set=train_set, placement=placement)
+        self.target_set = train_set
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        images, _ = self.to_device(batch)
-        return mean_entropy(self.forward(images))
+    @property
+    def epochs(self) -> int:
+        return 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return 0
+
+    def batches(self, epoch: int) -> Iterable[Batch]:
+        return ()
+
+    def after_epoch(self, epoch: int) -> None:
+        c = self.cfg
+        adapt_batchnorm(self.model, self.target_set, c.optim.batch_size, self.device, c.data.resize, c.adapt.bn_mix)
+
+
+class Tent(Method):
+    """Entropy minimisation on unlabelled target batches after AdaBN; BN normalises with batch
+    statistics and only its affine parameters train."""
+
+    name = "tent"
+
+    def __init__(
+        self, cfg: RunConfig, *, model: Segmenter, train_set: SegmentationDataset, placement: Placement
+    ) -> None:
+        super().__init__(cfg, model=model, train_set=train_set, placement=placement)  # the reference: the source
+        c = cfg
+        adapt_batchnorm(self.model, train_set, c.optim.batch_size, self.device, c.data.resize, c.adapt.bn_mix)
+        tent_parameters(self.model)  # before the runner's DDP wrap: DDP fixes the trainable set when it wraps
+
+    def loss(self, batch: Batch, compute: Compute) -> torch.Tensor:
+        images, _ = compute.to_device(batch)
+        return mean_entropy(compute.forward(images))
 
 
 def weighted_cross_entropy(
@@ -93,31 +115,33 @@ def masked_patches(images: torch.Tensor, ratio: float, block: int, generator: to
     return images * F.interpolate(keep, scale_factor=block, mode="nearest")[..., :h, :w]
 
 
-class SelfTraining(Learner):
-    """Mean-teacher self-training; checkpoints deploy the teacher and carry the student."""
+class SelfTraining(Method):
+    """Mean-teacher self-training from the labelled source (`train_set`) to the unlabelled
+    `target_set`; an epoch is a pass over the source, the target cycled. Checkpoints deploy the
+    teacher and carry the student."""
+
+    name = "self_training"
 
     def __init__(
         self,
         cfg: RunConfig,
-        source_set: SegmentationDataset,
+        *,
+        model: Segmenter,
+        train_set: SegmentationDataset,
         target_set: SegmentationDataset,
-        device: torch.device | str,
-        rank: int = 0,
-        world_size: int = 1,
-        wrap_model: Wrap = None,
-        model: Segmenter | None = None,
+        placement: Placement,
     ) -> None:
-        a = cfg.adapt
+        a, p = cfg.adapt, placement
         sampler = None
         if a.rare_class_temperature is not None:
-            ignore = source_set.info.ignore_index
+            ignore = train_set.info.ignore_index
             classes = [
-                set(read_mask(mask).unique().tolist()) - {ignore} if mask else set() for _, mask in source_set.samples
+                set(read_mask(mask).unique().tolist()) - {ignore} if mask else set() for _, mask in train_set.samples
             ]  # the source set is labelled: every mask is there
-            sampler = RareClassSampler(classes, a.rare_class_temperature, cfg.optim.seed, rank, world_size)
-        super().__init__(cfg, source_set, device, rank, world_size, wrap_model, model, sampler=sampler)
+            sampler = RareClassSampler(classes, a.rare_class_temperature, cfg.optim.seed, p.rank, p.world_size)
+        super().__init__(cfg, model=model, train_set=train_set, placement=placement, sampler=sampler)
         self.target_set = target_set
-        self.target_sampler = EpochSampler(len(target_set), cfg.optim.seed + 1, rank, world_size)
+        self.target_sampler = EpochSampler(len(target_set), cfg.optim.seed + 1, p.rank, p.world_size)
         self.target_loader = make_loader(target_set, cfg, self.target_sampler, self.device)
         self.teacher = EMATeacher(self.model, a.ema_alpha)
         self.refresh_teacher_statistics()
@@ -134,21 +158,21 @@ class SelfTraining(Learner):
             self.teacher.model, self.target_set, self.cfg.optim.batch_size, self.device, self.cfg.data.resize
         )
 
-    def after_epoch(self) -> None:
+    def after_epoch(self, epoch: int) -> None:
         self.refresh_teacher_statistics()
 
-    def batches(self) -> Iterator[Paired]:
-        self.sampler.set_epoch(self.epoch)
-        self.target_sampler.set_epoch(self.epoch)
+    def batches(self, epoch: int) -> Iterator[Paired]:
+        self.sampler.set_epoch(epoch)
+        self.target_sampler.set_epoch(epoch)
         # ClassMix draws depend on (seed, epoch, rank) only, so a resumed run mixes the same way.
-        self.mix_generator.manual_seed((self.cfg.optim.seed * 1_000_003 + self.epoch) * 64 + self.rank)
+        self.mix_generator.manual_seed((self.cfg.optim.seed * 1_000_003 + epoch) * 64 + self.placement.rank)
         targets = endless(self.target_loader)
-        return (Paired(source, next(targets)) for source in self.loader)
+        return (Paired(source=source, target=next(targets)) for source in self.loader)
 
-    def loss(self, batch: Paired) -> torch.Tensor:
+    def loss(self, batch: Paired, compute: Compute) -> torch.Tensor:
         a, ignore = self.cfg.adapt, self.info.ignore_index
-        xs, ys = self.augment(*self.to_device(batch.first))
-        xt, _ = self.to_device(batch.second)
+        xs, ys = compute.augment(*compute.to_device(batch.source))
+        xt, _ = compute.to_device(batch.target)
         xt, _ = match_batch(xt, None, xs.shape[0], tuple(xs.shape[-2:]))
         xs_styled = fourier_domain_adaptation(xs, xt, a.fda_beta)
         pseudo, weights = self.teacher.pseudo_labels(xt, a.pseudo_threshold, a.pseudo_class_portion)
@@ -161,16 +185,16 @@ class SelfTraining(Learner):
         views = [xs_styled, self.strong(mixed).clamp(0, 1)]
         if a.mask_ratio > 0:  # MIC: the student must predict the teacher's labels from context alone
             views.append(masked_patches(self.strong(xt).clamp(0, 1), a.mask_ratio, a.mask_block, self.mix_generator))
-        logits = self.forward(torch.cat(views))  # one forward: DDP expects one per backward
+        logits = compute.forward(torch.cat(views))  # one forward: DDP expects one per backward
         source_logits, mixed_logits, *masked_logits = logits.split([v.shape[0] for v in views])
-        loss = segmentation_loss(source_logits, ys, ignore, self.class_weights)
+        loss = segmentation_loss(source_logits, ys, ignore, compute.class_weights)
         loss = loss + weighted_cross_entropy(mixed_logits, mixed_labels, mixed_weights, ignore)
         for masked in masked_logits:
             loss = loss + weighted_cross_entropy(masked, pseudo, weights, ignore)
         return loss
 
-    def after_step(self) -> None:
-        self.teacher.update(self.model, self.step - 1)
+    def after_step(self, step: int) -> None:
+        self.teacher.update(self.model, step - 1)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {f"student/{k}": v for k, v in self.model.state_dict().items()}
