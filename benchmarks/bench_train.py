@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split, synth  # noqa: E402
-from raysegment.distributed.train import PROGRESS_FILE, fine_tune  # noqa: E402
+from raysegment.distributed.train import PROGRESS_FILE, train_on_ray  # noqa: E402
 from raysegment.engine import fit  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         torch.set_num_threads(2)
 
         def ray_epoch_seconds(c) -> float:
-            fine_tune(c)
+            train_on_ray(c)
             records = [json.loads(line) for line in (Path(c.output_dir) / PROGRESS_FILE).read_text().splitlines()]
             return steady(records)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 
 from raysegment.distributed.spec import FineTuneJob, load_job_spec
-from raysegment.distributed.train import fine_tune
+from raysegment.distributed.train import train_on_ray
 
 
 def main(path: str) -> int:
     spec = load_job_spec(path, FineTuneJob)
-    result = fine_tune(spec.run, name=spec.name)
+    result = train_on_ray(spec.run, name=spec.name)
     print(
         f"fine-tune {spec.name} finished in {result.seconds:.0f} s: epoch {result.metrics.get('epoch')} "
         f"score {100 * result.metrics.get('score', float('nan')):.1f}; selected model {result.model_dir}"

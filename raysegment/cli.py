@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -57,8 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_adapt(args: argparse.Namespace) -> int:
-    from raysegment.apps.study import format_table, run_study
+def cmd_compare(args: argparse.Namespace) -> int:
+    from raysegment.apps.study import epochs_per_method, format_table, run_study
     from raysegment.config import ResizeConfig
 
     resize = None
@@ -73,12 +72,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         tuple(args.shots),
         oracle=not args.no_oracle,
         out=args.out,
-        epochs={
-            "self_training": args.epochs,
-            "tent": max(1, args.epochs // 4),
-            "finetune": args.epochs,
-            "oracle": args.epochs,
-        },
+        epochs=epochs_per_method(args.epochs),
         lr=args.lr,
         batch_size=args.batch_size,
         resize=resize,
@@ -94,12 +88,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fine_tune(args: argparse.Namespace) -> int:
+def cmd_train_on_ray(args: argparse.Namespace) -> int:
     from raysegment.config import load_config
-    from raysegment.distributed.train import fine_tune
+    from raysegment.distributed.train import train_on_ray
 
     cfg = load_config(args.config, _parse_overrides(args.set))
-    result = fine_tune(cfg, name=args.name)
+    result = train_on_ray(cfg, name=args.name)
     print(
         f"epoch {result.metrics.get('epoch')} score {100 * result.metrics.get('score', float('nan')):.1f} "
         f"in {result.seconds:.0f} s; selected model {result.model_dir}"
@@ -145,7 +139,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from raysegment.apps.loop import run_loop
+    from raysegment.apps.closed_loop import run_loop
     from raysegment.config import LoopConfig
     from raysegment.distributed.spec import LoopJob, load_spec
 
@@ -320,36 +314,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.engine_only:
-        from raysegment.apps.engine_walkthrough import run_walkthrough
+        from raysegment.apps.engine_walkthrough import QUICK, run_walkthrough
 
-        kwargs: dict[str, Any] = (
-            dict(images_per_domain=24, source_epochs=2, target_epochs=1, shots=4) if args.quick else {}
-        )
-        run_walkthrough(args.out, **kwargs)
+        run_walkthrough(args.out, **(QUICK if args.quick else {}))
         return 0
-    from raysegment.apps.demo import ray_console_to, run_demo
+    from raysegment.apps.demo import DemoSettings, ray_console_to, run_demo
 
-    quick: dict[str, Any] = (
-        dict(
-            images_per_domain=16,
-            height=64,
-            width=128,
-            source_epochs=2,
-            trials=2,
-            trial_epochs=2,
-            shots=4,
-            targets=("fog", "night"),
-            study_methods=("adabn", "tent"),
-            study_shots=(2,),
-            study_epochs=1,
-        )
-        if args.quick
-        else {}
-    )
     console_log = Path(args.out).resolve() / "ray_console.log"
     with ray_console_to(console_log) as say:
         say(f"[demo] Ray's own console output (banners, Tune tables, warnings) goes to {console_log}")
-        run_demo(args.out, storage=args.storage, log=say, **quick)
+        run_demo(args.out, DemoSettings.quick() if args.quick else DemoSettings(), storage=args.storage, log=say)
     return 0
 
 
@@ -380,15 +354,21 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from raysegment.config import CRITERIA, LABEL_FREE_METHODS, LAYOUTS, STUDY_VARIANTS  # `--help`: no torch
-    from raysegment.config import SYNTH_DOMAINS as DOMAINS
+REGISTRY_ENV, JOBS_ADDRESS_ENV = "RAYSEGMENT_REGISTRY", "RAY_API_SERVER_ADDRESS"
+RENAMED = {"adapt": "compare", "fine-tune": "train-on-ray"}  # old command -> new; the old still runs
 
-    parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
-    sub = parser.add_subparsers(dest="command", required=True)
 
+def registry_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", default=os.environ.get(REGISTRY_ENV, "registry"), help=f"default: ${REGISTRY_ENV}")
+
+
+def address_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=os.environ.get(JOBS_ADDRESS_ENV, "http://127.0.0.1:8265"))
+
+
+def add_training(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="fine-tune or adapt (config adapt.method) one model in this process from a YAML config"
+        "train", help="train or adapt one model (config adapt.method) in this process from a YAML config"
     )
     p.add_argument("--config", required=True, help="YAML RunConfig (data, model, optim, augment, eval)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
@@ -399,8 +379,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the target domain as unlabelled even where masks exist (label-free methods)",
     )
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "train-on-ray", aliases=["fine-tune"], help="train or adapt one model on Ray Train (config's scale section)"
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", help="Ray Train run name (default: output_dir's name)")
+    p.set_defaults(func=cmd_train_on_ray)
+    p = sub.add_parser("tune", help="per-domain Ray Tune search from a tune spec; winners into the registry")
+    p.add_argument("spec", help="YAML spec with job: tune (see jobs/specs/tune.yaml)")
+    p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("adapt", help="compare adaptation methods per target domain: 0 labels, k labels, oracle")
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    from raysegment.config import CRITERIA, LABEL_FREE_METHODS, LAYOUTS, STUDY_VARIANTS  # `--help`: no torch
+
+    p = sub.add_parser(
+        "compare", aliases=["adapt"], help="compare adaptation methods per target domain: 0 labels, k labels, oracle"
+    )
     p.add_argument("--source", required=True, help="source model folder (raysegment train output)")
     p.add_argument("--data", required=True, help="dataset root holding the source and target domains")
     p.add_argument("--source-domain", required=True)
@@ -438,46 +434,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="pick each target's working scale among these short sides without labels (BatchNorm statistics)",
     )
     p.add_argument("--out", default="adapt_out")
-    p.set_defaults(func=cmd_adapt)
+    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("fine-tune", help="distributed fine-tune on Ray Train (config's scale section)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--name", help="Ray Train run name (default: output_dir's name)")
-    p.set_defaults(func=cmd_fine_tune)
 
+def add_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit a job spec (jobs/specs/*.yaml) to a Ray cluster and stream its logs")
     p.add_argument("spec")
-    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"))
+    address_option(p)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.set_defaults(func=cmd_submit)
-
     p = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
     p.add_argument("action", choices=["status", "logs", "stop"])
     p.add_argument("job_id")
-    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"))
+    address_option(p)
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("tune", help="per-domain Ray Tune search from a tune spec; winners into the registry")
-    p.add_argument("spec", help="YAML spec with job: tune (see jobs/specs/tune.yaml)")
-    p.set_defaults(func=cmd_tune)
 
+def add_operations(sub: argparse._SubParsersAction) -> None:
+    """The registry, its traffic and the closed loop."""
     p = sub.add_parser(
         "loop", help="adapt a domain's production model to its captured traffic, shadow it, promote or retire"
     )
     p.add_argument("domain", nargs="?", help="the domain (or --spec with targets)")
-    p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
+    registry_option(p)
     p.add_argument("--spec", help="a `job: loop` spec (jobs/specs/loop.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. shadow_images=0")
     p.set_defaults(func=cmd_loop)
-
     p = sub.add_parser("traffic", help="list or purge the captured request images")
     p.add_argument("action", choices=["ls", "purge"])
     p.add_argument("domain", nargs="?")
-    p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
+    registry_option(p)
     p.add_argument("--older-than", type=float, metavar="SECONDS", help="purge: only images older than this")
     p.set_defaults(func=cmd_traffic)
+    p = sub.add_parser("registry", help="list, show, promote (judged), roll back or remove registered domain models")
+    p.add_argument("action", choices=["ls", "show", "promote", "rollback", "history", "rm"])
+    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS (rollback, history: DOMAIN)")
+    registry_option(p)
+    p.add_argument(
+        "--alias", default="production", help="production goes through the promotion policy; other aliases just move"
+    )
+    p.add_argument("--force", action="store_true", help="promote without beating production (recorded as forced)")
+    p.add_argument("--by", help="who forces or rolls back (recorded; default: the login name)")
+    p.set_defaults(func=cmd_registry)
 
+
+def add_serving(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every registered domain over HTTP (Ray Serve, embedded default)")
     p.add_argument("--registry", required=True)
     p.add_argument("--host", default="127.0.0.1")
@@ -500,7 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the proxy and replicas to come up (a busy machine is slow; progress is printed)",
     )
     p.set_defaults(func=cmd_serve)
-
     p = sub.add_parser("token", help="make an API token: printed once, its hash appended to the token file")
     p.add_argument("action", choices=["add"])
     p.add_argument("name", help="client name (one word)")
@@ -508,16 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", required=True, help="token file (created with mode 0600)")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("registry", help="list, show, promote (judged), roll back or remove registered domain models")
-    p.add_argument("action", choices=["ls", "show", "promote", "rollback", "history", "rm"])
-    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS (rollback, history: DOMAIN)")
-    p.add_argument("--registry", default=os.environ.get("RAYSEGMENT_REGISTRY", "registry"))
-    p.add_argument(
-        "--alias", default="production", help="production goes through the promotion policy; other aliases just move"
-    )
-    p.add_argument("--force", action="store_true", help="promote without beating production (recorded as forced)")
-    p.add_argument("--by", help="who forces or rolls back (recorded; default: the login name)")
-    p.set_defaults(func=cmd_registry)
+
+def add_model_tools(sub: argparse._SubParsersAction) -> None:
+    from raysegment.config import LAYOUTS
 
     p = sub.add_parser("evaluate", help="mIoU and per-class IoU of a saved model on a split")
     p.add_argument("--model", required=True, help="model folder (model.safetensors + model.json)")
@@ -528,12 +521,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="whole", choices=["whole", "slide"])
     p.add_argument("--window", type=int, nargs=2, metavar=("H", "W"))
     p.set_defaults(func=cmd_evaluate)
-
     p = sub.add_parser("predict", help="segment images; write masks and overlay PNGs")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
+    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command", required=True)
+    p = weights.add_parser("import", help="convert a foreign .pth state dict to timm-named safetensors")
+    p.add_argument("src", help="state dict (.pth), local path or URI; loaded with weights_only=True")
+    p.add_argument("--arch", required=True, help="timm architecture name, e.g. efficientnet_lite0")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.set_defaults(func=cmd_weights_import)
+
+
+def add_demo_and_data(sub: argparse._SubParsersAction) -> None:
+    from raysegment.config import LAYOUTS
+    from raysegment.config import SYNTH_DOMAINS as DOMAINS
 
     p = sub.add_parser("demo", help="the end-to-end demo on generated domains")
     p.add_argument("--out", default="demo_out")
@@ -549,7 +552,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the one-process version (no Ray): source fine-tune + few-shot per target",
     )
     p.set_defaults(func=cmd_demo)
-
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="generate procedural street-scene domains")
     p.add_argument("--out", required=True)
@@ -566,12 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
     p.set_defaults(func=cmd_data_check)
 
-    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command", required=True)
-    p = weights.add_parser("import", help="convert a foreign .pth state dict to timm-named safetensors")
-    p.add_argument("src", help="state dict (.pth), local path or URI; loaded with weights_only=True")
-    p.add_argument("--arch", required=True, help="timm architecture name, e.g. efficientnet_lite0")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.set_defaults(func=cmd_weights_import)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_training, add_compare, add_jobs, add_operations, add_serving, add_model_tools, add_demo_and_data):
+        add(sub)
     return parser
 
 
@@ -581,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     from raysegment.errors import RaySegmentError
 
     args = build_parser().parse_args(argv)
+    if args.command in RENAMED:
+        print(f"raysegment: `{args.command}` is now `{RENAMED[args.command]}`", file=sys.stderr)
     try:
         return args.func(args)
     except RaySegmentError as exc:

@@ -162,7 +162,7 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_targe
     assert train.returncode == 0, train.stderr
     assert "proxy score" in train.stdout and "no target labels read" in train.stdout
     study = cli(
-        "adapt",
+        "compare",
         "--source",
         odd_source_dir,
         "--data",
@@ -184,6 +184,7 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_targe
         tmp_path / "study",
     )
     assert study.returncode == 0, study.stderr
+    assert "is now" not in study.stderr
     assert "no target labels read" in study.stdout and "judge pick:" in study.stdout
     assert "test mIoU" not in study.stdout  # no fake mIoU column
     results = json.loads((tmp_path / "study" / "results.json").read_text())
@@ -212,6 +213,7 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_targe
         tmp_path / "s2",
     )
     assert labelled.returncode == 2 and "unreadable" in labelled.stderr
+    assert "`adapt` is now `compare`" in labelled.stderr  # the old name still runs, and says the new one
 
 
 def test_traffic_ls_and_purge(cli, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import json
 from pathlib import Path
 
 import jsonschema

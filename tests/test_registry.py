@@ -2,7 +2,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -126,13 +125,18 @@ def test_concurrent_registrations_never_collide(registry_uri):
 def test_kill_9_mid_write_leaves_registry_readable(registry_uri):
     reg = Registry(registry_uri)
     reg.register("fog", _model(7), META)
-    for delay in (0.8, 1.2, 1.6):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, registry_uri, "1000", "1"], stdout=subprocess.PIPE)
-        time.sleep(delay)
+    for written in (1, 2, 3):
+        # Evidence first: the writer has finished `written` registrations and is inside the next
+        # one (it registers in a loop), so the kill lands mid-write, not before the first byte.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, registry_uri, "1000", "1"], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        done = [int(proc.stdout.readline()) for _ in range(written)]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         versions = reg.versions("fog")
-        assert versions[0] == 1
+        assert versions[0] == 1 and set(done) <= set(versions)
         for v in versions:
             reg.load(f"fog@{v}")
         assert torch.equal(reg.load("fog@1")[0].head.weight, _model(7).head.weight)

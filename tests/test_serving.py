@@ -565,7 +565,7 @@ def test_the_domain_listing_shows_drift_when_traffic_leaves_the_training_images(
 def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_served, synth_root, cli):
     import threading
 
-    from raysegment.apps.loop import run_loop
+    from raysegment.apps.closed_loop import run_loop
     from raysegment.config import LoopConfig
     from raysegment.data import open_split
     from raysegment.traffic import TrafficStore

@@ -18,7 +18,7 @@ from conftest import TINY_BACKBONE
 from safetensors.torch import load_file, save_file
 
 from raysegment.config import ModelConfig
-from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, fine_tune
+from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, train_on_ray
 from raysegment.engine.loss import segmentation_loss
 from raysegment.errors import RaySegmentError
 from raysegment.models import build_segmenter, load_model
@@ -89,14 +89,14 @@ def test_ddp_step_on_two_nodes_matches_a_single_process_step(ray_cluster, tmp_pa
 
 def test_fine_tune_on_two_workers_reports_checkpoints_that_load(ray_cluster, tiny_config, synth_root):
     cfg = tiny_config(optim={"epochs": 2, "batch_size": 2}, scale={"num_workers": 2})
-    result = fine_tune(cfg, name="two-workers")
+    result = train_on_ray(cfg, name="two-workers")
     assert result.metrics["epoch"] == 2 and result.metrics["world_size"] == 2
     model, meta = load_model(result.model_dir)
     assert meta.num_classes == 7
     assert model(torch.rand(1, 3, 64, 128)).shape == (1, 7, 64, 128)
     lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    again = fine_tune(cfg, name="two-workers")  # a finished run, restored: it reports its end again
+    again = train_on_ray(cfg, name="two-workers")  # a finished run, restored: it reports its end again
     assert again.metrics["epoch"] == 2 and again.metrics["resumed"] and "score" in again.metrics
     assert again.metrics["score"] == pytest.approx(result.metrics["score"])
     lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
@@ -106,17 +106,17 @@ def test_fine_tune_on_two_workers_reports_checkpoints_that_load(ray_cluster, tin
 def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config):
     cfg = tiny_config(scale={"num_workers": 3})
     with pytest.raises(RaySegmentError, match=r"3 workers x 1.0 CPU = 3.0 CPU but the cluster has 2.0"):
-        fine_tune(cfg)
+        train_on_ray(cfg)
     with pytest.raises(RaySegmentError, match="largest node has 1.0"):
-        fine_tune(tiny_config(scale={"num_workers": 1, "cpus_per_worker": 2}))
+        train_on_ray(tiny_config(scale={"num_workers": 1, "cpus_per_worker": 2}))
     with pytest.raises(RaySegmentError, match="GPU"):
-        fine_tune(tiny_config(scale={"use_gpu": True}))
+        train_on_ray(tiny_config(scale={"use_gpu": True}))
 
 
 def test_a_local_storage_path_is_refused_on_nodes_that_share_no_disk(ray_cluster, tiny_config, monkeypatch):
     monkeypatch.delenv(SHARED_FS_ENV)
     with pytest.raises(RaySegmentError, match=r"local path but this cluster has 2 nodes that share no disk"):
-        fine_tune(tiny_config())
+        train_on_ray(tiny_config())
 
 
 def _worker_pids() -> list[int]:
@@ -140,7 +140,7 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
     )
     progress = Path(cfg.output_dir) / PROGRESS_FILE
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=fine_tune(cfg, name="fault")), daemon=True)
+    runner = threading.Thread(target=lambda: outcome.update(result=train_on_ray(cfg, name="fault")), daemon=True)
     runner.start()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and (not progress.exists() or len(progress.read_text().splitlines()) < 2):
@@ -171,13 +171,13 @@ def test_killed_worker_restarts_from_latest_checkpoint(ray_cluster, tiny_config,
     assert torch.isfinite(model(torch.rand(1, 3, 64, 128))).all()
 
 
-def record_teacher_checksum(learner, metrics: dict, rank: int) -> None:
+def record_teacher_checksum(runner, metrics: dict, rank: int) -> None:
     """Epoch hook (runs on every rank): the deployable model's checksum, one line per epoch."""
     from raysegment.distributed.train import weights_checksum
 
-    with open(Path(learner.cfg.output_dir) / f"checksums.{rank}.jsonl", "a") as handle:
+    with open(Path(runner.cfg.output_dir) / f"checksums.{rank}.jsonl", "a") as handle:
         handle.write(
-            json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(learner.deployable)}) + "\n"
+            json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(runner.deployable)}) + "\n"
         )
 
 
@@ -189,10 +189,9 @@ def test_self_training_keeps_the_mean_teacher_identical_on_every_rank(ray_cluste
         model={"pretrained": {"source": "checkpoint", "uri": str(source_model_dir)}},
         adapt={"method": "self_training", "source_domain": "clear", "ema_alpha": 0.9},
     )
-    result = fine_tune(cfg, name="self-training", epoch_hook=record_teacher_checksum)
+    result = train_on_ray(cfg, name="self-training", epoch_hook=record_teacher_checksum)
     assert result.metrics["method"] == "self_training" and result.metrics["epoch"] == 2
     assert "proxy_consistency" in result.metrics and result.metrics["score"] == result.metrics["proxy_consistency"]
-    assert not list(Path(cfg.output_dir).glob("ranks.*"))  # the production loop writes no per-rank files
     ranks = [
         [json.loads(line) for line in (Path(cfg.output_dir) / f"checksums.{r}.jsonl").read_text().splitlines()]
         for r in range(2)

@@ -91,9 +91,19 @@ def test_tpe_searcher_is_seeded_bounded_and_limited():
 
 
 def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir):
-    """On a target domain with no masks folder at all: the search, its judge and registration never need one."""
+    """On a target domain with no masks folder at all: the search, its judge and registration never
+    need one. Night's production is already a model no proxy can fault (one class everywhere is
+    perfectly stable: consistency 1), so the winner is registered but must stay `candidate`."""
     import shutil
 
+    from conftest import constant_model
+
+    from raysegment.models import load_model
+
+    _, meta = load_model(source_model_dir)
+    registry = Registry(tmp_path / "registry")
+    registry.register("night", constant_model(meta, 0), meta, lineage={"method": "constant"})
+    registry.promote("night", 1, "production")
     data = tmp_path / "data"
     shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns("fog"))
     shutil.rmtree(data / "night" / "masks")
@@ -110,8 +120,13 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     assert lineage["method"] in ("adabn", "self_training") and lineage["method"] == night.config["method"]
     assert lineage["target_labels"] == 0 and lineage["judge"] == "proxy"
     assert metrics["score"] == pytest.approx(metrics["proxy_consistency"]) == pytest.approx(night.best_score)
-    promoted = Registry(tmp_path / "registry").aliases("night").get("production") == night.version
-    assert promoted == (night.best_score > night.source_score)  # do no harm: the proxy decides
+    assert night.version == 2 and registry.aliases("night") == {"production": 1, "candidate": 2}
+    (decision,) = [r["decision"] for r in registry.history("night") if r.get("decision", {}).get("version") == 2]
+    assert decision["judge"] == "proxy" and decision["incumbent"] == "night@1" and not decision["promoted"]
+    assert decision["incumbent_score"] == pytest.approx(1.0) and "does not beat" in decision["reason"]
+    # The folder source was registered under its own domain with the signatures serving routes by.
+    (source,) = registry.entries("clear")
+    assert source.manifest["lineage"]["method"] == "source" and source.manifest["signatures"]
 
 
 @pytest.mark.slow
@@ -153,13 +168,13 @@ def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp
     assert reg.versions("fog") == [fog.version]
     entry = reg.get_entry("fog", fog.version)
     assert entry.manifest["lineage"]["trial_id"] == fog.trial_id
-    assert entry.manifest["base"] == {"domain": "source", "version": 1}  # stored as a delta on the source
+    assert entry.manifest["base"] == {"domain": "clear", "version": 1}  # a delta on the source, in its own domain
     assert entry.manifest["metrics"]["val_miou"] == pytest.approx(fog.best_score)
     assert entry.manifest["config"]["model"]["freeze_depth"] == fog.config["freeze_depth"]
     assert entry.manifest["lineage"]["method"] == "finetune" and entry.manifest["lineage"]["judge"] == "labels"
     assert entry.manifest["lineage"]["target_labels"] == len(open_split(synth_root, "fog", "train"))
-    if fog.best_score >= fog.source_score:
-        assert reg.aliases("fog") == {"production": fog.version}
+    assert fog.best_score > fog.source_score  # fog labels teach what clear's did not: the winner goes live
+    assert reg.aliases("fog") == {"production": fog.version}
     reg.load(f"fog@{fog.version}")
     storage = tmp_path / "tune" / "search"
     for png in ("tune_curves.png", "tune_winners.png"):

@@ -17,15 +17,30 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-from raysegment.apps.loop import LoopOutcome, run_loop
+if TYPE_CHECKING:
+    from raysegment.distributed.tune import DomainOutcome
+
+from raysegment.apps.closed_loop import LoopOutcome, run_loop
+from raysegment.apps.study import epochs_per_method, run_study
 from raysegment.apps.study import format_table as format_study
-from raysegment.apps.study import run_study
-from raysegment.config import LABEL_FREE_METHODS, LoopConfig, SearchConfig, parse_config
+from raysegment.config import (
+    LABEL_FREE_METHODS,
+    DataConfig,
+    EvalConfig,
+    LoopConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainedConfig,
+    RunConfig,
+    ScaleConfig,
+    SearchConfig,
+)
 from raysegment.data import open_split, synth
 from raysegment.distributed.spec import TuneJob
 from raysegment.engine.evaluate import evaluate
@@ -117,209 +132,264 @@ def show_closed_loop(url: str, registry_uri: str, data: Path, domain: str, route
     }
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """How big the demo is. `backbone` other than efficientnet_lite0 starts from random weights (the
+    ImageNet file is Lite0's). The method comparison runs on `study_targets` (None: every target);
+    on 2 CPU cores each target costs minutes, so the default keeps `make demo` under 15 minutes
+    with one photometric shift; `raysegment adapt` runs it on any set."""
+
+    images_per_domain: int = 48
+    height: int = 128
+    width: int = 256
+    source_epochs: int = 8
+    trials: int = 2
+    trial_epochs: int = 3
+    shots: int = 10
+    targets: tuple[str, ...] = synth.DOMAINS[1:]
+    study_methods: tuple[str, ...] = LABEL_FREE_METHODS
+    study_shots: tuple[int, ...] = (1, 5)
+    study_epochs: int = 3
+    study_targets: tuple[str, ...] | None = ("night",)
+    backbone: str = "efficientnet_lite0"
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """`raysegment demo --quick`: every stage, in a few minutes."""
+        return cls(
+            images_per_domain=16,
+            height=64,
+            width=128,
+            source_epochs=2,
+            trial_epochs=2,
+            shots=4,
+            targets=("fog", "night"),
+            study_methods=("adabn", "tent"),
+            study_shots=(2,),
+            study_epochs=1,
+        )
+
+    @property
+    def loop_domain(self) -> str:
+        return "night" if "night" in self.targets else self.targets[-1]
+
+
+def pretrained_init(settings: DemoSettings, out: Path) -> PretrainedConfig:
+    """Lite0's bundled ImageNet weights, imported once into a safetensors file; else random weights."""
+    if settings.backbone != "efficientnet_lite0":
+        return PretrainedConfig(source="none")
+    weights, _, _ = import_weights(
+        bundled_efficientnet_lite0(), "efficientnet_lite0", out / "weights" / "efficientnet_lite0_imagenet.safetensors"
+    )
+    return PretrainedConfig(source="file", uri=str(weights))
+
+
+def train_source(settings: DemoSettings, data: Path, out: Path, ray_storage: str | None) -> tuple[RunConfig, Path]:
+    """Fine-tune the source model on clear under Ray Train; returns its config and a local model folder."""
+    from raysegment.distributed.train import largest_node_cpus, train_on_ray
+
+    cfg = RunConfig(
+        data=DataConfig(root=str(data), domain="clear"),
+        model=ModelConfig(backbone=settings.backbone, decoder="fpn", pretrained=pretrained_init(settings, out)),
+        optim=OptimConfig(epochs=settings.source_epochs, batch_size=8, lr=2e-3, decay=0.9),
+        scale=ScaleConfig(num_workers=1, cpus_per_worker=min(2.0, largest_node_cpus()), storage_path=ray_storage),
+        output_dir=str(out / "runs" / "source"),
+    )
+    result = train_on_ray(cfg, name="source")
+    if result.model_dir is None:
+        raise RaySegmentError(f"the source fine-tune left no model in {result.storage_dir}")
+    model, meta = load_model(result.model_dir)
+    return cfg, save_model(out / "runs" / "source" / "model", model, meta)
+
+
+def search_targets(
+    settings: DemoSettings, source_cfg: RunConfig, source_dir: Path, registry_uri: str, out: Path, log
+) -> list[DomainOutcome]:
+    """The per-domain Tune search from the source, its winners registered and judged."""
+    from raysegment.distributed.tune import format_table, run_search
+
+    spec = TuneJob(
+        job="tune",
+        name="demo",
+        targets=list(settings.targets),
+        registry=registry_uri,
+        source=str(source_dir),
+        search=SearchConfig(
+            num_samples=settings.trials,
+            max_epochs=settings.trial_epochs,
+            grace_period=1,
+            freeze_depth=[0, 1, 2, 3],
+            lr=(3e-4, 3e-3),
+            jitter=[0.0, 0.2],
+        ),
+        run=source_cfg.model_copy(
+            update={
+                "data": source_cfg.data.model_copy(update={"labelled_limit": settings.shots}),
+                "optim": source_cfg.optim.model_copy(update={"batch_size": 5}),
+                "scale": source_cfg.scale.model_copy(update={"num_workers": 1, "cpus_per_worker": 1}),
+                "output_dir": str(out / "runs" / "tune"),
+            }
+        ),
+    )
+    outcomes = run_search(spec, log=log)
+    log(format_table(outcomes))
+    return outcomes
+
+
+def score_winners(
+    settings: DemoSettings, data: Path, source_dir: Path, outcomes: list[DomainOutcome], registry_uri: str, out: Path
+) -> tuple[dict[str, dict[str, float]], Path, str]:
+    """Test-split mIoU of the source and of each registered winner; the table, its PNG chart and text."""
+    registry, eval_cfg = Registry(registry_uri), EvalConfig()
+    source_model, _ = load_model(source_dir)
+    table: dict[str, dict[str, float]] = {}
+    for domain in ("clear", *settings.targets):
+        test = open_split(data, domain, "test")
+        row = {"source_only": evaluate(source_model, test, eval_cfg).miou}
+        if domain != "clear":
+            winner, _, entry = registry.load(f"{domain}@{next(o.version for o in outcomes if o.domain == domain)}")
+            row["tuned"] = evaluate(winner, test, eval_cfg).miou
+            row["version"] = entry.version
+        table[domain] = row
+    lines = [f"{'domain':<9} {'source-only':>11} {'tuned':>7} {'gain':>6}"]
+    for domain, row in table.items():
+        tuned = row.get("tuned", row["source_only"])
+        lines.append(
+            f"{domain:<9} {100 * row['source_only']:>10.1f}% {100 * tuned:>6.1f}% "
+            f"{100 * (tuned - row['source_only']):>+6.1f}"
+        )
+    chart = bar_chart_png(
+        out / "miou_per_domain.png",
+        {
+            "source-only": {d: 100 * r["source_only"] for d, r in table.items()},
+            f"tuned winner ({settings.shots} labels)": {
+                d: 100 * r.get("tuned", r["source_only"]) for d, r in table.items()
+            },
+        },
+        title="test mIoU per domain",
+    )
+    return table, chart, "\n".join(lines)
+
+
+def serve_registry(settings: DemoSettings, registry_uri: str) -> str:
+    """The Serve app on the demo's registry, on a free loopback port; returns its URL."""
+    from ray import serve
+
+    from raysegment.serving.app import build_app
+    from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = ServeConfig(
+        registry=registry_uri,
+        auth="none",
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.5, max_models_per_replica=len(settings.targets) + 3),
+        closed_loop=ClosedLoop(
+            routing_base=Registry(registry_uri).get_entry("clear").ref,
+            capture_domains=[settings.loop_domain, NEW_POOL],
+            shadow_share=1.0,
+            drift_window=16,
+            drift_every=1,  # the demo's traffic is a few dozen images: use every one
+        ),
+    )
+    serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+def request_each_target(settings: DemoSettings, url: str, data: Path, out: Path, log) -> dict[str, dict]:
+    """One overlay and one JSON answer per target domain, from the live endpoint."""
+    served = {}
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    for domain in settings.targets:
+        image_path = open_split(data, domain, "test").samples[0][0]
+        body = image_path.read_bytes()
+        reply = httpx.post(
+            f"{url}/v1/domains/{domain}/segment?format=overlay",
+            content=body,
+            headers={"content-type": "image/png"},
+            timeout=120,
+        )
+        reply.raise_for_status()
+        (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
+        shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
+        served[domain] = {"version": shares["version"], "shares": shares["shares"], "image": image_path.name}
+        log(
+            f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
+            f"{out / 'overlays' / (domain + '.png')}"
+        )
+    return served
+
+
 def run_demo(
     out: str | Path = "demo_out",
-    images_per_domain: int = 48,
-    height: int = 128,
-    width: int = 256,
-    source_epochs: int = 8,
-    trials: int = 2,
-    trial_epochs: int = 3,
-    shots: int = 10,
-    targets: tuple[str, ...] = synth.DOMAINS[1:],
-    study_methods: tuple[str, ...] = LABEL_FREE_METHODS,
-    study_shots: tuple[int, ...] = (1, 5),
-    study_epochs: int = 3,
-    study_targets: tuple[str, ...] | None = ("night",),
-    backbone: str = "efficientnet_lite0",
+    settings: DemoSettings = DemoSettings(),
     storage: str | None = None,
     log=print,
 ) -> dict:
-    """`backbone` other than efficientnet_lite0 starts from random weights (the ImageNet file is Lite0's).
-    The method comparison runs on `study_targets` (None: every target); on 2 CPU cores each target
-    costs minutes, so the default keeps `make demo` under 15 minutes with one photometric shift;
-    `raysegment adapt` runs it on any set. `storage` (e.g. s3://bucket/demo)
-    puts the registry and every Ray Train/Tune checkpoint in object storage, as on a cluster whose
-    nodes share no disk; by default they are folders under `out`."""
+    """Every stage on the connected (or an embedded) Ray cluster: synthesise, train the source, search
+    each target, score, compare label-free methods, serve, run the closed loop; returns the summary
+    also written to `results.json`. `storage` (e.g. s3://bucket/demo) puts the registry and every
+    Ray Train/Tune checkpoint in object storage, as on a cluster whose nodes share no disk; by
+    default they are folders under `out`."""
     import ray
     from ray import serve
 
-    from raysegment.distributed.train import fine_tune
-    from raysegment.distributed.tune import format_table, run_search
-    from raysegment.serving.app import build_app
-    from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig, use_serve_process_env
+    from raysegment.distributed.train import ensure_ray
+    from raysegment.serving.config import use_serve_process_env
 
-    out = Path(out).resolve()
+    s, out = settings, Path(out).resolve()
     registry_uri = join(storage, "registry") if storage else str(out / "registry")
-    ray_storage = join(storage, "ray") if storage else None
     start = time.perf_counter()
-    data = synth.generate(
-        out / "data", domains=("clear", *targets), images_per_domain=images_per_domain, height=height, width=width
-    )
 
     def stage(line: str) -> None:
         log(f"{line}  [{time.perf_counter() - start:.0f} s]")
 
-    log(f"[demo] 1/6 synthesised clear + {', '.join(targets)}: {images_per_domain} images each at {height}x{width}")
-    pretrained = {"source": "none"}
-    if backbone == "efficientnet_lite0":
-        weights, _, _ = import_weights(
-            bundled_efficientnet_lite0(),
-            "efficientnet_lite0",
-            out / "weights" / "efficientnet_lite0_imagenet.safetensors",
-        )
-        pretrained = {"source": "file", "uri": str(weights)}
+    data = synth.generate(
+        out / "data",
+        domains=("clear", *s.targets),
+        images_per_domain=s.images_per_domain,
+        height=s.height,
+        width=s.width,
+    )
+    size = f"{s.height}x{s.width}"
+    log(f"[demo] 1/6 synthesised clear + {', '.join(s.targets)}: {s.images_per_domain} images each at {size}")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from raysegment.distributed.train import ensure_ray, largest_node_cpus
-
     use_serve_process_env()  # the demo's local Ray serves at the end
-    started_ray = ensure_ray()
-
+    started_ray, serving = ensure_ray(), False
     try:
-        source_cpus = min(2.0, largest_node_cpus())
-        source_cfg = parse_config(
-            {
-                "data": {"root": str(data), "domain": "clear"},
-                "model": {"backbone": backbone, "decoder": "fpn", "pretrained": pretrained},
-                "optim": {"epochs": source_epochs, "batch_size": 8, "lr": 2e-3, "decay": 0.9},
-                "scale": {"num_workers": 1, "cpus_per_worker": source_cpus, "storage_path": ray_storage},
-                "output_dir": str(out / "runs" / "source"),
-            },
-            "demo source",
-        )
-        stage(f"[demo] 2/6 fine-tuning the source on Ray Train ({source_epochs} epochs)")
-        result = fine_tune(source_cfg, name="source")
-        if result.model_dir is None:
-            raise RaySegmentError(f"the source fine-tune left no model in {result.storage_dir}")
-        source_model, meta = load_model(result.model_dir)
-        save_model(out / "runs" / "source" / "model", source_model, meta)
-
-        stage(f"[demo] 3/6 per-domain Tune search: {trials} trials x <= {trial_epochs} epochs, {shots} target labels")
-        spec = TuneJob(
-            job="tune",
-            name="demo",
-            targets=list(targets),
-            registry=registry_uri,
-            source=str(out / "runs" / "source" / "model"),
-            search=SearchConfig(
-                num_samples=trials,
-                max_epochs=trial_epochs,
-                grace_period=1,
-                freeze_depth=[0, 1, 2, 3],
-                lr=(3e-4, 3e-3),
-                jitter=[0.0, 0.2],
-            ),
-            run=source_cfg.model_copy(
-                update={
-                    "data": source_cfg.data.model_copy(update={"labelled_limit": shots}),
-                    "optim": source_cfg.optim.model_copy(update={"batch_size": 5}),
-                    "scale": source_cfg.scale.model_copy(
-                        update={"num_workers": 1, "cpus_per_worker": 1, "storage_path": ray_storage}
-                    ),
-                    "output_dir": str(out / "runs" / "tune"),
-                }
-            ),
-        )
-        outcomes = run_search(spec, log=log)
-        log(format_table(outcomes))
-
+        stage(f"[demo] 2/6 fine-tuning the source on Ray Train ({s.source_epochs} epochs)")
+        source_cfg, source_dir = train_source(s, data, out, join(storage, "ray") if storage else None)
+        stage(f"[demo] 3/6 per-domain Tune search: {s.trials} trials x <= {s.trial_epochs} epochs, {s.shots} labels")
+        outcomes = search_targets(s, source_cfg, source_dir, registry_uri, out, log)
         stage("[demo] 4/6 test-split mIoU: source-only vs registered winner")
-        registry = Registry(registry_uri)
-        table = {}
-        for domain in ("clear", *targets):
-            test = open_split(data, domain, "test")
-            row = {"source_only": evaluate(source_model, test, source_cfg.eval).miou}
-            if domain != "clear":
-                winner, _, entry = registry.load(f"{domain}@{next(o.version for o in outcomes if o.domain == domain)}")
-                row["tuned"] = evaluate(winner, test, source_cfg.eval).miou
-                row["version"] = entry.version
-            table[domain] = row
-        lines = [f"{'domain':<9} {'source-only':>11} {'tuned':>7} {'gain':>6}"]
-        for domain, row in table.items():
-            tuned = row.get("tuned", row["source_only"])
-            lines.append(
-                f"{domain:<9} {100 * row['source_only']:>10.1f}% {100 * tuned:>6.1f}% "
-                f"{100 * (tuned - row['source_only']):>+6.1f}"
-            )
-        log("\n".join(lines))
-        chart = bar_chart_png(
-            out / "miou_per_domain.png",
-            {
-                "source-only": {d: 100 * r["source_only"] for d, r in table.items()},
-                f"tuned winner ({shots} labels)": {d: 100 * r.get("tuned", r["source_only"]) for d, r in table.items()},
-            },
-            title="test mIoU per domain",
-        )
-
-        study_on = [t for t in targets if study_targets is None or t in study_targets]
+        table, chart, text = score_winners(s, data, source_dir, outcomes, registry_uri, out)
+        log(text)
+        study_on = [t for t in s.targets if s.study_targets is None or t in s.study_targets]
         stage(
-            f"[demo] 4b/6 adaptation without labels ({', '.join(study_methods)}), with {list(study_shots)} labels "
-            f"and with all labels (oracle), on {', '.join(study_on)}"
+            f"[demo] 4b/6 adaptation without labels ({', '.join(s.study_methods)}), with {list(s.study_shots)} "
+            f"labels and with all labels (oracle), on {', '.join(study_on)}"
         )
         reports = run_study(
-            out / "runs" / "source" / "model",
+            source_dir,
             data,
             "clear",
             study_on,
-            study_methods,
-            study_shots,
+            s.study_methods,
+            s.study_shots,
             out=out / "adapt",
-            epochs={"self_training": study_epochs, "finetune": study_epochs + 2, "oracle": study_epochs + 2},
+            epochs=epochs_per_method(s.study_epochs),
             log=log,
         )
         log(format_study(reports))
-
         stage("[demo] 5/6 Serve app up; one HTTP request per domain")
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(
-            build_app(
-                ServeConfig(
-                    registry=registry_uri,
-                    auth="none",
-                    replicas=Replicas(max_replicas=1, cpus_per_replica=0.5, max_models_per_replica=len(targets) + 3),
-                    closed_loop=ClosedLoop(
-                        routing_base=Registry(registry_uri).get_entry("clear").ref,
-                        capture_domains=["night" if "night" in targets else targets[-1], NEW_POOL],
-                        shadow_share=1.0,
-                        drift_window=16,
-                        drift_every=1,  # the demo's traffic is a few dozen images: use every one
-                    ),
-                ).model_dump()
-            ),
-            name="raysegment",
-            route_prefix="/",
-        )
-        url = f"http://127.0.0.1:{port}"
-        served = {}
-        (out / "overlays").mkdir(parents=True, exist_ok=True)
-        for domain in targets:
-            image_path = open_split(data, domain, "test").samples[0][0]
-            body = image_path.read_bytes()
-            reply = httpx.post(
-                f"{url}/v1/domains/{domain}/segment?format=overlay",
-                content=body,
-                headers={"content-type": "image/png"},
-                timeout=120,
-            )
-            reply.raise_for_status()
-            (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
-            shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
-            served[domain] = {"version": shares["version"], "shares": shares["shares"], "image": image_path.name}
-            log(
-                f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
-                f"{out / 'overlays' / (domain + '.png')}"
-            )
-        last_image = image_path
-        loop_domain = "night" if "night" in targets else targets[-1]
-        stage(f"[demo] 5b/6 closed loop: routing without a domain; {loop_domain}'s traffic -> loop -> shadow")
-        closed_loop = show_closed_loop(url, registry_uri, data, loop_domain, targets[0], log)
+        url, serving = serve_registry(s, registry_uri), True
+        served = request_each_target(s, url, data, out, log)
+        stage(f"[demo] 5b/6 closed loop: routing without a domain; {s.loop_domain}'s traffic -> loop -> shadow")
+        closed_loop = show_closed_loop(url, registry_uri, data, s.loop_domain, s.targets[0], log)
     finally:
-        stage("[demo] 6/6 shutting down Serve" + (" and Ray" if started_ray else ""))
-        try:
+        stage("[demo] 6/6 shutting down" + (" Serve" if serving else "") + (" and Ray" if started_ray else ""))
+        if serving:
             serve.shutdown()
-        except Exception:
-            pass
         if started_ray:
             ray.shutdown()
     summary = {
@@ -335,6 +405,7 @@ def run_demo(
     log(
         "[demo] the demo's server is shut down; to serve its registry yourself:\n"
         f"  raysegment serve --registry {registry_uri} --port 8000 &   # then open http://127.0.0.1:8000/ui\n"
-        f"  curl --data-binary @{last_image} 'http://127.0.0.1:8000/v1/domains/{targets[-1]}/segment?format=json'"
+        f"  curl --data-binary @{data / s.targets[-1] / 'images' / served[s.targets[-1]]['image']} "
+        f"'http://127.0.0.1:8000/v1/domains/{s.targets[-1]}/segment?format=json'"
     )
     return summary

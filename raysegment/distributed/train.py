@@ -1,4 +1,4 @@
-"""Ray Train shell around the engine: `fine_tune(cfg)` runs the engine's one epoch loop on every rank.
+"""Ray Train shell around the engine: `train_on_ray(cfg)` runs the engine's one epoch loop on every rank.
 
 Each rank reads its shard (the epoch sampler splits by rank), augments on its own device with
 Kornia, and steps a DDP model (nccl on GPU, gloo on CPU). Every epoch all ranks report metrics;
@@ -36,7 +36,7 @@ PROGRESS_FILE = "progress.jsonl"
 
 
 @dataclass
-class FineTuneResult:
+class RayTrainResult:
     metrics: dict[str, Any]
     checkpoint_dir: Path | None  # the last engine checkpoint (resumable)
     model_dir: Path | None  # the run's selected model inside it (best-scored epoch, or last)
@@ -228,7 +228,7 @@ def ensure_ray(log_to_driver: bool = False) -> bool:
     return True
 
 
-def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | None = None) -> FineTuneResult:
+def train_on_ray(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | None = None) -> RayTrainResult:
     """Run a distributed fine-tune on the connected (or an embedded local) Ray cluster."""
     ensure_ray(log_to_driver=True)
     check_resources(cfg)
@@ -249,7 +249,7 @@ def fine_tune(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | N
             ckpt_dir = Path(result.checkpoint.to_directory(str(local))) / "engine"
         else:
             ckpt_dir = Path(result.checkpoint.path) / "engine"
-    return FineTuneResult(
+    return RayTrainResult(
         dict(result.metrics or {}),
         ckpt_dir,
         ckpt_dir / SELECTED if ckpt_dir else None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import miscalibrated
 
-from raysegment.apps.loop import run_loop
+from raysegment.apps.closed_loop import run_loop
 from raysegment.config import LoopConfig
 from raysegment.data import open_split
 from raysegment.engine.signature import version_signatures
