@@ -251,7 +251,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 0
     entry = reg.resolve(args.ref)
     if args.action == "show":
-        print(json.dumps(entry.manifest, indent=2))
+        print(entry.manifest.model_dump_json(indent=2))
     elif args.action == "promote" and args.alias == "production":
         decision = promote_version(reg, entry.ref, force=args.force, actor=args.by or getpass.getuser())
         alias = "production" if decision.promoted else "candidate"

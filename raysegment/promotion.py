@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from raysegment.config import Judge
-from raysegment.engine.policy import as_judge, beats
+from raysegment.engine.policy import beats
 from raysegment.registry import Entry, Registry, RegistryError
 
 PRODUCTION = "production"
@@ -128,11 +128,10 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
     from raysegment.errors import RaySegmentError
 
     try:
-        cfg = RunConfig.model_validate(candidate.manifest.get("config") or {})
+        cfg = RunConfig.model_validate(candidate.manifest.config)
     except ValidationError:
         return None, None, "proxy", None
-    recorded = candidate.manifest["lineage"].get("judge")
-    judge_name = as_judge(recorded) if recorded else cfg.judge
+    judge_name = candidate.manifest.lineage.judge or cfg.judge
     production = registry.aliases(candidate.domain).get(PRODUCTION)
     incumbent = f"{candidate.domain}@{production}" if production not in (None, candidate.version) else None
     d = cfg.data
@@ -179,7 +178,7 @@ def register_snapshot(registry: Registry, parent: Entry, statistics: dict[str, t
         model,
         meta,
         {},
-        parent.manifest["config"],
+        parent.manifest.config,
         parent=parent.ref,
         lineage={"method": SNAPSHOT_METHOD, "target_labels": 0, "images": images},
     )
@@ -191,16 +190,14 @@ def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
     candidate) and bases of other versions are never removed. Returns the removed versions."""
     aliased = set(registry.aliases(domain).values())
     used_as_base = {
-        (e.manifest["base"] or {}).get("version")
-        for e in registry.entries()
-        if (e.manifest.get("base") or {}).get("domain") == domain
+        e.manifest.base.version for e in registry.entries() if e.manifest.base and e.manifest.base.domain == domain
     }
     spare = [
         v
         for v in registry.versions(domain)
         if v not in aliased
         and v not in used_as_base
-        and registry.get_entry(domain, v).manifest["lineage"].get("method") == SNAPSHOT_METHOD
+        and registry.get_entry(domain, v).manifest.lineage.method == SNAPSHOT_METHOD
     ]
     doomed = spare[: max(len(spare) - keep, 0)]
     for version in doomed:

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load, save
 
 from raysegment.engine.signature import Signature
 from raysegment.errors import RaySegmentError
+from raysegment.manifest import Lineage, ModelVersion, VersionRef
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.objectstore import ObjectStore, StoreError, open_store, update_json
 from raysegment.storage import atomic_write_bytes
@@ -71,7 +73,7 @@ def _parse_json(data: bytes, where: str) -> Any:
 class Entry:
     domain: str
     version: int
-    manifest: dict[str, Any]
+    manifest: ModelVersion
 
     @property
     def ref(self) -> str:
@@ -129,7 +131,7 @@ class Registry:
                 for k, v in state.items()
                 if k not in base_state or base_state[k].shape != v.shape or not torch.equal(base_state[k], v)
             }
-            base = {"domain": base_entry.domain, "version": base_entry.version}
+            base = VersionRef(domain=base_entry.domain, version=base_entry.version)
         weights = save(state)
         digest = sha256_bytes(weights)
         self.store.put_new(self._blob_key(domain, digest), weights)  # named by content: an existing one is the same
@@ -138,22 +140,22 @@ class Registry:
             data = signature.to_bytes()
             signature_digests[under] = sha256_bytes(data)
             self.store.put_new(self._signature_key(domain, signature_digests[under]), data)
-        manifest = {
-            "domain": domain,
-            "meta": meta.model_dump(mode="json"),
-            "metrics": metrics or {},
-            "config": config or {},
-            "base": base,
-            "sha256": digest,
-            "tensors": len(state),
-            "bytes": len(weights),
-            "lineage": {"time": time.time(), "parent": parent, **(lineage or {})},
-            "signatures": signature_digests,
-        }
+        manifest = ModelVersion(
+            domain=domain,
+            meta=meta,
+            metrics=metrics or {},
+            config=config or {},
+            base=base,
+            sha256=digest,
+            tensors=len(state),
+            bytes=len(weights),
+            lineage=Lineage.model_validate({"time": time.time(), "parent": parent, **(lineage or {})}),
+            signatures=signature_digests,
+        )
         for _ in range(REGISTER_ATTEMPTS):
             version = self._next_version(domain)
-            manifest["version"] = version
-            body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            manifest = manifest.model_copy(update={"version": version})
+            body = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True).encode()
             if not self.store.put_new(self._version_key(domain, version, "json"), body):
                 continue  # another writer took this number first: take the next
             if self.store.get(self._version_key(domain, version, "removed")) is not None:
@@ -216,7 +218,7 @@ class Registry:
 
     def remove(self, domain: str, version: int) -> None:
         entry = self.get_entry(domain, version)
-        users = [e.ref for e in self.entries() if e.manifest.get("base") == {"domain": domain, "version": version}]
+        users = [e.ref for e in self.entries() if e.manifest.base == VersionRef(domain=domain, version=version)]
         if users:
             raise RegistryError(f"{entry.ref} is the base of {', '.join(users)}; remove those first")
         aliased = [a for a, v in self.aliases(domain).items() if v == version]
@@ -227,10 +229,10 @@ class Registry:
         self.store.put_new(self._version_key(domain, version, "removed"), b"")
         self.store.delete(self._version_key(domain, version, "json"))
         remaining = [self.get_entry(domain, v).manifest for v in self.versions(domain)]
-        if all(m["sha256"] != entry.manifest["sha256"] for m in remaining):
-            self.store.delete(self._blob_key(domain, entry.manifest["sha256"]))
-        still_used = {d for m in remaining for d in (m.get("signatures") or {}).values()}
-        for digest in set((entry.manifest.get("signatures") or {}).values()) - still_used:
+        if all(m.sha256 != entry.manifest.sha256 for m in remaining):
+            self.store.delete(self._blob_key(domain, entry.manifest.sha256))
+        still_used = {d for m in remaining for d in m.signatures.values()}
+        for digest in set(entry.manifest.signatures.values()) - still_used:
             self.store.delete(self._signature_key(domain, digest))
 
     # ------------------------------------------------------------------- reads
@@ -258,9 +260,9 @@ class Registry:
                     "domain": entry.domain,
                     "version": entry.version,
                     "aliases": aliases,
-                    "metrics": entry.manifest["metrics"],
-                    "bytes": entry.manifest["bytes"],
-                    "base": entry.manifest["base"],
+                    "metrics": entry.manifest.metrics,
+                    "bytes": entry.manifest.bytes,
+                    "base": entry.manifest.base.model_dump() if entry.manifest.base else None,
                 }
             )
         return rows
@@ -281,24 +283,29 @@ class Registry:
             if version not in aliases:
                 raise RegistryError(f"domain {domain!r} has no alias {version!r}; aliases: {sorted(aliases) or 'none'}")
             version = aliases[version]
-        key = self._version_key(domain, int(version), "json") if version is not None else None
+        number = int(version) if version is not None else None
+        key = self._version_key(domain, number, "json") if number is not None else None
         data = self.store.get(key) if key else None
-        if data is None:
+        if data is None or number is None:
             raise RegistryError(
                 f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}"
             )
-        manifest = _parse_json(data, f"{self.uri}/{key}")
-        if not isinstance(manifest, dict) or "meta" not in manifest:
+        raw = _parse_json(data, f"{self.uri}/{key}")
+        if not isinstance(raw, dict) or "meta" not in raw:
             raise CorruptRegistry(f"{self.uri}/{key} is corrupt (no model meta)")
-        return Entry(domain, int(version), manifest)  # type: ignore[arg-type]
+        try:
+            manifest = ModelVersion.model_validate({"domain": domain, "version": number, **raw})
+        except ValidationError as exc:
+            raise CorruptRegistry(f"{self.uri}/{key} is corrupt ({str(exc)[:300]})") from exc
+        return Entry(domain, number, manifest)
 
     def load_state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """Full state dict of a version (its base's tensors overlaid by its own), hash-checked."""
         own = self._own_state(entry)
-        base = entry.manifest.get("base")
-        if not base:
+        base = entry.manifest.base
+        if base is None:
             return own
-        full = self.load_state(self.get_entry(base["domain"], base["version"]))
+        full = self.load_state(self.get_entry(base.domain, base.version))
         full.update(own)
         return full
 
@@ -306,7 +313,7 @@ class Registry:
         from raysegment.models.rebuild import rebuild  # timm on first load, not on import: alias moves need none
 
         entry = self.resolve(ref)
-        meta = ModelMeta.model_validate(entry.manifest["meta"])
+        meta = entry.manifest.meta
         model = rebuild(meta)
         model.load_state_dict(self.load_state(entry))
         return model.eval(), meta, entry
@@ -320,10 +327,10 @@ class Registry:
         from raysegment.models.rebuild import rebuild
 
         entry = self.resolve(ref)
-        meta = ModelMeta.model_validate(entry.manifest["meta"])
+        meta = entry.manifest.meta
         own = self._own_state(entry)
-        base = entry.manifest.get("base")
-        state = dict(bases.get(self, base["domain"], base["version"])) if base else {}
+        base = entry.manifest.base
+        state = dict(bases.get(self, base.domain, base.version)) if base else {}
         state.update({k: v.to(bases.device) for k, v in own.items()})
         model = rebuild(meta)
         model.load_state_dict(state, assign=True)  # adopt the tensors themselves, no copy
@@ -332,7 +339,7 @@ class Registry:
     def signature(self, entry: Entry, under: str = "own") -> Signature | None:
         """The version's signature under its own model ("own") or a base's ("domain@version"); None
         when it has none; hash-checked like weights."""
-        digest = (entry.manifest.get("signatures") or {}).get(under)
+        digest = entry.manifest.signatures.get(under)
         if digest is None:
             return None
         data = self.store.get(self._signature_key(entry.domain, digest))
@@ -354,7 +361,7 @@ class Registry:
         return f"{domain}/blobs/{digest}.safetensors"
 
     def _own_state(self, entry: Entry) -> dict[str, torch.Tensor]:
-        digest = entry.manifest["sha256"]
+        digest = entry.manifest.sha256
         data = self._weights(entry.domain, digest)
         if data is None:
             raise RegistryError(f"{entry.ref}: its weights ({digest[:12]}...) are missing from {self.uri}")

@@ -56,8 +56,8 @@ def test_the_winner_is_promoted_by_the_policy_recorded_and_rolled_back(tmp_path,
     assert outcome.scores["adabn"][0] > outcome.scores["adabn"][1]  # re-estimated statistics fix it
     assert set(outcome.timings) == {"export", "search", "register", "decide"}
     entry = drifted_registry.get_entry("fog", 2)
-    assert entry.manifest["lineage"]["loop"] is True and entry.manifest["lineage"]["target_labels"] == 0
-    assert set(entry.manifest["signatures"]) == {"own", "clear@1", "fog@1"}  # drift and routing keep working
+    assert entry.manifest.lineage.loop is True and entry.manifest.lineage.target_labels == 0
+    assert set(entry.manifest.signatures) == {"own", "clear@1", "fog@1"}  # drift and routing keep working
     assert drifted_registry.aliases("fog") == {"production": 2}
     steps = [r.get("loop", {}).get("step") or r.get("alias") for r in drifted_registry.history("fog")]
     assert steps == ["production", "start", "search", "candidate", "production"]

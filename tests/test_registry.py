@@ -67,7 +67,7 @@ def test_corrupt_weights_fail_the_hash_check(registry_uri, tmp_path, monkeypatch
     monkeypatch.setenv("RAYSEGMENT_CACHE", str(tmp_path / "cache"))
     reg = Registry(registry_uri)
     reg.register("night", _model(), META)
-    tamper(registry_uri, f"night/blobs/{reg.get_entry('night', 1).manifest['sha256']}.safetensors")
+    tamper(registry_uri, f"night/blobs/{reg.get_entry('night', 1).manifest.sha256}.safetensors")
     with pytest.raises(RegistryError, match="does not match its manifest hash"):
         reg.load("night@1")
 
@@ -84,8 +84,8 @@ def test_delta_stores_only_changed_tensors_and_rebuilds(registry_uri):
     version = reg.register("fog", child, META, parent="clear@1")
     entry = reg.get_entry("fog", version)
     full = reg.get_entry("clear", 1)
-    assert entry.manifest["base"] == {"domain": "clear", "version": 1}
-    assert entry.manifest["bytes"] < full.manifest["bytes"]
+    assert entry.manifest.base is not None and entry.manifest.base.ref == "clear@1"
+    assert entry.manifest.bytes < full.manifest.bytes
     loaded, _, _ = reg.load(f"fog@{version}")
     for key, value in child.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -236,7 +236,7 @@ def test_remote_weights_are_cached_by_content_hash(s3_bucket, tmp_path, monkeypa
     monkeypatch.setenv("RAYSEGMENT_CACHE", str(cache))
     reg = Registry(f"{s3_bucket}/reg")
     reg.register("fog", _model(1), META)
-    digest = reg.get_entry("fog", 1).manifest["sha256"]
+    digest = reg.get_entry("fog", 1).manifest.sha256
     first, _, _ = reg.load("fog@1")
     assert [p.name for p in cache.iterdir()] == [f"{digest}.safetensors"]
     # A damaged local copy is never served: the hash check sends the replica back to the store.

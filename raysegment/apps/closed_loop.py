@@ -93,7 +93,7 @@ def candidate_signatures(
     registry: Registry, production: Entry, model: torch.nn.Module, images: Any, meta: ModelMeta
 ) -> dict[str, Signature]:
     """The candidate's own signature and one under every model production's routing signature uses."""
-    kept = production.manifest.get("signatures") or {}
+    kept = production.manifest.signatures
     found = {"own": domain_signature(model, images, resize=meta.resize)}
     unders = [k for k in kept if k != "own"] + ([production.ref] if "own" in kept else [])
     for under in unders:

@@ -213,7 +213,7 @@ def source_model_dir(spec: TuneJob, registry: Registry, storage: Path, log=print
         return folder, entry.ref
     folder, d = Path(spec.source), spec.run.data
     for entry in registry.entries(d.domain):
-        if entry.manifest["lineage"].get("source_path") == str(folder):
+        if entry.manifest.lineage.source_path == str(folder):
             return folder, entry.ref
     model, meta = load_model(folder)
     try:
@@ -331,8 +331,8 @@ def registered_version(registry: Registry, domain: str, search: str, trial_id: s
     """The version this search already registered for this trial (registration and `winner.json`
     are two writes: a search resumed between them must not register the winner twice)."""
     for entry in registry.entries(domain):
-        lineage = entry.manifest["lineage"]
-        if lineage.get("search") == search and lineage.get("trial_id") == trial_id:
+        lineage = entry.manifest.lineage
+        if lineage.search == search and lineage.trial_id == trial_id:
             return entry.version
     return None
 

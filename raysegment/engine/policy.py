@@ -7,20 +7,7 @@ closed loop's search, the study's pick and the criteria's regret all decide thro
 
 from __future__ import annotations
 
-from typing import get_args
-
 from raysegment.config import Judge
-
-JUDGES: tuple[str, ...] = get_args(Judge)
-
-
-def as_judge(value: object) -> Judge:
-    """A judge name read from outside (a manifest, a request): one of `JUDGES`, else ValueError."""
-    if value == "labels":
-        return "labels"
-    if value == "proxy":
-        return "proxy"
-    raise ValueError(f"unknown judge {value!r}: one of {', '.join(JUDGES)}")
 
 
 def beats(candidate: float, incumbent: float, judge: Judge, margin: float = 0.0) -> bool:

@@ -338,7 +338,7 @@ async def answer(
             "x-route-distance": f"{route.distance:.6f}",
             "x-route-unknown": str(route.unknown).lower(),
         }
-    meta = entry.manifest["meta"]
+    meta = entry.manifest.meta
     if format == "json":
         body = Segmentation(
             domain=entry.domain,
@@ -346,12 +346,12 @@ async def answer(
             model_id=result["model_id"],
             height=int(mask.shape[0]),
             width=int(mask.shape[1]),
-            shares=class_shares(mask, meta["classes"]),
+            shares=class_shares(mask, meta.classes),
             route=RouteBody(**route.as_json()) if route is not None else None,
         )
         return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
     if format == "overlay":
-        png = await asyncio.to_thread(overlay_png, upload.image, mask, meta["palette"], meta["classes"])
+        png = await asyncio.to_thread(overlay_png, upload.image, mask, meta.palette, meta.classes)
     else:
         png = mask_png(mask)
     return Response(content=png, media_type="image/png", headers=headers)

@@ -65,17 +65,16 @@ def checked_domain(domain: str) -> str:
 def lineage(entry: Entry) -> dict[str, Any]:
     """What a version is and where it came from, as the API and the console show it."""
     m = entry.manifest
-    line = m.get("lineage") or {}
     return {
         "version": entry.version,
-        "method": line.get("method"),
-        "target_labels": line.get("target_labels"),
-        "judge": line.get("judge"),
-        "parent": line.get("parent"),
-        "metrics": m.get("metrics") or {},
-        "bytes": m.get("bytes"),
-        "base": m.get("base"),
-        "time": line.get("time"),
+        "method": m.lineage.method,
+        "target_labels": m.lineage.target_labels,
+        "judge": m.lineage.judge,
+        "parent": m.lineage.parent,
+        "metrics": m.metrics,
+        "bytes": m.bytes,
+        "base": m.base.model_dump() if m.base else None,
+        "time": m.lineage.time,
     }
 
 
@@ -151,7 +150,7 @@ class Catalog:
             raise DomainUnavailable(str(exc)) from exc
 
     async def training_signature(self, entry: Entry) -> Signature | None:
-        digest = (entry.manifest.get("signatures") or {}).get("own")
+        digest = entry.manifest.signatures.get("own")
         return await self._cached(("signature", digest), lambda: self.registry.signature(entry), FOREVER)
 
     async def captured(self, domain: str) -> int:
