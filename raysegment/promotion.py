@@ -193,11 +193,9 @@ def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
         e.manifest.base.version for e in registry.entries() if e.manifest.base and e.manifest.base.domain == domain
     }
     spare = [
-        v
-        for v in registry.versions(domain)
-        if v not in aliased
-        and v not in used_as_base
-        and registry.get_entry(domain, v).manifest.lineage.method == SNAPSHOT_METHOD
+        e.version
+        for e in registry.entries(domain)
+        if e.version not in aliased and e.version not in used_as_base and e.manifest.lineage.method == SNAPSHOT_METHOD
     ]
     doomed = spare[: max(len(spare) - keep, 0)]
     for version in doomed:

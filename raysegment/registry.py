@@ -6,6 +6,7 @@ Layout under the registry's root:
     <domain>/versions/<NNNN>.removed      the tombstone a removed version leaves
     <domain>/aliases.json                 {"aliases": {name: version}, "history": [every move]}
     <domain>/signatures/<sha256>.safetensors  what the version's images look like (drift, routing)
+    <domain>/index.json                   {"versions": {N: manifest}}: every manifest in one read
 
 - A version exists once its manifest does, and the manifest is created only-if-absent after its
   weights are stored: concurrent registrations never take one number, a crash never leaves a
@@ -18,6 +19,10 @@ Layout under the registry's root:
   parent (frozen stages are not stored again) and names its base; loading rebuilds the whole.
 - Domain names are validated (whole-string match): never a key outside the registry.
 - Version numbers are never reused: removing a version leaves a tombstone.
+- The index holds a copy of every manifest of the domain, added by compare-and-swap after the
+  manifest itself is written (and dropped after a removal): reading a domain's versions is one
+  listing and one read, not one read per version. The listing stays the truth: a version the
+  index misses (its writer died between the two writes) is read from its manifest.
 - A version may carry signatures of the images it was made from (`engine.signature`): `own`, under
   its own model (the drift signal compares a domain's traffic with it), and one under its base
   model, keyed by the base's ref (domain routing compares images under one shared model).
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -50,8 +56,10 @@ TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegme
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
 VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
 ALIASES = "aliases.json"
+INDEX = "index.json"
 REGISTER_ATTEMPTS = 1000
 CACHE_ENV = "RAYSEGMENT_CACHE"
+log = logging.getLogger(__name__)
 
 
 class RegistryError(RaySegmentError):
@@ -162,6 +170,7 @@ class Registry:
                 # The number was used and removed while we looked: numbers are never reused.
                 self.store.delete(self._version_key(domain, version, "json"))
                 continue
+            self._update_index(domain, version, json.loads(body))
             return version
         raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
 
@@ -228,7 +237,8 @@ class Registry:
         # meet other weights under the same name.
         self.store.put_new(self._version_key(domain, version, "removed"), b"")
         self.store.delete(self._version_key(domain, version, "json"))
-        remaining = [self.get_entry(domain, v).manifest for v in self.versions(domain)]
+        self._update_index(domain, version, None)
+        remaining = [e.manifest for e in self.entries(domain)]
         if all(m.sha256 != entry.manifest.sha256 for m in remaining):
             self.store.delete(self._blob_key(domain, entry.manifest.sha256))
         still_used = {d for m in remaining for d in m.signatures.values()}
@@ -247,14 +257,21 @@ class Registry:
         return dict(self._aliases_doc(domain)["aliases"])
 
     def entries(self, domain: str | None = None) -> list[Entry]:
-        """Every version of `domain` (one manifest read each), or of every domain."""
-        domains = [domain] if domain is not None else self.domains()
-        return [self.get_entry(d, v) for d in domains for v in self.versions(d)]
+        """Every version of `domain`, or of every domain: per domain its listing and its index
+        (a version the index misses is read from its manifest)."""
+        found = []
+        for d in [domain] if domain is not None else self.domains():
+            indexed = self._index(d)
+            for v in self.versions(d):
+                raw = indexed.get(str(v))
+                where = f"{self.uri}/{d}/{INDEX} (version {v})"
+                found.append(Entry(d, v, self._manifest(d, v, raw, where)) if raw else self.get_entry(d, v))
+        return found
 
     def list(self) -> list[dict[str, Any]]:
-        rows = []
+        rows, aliases_of = [], {d: self.aliases(d) for d in self.domains()}
         for entry in self.entries():
-            aliases = [a for a, v in self.aliases(entry.domain).items() if v == entry.version]
+            aliases = [a for a, v in aliases_of.get(entry.domain, {}).items() if v == entry.version]
             rows.append(
                 {
                     "domain": entry.domain,
@@ -290,14 +307,17 @@ class Registry:
             raise RegistryError(
                 f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}"
             )
-        raw = _parse_json(data, f"{self.uri}/{key}")
+        where = f"{self.uri}/{key}"
+        return Entry(domain, number, self._manifest(domain, number, _parse_json(data, where), where))
+
+    @staticmethod
+    def _manifest(domain: str, version: int, raw: Any, where: str) -> ModelVersion:
         if not isinstance(raw, dict) or "meta" not in raw:
-            raise CorruptRegistry(f"{self.uri}/{key} is corrupt (no model meta)")
+            raise CorruptRegistry(f"{where} is corrupt (no model meta)")
         try:
-            manifest = ModelVersion.model_validate({"domain": domain, "version": number, **raw})
+            return ModelVersion.model_validate({"domain": domain, "version": version, **raw})
         except ValidationError as exc:
-            raise CorruptRegistry(f"{self.uri}/{key} is corrupt ({str(exc)[:300]})") from exc
-        return Entry(domain, number, manifest)
+            raise CorruptRegistry(f"{where} is corrupt ({str(exc)[:300]})") from exc
 
     def load_state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """Full state dict of a version (its base's tensors overlaid by its own), hash-checked."""
@@ -407,6 +427,40 @@ class Registry:
             update_json(self.store, key, change, lambda data: self._parse_aliases(data, key))
         except StoreError as exc:
             raise RegistryError(f"{domain}: {exc}") from exc
+
+    def _index(self, domain: str) -> dict[str, Any]:
+        key = f"{domain}/{INDEX}"
+        return self._parse_index(self.store.get(key), key)
+
+    def _parse_index(self, data: bytes | None, key: str) -> dict[str, Any]:
+        """The index's manifests by version; a corrupt index is only a slower read (the manifests
+        are the truth), so it counts as empty and the next registration starts it again."""
+        if data is None:
+            return {}
+        try:
+            doc = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
+            log.warning("%s/%s is corrupt: reading manifests one by one until it is rewritten", self.uri, key)
+            return {}
+        return doc["versions"]
+
+    def _update_index(self, domain: str, version: int, manifest: dict[str, Any] | None) -> None:
+        """Add a version's manifest to the domain's index (None: drop it), by compare-and-swap. A
+        failure leaves the index behind the listing, which readers already tolerate."""
+        key = f"{domain}/{INDEX}"
+
+        def change(doc: dict[str, Any]) -> bool:
+            if manifest is None:
+                return doc["versions"].pop(str(version), None) is not None
+            doc["versions"][str(version)] = manifest
+            return True
+
+        try:
+            update_json(self.store, key, change, lambda data: {"versions": self._parse_index(data, key)})
+        except StoreError as exc:  # the manifest is written, and it is the truth: readers fall back to it
+            log.warning("%s: version %d not in the index (%s)", domain, version, exc)
 
     def _next_version(self, domain: str) -> int:
         """One past every number ever used, removed versions included: numbers are never reused."""

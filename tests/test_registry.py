@@ -269,3 +269,61 @@ def test_signatures_travel_with_a_version_and_leave_with_it(registry_uri):
     assert reg.signature(reg.get_entry("base", 1)) is None  # registered without one
     reg.remove("fog", version)
     assert Registry(registry_uri).store.children("fog/signatures") == []
+
+
+class CountingStore:
+    """A registry's real store, counting the requests made through it."""
+
+    def __init__(self, store) -> None:
+        self._store, self.requests = store, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.requests += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def _requests(uri: str, read) -> int:
+    reg = Registry(uri)
+    reg.store = counting = CountingStore(reg.store)
+    read(reg)
+    return counting.requests
+
+
+def test_a_domains_versions_are_read_in_requests_that_do_not_grow_with_them(registry_uri):
+    reg = Registry(registry_uri)
+    reg.register("fog", _model(0), META)
+    one = _requests(registry_uri, lambda r: r.entries("fog"))
+    for seed in range(1, 6):
+        reg.register("fog", _model(seed), META, parent="fog@1", lineage={"trial_id": f"t{seed}"})
+    six = _requests(registry_uri, lambda r: r.entries("fog"))
+    assert one == six == 2  # the listing and the index, for 1 version or 6
+    entries = reg.entries("fog")
+    assert [e.version for e in entries] == list(range(1, 7))
+    assert [e.manifest for e in entries] == [reg.get_entry("fog", v).manifest for v in range(1, 7)]
+    reg.remove("fog", 6)
+    assert [e.version for e in Registry(registry_uri).entries("fog")] == list(range(1, 6))
+
+
+def test_a_version_the_index_missed_is_still_listed(tmp_path):
+    """A writer killed between its manifest and the index update: the listing is the truth, and
+    a corrupt index only makes reads slower."""
+    reg = Registry(tmp_path)
+    for seed in range(3):
+        reg.register("fog", _model(seed), META)
+    index = tmp_path / "fog" / "index.json"
+    doc = json.loads(index.read_text())
+    del doc["versions"]["3"]
+    index.write_text(json.dumps(doc))
+    assert [e.version for e in reg.entries("fog")] == [1, 2, 3]
+    assert reg.entries("fog")[2].manifest == reg.get_entry("fog", 3).manifest
+    index.write_text("{not json")
+    assert [e.version for e in reg.entries("fog")] == [1, 2, 3]
+    reg.register("fog", _model(9), META)  # a registration starts the index again
+    assert [e.version for e in reg.entries("fog")] == [1, 2, 3, 4] and "4" in json.loads(index.read_text())["versions"]

@@ -136,7 +136,7 @@ class Catalog:
 
         def read() -> dict[str, Any]:
             try:
-                versions = [lineage(self.registry.get_entry(domain, v)) for v in self.registry.versions(domain)]
+                versions = [lineage(e) for e in self.registry.entries(domain)]
                 return {"versions": versions, "aliases": self.registry.aliases(domain)}
             except RegistryError as exc:
                 return {"error": "domain unavailable", "detail": str(exc)[:300]}
