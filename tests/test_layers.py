@@ -10,7 +10,7 @@ LAYERS = [
     {"augment"},
     {"models"},
     {"engine"},
-    {"registry", "traffic"},
+    {"registry", "manifest", "traffic"},
     {"promotion"},
     {"distributed"},
     {"serving"},
@@ -28,6 +28,7 @@ RAY_FREE = {
     "models",
     "engine",
     "registry",
+    "manifest",
     "traffic",
     "promotion",
 }

@@ -1,4 +1,4 @@
-"""`raysegment adapt`: the per-domain comparison table, its files and its CLI."""
+"""`raysegment compare`: the per-domain comparison table, its files and its CLI."""
 
 import json
 import math
@@ -126,7 +126,7 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
     train = cli("train", "--config", cfg)
     assert train.returncode == 0, train.stderr
     study = cli(
-        "adapt",
+        "compare",
         "--source",
         tmp_path / "source" / "model",
         "--data",
@@ -162,13 +162,13 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
     assert "judge pick:" in study.stdout and "vessel" in study.stdout and "spearman" in study.stdout
 
 
-def test_adapt_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):
+def test_compare_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "raysegment.cli",
-            "adapt",
+            "compare",
             "--source",
             str(tmp_path / "nope"),
             "--data",

@@ -18,7 +18,8 @@ from PIL import Image
 from raysegment.config import RunConfig, SearchConfig
 from raysegment.data import open_split
 from raysegment.distributed.spec import TuneJob, load_spec
-from raysegment.distributed.tune import format_table, param_space, run_search, search_algorithm
+from raysegment.distributed.trials import param_space, search_algorithm
+from raysegment.distributed.tune import format_table, run_search
 from raysegment.engine import fit
 from raysegment.registry import Registry
 
