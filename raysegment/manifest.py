@@ -1,4 +1,5 @@
-"""`ModelVersion`: the typed manifest of one registry version (`<domain>/versions/<NNNN>.json`).
+"""`ModelVersion`: the typed manifest of one registry version (`<domain>/versions/<NNNN>.json`),
+`Entry` (a manifest and where it lives) and `ManifestIndex` (every manifest of a domain in one document).
 
 Every reader goes through it, so a field has one name and one type. It reads every manifest
 written so far: fields added later (`version`, `tensors`, `signatures`, lineage facts) default
@@ -8,12 +9,19 @@ no field of their own stay readable as extra keys.
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from raysegment.config import Judge
 from raysegment.models.io import ModelMeta
+from raysegment.objectstore import ObjectStore, StoreError, update_json
+
+INDEX_KEY = "index.json"  # <domain>/index.json: {"versions": {N: manifest}}
+log = logging.getLogger(__name__)
 
 
 class VersionRef(BaseModel):
@@ -64,3 +72,57 @@ class ModelVersion(BaseModel):
     bytes: int = 0
     lineage: Lineage = Lineage()
     signatures: dict[str, str] = Field(default_factory=dict)  # "own" or a base ref -> signature digest
+
+
+@dataclass(frozen=True)
+class Entry:
+    domain: str
+    version: int
+    manifest: ModelVersion
+
+    @property
+    def ref(self) -> str:
+        return f"{self.domain}@{self.version}"
+
+
+class ManifestIndex:
+    """A domain's `index.json`: a copy of every manifest, so its versions are read in one request.
+    The registry adds a manifest after writing it and drops it after a removal, by compare-and-swap;
+    the version listing stays the truth, so a missed update or a corrupt index only slows a read."""
+
+    def __init__(self, store: ObjectStore, domain: str) -> None:
+        self.store, self.key = store, f"{domain}/{INDEX_KEY}"
+
+    def read(self) -> dict[str, Any]:
+        """Manifests (raw JSON) by version number as a string."""
+        return self._parse(self.store.get(self.key))
+
+    def put(self, version: int, manifest: dict[str, Any] | None) -> None:
+        """Add a version's manifest (None: drop it)."""
+
+        def change(doc: dict[str, Any]) -> bool:
+            if manifest is None:
+                return doc["versions"].pop(str(version), None) is not None
+            doc["versions"][str(version)] = manifest
+            return True
+
+        try:
+            update_json(self.store, self.key, change, lambda data: {"versions": self._parse(data)})
+        except StoreError as exc:  # the manifest is written, and it is the truth: readers fall back to it
+            log.warning("%s/%s: version %d not indexed (%s)", self.store.uri, self.key, version, exc)
+
+    def _parse(self, data: bytes | None) -> dict[str, Any]:
+        """A corrupt index counts as empty (the manifests are the truth); the next registration
+        starts it again."""
+        if data is None:
+            return {}
+        try:
+            doc = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
+            log.warning(
+                "%s/%s is corrupt: reading manifests one by one until it is rewritten", self.store.uri, self.key
+            )
+            return {}
+        return doc["versions"]

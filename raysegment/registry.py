@@ -30,15 +30,10 @@ Layout under the registry's root:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import re
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,19 +42,16 @@ from safetensors.torch import load, save
 
 from raysegment.engine.signature import Signature
 from raysegment.errors import RaySegmentError
-from raysegment.manifest import Lineage, ModelVersion, VersionRef
+from raysegment.manifest import INDEX_KEY, Entry, Lineage, ManifestIndex, ModelVersion, VersionRef
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.objectstore import ObjectStore, StoreError, open_store, update_json
-from raysegment.storage import atomic_write_bytes
+from raysegment.weights_cache import SharedBases, cached_blob, sha256_bytes
 
 TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegment.traffic), never a domain
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
 VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
 ALIASES = "aliases.json"
-INDEX = "index.json"
 REGISTER_ATTEMPTS = 1000
-CACHE_ENV = "RAYSEGMENT_CACHE"
-log = logging.getLogger(__name__)
 
 
 class RegistryError(RaySegmentError):
@@ -77,17 +69,6 @@ def _parse_json(data: bytes, where: str) -> Any:
         raise CorruptRegistry(f"{where} is corrupt ({exc}); restore it or remove the version") from exc
 
 
-@dataclass(frozen=True)
-class Entry:
-    domain: str
-    version: int
-    manifest: ModelVersion
-
-    @property
-    def ref(self) -> str:
-        return f"{self.domain}@{self.version}"
-
-
 def check_domain(domain: str) -> str:
     if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain) or ".." in domain or domain == TRAFFIC:
         raise RegistryError(
@@ -95,15 +76,6 @@ def check_domain(domain: str) -> str:
             f"starting with a letter or digit, no '..' or path separators ({TRAFFIC!r} is reserved)"
         )
     return domain
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def blob_cache_dir() -> Path:
-    """Where remote weights are kept on this machine, by content hash ($RAYSEGMENT_CACHE)."""
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "raysegment-cache" / "blobs")
 
 
 class Registry:
@@ -170,7 +142,7 @@ class Registry:
                 # The number was used and removed while we looked: numbers are never reused.
                 self.store.delete(self._version_key(domain, version, "json"))
                 continue
-            self._update_index(domain, version, json.loads(body))
+            ManifestIndex(self.store, domain).put(version, json.loads(body))
             return version
         raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
 
@@ -237,7 +209,7 @@ class Registry:
         # meet other weights under the same name.
         self.store.put_new(self._version_key(domain, version, "removed"), b"")
         self.store.delete(self._version_key(domain, version, "json"))
-        self._update_index(domain, version, None)
+        ManifestIndex(self.store, domain).put(version, None)
         remaining = [e.manifest for e in self.entries(domain)]
         if all(m.sha256 != entry.manifest.sha256 for m in remaining):
             self.store.delete(self._blob_key(domain, entry.manifest.sha256))
@@ -261,10 +233,10 @@ class Registry:
         (a version the index misses is read from its manifest)."""
         found = []
         for d in [domain] if domain is not None else self.domains():
-            indexed = self._index(d)
+            indexed = ManifestIndex(self.store, d).read()
             for v in self.versions(d):
                 raw = indexed.get(str(v))
-                where = f"{self.uri}/{d}/{INDEX} (version {v})"
+                where = f"{self.uri}/{d}/{INDEX_KEY} (version {v})"
                 found.append(Entry(d, v, self._manifest(d, v, raw, where)) if raw else self.get_entry(d, v))
         return found
 
@@ -393,15 +365,7 @@ class Registry:
         """A version's weights; from a remote store through this machine's cache, keyed by hash."""
         if self.store.is_local:
             return self.store.get(self._blob_key(domain, digest))
-        cached = blob_cache_dir() / f"{digest}.safetensors"
-        if cached.is_file():
-            held = cached.read_bytes()
-            if sha256_bytes(held) == digest:
-                return held
-        fetched = self.store.get(self._blob_key(domain, digest))
-        if fetched is not None and sha256_bytes(fetched) == digest:
-            atomic_write_bytes(cached, fetched)
-        return fetched
+        return cached_blob(digest, lambda: self.store.get(self._blob_key(domain, digest)))
 
     def _aliases_doc(self, domain: str) -> dict[str, Any]:
         key = f"{check_domain(domain)}/{ALIASES}"
@@ -428,60 +392,7 @@ class Registry:
         except StoreError as exc:
             raise RegistryError(f"{domain}: {exc}") from exc
 
-    def _index(self, domain: str) -> dict[str, Any]:
-        key = f"{domain}/{INDEX}"
-        return self._parse_index(self.store.get(key), key)
-
-    def _parse_index(self, data: bytes | None, key: str) -> dict[str, Any]:
-        """The index's manifests by version; a corrupt index is only a slower read (the manifests
-        are the truth), so it counts as empty and the next registration starts it again."""
-        if data is None:
-            return {}
-        try:
-            doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            doc = None
-        if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
-            log.warning("%s/%s is corrupt: reading manifests one by one until it is rewritten", self.uri, key)
-            return {}
-        return doc["versions"]
-
-    def _update_index(self, domain: str, version: int, manifest: dict[str, Any] | None) -> None:
-        """Add a version's manifest to the domain's index (None: drop it), by compare-and-swap. A
-        failure leaves the index behind the listing, which readers already tolerate."""
-        key = f"{domain}/{INDEX}"
-
-        def change(doc: dict[str, Any]) -> bool:
-            if manifest is None:
-                return doc["versions"].pop(str(version), None) is not None
-            doc["versions"][str(version)] = manifest
-            return True
-
-        try:
-            update_json(self.store, key, change, lambda data: {"versions": self._parse_index(data, key)})
-        except StoreError as exc:  # the manifest is written, and it is the truth: readers fall back to it
-            log.warning("%s: version %d not in the index (%s)", domain, version, exc)
-
     def _next_version(self, domain: str) -> int:
         """One past every number ever used, removed versions included: numbers are never reused."""
         found = (VERSION_KEY_RE.fullmatch(name) for name in self.store.children(f"{domain}/versions"))
         return max((int(m.group(1)) for m in found if m), default=0) + 1
-
-
-class SharedBases:
-    """Full state dicts of base versions, loaded once per process (a Serve replica) and shared
-    by every model built on them."""
-
-    def __init__(self, device: torch.device | str = "cpu") -> None:
-        self.device = torch.device(device)
-        self._states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-
-    def get(self, registry: Registry, domain: str, version: int) -> dict[str, torch.Tensor]:
-        key = (domain, version)
-        if key not in self._states:
-            entry = registry.get_entry(domain, version)
-            self._states[key] = {k: v.to(self.device) for k, v in registry.load_state(entry).items()}
-        return self._states[key]
-
-    def __len__(self) -> int:
-        return len(self._states)

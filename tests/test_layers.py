@@ -10,7 +10,7 @@ LAYERS = [
     {"augment"},
     {"models"},
     {"engine"},
-    {"registry", "manifest", "traffic"},
+    {"registry", "manifest", "weights_cache", "traffic"},
     {"promotion"},
     {"distributed"},
     {"serving"},
@@ -29,6 +29,7 @@ RAY_FREE = {
     "engine",
     "registry",
     "manifest",
+    "weights_cache",
     "traffic",
     "promotion",
 }
