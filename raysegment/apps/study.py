@@ -171,6 +171,124 @@ def epochs_per_method(epochs: int = 8) -> dict[str, int]:
     return {"tent": max(1, epochs // 4), "self_training": epochs, "finetune": epochs, "oracle": epochs}
 
 
+@dataclass(frozen=True)
+class Study:
+    """One comparison's settings, shared by every target (see `run_study`)."""
+
+    base: RunConfig
+    source_model: Any
+    num_classes: int
+    methods: tuple[str, ...]
+    shots: tuple[int, ...]
+    oracle: bool
+    out: Path
+    epochs: dict[str, int]
+    unlabelled: bool
+    variants: tuple[str, ...]
+    canary: int
+    target_short_sides: list[int] | None
+
+    @property
+    def label_free(self) -> list[tuple[str, str, dict[str, float]]]:
+        """(candidate name, method, adapt settings) of every label-free candidate."""
+        return [(m, m, {}) for m in self.methods] + [(v, *STUDY_VARIANTS[v]) for v in self.variants]
+
+
+class TargetRun:
+    """One target domain of a study: its held-back sets, and every candidate scored as it is made."""
+
+    def __init__(self, study: Study, domain: str, log: Callable[[str], Any]) -> None:
+        self.study, self.domain, self.log = study, domain, log
+        d, layout = study.base.data, study.base.data.layout
+        self.val_images = open_split(d.root, domain, d.val_split, layout, unlabelled=True)
+        self.test = None if study.unlabelled else open_split(d.root, domain, d.test_split, layout)
+        has_labels = self.test is not None and self.test.labelled_count > 0
+        self.val = None if study.unlabelled else open_split(d.root, domain, d.val_split, layout)
+        self.val_labelled = self.val is not None and self.val.labelled_count > 0
+        if study.canary and not self.val_labelled:
+            raise ConfigError(f"--canary {study.canary}: {domain}'s val split has no labelled image to judge with")
+        self.canary_set = self.val.labelled(study.canary) if study.canary and self.val is not None else None
+        self.report = TargetReport(domain, has_labels, criterion=study.base.adapt.criterion)
+        if self.canary_set is not None:
+            self.report.labels_used["canary"] = len(self.canary_set)
+        self.judged: list[Candidate] = []
+
+    def record(self, candidate: str, model: Any, labels: int, seconds: float, label_free: bool, scale: Any) -> None:
+        report, eval_cfg = self.report, self.study.base.eval
+        report.labels_used[candidate] = labels
+        report.seconds[candidate] = seconds
+        if label_free:
+            self.judged.append(Candidate(candidate, model, scale))
+            if self.canary_set is not None:
+                report.canary_miou[candidate] = evaluate(model, self.canary_set, eval_cfg, resize=scale).miou
+        if self.val is not None and self.val_labelled and label_free:
+            report.val_miou[candidate] = evaluate(model, self.val, eval_cfg, resize=scale).miou
+        if self.test is not None and report.labelled:
+            result = evaluate(model, self.test, eval_cfg, resize=scale)
+            report.test_miou[candidate], report.test_iou[candidate] = result.miou, result.per_class
+        self.log(candidate_line(report, candidate))
+
+    def scaled_base(self) -> RunConfig:
+        """The study's config at the target scale picked without labels (`target_short_sides`), the
+        unadapted source at that scale recorded as a candidate; else the study's config."""
+        s, base = self.study, self.study.base
+        if not s.target_short_sides:
+            return base
+        start, d = time.perf_counter(), base.data
+        train_images = open_split(d.root, self.domain, d.train_split, d.layout, unlabelled=True)
+        picked, distances = pick_scale(
+            s.source_model, train_images, s.target_short_sides, batch_size=base.optim.batch_size
+        )
+        self.report.scale = {"short_side": float(picked.short_side or 0)} | {str(k): v for k, v in distances.items()}
+        self.log(f"[adapt] {self.domain:<8} target scale: short side {picked.short_side} ({scale_line(distances)})")
+        if picked != d.resize:
+            self.record(RESCALED, s.source_model, 0, time.perf_counter() - start, label_free=True, scale=picked)
+        return base.model_copy(update={"data": d.model_copy(update={"resize": picked})})
+
+    def run_label_free(self) -> None:
+        s, quiet = self.study, (lambda line: None)
+        base = self.scaled_base()
+        for name, method, settings in s.label_free:
+            start = time.perf_counter()
+            runs = s.out / "runs" / self.domain / name
+            cfg = candidate_config(base, self.domain, runs, method, s.epochs.get(method, 1), unlabelled=True)
+            cfg = cfg.model_copy(
+                update={"adapt": cfg.adapt.model_copy(update={**settings, "canary": s.canary or None})}
+            )
+            result = adapt(cfg, resume=False, progress=False, log=quiet)
+            self.record(name, result.model, 0, time.perf_counter() - start, label_free=True, scale=cfg.data.resize)
+        c = s.base
+        scores = criterion_scores(
+            self.judged,
+            self.val_images,
+            s.num_classes,
+            batch_size=c.eval.batch_size,
+            confidence=c.adapt.proxy_confidence,
+        )
+        self.report.proxy = {name: {**sc, "score": sc[self.report.criterion]} for name, sc in scores.items()}
+
+    def run_labelled(self) -> None:
+        s, d, quiet = self.study, self.study.base.data, (lambda line: None)
+        train = None if s.unlabelled else open_split(d.root, self.domain, d.train_split, d.layout)
+        available = train.labelled_count if train is not None else 0
+        for k in [*s.shots, None] if s.oracle else list(s.shots):
+            name = "oracle" if k is None else f"{k}-shot"
+            if available == 0 or not self.val_labelled or (k is not None and k > available):
+                self.log(
+                    f"[adapt] {self.domain:<8} {name:<14} skipped: needs {k or 'all'} labelled train images and "
+                    f"labelled val images ({available} labelled train images)"
+                )
+                continue
+            start = time.perf_counter()
+            runs = s.out / "runs" / self.domain / name.replace("-", "_")
+            cfg = candidate_config(
+                s.base, self.domain, runs, "finetune", s.epochs["oracle" if k is None else "finetune"], labelled=k
+            )
+            result = adapt(cfg, resume=False, progress=False, log=quiet)
+            seconds = time.perf_counter() - start
+            self.record(name, result.model, k or available, seconds, label_free=False, scale=d.resize)
+
+
 def run_study(
     source: str | Path,
     data_root: str | Path,
@@ -201,96 +319,31 @@ def run_study(
     unknown = [v for v in variants if v not in STUDY_VARIANTS]
     if unknown:
         raise ConfigError(f"unknown study variant(s) {unknown}; choose from {sorted(STUDY_VARIANTS)}")
-    out = Path(out)
-    epochs = {**epochs_per_method(), **(epochs or {})}
     source_model, meta = load_model(source)
     resize = resize or meta.resize  # by default, the scale the source model was trained at
-    base = study_config(source, data_root, source_domain, layout, resize, lr, batch_size, adapt_overrides)
-    d = base.data
-    quiet = lambda line: None  # noqa: E731 - per-epoch lines stay out of the table
-    label_free: list[tuple[str, str, dict[str, float]]] = [(m, m, {}) for m in methods] + [
-        (v, *STUDY_VARIANTS[v]) for v in variants
-    ]
+    study = Study(
+        study_config(source, data_root, source_domain, layout, resize, lr, batch_size, adapt_overrides),
+        source_model,
+        meta.num_classes,
+        methods,
+        shots,
+        oracle,
+        Path(out),
+        {**epochs_per_method(), **(epochs or {})},
+        unlabelled,
+        variants,
+        canary,
+        target_short_sides,
+    )
     reports = []
     for domain in targets:
-        val_images = open_split(d.root, domain, d.val_split, layout, unlabelled=True)
-        test = None if unlabelled else open_split(d.root, domain, d.test_split, layout)
-        has_labels = test is not None and test.labelled_count > 0
-        val = None if unlabelled else open_split(d.root, domain, d.val_split, layout)
-        val_labelled = val is not None and val.labelled_count > 0
-        if canary and not val_labelled:
-            raise ConfigError(f"--canary {canary}: {domain}'s val split has no labelled image to judge with")
-        canary_set = val.labelled(canary) if canary and val is not None else None
-        report = TargetReport(domain, has_labels, criterion=base.adapt.criterion)
-        if canary_set is not None:
-            report.labels_used["canary"] = len(canary_set)
-        judged: list[Candidate] = []
-
-        def record(candidate: str, model: Any, labels: int, seconds: float, label_free: bool, scale: Any) -> None:
-            report.labels_used[candidate] = labels
-            report.seconds[candidate] = seconds
-            if label_free:
-                judged.append(Candidate(candidate, model, scale))
-                if canary_set is not None:
-                    report.canary_miou[candidate] = evaluate(model, canary_set, base.eval, resize=scale).miou
-            if val is not None and val_labelled and label_free:
-                report.val_miou[candidate] = evaluate(model, val, base.eval, resize=scale).miou
-            if test is not None and has_labels:
-                result = evaluate(model, test, base.eval, resize=scale)
-                report.test_miou[candidate], report.test_iou[candidate] = result.miou, result.per_class
-            log(candidate_line(report, candidate))
-
-        record(SOURCE, source_model, 0, 0.0, label_free=True, scale=resize)
-        domain_base = base
-        if target_short_sides:
-            start = time.perf_counter()
-            train_images = open_split(d.root, domain, d.train_split, layout, unlabelled=True)
-            picked, distances = pick_scale(source_model, train_images, target_short_sides, batch_size=batch_size)
-            report.scale = {"short_side": float(picked.short_side or 0)} | {str(k): v for k, v in distances.items()}
-            log(f"[adapt] {domain:<8} target scale: short side {picked.short_side} ({scale_line(distances)})")
-            domain_base = base.model_copy(update={"data": base.data.model_copy(update={"resize": picked})})
-            if picked != resize:
-                record(RESCALED, source_model, 0, time.perf_counter() - start, label_free=True, scale=picked)
-        for name, method, settings in label_free:
-            start = time.perf_counter()
-            cfg = candidate_config(
-                domain_base, domain, out / "runs" / domain / name, method, epochs.get(method, 1), unlabelled=True
-            )
-            cfg = cfg.model_copy(update={"adapt": cfg.adapt.model_copy(update={**settings, "canary": canary or None})})
-            result = adapt(cfg, resume=False, progress=False, log=quiet)
-            record(name, result.model, 0, time.perf_counter() - start, label_free=True, scale=cfg.data.resize)
-        scores = criterion_scores(
-            judged,
-            val_images,
-            meta.num_classes,
-            batch_size=base.eval.batch_size,
-            confidence=base.adapt.proxy_confidence,
-        )
-        report.proxy = {c: {**s, "score": s[report.criterion]} for c, s in scores.items()}
-        train = None if unlabelled else open_split(d.root, domain, d.train_split, layout)
-        available = train.labelled_count if train is not None else 0
-        for k in [*shots, None] if oracle else list(shots):
-            name = "oracle" if k is None else f"{k}-shot"
-            if available == 0 or not val_labelled or (k is not None and k > available):
-                log(
-                    f"[adapt] {domain:<8} {name:<14} skipped: needs {k or 'all'} labelled train images and "
-                    f"labelled val images ({available} labelled train images)"
-                )
-                continue
-            start = time.perf_counter()
-            cfg = candidate_config(
-                base,
-                domain,
-                out / "runs" / domain / name.replace("-", "_"),
-                "finetune",
-                epochs["oracle" if k is None else "finetune"],
-                labelled=k,
-            )
-            result = adapt(cfg, resume=False, progress=False, log=quiet)
-            record(name, result.model, k or available, time.perf_counter() - start, label_free=False, scale=resize)
-        log(f"[adapt] {domain:<8} the judge picks {report.proxy_choice}: {report.proxy_reason}")
-        reports.append(report)
-    write_outputs(reports, out)
+        run = TargetRun(study, domain, log)
+        run.record(SOURCE, source_model, 0, 0.0, label_free=True, scale=resize)
+        run.run_label_free()
+        run.run_labelled()
+        log(f"[adapt] {domain:<8} the judge picks {run.report.proxy_choice}: {run.report.proxy_reason}")
+        reports.append(run.report)
+    write_outputs(reports, study.out)
     return reports
 
 
