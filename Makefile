@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/mypy raysegment
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900 --durations=15
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900 --durations=40
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --timeout=600

@@ -47,6 +47,7 @@ class LoopOutcome:
     domain: str
     production: str
     candidate: int | None = None
+    method: str | None = None  # the candidate's try ("adabn", "tent lr=0.001")
     promoted: bool = False
     reason: str = ""
     scores: dict[str, tuple[float, float]] = field(default_factory=dict)  # method: (its proxy, production's)
@@ -101,39 +102,39 @@ def candidate_signatures(
     return found
 
 
-def run_loop(
-    registry_uri: str, domain: str, cfg: LoopConfig, work_dir: str | None = None, log: Callable[[str], Any] = print
-) -> LoopOutcome:
-    registry, traffic = Registry(registry_uri), TrafficStore(registry_uri)
-    production = registry.get_entry(domain)
-    outcome = LoopOutcome(domain, production.ref)
-    clock = time.monotonic()
+class LoopTurn:
+    """One turn's state: the registry, the traffic, the outcome so far and its stage timings."""
 
-    def lap(stage: str) -> None:
-        nonlocal clock
-        outcome.timings[stage] = round(time.monotonic() - clock, 2)
-        clock = time.monotonic()
+    def __init__(self, registry_uri: str, domain: str, cfg: LoopConfig, log: Callable[[str], Any]) -> None:
+        self.registry, self.traffic = Registry(registry_uri), TrafficStore(registry_uri)
+        self.domain, self.cfg, self.log = domain, cfg, log
+        self.production = self.registry.get_entry(domain)
+        self.outcome = LoopOutcome(domain, self.production.ref)
+        self.clock = time.monotonic()
 
-    def refuse(reason: str) -> LoopOutcome:
-        outcome.reason = reason
-        registry.note(domain, {"loop": {"step": "refused", "reason": reason, "production": production.ref}})
-        log(f"[loop] {domain}: refused: {reason}")
-        return outcome
+    def lap(self, stage: str) -> None:
+        self.outcome.timings[stage] = round(time.monotonic() - self.clock, 2)
+        self.clock = time.monotonic()
 
-    captured = len(traffic.items(domain))
-    registry.note(domain, {"loop": {"step": "start", "production": production.ref, "captured": captured}})
-    if captured < cfg.min_images:
-        return refuse(
-            f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
-        )
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        root = Path(tmp) / "traffic"
-        model, meta, _ = registry.load(production.ref)
-        production_dir = save_model(Path(tmp) / "production", model, meta)
+    def note(self, step: str, **facts: Any) -> None:
+        self.registry.note(self.domain, {"loop": {"step": step, **facts}})
+
+    def refuse(self, reason: str) -> LoopOutcome:
+        self.outcome.reason = reason
+        self.note("refused", reason=reason, production=self.production.ref)
+        self.log(f"[loop] {self.domain}: refused: {reason}")
+        return self.outcome
+
+    def search(self, tmp: Path) -> tuple[str, dict[str, torch.nn.Module], list[tuple[str, RunConfig]], int, int]:
+        """Export the captured images, run every label-free try from production, score each against
+        production on the held-back ones; returns (best, models, tries, held-back count, exported)."""
+        cfg, domain, root = self.cfg, self.domain, tmp / "traffic"
+        model, meta, _ = self.registry.load(self.production.ref)
+        production_dir = save_model(tmp / "production", model, meta)
         info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
-        exported = export_traffic(traffic, domain, info, root, cfg)
-        lap("export")
-        log(f"[loop] {domain}: {exported} captured images exported ({outcome.timings['export']} s)")
+        exported = export_traffic(self.traffic, domain, info, root, cfg)
+        self.lap("export")
+        self.log(f"[loop] {domain}: {exported} captured images exported ({self.outcome.timings['export']} s)")
         tries = (
             [("adabn", run_config(meta, production_dir, root, domain, cfg, "adabn"))] if "adabn" in cfg.methods else []
         )
@@ -145,23 +146,78 @@ def run_loop(
         val = open_split(root, domain, "val", unlabelled=True)
         results: dict[str, torch.nn.Module] = {}
         for name, run in tries:
-            adapted = adapt(run, resume=False, progress=False, log=log).model
+            adapted = adapt(run, resume=False, progress=False, log=self.log).model
             rows = paired_consistency_per_image([adapted, model], val, meta.num_classes, meta.resize)
             results[name] = adapted
-            outcome.scores[name] = (mean(r[0] for r in rows), mean(r[1] for r in rows))
-            ours, theirs = outcome.scores[name]
-            log(f"[loop] {domain}: {name}: proxy {100 * ours:.2f} vs production {100 * theirs:.2f}")
-        lap("search")
-        best = max(results, key=lambda n: outcome.scores[n][0] - outcome.scores[n][1])
+            ours, theirs = self.outcome.scores[name] = (mean(r[0] for r in rows), mean(r[1] for r in rows))
+            self.log(f"[loop] {domain}: {name}: proxy {100 * ours:.2f} vs production {100 * theirs:.2f}")
+        self.lap("search")
+        best = max(results, key=lambda n: self.outcome.scores[n][0] - self.outcome.scores[n][1])
+        self.note("search", scores=self.outcome.scores, best=best)
+        return best, results, tries, len(val), exported
+
+    def decide(self, version: int, method: str) -> LoopOutcome:
+        """The one promotion policy on the shadow pairs (or, with `shadow_images: 0`, on the search's
+        held-back scores); a candidate that loses, or gets too few pairs in time, is retired."""
+        cfg, domain, production = self.cfg, self.domain, self.production
+        best_score, production_score = self.outcome.scores[method]
+        evidence = "held-back captured images"
+        if cfg.shadow_images:
+            pairs = wait_for_shadow(self.traffic, domain, version, production.version, cfg, self.log)
+            self.outcome.shadow_pairs = len(pairs)
+            self.lap("shadow")
+            if len(pairs) < cfg.shadow_images:
+                reason = f"{len(pairs)} of {cfg.shadow_images} shadow images within {cfg.shadow_timeout_s:g} s"
+                retire(self.registry, domain, version, reason)
+                self.outcome.reason = f"retired: {reason}"
+                self.log(f"[loop] {domain}: {domain}@{version} {self.outcome.reason}")
+                return self.outcome
+            best_score, production_score = (
+                sum(c for c, _ in pairs) / len(pairs),
+                sum(p for _, p in pairs) / len(pairs),
+            )
+            evidence = f"shadow traffic ({len(pairs)} pairs)"
+        decision = promote_if_better(
+            self.registry,
+            domain,
+            version,
+            best_score,
+            production_score,
+            "proxy",
+            production.ref,
+            cfg.margin,
+            evidence=evidence,
+        )
+        self.outcome.promoted, self.outcome.reason = decision.promoted, decision.reason
+        if not decision.promoted:
+            retire(self.registry, domain, version, decision.reason)
+        self.lap("decide")
+        verdict = "promoted to production" if decision.promoted else "retired"
+        self.log(f"[loop] {domain}: {domain}@{version} {verdict}: {decision.reason}")
+        return self.outcome
+
+
+def run_loop(
+    registry_uri: str, domain: str, cfg: LoopConfig, work_dir: str | None = None, log: Callable[[str], Any] = print
+) -> LoopOutcome:
+    turn = LoopTurn(registry_uri, domain, cfg, log)
+    registry, production, outcome = turn.registry, turn.production, turn.outcome
+    captured = len(turn.traffic.items(domain))
+    turn.note("start", production=production.ref, captured=captured)
+    if captured < cfg.min_images:
+        return turn.refuse(
+            f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
+        )
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        best, results, tries, held_back, exported = turn.search(Path(tmp))
         best_score, production_score = outcome.scores[best]
-        registry.note(domain, {"loop": {"step": "search", "scores": outcome.scores, "best": best}})
         if not beats(best_score, production_score, "proxy", cfg.margin):
-            return refuse(
-                f"no label-free method beats production on {len(val)} held-back captured images "
+            return turn.refuse(
+                f"no label-free method beats production on {held_back} held-back captured images "
                 f"(best {best}: {100 * best_score:.2f} vs {100 * production_score:.2f})"
             )
-        winner = results[best]
-        train = open_split(root, domain, "train", unlabelled=True)
+        winner, meta = results[best], production.manifest.meta
+        train = open_split(Path(tmp) / "traffic", domain, "train", unlabelled=True)
         version = registry.register(
             domain,
             winner,
@@ -172,51 +228,11 @@ def run_loop(
             lineage={"method": best.split()[0], "target_labels": 0, "loop": True, "traffic_images": exported},
             signatures=candidate_signatures(registry, production, winner, train, meta),
         )
-    outcome.candidate = version
+    outcome.candidate, outcome.method = version, best
     registry.promote(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
-    lap("register")
+    turn.lap("register")
     log(f"[loop] {domain}: {domain}@{version} ({best}) is the candidate")
-    if cfg.shadow_images == 0:
-        decision = promote_if_better(
-            registry,
-            domain,
-            version,
-            best_score,
-            production_score,
-            "proxy",
-            production.ref,
-            cfg.margin,
-        )
-    else:
-        pairs = wait_for_shadow(traffic, domain, version, production.version, cfg, log)
-        outcome.shadow_pairs = len(pairs)
-        lap("shadow")
-        if len(pairs) < cfg.shadow_images:
-            reason = f"{len(pairs)} of {cfg.shadow_images} shadow images within {cfg.shadow_timeout_s:g} s"
-            retire(registry, domain, version, reason)
-            outcome.reason = f"retired: {reason}"
-            log(f"[loop] {domain}: {domain}@{version} {outcome.reason}")
-            return outcome
-        mean_candidate = sum(c for c, _ in pairs) / len(pairs)
-        mean_production = sum(p for _, p in pairs) / len(pairs)
-        decision = promote_if_better(
-            registry,
-            domain,
-            version,
-            mean_candidate,
-            mean_production,
-            "proxy",
-            production.ref,
-            cfg.margin,
-            evidence=f"shadow traffic ({len(pairs)} pairs)",
-        )
-    outcome.promoted, outcome.reason = decision.promoted, decision.reason
-    if not decision.promoted:
-        retire(registry, domain, version, decision.reason)
-    lap("decide")
-    verdict = "promoted to production" if decision.promoted else "retired"
-    log(f"[loop] {domain}: {domain}@{version} {verdict}: {decision.reason}")
-    return outcome
+    return turn.decide(version, best)
 
 
 def wait_for_shadow(

@@ -320,6 +320,19 @@ def request_each_target(settings: DemoSettings, url: str, data: Path, out: Path,
     return served
 
 
+def write_summary(summary: dict, out: Path, data: Path, registry_uri: str, settings: DemoSettings, log) -> None:
+    """`results.json`, and how to serve the demo's registry again."""
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    log(f"[demo] done in {summary['seconds']:.0f} s: {summary['chart']}, {out / 'overlays'}/, registry {registry_uri}")
+    last = settings.targets[-1]
+    log(
+        "[demo] the demo's server is shut down; to serve its registry yourself:\n"
+        f"  raysegment serve --registry {registry_uri} --port 8000 &   # then open http://127.0.0.1:8000/ui\n"
+        f"  curl --data-binary @{data / last / 'images' / summary['served'][last]['image']} "
+        f"'http://127.0.0.1:8000/v1/domains/{last}/segment?format=json'"
+    )
+
+
 def run_demo(
     out: str | Path = "demo_out",
     settings: DemoSettings = DemoSettings(),
@@ -400,12 +413,5 @@ def run_demo(
         "adapt": json.loads((out / "adapt" / "results.json").read_text()),
         "closed_loop": closed_loop,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    log(f"[demo] done in {summary['seconds']:.0f} s: {chart}, {out / 'overlays'}/, registry {registry_uri}")
-    log(
-        "[demo] the demo's server is shut down; to serve its registry yourself:\n"
-        f"  raysegment serve --registry {registry_uri} --port 8000 &   # then open http://127.0.0.1:8000/ui\n"
-        f"  curl --data-binary @{data / s.targets[-1] / 'images' / served[s.targets[-1]]['image']} "
-        f"'http://127.0.0.1:8000/v1/domains/{s.targets[-1]}/segment?format=json'"
-    )
+    write_summary(summary, out, data, registry_uri, s, log)
     return summary

@@ -142,6 +142,43 @@ class _Tally:
         self.agreement = iou_metric(self.num_classes, self.device)
         self.agreement_updates = 0
 
+    def add_views(
+        self, probs: torch.Tensor, pred: torch.Tensor, twin: torch.Tensor, mixed: torch.Tensor, picks: torch.Tensor
+    ) -> None:
+        """One batch of a scored candidate: its probabilities and prediction, its predictions on the
+        perturbed-mirrored twin and on the mixed images, and the pixels SND samples."""
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(self.num_classes)
+        self.entropy_sum += float(entropy.sum())
+        self.pixels += entropy.numel()
+        self.class_mass += probs.sum((0, 2, 3)).double().cpu()
+        self.consistency.update(twin, pred)
+        self.mixval.update(mixed, pred)
+        flat = probs.flatten(2)  # (B, C, h*w)
+        picked = torch.gather(flat, 2, picks[:, None].expand(-1, self.num_classes, -1))
+        self.snd_features.append(picked.permute(0, 2, 1).reshape(-1, self.num_classes).cpu())
+
+    def scores(
+        self, reference_classes: torch.Tensor, bn_distance: float, generator: torch.Generator
+    ) -> dict[str, float]:
+        """Every criterion from the running sums (higher is better)."""
+        mean_entropy = self.entropy_sum / max(1, self.pixels)
+        marginal = self.class_mass / self.class_mass.sum().clamp_min(1e-12)
+        marginal_entropy = float(-(marginal * marginal.clamp_min(1e-12).log()).sum()) / math.log(self.num_classes)
+        features = torch.cat(self.snd_features)
+        if features.shape[0] > SND_MAX_PIXELS:
+            features = features[torch.randperm(features.shape[0], generator=generator)[:SND_MAX_PIXELS]]
+        classes = self.predicted | reference_classes
+        return {
+            "consistency": mean_iou_over(self.consistency.compute(), classes),
+            "entropy": 1.0 - mean_entropy,
+            "infomax": marginal_entropy - mean_entropy,
+            "ensemble": mean_iou_over(self.ensemble.compute()),
+            "snd": _soft_neighbourhood_density(features),
+            "mixval": mean_iou_over(self.mixval.compute(), classes),
+            "bn_distance": bn_distance,
+            "agreement": mean_iou_over(self.agreement.compute()) if self.agreement_updates else 0.0,
+        }
+
 
 def _at(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear")
@@ -208,19 +245,7 @@ def criterion_scores(
                     continue
                 twin = _at(c.model(resize_images(twin_full, size)).float(), common).argmax(1).flip(-1)
                 mixed = _at(c.model(resize_images(mixed_full, size)).float(), common).argmax(1)
-                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1) / math.log(num_classes)
-                t.entropy_sum += float(entropy.sum())
-                t.pixels += entropy.numel()
-                t.class_mass += probs.sum((0, 2, 3)).double().cpu()
-                t.consistency.update(twin, pred)
-                t.mixval.update(mixed, pred)
-                flat = probs.flatten(2)  # (B, C, h*w)
-                t.snd_features.append(
-                    torch.gather(flat, 2, picks.to(device)[:, None].expand(-1, num_classes, -1))
-                    .permute(0, 2, 1)
-                    .reshape(-1, num_classes)
-                    .cpu()
-                )
+                t.add_views(probs, pred, twin, mixed, picks.to(device))
             ensemble = torch.stack(list(all_probs.values())).mean(0).argmax(1)
             ref_conf, ref_pred = all_probs[reference.name].max(1)
             sure = ref_conf > confidence
@@ -233,27 +258,11 @@ def criterion_scores(
                     t.agreement.update(pred[sure], ref_pred[sure])
                     t.agreement_updates += 1
     reference_classes = tallies[reference.name].predicted
-    scores: dict[str, dict[str, float]] = {}
-    for c in candidates:
-        if c.name not in wanted:
-            continue
-        t = tallies[c.name]
-        mean_entropy = t.entropy_sum / max(1, t.pixels)
-        marginal = t.class_mass / t.class_mass.sum().clamp_min(1e-12)
-        marginal_entropy = float(-(marginal * marginal.clamp_min(1e-12).log()).sum()) / math.log(num_classes)
-        features = torch.cat(t.snd_features)
-        if features.shape[0] > SND_MAX_PIXELS:
-            features = features[torch.randperm(features.shape[0], generator=pixel_generator)[:SND_MAX_PIXELS]]
-        scores[c.name] = {
-            "consistency": mean_iou_over(t.consistency.compute(), t.predicted | reference_classes),
-            "entropy": 1.0 - mean_entropy,
-            "infomax": marginal_entropy - mean_entropy,
-            "ensemble": mean_iou_over(t.ensemble.compute()),
-            "snd": _soft_neighbourhood_density(features),
-            "mixval": mean_iou_over(t.mixval.compute(), t.predicted | reference_classes),
-            "bn_distance": -hooks[c.name].distance(),
-            "agreement": mean_iou_over(t.agreement.compute()) if t.agreement_updates else 0.0,
-        }
+    scores = {
+        c.name: tallies[c.name].scores(reference_classes, -hooks[c.name].distance(), pixel_generator)
+        for c in candidates
+        if c.name in wanted
+    }
     assert all(set(s) == set(CRITERIA) for s in scores.values())
     return scores
 
