@@ -66,109 +66,132 @@ def info() -> DatasetInfo:
     return DatasetInfo(name="synthetic-streets", classes=CLASSES, ignore_index=IGNORE, palette=PALETTE)
 
 
+class Canvas:
+    """One scene being drawn: image, class mask, depth and light masks, and the layout they share
+    (horizon, vanishing point). Layers are drawn far to near, each drawing from the same `rng` in
+    a fixed order, so a seed always gives the same scene."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int, look: Appearance) -> None:
+        self.rng, self.look, self.h, self.w = rng, look, height, width
+        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        self.horizon = height * rng.uniform(0.38, 0.5)
+        self.vx = width * rng.uniform(0.4, 0.6)
+        self.img = np.zeros((height, width, 3), np.float32)
+        self.mask = np.full((height, width), SKY, np.uint8)
+        self.lights = np.zeros((height, width), bool)
+        self.below = np.clip((self.yy - self.horizon) / (height - self.horizon), 0, 1)
+        self.depth = np.where(self.yy > self.horizon, 1.0 - self.below, 1.0).astype(np.float32)
+
+    def paint(self, region: np.ndarray, cls: int, colour, grain: float, d: float | None = None) -> None:
+        noise = self.rng.normal(0, grain, (self.h, self.w, 1)).astype(np.float32)
+        self.img[region] = np.clip(np.asarray(colour, np.float32) + noise[region], 0, 1)
+        self.mask[region] = cls
+        if d is not None:
+            self.depth[region] = d
+
+    def sky(self) -> None:
+        """A vertical gradient with soft cloud blobs."""
+        rng, xx, yy, w, horizon, look = self.rng, self.xx, self.yy, self.w, self.horizon, self.look
+        t = np.clip(yy / max(horizon, 1), 0, 1)[..., None]
+        self.img[:] = np.asarray(look.sky_top) * (1 - t) + np.asarray(look.sky_bottom) * t
+        for _ in range(rng.integers(1, 4)):
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0, horizon * 0.7), rng.uniform(0.05, 0.15) * w
+            blob = np.exp(-(((xx - cx) / r) ** 2 + ((yy - cy) / (0.4 * r)) ** 2))[..., None]
+            self.img[:] = self.img * (1 - 0.5 * blob) + 0.97 * 0.5 * blob
+
+    def buildings(self) -> None:
+        """A row of facades standing on the horizon, with window grids (some lit)."""
+        rng, xx, yy, h, w, horizon, look = self.rng, self.xx, self.yy, self.h, self.w, self.horizon, self.look
+        x = 0.0
+        while x < w:
+            bw = rng.uniform(0.08, 0.22) * w
+            top = horizon - rng.uniform(0.15, 0.9) * horizon
+            region = (xx >= x) & (xx < x + bw) & (yy >= top) & (yy < horizon + 0.04 * h)
+            colour = look.buildings[rng.integers(len(look.buildings))]
+            self.paint(region, BUILDING, colour, 0.03, d=0.85)
+            step_x, step_y = rng.uniform(0.025, 0.04) * w, rng.uniform(0.05, 0.08) * h
+            win = (
+                region
+                & (((xx - x) % step_x) < step_x * 0.5)
+                & (((yy - top) % step_y) < step_y * 0.45)
+                & (yy < horizon - 0.02 * h)
+                & (yy > top + 0.02 * h)
+            )
+            self.img[win] = np.asarray(look.window) + rng.normal(0, 0.02, (int(win.sum()), 1))
+            lit = win & (rng.random((h, w)) < 1.0) & (((xx - x) // step_x + (yy - top) // step_y) % 3 == 0)
+            self.lights |= lit
+            x += bw
+
+    def ground(self) -> None:
+        """Grass verge, sidewalks and road converging at the vanishing point, with tiles and dashes."""
+        rng, xx, yy, h, w, horizon, look = self.rng, self.xx, self.yy, self.h, self.w, self.horizon, self.look
+        ground = yy >= horizon + 0.04 * h * (1 - self.below)
+        spread = (yy - horizon) / (h - horizon)
+        road_half = spread * w * rng.uniform(0.45, 0.7)
+        walk_half = road_half + spread * w * rng.uniform(0.15, 0.3)
+        dist = np.abs(xx - self.vx)
+        self.paint(ground & (yy > horizon), VEGETATION, np.asarray(look.vegetation) * 1.15, 0.08)
+        walk = (yy > horizon) & (dist < walk_half)
+        self.paint(walk, SIDEWALK, look.sidewalk, 0.03)
+        tiles = walk & ((np.floor(yy / 4) + np.floor(xx / 6)) % 2 == 0)
+        self.img[tiles] *= 0.92
+        road = (yy > horizon) & (dist < road_half)
+        self.paint(road, ROAD, look.road, 0.025)
+        dashes = road & (dist < 0.012 * w * (0.3 + spread)) & ((np.log1p(np.maximum(yy - horizon, 0)) * 6) % 2 < 1)
+        self.img[dashes] = 0.92
+
+    def trees(self) -> None:
+        """Trunk and canopy along the sidewalks, both vegetation."""
+        rng, xx, yy, h, w, horizon = self.rng, self.xx, self.yy, self.h, self.w, self.horizon
+        for _ in range(rng.integers(2, 6)):
+            side = rng.choice([-1, 1])
+            yb = rng.uniform(horizon + 0.1 * (h - horizon), h)
+            s = (yb - horizon) / (h - horizon)
+            cx = self.vx + side * (road_half_at(yb, horizon, h, w, rng) + s * w * 0.12)
+            trunk = (np.abs(xx - cx) < 0.01 * w * s + 0.5) & (yy < yb) & (yy > yb - 0.5 * s * h)
+            r = 0.08 * w * s + 2
+            canopy = ((xx - cx) / r) ** 2 + ((yy - (yb - 0.5 * s * h)) / (0.9 * r)) ** 2 < 1
+            self.paint(trunk | canopy, VEGETATION, self.look.vegetation, 0.1, d=1 - s)
+
+    def vehicles(self) -> None:
+        """Vehicles on the road, far ones first so near ones occlude them; glass and lit lamps."""
+        rng, xx, yy, h, w, horizon = self.rng, self.xx, self.yy, self.h, self.w, self.horizon
+        for yb in sorted(rng.uniform(horizon + 0.08 * (h - horizon), h, rng.integers(1, 5))):
+            s = (yb - horizon) / (h - horizon)
+            cx = self.vx + rng.uniform(-0.5, 0.5) * s * w * 0.5
+            vw, vh = 0.22 * w * s + 3, 0.14 * h * s + 2
+            body = (np.abs(xx - cx) < vw / 2) & (yy < yb) & (yy > yb - vh)
+            self.paint(body, VEHICLE, rng.uniform(0.05, 0.95, 3), 0.02, d=1 - s)
+            glass = body & (yy < yb - 0.55 * vh) & (np.abs(xx - cx) < vw * 0.38)
+            self.img[glass] = (0.15, 0.18, 0.22)
+            side_lamps = np.abs(np.abs(xx - cx) - vw * 0.38) < vw * 0.07
+            lamps = body & (yy > yb - 0.35 * vh) & (yy < yb - 0.2 * vh) & side_lamps
+            self.img[lamps] = (0.95, 0.9, 0.7)
+            self.lights |= lamps
+
+    def people(self) -> None:
+        """People on the sidewalks: a body and a head."""
+        rng, xx, yy, h, w, horizon = self.rng, self.xx, self.yy, self.h, self.w, self.horizon
+        for _ in range(rng.integers(1, 5)):
+            yb = rng.uniform(horizon + 0.1 * (h - horizon), h)
+            s = (yb - horizon) / (h - horizon)
+            side = rng.choice([-1, 1])
+            cx = self.vx + side * (road_half_at(yb, horizon, h, w, rng) + s * w * 0.05)
+            ph = 0.35 * h * s + 3
+            pw = ph * 0.28
+            body = (np.abs(xx - cx) < pw / 2) & (yy < yb) & (yy > yb - ph * 0.8)
+            head = ((xx - cx) ** 2 + (yy - (yb - ph * 0.88)) ** 2) < (ph * 0.12) ** 2
+            self.paint(body, PERSON, rng.uniform(0.1, 0.9, 3), 0.03, d=1 - s)
+            self.paint(head, PERSON, (0.85, 0.65, 0.5), 0.02, d=1 - s)
+
+
 def render_scene(rng: np.random.Generator, height: int, width: int, look: Appearance = CLEAR) -> Scene:
     """Draw one street scene; `rng` decides the layout and textures."""
-    h, w = height, width
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    horizon = h * rng.uniform(0.38, 0.5)
-    vx = w * rng.uniform(0.4, 0.6)
-    img = np.zeros((h, w, 3), np.float32)
-    mask = np.full((h, w), SKY, np.uint8)
-    lights = np.zeros((h, w), bool)
-    below = np.clip((yy - horizon) / (h - horizon), 0, 1)
-    depth = np.where(yy > horizon, 1.0 - below, 1.0).astype(np.float32)
-
-    def paint(region: np.ndarray, cls: int, colour, grain: float, d: float | None = None) -> None:
-        noise = rng.normal(0, grain, (h, w, 1)).astype(np.float32)
-        img[region] = np.clip(np.asarray(colour, np.float32) + noise[region], 0, 1)
-        mask[region] = cls
-        if d is not None:
-            depth[region] = d
-
-    # Sky: vertical gradient with soft cloud blobs.
-    t = np.clip(yy / max(horizon, 1), 0, 1)[..., None]
-    img[:] = np.asarray(look.sky_top) * (1 - t) + np.asarray(look.sky_bottom) * t
-    for _ in range(rng.integers(1, 4)):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, horizon * 0.7), rng.uniform(0.05, 0.15) * w
-        blob = np.exp(-(((xx - cx) / r) ** 2 + ((yy - cy) / (0.4 * r)) ** 2))[..., None]
-        img[:] = img * (1 - 0.5 * blob) + 0.97 * 0.5 * blob
-
-    # Buildings: a row of facades standing on the horizon, with window grids.
-    x = 0.0
-    while x < w:
-        bw = rng.uniform(0.08, 0.22) * w
-        top = horizon - rng.uniform(0.15, 0.9) * horizon
-        region = (xx >= x) & (xx < x + bw) & (yy >= top) & (yy < horizon + 0.04 * h)
-        colour = look.buildings[rng.integers(len(look.buildings))]
-        paint(region, BUILDING, colour, 0.03, d=0.85)
-        step_x, step_y = rng.uniform(0.025, 0.04) * w, rng.uniform(0.05, 0.08) * h
-        win = (
-            region
-            & (((xx - x) % step_x) < step_x * 0.5)
-            & (((yy - top) % step_y) < step_y * 0.45)
-            & (yy < horizon - 0.02 * h)
-            & (yy > top + 0.02 * h)
-        )
-        img[win] = np.asarray(look.window) + rng.normal(0, 0.02, (int(win.sum()), 1))
-        lit = win & (rng.random((h, w)) < 1.0) & (((xx - x) // step_x + (yy - top) // step_y) % 3 == 0)
-        lights |= lit
-        x += bw
-
-    # Ground: grass verge, sidewalks and road converge at the vanishing point.
-    ground = yy >= horizon + 0.04 * h * (1 - below)
-    spread = (yy - horizon) / (h - horizon)
-    road_half = spread * w * rng.uniform(0.45, 0.7)
-    walk_half = road_half + spread * w * rng.uniform(0.15, 0.3)
-    dist = np.abs(xx - vx)
-    paint(ground & (yy > horizon), VEGETATION, np.asarray(look.vegetation) * 1.15, 0.08)
-    walk = (yy > horizon) & (dist < walk_half)
-    paint(walk, SIDEWALK, look.sidewalk, 0.03)
-    tiles = walk & ((np.floor(yy / 4) + np.floor(xx / 6)) % 2 == 0)
-    img[tiles] *= 0.92
-    road = (yy > horizon) & (dist < road_half)
-    paint(road, ROAD, look.road, 0.025)
-    dashes = road & (dist < 0.012 * w * (0.3 + spread)) & ((np.log1p(np.maximum(yy - horizon, 0)) * 6) % 2 < 1)
-    img[dashes] = 0.92
-
-    # Trees along the sidewalks: trunk + canopy, both vegetation.
-    for _ in range(rng.integers(2, 6)):
-        side = rng.choice([-1, 1])
-        yb = rng.uniform(horizon + 0.1 * (h - horizon), h)
-        s = (yb - horizon) / (h - horizon)
-        cx = vx + side * (road_half_at(yb, horizon, h, w, rng) + s * w * 0.12)
-        trunk = (np.abs(xx - cx) < 0.01 * w * s + 0.5) & (yy < yb) & (yy > yb - 0.5 * s * h)
-        r = 0.08 * w * s + 2
-        canopy = ((xx - cx) / r) ** 2 + ((yy - (yb - 0.5 * s * h)) / (0.9 * r)) ** 2 < 1
-        paint(trunk | canopy, VEGETATION, look.vegetation, 0.1, d=1 - s)
-
-    # Vehicles on the road, far ones first so near ones occlude them.
-    for yb in sorted(rng.uniform(horizon + 0.08 * (h - horizon), h, rng.integers(1, 5))):
-        s = (yb - horizon) / (h - horizon)
-        cx = vx + rng.uniform(-0.5, 0.5) * s * w * 0.5
-        vw, vh = 0.22 * w * s + 3, 0.14 * h * s + 2
-        body = (np.abs(xx - cx) < vw / 2) & (yy < yb) & (yy > yb - vh)
-        paint(body, VEHICLE, rng.uniform(0.05, 0.95, 3), 0.02, d=1 - s)
-        glass = body & (yy < yb - 0.55 * vh) & (np.abs(xx - cx) < vw * 0.38)
-        img[glass] = (0.15, 0.18, 0.22)
-        lamps = body & (yy > yb - 0.35 * vh) & (yy < yb - 0.2 * vh) & (np.abs(np.abs(xx - cx) - vw * 0.38) < vw * 0.07)
-        img[lamps] = (0.95, 0.9, 0.7)
-        lights |= lamps
-
-    # People on the sidewalks.
-    for _ in range(rng.integers(1, 5)):
-        yb = rng.uniform(horizon + 0.1 * (h - horizon), h)
-        s = (yb - horizon) / (h - horizon)
-        side = rng.choice([-1, 1])
-        cx = vx + side * (road_half_at(yb, horizon, h, w, rng) + s * w * 0.05)
-        ph = 0.35 * h * s + 3
-        pw = ph * 0.28
-        body = (np.abs(xx - cx) < pw / 2) & (yy < yb) & (yy > yb - ph * 0.8)
-        head = ((xx - cx) ** 2 + (yy - (yb - ph * 0.88)) ** 2) < (ph * 0.12) ** 2
-        paint(body, PERSON, rng.uniform(0.1, 0.9, 3), 0.03, d=1 - s)
-        paint(head, PERSON, (0.85, 0.65, 0.5), 0.02, d=1 - s)
-
-    lights &= np.isin(mask, (BUILDING, VEHICLE))
-    return Scene(np.clip(img, 0, 1), mask, np.clip(depth, 0, 1), lights)
+    canvas = Canvas(rng, height, width, look)
+    for layer in (canvas.sky, canvas.buildings, canvas.ground, canvas.trees, canvas.vehicles, canvas.people):
+        layer()
+    lights = canvas.lights & np.isin(canvas.mask, (BUILDING, VEHICLE))
+    return Scene(np.clip(canvas.img, 0, 1), canvas.mask, np.clip(canvas.depth, 0, 1), lights)
 
 
 def road_half_at(y: float, horizon: float, h: int, w: int, rng: np.random.Generator) -> float:
