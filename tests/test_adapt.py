@@ -230,7 +230,7 @@ def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, sourc
 
 
 # --- real-world shapes: every method on odd sizes, short batches, 2 classes, odd PNG modes ------------
-def _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size=4, domain="chase", **adapt_extra):
+def _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size=4, domain="chase", epochs=2, **adapt_extra):
     return parse_config(
         {
             "data": {"root": str(odd_root), "domain": domain},
@@ -240,7 +240,7 @@ def _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size=4, domain
                 "decoder_channels": 8,
                 "pretrained": {"source": "checkpoint", "uri": str(odd_source_dir)},
             },
-            "optim": {"epochs": 2, "batch_size": batch_size, "lr": 1e-3},
+            "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3},
             "augment": {"jitter": 0.1},
             "adapt": {"method": method, "source_domain": "drive", **adapt_extra},
             "output_dir": str(tmp_path / f"{method}-{batch_size}"),
@@ -266,7 +266,7 @@ def test_every_label_free_method_runs_on_real_world_shapes(
     """Source 5 x 45x61 RGB against a target of 2 train images (71x53 grayscale, 67x50 RGBA: smaller
     than one batch, other sizes, not divisible by the stride) with batch 4 (short batches on both
     sides) and batch 1; the result must be finite and predict at full target size."""
-    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size, **extra)
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, method, batch_size, epochs=1, **extra)
     result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
     assert math.isfinite(result.scores["score"]) and "val_miou" not in result.scores
     assert all(math.isfinite(h["loss"]) for h in result.history)
@@ -276,7 +276,7 @@ def test_every_label_free_method_runs_on_real_world_shapes(
 
 @pytest.mark.parametrize("method,extra", ODD_CASES[:3])
 def test_label_free_methods_run_on_a_domain_without_masks(odd_root, odd_source_dir, tmp_path, method, extra):
-    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, method, domain="raw", **extra)
+    cfg = _odd_config(odd_root, odd_source_dir, tmp_path, method, domain="raw", epochs=1, **extra)
     assert not (odd_root / "raw" / "masks").exists()
     result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
     assert math.isfinite(result.scores["score"])

@@ -129,7 +129,7 @@ async function domainPage(name) {
     const h = await api(`/v1/domains/${encodeURIComponent(name)}/history?offset=${offset}&limit=20`);
     for (const record of h.records) {
       const scores = record.decision && record.decision.candidate_score !== null && record.decision.candidate_score !== undefined
-        ? ` [${record.decision.judge}: ${percent(record.decision.candidate_score)} vs ${percent(record.decision.incumbent_score)}]` : "";
+        ? ` [${record.decision.judge} on ${record.decision.evidence || "held-back images"}: ${percent(record.decision.candidate_score)} vs ${percent(record.decision.incumbent_score)}]` : "";
       timeline.append(el("li", {}, el("span", { class: "when" }, when(record.time)), decisionText(record) + scores));
     }
     offset += h.records.length;
@@ -163,7 +163,7 @@ function actPanel(name, d) {
     const q = new URLSearchParams({ version: choice.value });
     if (force) { q.set("force", "true"); q.set("reason", reason.value); }
     const r = await act(`/v1/domains/${encodeURIComponent(name)}/promote?${q}`, "judging");
-    if (r) { show(`${r.promoted ? "PROMOTED" : "NOT PROMOTED"} v${r.version} (${r.judge}): ${r.reason}`); say("decided"); }
+    if (r) { show(`${r.promoted ? "PROMOTED" : "NOT PROMOTED"} v${r.version} (${r.forced_by ? "forced" : r.judge || "not judged"}): ${r.reason}`); say("decided"); }
   };
   const rollback = async () => {
     const r = await act(`/v1/domains/${encodeURIComponent(name)}/rollback`, "rolling back");
