@@ -26,7 +26,10 @@ def test_a_deployment_that_never_comes_up_is_reported_then_one_line(ray_cluster,
         with pytest.raises(RaySegmentError) as caught:
             start_serving(cfg, "127.0.0.1", 0, 8, lines.append, "never", "/never", progress_every_s=2)
     finally:
-        serve.delete("never")
+        # Shut Serve down, not only the app: start_serving's thread is still waiting for "never" to
+        # run (the CLI exits at this point; a test session goes on), polling the controller, which
+        # took CPU from every test after this one.
+        serve.shutdown()
     message = str(caught.value)
     assert "\n" not in message and len(message) < 600, message
     assert "Serve did not" in message

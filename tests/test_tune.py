@@ -118,8 +118,8 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     assert night.trials == 2
     entry = Registry(tmp_path / "registry").get_entry("night", night.version)
     lineage, metrics = entry.manifest.lineage, entry.manifest.metrics
-    assert lineage["method"] in ("adabn", "self_training") and lineage["method"] == night.config["method"]
-    assert lineage["target_labels"] == 0 and lineage["judge"] == "proxy"
+    assert lineage.method in ("adabn", "self_training") and lineage.method == night.config["method"]
+    assert lineage.target_labels == 0 and lineage.judge == "proxy"
     assert metrics["score"] == pytest.approx(metrics["proxy_consistency"]) == pytest.approx(night.best_score)
     assert night.version == 2 and registry.aliases("night") == {"production": 1, "candidate": 2}
     (decision,) = [r["decision"] for r in registry.history("night") if r.get("decision", {}).get("version") == 2]

@@ -20,7 +20,14 @@ from raysegment.models import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.viz import bar_chart_png, curves_png, overlay_png
 
-QUICK = {"images_per_domain": 24, "source_epochs": 2, "target_epochs": 1, "shots": 4}  # `demo --engine-only --quick`
+QUICK = {
+    "images_per_domain": 24,
+    "source_epochs": 2,
+    "target_epochs": 1,
+    "shots": 4,
+    "height": 64,
+    "width": 128,
+}  # `demo --engine-only --quick`
 
 
 def few_shot_target(
