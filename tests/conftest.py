@@ -237,7 +237,7 @@ def ray_cluster(s3_endpoint):
     try:
         _wait(
             lambda: httpx.get(f"{cluster.dashboard_url}/api/version", timeout=2).status_code == 200,
-            90,
+            240,  # a ceiling: a fresh venv's first start compiles the dashboard's modules (~90 s seen)
             "Ray head dashboard",
             logs,
         )

@@ -142,14 +142,18 @@ def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp
     idle_cpus = ray.available_resources().get("CPU", 0)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs = tmp_path / "tune" / "search" / "trial_train"  # each trial's Ray Train run, in the search's storage
+    experiment = tmp_path / "tune" / "search" / "search-fog"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not any(runs.glob("train-*/checkpoint_*")):
-        time.sleep(0.5)
-    time.sleep(3)
+    # Killed the moment the search is restorable (its state saved) and a trial has checkpointed: the
+    # rest of the search (two more epochs, the judge) takes seconds, so no fixed sleep may precede it.
+    while time.monotonic() < deadline and not (
+        any(runs.glob("train-*/checkpoint_*")) and any(experiment.glob("experiment_state*.json"))
+    ):
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p.name for p in runs.iterdir()}
-    assert before and not (tmp_path / "tune" / "search" / "search-fog" / "winner.json").exists()
+    assert before and not (experiment / "winner.json").exists()
     deadline = time.monotonic() + 30  # the cluster notices the dead driver and frees its trials' CPUs
     while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < idle_cpus:
         time.sleep(0.5)
