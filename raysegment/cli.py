@@ -346,6 +346,32 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A model folder (to --out) or a registry version (stored with it; --out also writes it), as
+    ONNX; --quantize int8 registers the INT8 graph as a new version, judged against its parent."""
+    from raysegment.apps.export import export_folder, export_version, quantize_version
+    from raysegment.export.graph import DEFAULT_OPSET
+    from raysegment.registry import Registry
+
+    out, opset = (Path(args.out) if args.out else None), args.opset or DEFAULT_OPSET
+    if Path(args.ref).is_dir():
+        if args.quantize or out is None or not args.images:
+            raise ConfigError("exporting a model folder needs --out F and --images DIR (and no --quantize)")
+        export_folder(args.ref, out, args.images, opset)
+        print(f"wrote {out}")
+        return 0
+    registry = Registry(args.registry)
+    if args.quantize:
+        done = quantize_version(
+            registry, args.ref, args.calibration, args.max_drop, opset, args.images, args.calibration_images
+        )
+        print(f"{done.parent} -> INT8 {done.parent.split('@')[0]}@{done.version}: {done.decision.reason}")
+        return 0
+    exported = export_version(registry, args.ref, opset, out, args.images)
+    print(f"{exported.ref}: onnx {exported.record.bytes} B stored ({exported.record.sha256[:12]})")
+    return 0
+
+
 def cmd_weights_import(args: argparse.Namespace) -> int:
     from raysegment.models.weights_import import import_weights
 
@@ -526,6 +552,18 @@ def add_model_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="export a model as ONNX (checked against torch); --quantize int8 (judged)")
+    p.add_argument("ref", help="DOMAIN@VERSION (or alias) in the registry, or a model folder")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--opset", type=int, help="ONNX opset (default: raysegment.export.graph.DEFAULT_OPSET)")
+    p.add_argument("--out", help="also write the graph to this file (required for a model folder)")
+    p.add_argument("--images", help="folder of the domain's images to check on (default: its val split)")
+    p.add_argument("--quantize", choices=["int8"], help="static INT8 (QDQ), registered as a judged candidate")
+    p.add_argument("--calibration", type=int, default=32, help="unlabelled images to calibrate INT8 on")
+    p.add_argument("--calibration-images", help="folder to calibrate on (default: the domain's train split)")
+    p.add_argument("--max-drop", type=float, default=0.5, help="INT8 may lose at most this many mIoU points")
+    registry_option(p)
+    p.set_defaults(func=cmd_export)
     weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command", required=True)
     p = weights.add_parser("import", help="convert a foreign .pth state dict to timm-named safetensors")
     p.add_argument("src", help="state dict (.pth), local path or URI; loaded with weights_only=True")

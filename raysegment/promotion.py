@@ -14,9 +14,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from pydantic import ValidationError
 
-from raysegment.config import Judge
+from raysegment.config import Judge, RunConfig
+from raysegment.data import SegmentationDataset, open_split
+from raysegment.engine.judge import judged_scores
 from raysegment.engine.policy import beats
+from raysegment.errors import RaySegmentError
 from raysegment.registry import Entry, Registry, RegistryError
 
 PRODUCTION = "production"
@@ -46,6 +50,12 @@ def judge(
     if incumbent_score is None:
         return True, "no model to beat"
     wins = beats(candidate_score, incumbent_score, judge_name, margin)
+    if margin < 0:  # a compressed model against its own float parent
+        relation = "is within" if wins else "falls more than"
+        return wins, (
+            f"{judge_name} score {100 * candidate_score:.2f} {relation} {-100 * margin:.2f} points of "
+            f"{100 * incumbent_score:.2f}" + ("" if wins else " below it")
+        )
     relation = "beats" if wins else "does not beat"
     return wins, (
         f"{judge_name} score {100 * candidate_score:.2f} {relation} {100 * incumbent_score:.2f}"
@@ -116,30 +126,33 @@ def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
     return previous
 
 
-def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None, float | None, Judge, str | None]:
-    """Score a registered candidate and the domain's production model on the candidate's held-back
-    images (its run config's val split), by its judge: (candidate, incumbent, judge, incumbent ref).
-    A candidate without a usable run config cannot be judged: its score is None."""
-    from pydantic import ValidationError
-
-    from raysegment.config import RunConfig
-    from raysegment.data import open_split
-    from raysegment.engine.judge import judged_scores
-    from raysegment.errors import RaySegmentError
-
+def held_back(candidate: Entry) -> tuple[RunConfig, Judge, SegmentationDataset | None] | None:
+    """The run config, judge and held-back images (its run config's val split) a candidate is
+    scored on; None without a usable run config, no images when its val split cannot be opened."""
     try:
         cfg = RunConfig.model_validate(candidate.manifest.config)
     except ValidationError:
-        return None, None, "proxy", None
+        return None
     judge_name = candidate.manifest.lineage.judge or cfg.judge
-    production = registry.aliases(candidate.domain).get(PRODUCTION)
-    incumbent = f"{candidate.domain}@{production}" if production not in (None, candidate.version) else None
     d = cfg.data
     try:
         val = open_split(d.root, candidate.domain, d.val_split, d.layout, unlabelled=judge_name == "proxy")
-        if judge_name == "labels":
-            val = val.labelled()
+        return cfg, judge_name, val.labelled() if judge_name == "labels" else val
     except RaySegmentError:
+        return cfg, judge_name, None
+
+
+def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None, float | None, Judge, str | None]:
+    """Score a registered candidate and the domain's production model on the candidate's held-back
+    images by its judge: (candidate, incumbent, judge, incumbent ref). A candidate without a usable
+    run config cannot be judged: its score is None."""
+    found = held_back(candidate)
+    if found is None:
+        return None, None, "proxy", None
+    cfg, judge_name, val = found
+    production = registry.aliases(candidate.domain).get(PRODUCTION)
+    incumbent = f"{candidate.domain}@{production}" if production not in (None, candidate.version) else None
+    if val is None:
         return None, None, judge_name, incumbent
     model, _, _ = registry.load(candidate.ref)
     reference = registry.load(incumbent)[0] if incumbent else model
@@ -148,6 +161,44 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
         return judged_scores(m, val, cfg, judge_name, reference)["score"]
 
     return score(model), (score(reference) if incumbent else None), judge_name, incumbent
+
+
+def promote_compressed(
+    registry: Registry,
+    candidate: Entry,
+    parent: Entry,
+    compressed: torch.nn.Module,
+    parent_model: torch.nn.Module,
+    max_drop: float,
+) -> Decision:
+    """A compressed version (INT8) of `parent`, run as `compressed`, ships when it is not measurably
+    worse than its parent: within `max_drop` points of it by the parent's judge on the held-back
+    images (the one policy with a negative margin). It replaces only its own parent: when the parent
+    is not production, it becomes `candidate` whatever it scores."""
+    found = held_back(parent)
+    if found is None or found[2] is None:
+        return promote_if_better(registry, candidate.domain, candidate.version, None, None, None, parent.ref)
+    cfg, judge_name, val = found[0], found[1], found[2]
+    score, parent_score = (
+        judged_scores(m, val, cfg, judge_name, parent_model)["score"] for m in (compressed, parent_model)
+    )
+    if registry.aliases(parent.domain).get(PRODUCTION) != parent.version:
+        reason = f"its float parent {parent.ref} is not production: promote the parent first"
+        decision = Decision(
+            candidate.domain, candidate.version, False, judge_name, score, parent_score, parent.ref, reason
+        )
+        registry.promote(candidate.domain, candidate.version, CANDIDATE, record={"decision": asdict(decision)})
+        return decision
+    return promote_if_better(
+        registry,
+        candidate.domain,
+        candidate.version,
+        score,
+        parent_score,
+        judge_name,
+        parent.ref,
+        margin=-max_drop / 100,
+    )
 
 
 def promote_version(

@@ -7,6 +7,7 @@ Layout under the registry's root:
     <domain>/aliases.json                 {"aliases": {name: version}, "history": [every move]}
     <domain>/signatures/<sha256>.safetensors  what the version's images look like (drift, routing)
     <domain>/index.json                   {"versions": {N: manifest}}: every manifest in one read
+    <domain>/exports/...                  ONNX exports of versions (`raysegment.artifacts`)
 
 - A version exists once its manifest does, and the manifest is created only-if-absent after its
   weights are stored: concurrent registrations never take one number, a crash never leaves a
@@ -210,7 +211,11 @@ class Registry:
         self.store.put_new(self._version_key(domain, version, "removed"), b"")
         self.store.delete(self._version_key(domain, version, "json"))
         ManifestIndex(self.store, domain).put(version, None)
-        remaining = [e.manifest for e in self.entries(domain)]
+        left = self.entries(domain)
+        remaining = [e.manifest for e in left]
+        from raysegment.artifacts import Artifacts  # its exports go with it (graphs no other version uses)
+
+        Artifacts(self.store).drop(domain, version, Artifacts(self.store).digests(left))
         if all(m.sha256 != entry.manifest.sha256 for m in remaining):
             self.store.delete(self._blob_key(domain, entry.manifest.sha256))
         still_used = {d for m in remaining for d in m.signatures.values()}

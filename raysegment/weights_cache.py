@@ -29,10 +29,10 @@ def blob_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "raysegment-cache" / "blobs")
 
 
-def cached_blob(digest: str, fetch: Callable[[], bytes | None]) -> bytes | None:
+def cached_blob(digest: str, fetch: Callable[[], bytes | None], suffix: str = ".safetensors") -> bytes | None:
     """The blob of `digest` from this machine's cache, else `fetch()`ed and cached when it matches
     its hash (a blob that does not is returned as is, for the caller's hash check to refuse)."""
-    cached = blob_cache_dir() / f"{digest}.safetensors"
+    cached = blob_cache_dir() / f"{digest}{suffix}"
     if cached.is_file():
         held = cached.read_bytes()
         if sha256_bytes(held) == digest:
