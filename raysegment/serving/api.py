@@ -12,6 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from raysegment.artifacts import ONNX
 from raysegment.promotion import (
     CANDIDATE,
     PRODUCTION,
@@ -79,6 +80,15 @@ async def whoami(client: Client = Depends(READ)) -> Caller:
     return Caller(name=client.name, role=client.role)
 
 
+async def served_runtime(svc: Services, domain: str, production: int) -> str:
+    """What runs the domain's production model: the deployment's runtime, or torch (said so) when
+    the runtime is ONNX Runtime and the version has no ONNX export."""
+    runtime = svc.cfg.replicas.runtime
+    if runtime == "onnxruntime" and ONNX not in await svc.catalog.exports(domain, production):
+        return "torch (no ONNX export of this version)"
+    return runtime
+
+
 async def summary(svc: Services, domain: str, with_drift: bool = True) -> dict[str, Any]:
     """One domain as the overview shows it: versions, aliases, drift, captured traffic, last decision."""
     shown = dict(await svc.catalog.listing(domain))
@@ -86,6 +96,8 @@ async def summary(svc: Services, domain: str, with_drift: bool = True) -> dict[s
         return shown
     aliases = shown["aliases"]
     shown["production"], shown["candidate"] = aliases.get(PRODUCTION), aliases.get(CANDIDATE)
+    if shown["production"] is not None:
+        shown["runtime"] = await served_runtime(svc, domain, shown["production"])
     if with_drift:
         shown["drift"] = await drift_report(svc, domain)
     if svc.mirror.captures(domain):
@@ -331,6 +343,7 @@ async def answer(
         "x-model-version": str(entry.version),
         "x-model-id": result["model_id"],
         "x-batch-size": str(result["batch_size"]),
+        "x-runtime": result.get("runtime", "torch"),
     }
     if route is not None:
         headers |= {

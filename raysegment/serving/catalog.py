@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from raysegment.artifacts import Artifacts
 from raysegment.engine.signature import Signature
 from raysegment.promotion import CANDIDATE, PRODUCTION
 from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, check_domain
@@ -142,6 +143,15 @@ class Catalog:
                 return {"error": "domain unavailable", "detail": str(exc)[:300]}
 
         return await self._cached(("listing", domain), read)
+
+    async def exports(self, domain: str, version: int) -> dict[str, str]:
+        """Export name -> what it holds ("float32", "int8") of one version (the production one)."""
+
+        def read() -> dict[str, str]:
+            entry = self.registry.get_entry(domain, version)
+            return {n: r.quantization or "float32" for n, r in Artifacts(self.registry.store).records(entry).items()}
+
+        return await self._cached(("exports", domain, version), read)
 
     async def history(self, domain: str) -> list[dict[str, Any]]:
         try:

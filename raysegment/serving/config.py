@@ -74,6 +74,16 @@ class Replicas(_Section):
         "id, so CPU gateways can feed a GPU replica; fused: one deployment does both, a hop less per request (CPU "
         "nodes; scaled by the replica settings, and any replica may load any domain)",
     )
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="onnxruntime: each version's ONNX export (`raysegment export`) answers requests, in a session "
+        "of the replica's CPUs; a version without one is served by torch (said in /v1/domains)",
+    )
+    onnx_providers: tuple[str, ...] = Field(
+        ("CPUExecutionProvider",),
+        description="ONNX Runtime execution providers in order of preference, e.g. CUDAExecutionProvider, "
+        "TensorrtExecutionProvider (those the installed onnxruntime lacks are skipped; CPU is the fallback)",
+    )
     ingress_replicas: PositiveInt = Field(
         1, description="Gateway replicas (split): they decode uploads, so a fast model replica (a GPU) needs several"
     )
@@ -188,6 +198,12 @@ class ServeConfig(BaseModel):
             if moved:
                 raise ValueError("serve config keys moved into sections: " + "; ".join(moved))
         return data
+
+    @model_validator(mode="after")
+    def _online_adaptation_needs_torch(self) -> ServeConfig:
+        if self.online.adabn and self.replicas.runtime == "onnxruntime":
+            raise ValueError("online.adabn changes BatchNorm statistics in torch: use replicas.runtime=torch with it")
+        return self
 
     @model_validator(mode="after")
     def _names_are_registry_names(self) -> ServeConfig:

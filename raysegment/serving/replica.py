@@ -11,8 +11,9 @@ its delta; with online AdaBN it also gets private BatchNorm statistics (never th
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,14 +22,17 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from raysegment.artifacts import ONNX, Artifacts
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
 from raysegment.engine.continual import OnlineAdapter
 from raysegment.engine.evaluate import predict_full_size
 from raysegment.engine.proxies import paired_consistency
 from raysegment.engine.signature import RunningSignature, batchnorm_inputs, image_signatures
+from raysegment.export.runtime import OrtSegmenter
 from raysegment.models.freeze import is_batchnorm
-from raysegment.registry import Registry, RegistryError, SharedBases
+from raysegment.models.segmenter import Segmenter
+from raysegment.registry import Entry, Registry, RegistryError, SharedBases
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.errors import DomainUnavailable, ReplicaGone
 from raysegment.serving.routing import Route, RoutingTable
@@ -37,15 +41,19 @@ from raysegment.serving.routing import Route, RoutingTable
 # a retry, then a 503. Anything else (corrupt weights, a bug) is never retried or disguised as this.
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
 WHOLE_IMAGE = EvalConfig(mode="whole")
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Loaded:
-    """A model on a replica and the working scale it was trained at (it is served at it too)."""
+    """A model on a replica and the working scale it was trained at (it is served at it too).
+    `answer` computes the masks: the torch model, or its ONNX export under ONNX Runtime; the torch
+    model stays for what reads its insides (drift statistics, routing signatures, online AdaBN)."""
 
     model: torch.nn.Module
     scale: ResizeConfig | None
     num_classes: int
+    answer: torch.nn.Module
 
 
 def received(image: np.ndarray) -> torch.Tensor:
@@ -77,18 +85,20 @@ class SegmentModels:
         self.adapted_images: dict[str, int] = {}
         self.adapters: dict[str, OnlineAdapter] = {}
         self.recent: dict[str, RunningSignature] = {}  # per model id: its recent images' statistics
+        self.runtimes: dict[str, str] = {}  # per model id: what answered its last batch
         self.drift_batches: dict[str, int] = {}  # per model id: batches segmented (drift samples one in drift_every)
         loop = self.cfg.closed_loop
         base = loop.routing_base
         self.routing = RoutingTable(self.registry, base, loop.unknown_factor) if base else None
-        online = self.cfg.online.adabn
+        online, runtime = self.cfg.online.adabn, self.cfg.replicas.runtime
 
         # Plain closures, not bound methods: Serve keeps its LRU / batch queue on the wrapped object.
         async def load(model_id: str) -> Loaded:
-            model, meta, _ = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
+            model, meta, entry = await asyncio.to_thread(self.registry.load_shared, model_id, self.bases)
             if online:
                 own_batchnorm_buffers(model)
-            return Loaded(model, meta.resize, meta.num_classes)
+            answer = await asyncio.to_thread(self._onnx_runtime, model, entry) if runtime == "onnxruntime" else None
+            return Loaded(model, meta.resize, meta.num_classes, answer if answer is not None else model)
 
         async def segment_batch(model_ids: list[str], images: list[torch.Tensor]) -> list[dict[str, Any]]:
             return await self._segment_batch(model_ids, images)
@@ -100,6 +110,15 @@ class SegmentModels:
             max_batch_size=replicas.max_batch_size, batch_wait_timeout_s=replicas.batch_wait_timeout_s
         )(segment_batch)
 
+    def _onnx_runtime(self, model: torch.nn.Module, entry: Entry) -> OrtSegmenter | None:
+        """The version's ONNX export in a session of this replica's CPUs (None: it has none)."""
+        found = Artifacts(self.registry.store).load(entry, ONNX)
+        if found is None:
+            log.info("%s has no ONNX export: served by torch", entry.ref)
+            return None
+        threads = max(1, round(self.cfg.replicas.cpus_per_replica))
+        return OrtSegmenter.like(cast(Segmenter, model), found[0], threads, self.cfg.replicas.onnx_providers)
+
     async def _segment_batch(self, model_ids: list[str], images: list[torch.Tensor]) -> list[dict[str, Any]]:
         """One forward per (model, image size) in the batch: Serve splits batches by the handle's model
         id (split topology); a fused replica's batch may hold several models."""
@@ -110,7 +129,12 @@ class SegmentModels:
         for model_id, members in same_model.items():
             await self._segment_model(model_id, [images[k] for k in members], members, masks)
         return [
-            {"mask": mask, "model_id": model_id, "batch_size": len(same_model[model_id])}
+            {
+                "mask": mask,
+                "model_id": model_id,
+                "batch_size": len(same_model[model_id]),
+                "runtime": self.runtimes.get(model_id, "torch"),
+            }
             for mask, model_id in zip(masks, model_ids, strict=True)
         ]
 
@@ -119,6 +143,7 @@ class SegmentModels:
     ) -> None:
         """Segment `images` with one model; the mask of images[i] goes to masks[slots[i]]."""
         loaded = await self.get_model(model_id)
+        self.runtimes[model_id] = "torch" if loaded.answer is loaded.model else "onnxruntime"
         for (h, w), index in group_by_size(img.shape[-2:] for img in images).items():  # one size each, unpadded
             batch = torch.stack([to_float(images[k]) for k in index]).to(self.device)
             batch = resize_images(batch, scaled_size(h, w, loaded.scale))
@@ -126,13 +151,14 @@ class SegmentModels:
                 adapter = self._adapter(model_id, loaded)
                 adapter.adapt(batch)
                 adapter.watch(batch)
-            if self._drift_sample(model_id):
+            logits = None
+            if self._drift_sample(model_id):  # the statistics are torch's (under ONNX Runtime: one more forward)
                 with batchnorm_inputs(loaded.model) as captured:
                     logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
                 recent = self.recent.setdefault(model_id, RunningSignature(self.cfg.closed_loop.drift_window))
                 recent.update([m for m, _ in captured], [q for _, q in captured])
-            else:
-                logits = predict_full_size(loaded.model, batch, (h, w), WHOLE_IMAGE)
+            if logits is None or loaded.answer is not loaded.model:
+                logits = predict_full_size(loaded.answer, batch, (h, w), WHOLE_IMAGE)
             preds = logits.argmax(1).to(torch.uint8).cpu()  # class ids fit a byte: 1/8 of int64 to ship back
             for row, k in enumerate(index):
                 masks[slots[k]] = preds[row]

@@ -57,6 +57,7 @@ class DomainListing(BaseModel):
     aliases: dict[str, int] = {}
     production: int | None = None
     candidate: int | None = None
+    runtime: str | None = Field(None, description="what runs production: torch, onnxruntime, or torch as a fallback")
     drift: Drift | None = None
     captured: int | None = None
     last_decision: dict[str, Any] | None = None
