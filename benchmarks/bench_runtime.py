@@ -149,12 +149,21 @@ def table(report: dict) -> str:
         cells = [f"{row[k]:.2f} ({row[k] / eager[k]:.2f}x)" for k in keys]
         size = report["bytes"].get(name)
         lines.append(f"| {name} | " + " | ".join(cells) + (f" | {size / 1e6:.2f} MB |" if size else " | - |"))
-    lines += ["", "| target | " + " | ".join(next(iter(report["accuracy"].values()))) + " |"]
-    lines.append("|---" * (len(next(iter(report["accuracy"].values()))) + 1) + "|")
+    columns = [
+        k.replace(k.split(" IoU")[0].split()[-1] + " IoU", "last-class IoU")
+        for k in next(iter(report["accuracy"].values()))
+    ]
+    lines += ["", "| target | last class | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for target, row in report["accuracy"].items():
-        lines.append(f"| {target} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |")
+        last = next(k for k in row if not k.endswith("mIoU")).split(" IoU")[0].split()[-1]
+        lines.append(f"| {target} | {last} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--table"]:  # the table of a saved runtime.json
+        print(table(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main()

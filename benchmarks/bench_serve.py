@@ -7,6 +7,7 @@ with 1, 4 and 8 domains loaded. Ratios are printed against figures measured in t
 
     python benchmarks/bench_serve.py [--seconds 5] [--height 128 --width 256]
     python benchmarks/bench_serve.py --device cuda --height 512 --width 1024 --ingress 8
+    python benchmarks/bench_serve.py --runtimes [--concurrency 16]   # runtime torch vs onnxruntime, in turns
 
 On a CPU the app runs one model replica per CPU by default (`--replicas 1` for the old layout):
 Ray gives an actor of under 2 CPUs one torch thread, so a single replica leaves cores idle, and
@@ -162,6 +163,34 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def compare_runtimes(
+    root: Path, body: bytes, replicas: Replicas, url: str, seconds: float, turns: int, concurrency: int
+) -> dict[str, list[float]]:
+    """The same app with `runtime: torch` and `runtime: onnxruntime` (every domain exported first),
+    in alternating turns on a mix of 4 domains: req/s of each turn."""
+    from raysegment.apps.export import export_version
+
+    images = root.parent / "images"
+    images.mkdir(exist_ok=True)
+    (images / "scene.png").write_bytes(body)
+    mix = DOMAINS[:4]
+    for domain in mix:
+        export_version(Registry(root), domain, images=images, say=lambda line: None)
+    rates: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+    for _ in range(turns):
+        for runtime, found in rates.items():
+            cfg = ServeConfig(
+                registry=str(root), auth="none", replicas=replicas.model_copy(update={"runtime": runtime})
+            )
+            serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+            load(url, body, mix, 2, 1.0)  # warm the models (and the sessions)
+            rps, p50, p99, errors = load(url, body, mix, concurrency, seconds)
+            found.append(rps)
+            print(f"[bench] {runtime:<12} {rps:6.1f} req/s p50 {p50:.0f} ms p99 {p99:.0f} ms errors {errors}")
+            serve.delete("raysegment")
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5)
@@ -184,6 +213,7 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--pairs", type=int, default=3, help="turns of (best batched cell, in-process limit)")
+    parser.add_argument("--runtimes", action="store_true", help="only: runtime torch vs onnxruntime, --pairs turns")
     args = parser.parse_args()
     gpu = args.device == "cuda"
     cpus = (os.cpu_count() or 2) if gpu else 2
@@ -210,6 +240,29 @@ def main() -> None:
         port = 18000 + os.getpid() % 1000
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"
+        if args.runtimes:
+            replicas_cfg = Replicas(
+                max_batch_size=8,
+                max_replicas=replicas,
+                min_replicas=replicas,
+                cpus_per_replica=cpus_per_replica,
+                ingress_cpus=ingress_cpus,
+                ingress_replicas=args.ingress,
+                topology=args.topology,
+            )
+            conc = max(args.concurrency)
+            rates = compare_runtimes(root, body, replicas_cfg, url, args.seconds, args.pairs, conc)
+            serve.shutdown()
+            ray.shutdown()
+            ratios = sorted(o / t for o, t in zip(rates["onnxruntime"], rates["torch"]))
+            print(
+                f"{args.height}x{args.width} PNG, 4 domains, concurrency {conc}, {replicas} replica(s) x "
+                f"{cpus_per_replica:.2f} CPU, {args.topology}: onnxruntime / torch per turn "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + f"; median {statistics.median(ratios):.2f} (goal >= 1.3)"
+            )
+            own.close()
+            return
         rows, pairs = [], []
         for label, batch in (("batched", 8), ("unbatched", 1)):
             cfg = ServeConfig(
