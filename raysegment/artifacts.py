@@ -17,9 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raysegment.manifest import Entry
+from raysegment.manifest import Entry, RegistryError
 from raysegment.objectstore import ObjectStore, update_json
-from raysegment.registry import RegistryError
 from raysegment.weights_cache import cached_blob, sha256_bytes
 
 ONNX = "onnx"  # the export name serving's `runtime: onnxruntime` runs

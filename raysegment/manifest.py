@@ -17,11 +17,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from raysegment.config import Judge
+from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta
 from raysegment.objectstore import ObjectStore, StoreError, update_json
 
 INDEX_KEY = "index.json"  # <domain>/index.json: {"versions": {N: manifest}}
 log = logging.getLogger(__name__)
+
+
+class RegistryError(RaySegmentError):
+    """A registry operation failed: bad name, unknown version, corrupt files."""
+
+
+class CorruptRegistry(RegistryError):
+    """A domain's manifest or aliases file cannot be read: that domain is unavailable, not the registry."""
 
 
 class VersionRef(BaseModel):

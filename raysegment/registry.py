@@ -42,8 +42,16 @@ from pydantic import ValidationError
 from safetensors.torch import load, save
 
 from raysegment.engine.signature import Signature
-from raysegment.errors import RaySegmentError
-from raysegment.manifest import INDEX_KEY, Entry, Lineage, ManifestIndex, ModelVersion, VersionRef
+from raysegment.manifest import (
+    INDEX_KEY,
+    CorruptRegistry,
+    Entry,
+    Lineage,
+    ManifestIndex,
+    ModelVersion,
+    RegistryError,
+    VersionRef,
+)
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.objectstore import ObjectStore, StoreError, open_store, update_json
 from raysegment.weights_cache import SharedBases, cached_blob, sha256_bytes
@@ -53,14 +61,6 @@ DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (ful
 VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
 ALIASES = "aliases.json"
 REGISTER_ATTEMPTS = 1000
-
-
-class RegistryError(RaySegmentError):
-    """A registry operation failed: bad name, unknown version, corrupt files."""
-
-
-class CorruptRegistry(RegistryError):
-    """A domain's manifest or aliases file cannot be read: that domain is unavailable, not the registry."""
 
 
 def _parse_json(data: bytes, where: str) -> Any:
