@@ -1,10 +1,10 @@
 import json
+import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import registry_writers
 import torch
 from conftest import TINY_BACKBONE
 
@@ -93,28 +93,37 @@ def test_delta_stores_only_changed_tensors_and_rebuilds(registry_uri):
         reg.remove("clear", 1)
 
 
-WRITER = f"""
-import sys, torch
-from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
-from raysegment.registry import Registry
-cfg = ModelConfig(backbone="{TINY_BACKBONE}", decoder_channels=8)
-meta = ModelMeta(model=cfg, num_classes=3, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
-reg = Registry(sys.argv[1])
-for i in range(int(sys.argv[2])):
-    print(reg.register("fog", build_segmenter(cfg, 3), meta, {{"writer": float(sys.argv[3])}}), flush=True)
-"""
+def _writers(uri: str, count: int, n: int):
+    """`n` writer processes registering `count` versions each, and the pipes their versions come on."""
+    ctx = registry_writers.context()
+    pipes = [ctx.Pipe(duplex=False) for _ in range(n)]
+    procs = [
+        ctx.Process(target=registry_writers.register, args=(uri, count, float(w), registry_writers.environment(), send))
+        for w, (_, send) in enumerate(pipes)
+    ]
+    for proc in procs:
+        proc.start()
+    for _, send in pipes:
+        send.close()  # the child holds its own end: a dead writer ends its pipe
+    return procs, [recv for recv, _ in pipes]
+
+
+def _drain(recv) -> list[int]:
+    versions = []
+    while True:
+        try:
+            versions.append(recv.recv())
+        except EOFError:
+            return versions
 
 
 def test_concurrent_registrations_never_collide(registry_uri):
     # 4 processes x 4 registrations of one domain: versions 1..16, each exactly once, none lost.
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, registry_uri, "4", str(w)], stdout=subprocess.PIPE, text=True)
-        for w in range(4)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    versions = sorted(int(v) for out in outputs for v in out.split())
+    procs, pipes = _writers(registry_uri, 4, 4)
+    versions = sorted(v for recv in pipes for v in _drain(recv))
+    for proc in procs:
+        proc.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs)
     assert versions == list(range(1, 17))
     reg = Registry(registry_uri)
     assert reg.versions("fog") == versions
@@ -128,13 +137,11 @@ def test_kill_9_mid_write_leaves_registry_readable(registry_uri):
     for written in (1, 2, 3):
         # Evidence first: the writer has finished `written` registrations and is inside the next
         # one (it registers in a loop), so the kill lands mid-write, not before the first byte.
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, registry_uri, "1000", "1"], stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout is not None
-        done = [int(proc.stdout.readline()) for _ in range(written)]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        (proc,), (recv,) = _writers(registry_uri, 1000, 1)
+        done = [recv.recv() for _ in range(written)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        assert proc.exitcode == -signal.SIGKILL
         versions = reg.versions("fog")
         assert versions[0] == 1 and set(done) <= set(versions)
         for v in versions:
@@ -210,25 +217,24 @@ def test_version_numbers_are_never_reused_after_removal(registry_uri):
         reg.load("fog@3")
 
 
-PROMOTER = """
-import sys
-from raysegment.registry import Registry
-reg, worker = Registry(sys.argv[1]), sys.argv[2]
-for i in range(40):
-    reg.promote("fog", 1 + i % 2, alias=f"w{worker}")
-"""
-
-
 def test_racing_promotions_never_lose_an_alias(registry_uri):
     reg = Registry(registry_uri)
     reg.register("fog", _model(0), META)
     reg.register("fog", _model(1), META)
-    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, registry_uri, str(w)]) for w in range(4)]
-    assert all(p.wait(timeout=300) == 0 for p in procs)
-    # 160 read-modify-writes of one aliases.json: without compare-and-swap some would overwrite
+    ctx, rounds = registry_writers.context(), 20
+    procs = [
+        ctx.Process(target=registry_writers.promote, args=(registry_uri, w, rounds, registry_writers.environment()))
+        for w in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs)
+    # 80 read-modify-writes of one aliases.json: without compare-and-swap some would overwrite
     # others' aliases or history records.
     assert reg.aliases("fog") == {f"w{w}": 2 for w in range(4)}
-    assert len(reg.history("fog")) == 160
+    assert len(reg.history("fog")) == 4 * rounds
 
 
 def test_remote_weights_are_cached_by_content_hash(s3_bucket, tmp_path, monkeypatch):
