@@ -67,15 +67,10 @@ def test_cluster_specs_keep_everything_durable_in_object_storage(name):
             Registry(spec.registry)
 
 
-def test_submitted_fine_tune_job_succeeds_leaves_a_checkpoint_and_logs(ray_cluster, tmp_path, synth_root):
-    """One job through the CLI (`raysegment submit` follows it to the end), checked through the API."""
-    cli = [sys.executable, "-m", "raysegment.cli"]
-    done = subprocess.run(
-        [*cli, "submit", str(_spec(tmp_path, synth_root)), "--address", ray_cluster.dashboard_url],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+def test_submitted_fine_tune_job_succeeds_leaves_a_checkpoint_and_logs(ray_cluster, tmp_path, synth_root, cli):
+    """One job through the CLI (`raysegment submit` follows it to the end), checked through the API.
+    The CLI runs in this process (the `cli` fixture; the entry point itself is tested in test_cli)."""
+    done = cli("submit", _spec(tmp_path, synth_root), "--address", ray_cluster.dashboard_url)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "SUCCEEDED" in done.stdout
     job_id = done.stdout.split()[1]
@@ -89,13 +84,8 @@ def test_submitted_fine_tune_job_succeeds_leaves_a_checkpoint_and_logs(ray_clust
         ray_jobs.client(ray_cluster.dashboard_url).get_job_info(job_id).entrypoint
         == "python jobs/fine_tune.py --from-env"
     )
-    logs = subprocess.run(
-        [*cli, "jobs", "logs", job_id, "--address", ray_cluster.dashboard_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "fine-tune job-test finished" in logs.stdout
+    logs = cli("jobs", "logs", job_id, "--address", ray_cluster.dashboard_url)
+    assert logs.returncode == 0 and "fine-tune job-test finished" in logs.stdout
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_2():
