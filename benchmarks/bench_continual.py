@@ -29,6 +29,7 @@ from raysegment.data import open_split, synth
 from raysegment.engine.continual import OnlineAdapter
 from raysegment.engine.evaluate import scaled_batches
 from raysegment.models import ModelMeta, load_model
+from raysegment.models.outputs import class_map
 from raysegment.viz import curves_png
 
 CONFIGS = {  # name: (method, guard)
@@ -59,7 +60,7 @@ def run_stream(
             for domain in domains:
                 for images, masks, size in scaled_batches(sets[domain], batch, meta.resize, torch.device("cpu")):
                     logits = adapter.step(images)
-                    pred = F.interpolate(logits.detach(), size=size, mode="bilinear", align_corners=False).argmax(1)
+                    pred = class_map(F.interpolate(logits.detach(), size=size, mode="bilinear", align_corners=False))
                     iou.update(pred, masks)
             per_round[name].append(100 * float(iou.compute()))
             print(f"  {name}: round {len(per_round[name])}: {per_round[name][-1]:.1f}", flush=True)

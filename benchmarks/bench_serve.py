@@ -40,6 +40,7 @@ from ray import serve  # noqa: E402
 from raysegment.config import ModelConfig  # noqa: E402
 from raysegment.data import synth  # noqa: E402
 from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
+from raysegment.models.outputs import class_map
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.serving.app import build_app  # noqa: E402
 from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig, use_serve_process_env  # noqa: E402
@@ -67,10 +68,10 @@ def forward_rate(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> flo
     """img/s of the model's forward + argmax + copy of the mask back on the batch `x`."""
     with torch.inference_mode():
         for _ in range(3):
-            model(x).argmax(1).to(torch.uint8).cpu()
+            class_map(model(x)).to(torch.uint8).cpu()
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            model(x).argmax(1).to(torch.uint8).cpu()
+            class_map(model(x)).to(torch.uint8).cpu()
             n += len(x)
     return n / (time.perf_counter() - start)
 

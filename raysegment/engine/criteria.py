@@ -39,6 +39,7 @@ from raysegment.data.dataset import SegmentationDataset
 from raysegment.engine.evaluate import scaled_batches
 from raysegment.engine.policy import pick
 from raysegment.models.freeze import is_batchnorm
+from raysegment.models.outputs import class_map
 
 EPS = 1e-5
 MIX_LAMBDA = 0.7  # the dominant image's share in a MixVal blend
@@ -62,7 +63,12 @@ def perturbation(device: torch.device) -> torch.nn.Module:
 
 
 def iou_metric(num_classes: int, device: torch.device) -> MulticlassJaccardIndex:
-    return MulticlassJaccardIndex(num_classes=num_classes, average="none", zero_division=float("nan")).to(device)
+    # Both sides are class maps of models (always in range): torchmetrics' input check (a sort of
+    # every pixel) would cost more than the tally itself.
+    metric = MulticlassJaccardIndex(
+        num_classes=num_classes, average="none", zero_division=float("nan"), validate_args=False
+    )
+    return metric.to(device)
 
 
 def mean_iou_over(iou: torch.Tensor, classes: torch.Tensor | None = None) -> float:
@@ -239,20 +245,20 @@ def criterion_scores(
                 with hooks[c.name]:
                     probs = _at(c.model(resize_images(x, size)).float(), common).softmax(1)
                 all_probs[c.name] = probs
-                t, pred = tallies[c.name], probs.argmax(1)
+                t, pred = tallies[c.name], class_map(probs)
                 t.predicted |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0
                 if c.name not in wanted:
                     continue
-                twin = _at(c.model(resize_images(twin_full, size)).float(), common).argmax(1).flip(-1)
-                mixed = _at(c.model(resize_images(mixed_full, size)).float(), common).argmax(1)
+                twin = class_map(_at(c.model(resize_images(twin_full, size)).float(), common)).flip(-1)
+                mixed = class_map(_at(c.model(resize_images(mixed_full, size)).float(), common))
                 t.add_views(probs, pred, twin, mixed, picks.to(device))
-            ensemble = torch.stack(list(all_probs.values())).mean(0).argmax(1)
+            ensemble = class_map(torch.stack(list(all_probs.values())).mean(0))
             ref_conf, ref_pred = all_probs[reference.name].max(1)
             sure = ref_conf > confidence
             for c in candidates:
                 if c.name not in wanted:
                     continue
-                t, pred = tallies[c.name], all_probs[c.name].argmax(1)
+                t, pred = tallies[c.name], class_map(all_probs[c.name])
                 t.ensemble.update(pred, ensemble)
                 if sure.any():
                     t.agreement.update(pred[sure], ref_pred[sure])

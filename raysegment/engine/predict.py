@@ -7,6 +7,7 @@ import torch
 from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
 from raysegment.engine.evaluate import predict_full_size
+from raysegment.models.outputs import class_map
 
 
 @torch.no_grad()
@@ -22,4 +23,4 @@ def segment(
     device = next(model.parameters()).device
     h, w = image.shape[-2:]
     images = resize_images(to_float(image.unsqueeze(0).to(device)), scaled_size(h, w, resize))
-    return predict_full_size(model, images, (h, w), cfg, window).argmax(1)[0].cpu()
+    return class_map(predict_full_size(model, images, (h, w), cfg, window))[0].cpu()

@@ -29,6 +29,7 @@ from raysegment.config import ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
 from raysegment.engine.criteria import Candidate, criterion_scores, iou_metric, mean_iou_over, perturbation
 from raysegment.engine.evaluate import scaled_batches
+from raysegment.models.outputs import class_map
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ def paired_consistency_and_predictions(
     preds, twins = [], []
     for model in models:
         model.eval()
-        preds.append(model(batch).argmax(1))
-        twins.append(model(twin_input).argmax(1).flip(-1))
+        preds.append(class_map(model(batch)))
+        twins.append(class_map(model(twin_input)).flip(-1))
     seen = torch.zeros(num_classes, dtype=torch.bool)
     for pred in preds:
         seen |= torch.bincount(pred.flatten().cpu(), minlength=num_classes)[:num_classes] > 0

@@ -31,6 +31,7 @@ from raysegment.engine.proxies import paired_consistency
 from raysegment.engine.signature import RunningSignature, batchnorm_inputs, image_signatures
 from raysegment.export.runtime import OrtSegmenter
 from raysegment.models.freeze import is_batchnorm
+from raysegment.models.outputs import class_map
 from raysegment.models.segmenter import Segmenter
 from raysegment.registry import Entry, Registry, RegistryError, SharedBases
 from raysegment.serving.config import ServeConfig
@@ -159,7 +160,7 @@ class SegmentModels:
                 recent.update([m for m, _ in captured], [q for _, q in captured])
             if logits is None or loaded.answer is not loaded.model:
                 logits = predict_full_size(loaded.answer, batch, (h, w), WHOLE_IMAGE)
-            preds = logits.argmax(1).to(torch.uint8).cpu()  # class ids fit a byte: 1/8 of int64 to ship back
+            preds = class_map(logits).to(torch.uint8).cpu()  # class ids fit a byte: 1/8 of int64 to ship back
             for row, k in enumerate(index):
                 masks[slots[k]] = preds[row]
         if self.cfg.online.adabn:
