@@ -210,6 +210,9 @@ def ray_cluster(s3_endpoint):
         # Ray Train's controller polls its workers every 2 s, so each run ends up to 2 s after its last
         # epoch; the suite runs ~20 of them (a test speed-up only: deployments keep Ray's default).
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        # No preemption watcher actor per Ray Train run (one more Python process each, ~20 runs): the
+        # loopback nodes are never drained. Deployments keep Ray's default (on).
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
     }
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
