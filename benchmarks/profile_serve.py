@@ -2,7 +2,8 @@
 
 The app of `bench_serve.py --runtimes` (4 domains, 128x256 PNG, concurrency 16, 2 model replicas and a
 gateway on this node) under load, while py-spy samples the load generator, Serve's HTTP proxy, the
-gateway and each model replica at 100 Hz (on-CPU samples only). Each process's CPU-seconds and the
+gateway and each model replica at 100 Hz (on-CPU samples only), and /proc counts each one's CPU
+time over the same window. Each process's CPU-seconds and the
 share of the replicas' time spent in the model's forward say how much a faster forward can move the
 request rate: if the forward is a small part of the CPU the whole node spends per request, a 2x
 faster forward is a small gain in req/s.
@@ -62,22 +63,66 @@ def serve_pids() -> dict[str, int]:
     return found
 
 
-def record(py_spy: str, pids: dict[str, int], seconds: float, out: Path) -> dict[str, Path]:
-    """One `py-spy record` per process at once, raw (collapsed) stacks, for `seconds`."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def every_process() -> dict[int, tuple[str, float]]:
+    """pid -> (command line, CPU-seconds so far) of every process on the machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found[int(entry.name)] = (args[:70] or entry.name, cpu_seconds(int(entry.name)))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+    return found
+
+
+def node_ticks() -> tuple[int, int, int]:
+    """(busy, idle, steal) clock ticks of the whole machine so far, from /proc/stat."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return user + nice + system + irq + softirq, idle + iowait, steal
+
+
+def record(
+    py_spy: str, pids: dict[str, int], seconds: float, out: Path, idle: bool = False
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """One `py-spy record` per process at once, raw (collapsed) stacks, for `seconds`; and each
+    process's CPU-seconds over the same window (py-spy's samples say where, /proc says how much)."""
     procs, files = [], {}
+    out.mkdir(parents=True, exist_ok=True)
     for name, pid in pids.items():
         files[name] = out / f"{name.replace(' ', '_')}.txt"
         procs.append(
             subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(RATE_HZ)]
-                + ["--format", "raw", "--nonblocking", "--output", str(files[name])],
+                + ["--format", "raw", "--nonblocking", "--output", str(files[name])]
+                + (["--idle"] if idle else []),
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=open(out / f"{name.replace(' ', '_')}.log", "wb"),
             )
         )
+    before, start, ticks = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic(), node_ticks()
+    others = every_process()
     for proc in procs:
         proc.wait(timeout=seconds + 60)
-    return {name: f for name, f in files.items() if f.is_file()}
+    elapsed = time.monotonic() - start
+    used = {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
+    busy, idle, steal = (b - a for a, b in zip(ticks, node_ticks()))
+    mine = set(pids.values())
+    rest = collections.Counter()
+    for pid, (args, cpu) in every_process().items():
+        if pid not in mine and pid in others:
+            rest[" ".join(args.split()[:2])[:60]] += (cpu - others[pid][1]) / elapsed
+    for args, cpu in rest.most_common(6):
+        used[f"(other: {args})"] = cpu
+    used["(whole machine, busy)"] = busy / os.sysconf("SC_CLK_TCK") / elapsed
+    used["(whole machine, stolen by the hypervisor)"] = steal / os.sysconf("SC_CLK_TCK") / elapsed
+    return {name: f for name, f in files.items() if f.is_file()}, used
 
 
 def activity(stack: str) -> str:
@@ -89,8 +134,10 @@ def activity(stack: str) -> str:
     return "other Python"
 
 
-def summarise(files: dict[str, Path], seconds: float) -> dict[str, dict]:
+def summarise(files: dict[str, Path], used: dict[str, float]) -> dict[str, dict]:
     table = {}
+    for name in [n for n in used if n.startswith("(")]:
+        table[name] = {"cpu_s_per_s": used[name], "activities": {}}
     for name, path in files.items():
         by_activity: collections.Counter[str] = collections.Counter()
         for line in path.read_text().splitlines():
@@ -99,7 +146,7 @@ def summarise(files: dict[str, Path], seconds: float) -> dict[str, dict]:
                 by_activity[activity(stack)] += int(count)
         total = sum(by_activity.values())
         table[name] = {
-            "cpu_s_per_s": total / RATE_HZ / seconds,
+            "cpu_s_per_s": used[name],
             "activities": {k: v / max(total, 1) for k, v in by_activity.most_common()},
         }
     return table
@@ -116,8 +163,9 @@ def profile(runtime: str, args: argparse.Namespace, root: Path, body: bytes, url
         max_replicas=2,
         min_replicas=2,
         cpus_per_replica=0.95,
-        ingress_cpus=0.1,
+        ingress_cpus=0.1 if args.topology == "split" else 0.0,
         runtime=runtime,
+        topology=args.topology,
     )
     cfg = ServeConfig(registry=str(root), auth="none", replicas=replicas)
     serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
@@ -130,12 +178,12 @@ def profile(runtime: str, args: argparse.Namespace, root: Path, body: bytes, url
     )
     loader.start()
     time.sleep(2)
-    files = record(args.py_spy, pids, args.seconds, out / runtime)
+    files, used = record(args.py_spy, pids, args.seconds, out / runtime, args.idle)
     loader.join()
     serve.delete("raysegment")
     rps, p50, p99, errors = box["r"]
-    table = summarise(files, args.seconds)
-    node_cpu = sum(row["cpu_s_per_s"] for row in table.values())
+    table = summarise(files, used)
+    node_cpu = table["(whole machine, busy)"]["cpu_s_per_s"]
     replicas_cpu = sum(row["cpu_s_per_s"] for name, row in table.items() if name.startswith("model replica"))
     forward = sum(
         row["cpu_s_per_s"] * share
@@ -153,6 +201,7 @@ def profile(runtime: str, args: argparse.Namespace, root: Path, body: bytes, url
         "processes": table,
         "cpu_ms_per_request": {
             "node": 1000 * node_cpu / rps,
+            "serve processes": 1000 * sum(r["cpu_s_per_s"] for n, r in table.items() if not n.startswith("(")) / rps,
             "model replicas": 1000 * replicas_cpu / rps,
             "model forward": 1000 * forward / rps,
         },
@@ -173,8 +222,9 @@ def report(result: dict) -> str:
     per = result["cpu_ms_per_request"]
     lines += [
         "",
-        f"CPU per request: {per['node']:.0f} ms on the node, of which model replicas {per['model replicas']:.0f} ms "
-        f"and the model's forward {per['model forward']:.0f} ms ({per['model forward'] / per['node']:.0%}).",
+        f"CPU per request: {per['node']:.0f} ms on the machine, {per['serve processes']:.0f} ms in the processes "
+        f"above, of which model replicas {per['model replicas']:.0f} ms "
+        f"and the model's forward {per['model forward']:.0f} ms ({per['model forward'] / max(per['node'], 1e-9):.0%}).",
         "",
     ]
     return "\n".join(lines)
@@ -188,6 +238,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--py-spy", default=os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy")
+    parser.add_argument("--idle", action="store_true", help="sample waiting threads too (where requests wait)")
+    parser.add_argument("--topology", choices=["split", "fused"], default="split")
     parser.add_argument("--out", type=Path, default=None, help="folder for the raw stacks and profile.md/json")
     args = parser.parse_args()
     if not Path(args.py_spy).exists() and not shutil.which(args.py_spy):
