@@ -71,7 +71,7 @@ class ResizeConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    root: str = Field(description="dataset root (local path)")
+    root: str = Field(description="dataset root: a folder, or an object-store URI (s3://bucket/prefix)")
     layout: Layout = "raysegment"
     domain: str = Field("clear", description="domain folder (raysegment), ACDC condition, or 'cityscapes'")
     train_split: str = "train"
@@ -83,6 +83,12 @@ class DataConfig(_Strict):
     num_workers: NonNegativeInt | None = Field(
         None, description="decoding processes per loader; None: by the CPUs this process may use (0 on <= 2 CPUs)"
     )
+    ingest: Literal["auto", "loader", "ray_data"] = Field(
+        "auto",
+        description="how Ray Train ranks read training images: a torch DataLoader in the rank ('loader') or "
+        "Ray Data decode tasks streamed to it ('ray_data'); auto: ray_data when root is an object-store URI",
+    )
+    decode_cpus: PositiveFloat = Field(0.5, description="CPUs one Ray Data decode task reserves (ray_data ingest)")
 
 
 class PretrainedConfig(_Strict):

@@ -190,3 +190,62 @@ def test_epoch_sampler_shards_are_disjoint_and_reproducible():
     assert list(s) != first
     s.set_epoch(1)
     assert list(s) == first
+
+
+# ---- the same layouts in a bucket of the loopback S3 server (data.files) ------------------------
+def _items(data):
+    return [(str(i).rsplit("/", 1)[-1], m is not None) for i, m in data.samples]
+
+
+def test_a_bucket_reads_like_the_folder(odd_root, s3_bucket):
+    from raysegment.storage import upload_tree
+
+    uri = upload_tree(odd_root, f"{s3_bucket}/odd")
+    assert list_domains(uri) == list_domains(odd_root) == ["chase", "drive", "raw"]
+    for domain, split in [("drive", "train"), ("chase", "val"), ("raw", "train")]:
+        local, remote = open_split(odd_root, domain, split), open_split(uri, domain, split)
+        assert _items(remote) == _items(local) and remote.info == local.info
+        assert all(str(i).startswith(f"{uri}/{domain}/images/") for i, _ in remote.samples)
+        for (image, mask), (remote_image, remote_mask) in zip(local, remote):
+            assert torch.equal(image, remote_image) and torch.equal(mask, remote_mask)
+    assert open_split(uri, "raw", "train").labelled_count == 0  # no masks folder: unlabelled
+    unlabelled = open_split(uri, "drive", "train", unlabelled=True)
+    assert unlabelled.labelled_count == 0 and all(m is None for _, m in unlabelled.samples)
+
+
+def test_a_bad_pair_in_a_bucket_is_refused_when_read(domain_copy, s3_bucket):
+    from raysegment.storage import upload_tree
+
+    Image.new("L", (10, 10)).save(domain_copy / "clear" / "masks" / "clear_00002.png")
+    uri = upload_tree(domain_copy, f"{s3_bucket}/bad")
+    data = open_split(uri, "clear", "train")  # one listing: the pair is checked as it is decoded
+    index = [files_name(i) for i, _ in data.samples].index("clear_00002.png")
+    with pytest.raises(DatasetError, match=r"masks/clear_00002.png is 10x10 but .*images/clear_00002.png is 128x64"):
+        data[index]
+    with pytest.raises(DatasetError, match=r"domain 'snow' not found \(domains: clear\)"):
+        open_split(uri, "snow", "train")
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_split(f"{s3_bucket}/nothing-here", "clear", "train")
+
+
+def files_name(location) -> str:
+    return str(location).rsplit("/", 1)[-1]
+
+
+def test_cityscapes_layout_in_a_bucket(tmp_path, s3_bucket):
+    from raysegment.storage import upload_tree
+
+    for city, n in (("aachen", 2), ("bremen", 1)):
+        for i in range(n):
+            stem = f"{city}_000000_00000{i}"
+            _write_pair(
+                tmp_path / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
+                tmp_path / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png",
+                value=13,
+            )
+    uri = upload_tree(tmp_path, f"{s3_bucket}/cityscapes")
+    data = open_split(uri, "cityscapes", "train", layout="cityscapes")
+    assert len(data) == 3 and data.labelled_count == 3
+    assert str(data.samples[2][1]).endswith("gtFine/train/bremen/bremen_000000_000000_gtFine_labelTrainIds.png")
+    image, mask = data[2]
+    assert image.shape == (3, 16, 32) and int(mask.unique()) == 13

@@ -41,7 +41,7 @@ from raysegment.config import (
     ScaleConfig,
     SearchConfig,
 )
-from raysegment.data import open_split, synth
+from raysegment.data import files, open_split, synth
 from raysegment.distributed.spec import TuneJob
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import RaySegmentError
@@ -88,7 +88,7 @@ def show_closed_loop(url: str, registry_uri: str, data: Path, domain: str, route
     import threading
 
     image = open_split(data, routed_from, "test").samples[0][0]
-    route = httpx.post(f"{url}/v1/segment?format=json", content=image.read_bytes(), timeout=120).json()["route"]
+    route = httpx.post(f"{url}/v1/segment?format=json", content=files.read(image), timeout=120).json()["route"]
     verdict = "unknown" if route["unknown"] else ("right" if route["domain"] == routed_from else "wrong")
     log(
         f"  POST {url}/v1/segment (a {routed_from} image, no domain) -> {route['domain']} ({verdict}), "
@@ -96,7 +96,7 @@ def show_closed_loop(url: str, registry_uri: str, data: Path, domain: str, route
     )
     traffic = TrafficStore(registry_uri)
     seen = traffic.seen(domain)
-    train = [p.read_bytes() for p, _ in open_split(data, domain, "train").samples]
+    train = [files.read(p) for p, _ in open_split(data, domain, "train").samples]
     for body in train:
         httpx.post(f"{url}/v1/domains/{domain}/segment", content=body, timeout=120).raise_for_status()
     deadline = time.monotonic() + 120
@@ -108,7 +108,7 @@ def show_closed_loop(url: str, registry_uri: str, data: Path, domain: str, route
     done: list[LoopOutcome] = []
     turn = threading.Thread(target=lambda: done.append(run_loop(registry_uri, domain, cfg, log=log)), daemon=True)
     turn.start()
-    live = [p.read_bytes() for p, _ in open_split(data, domain, "test").samples]
+    live = [files.read(p) for p, _ in open_split(data, domain, "test").samples]
     answered: list[int] = []
     while turn.is_alive():
         reply = httpx.post(f"{url}/v1/domains/{domain}/segment", content=live[len(answered) % len(live)], timeout=120)
@@ -302,7 +302,7 @@ def request_each_target(settings: DemoSettings, url: str, data: Path, out: Path,
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     for domain in settings.targets:
         image_path = open_split(data, domain, "test").samples[0][0]
-        body = image_path.read_bytes()
+        body = files.read(image_path)
         reply = httpx.post(
             f"{url}/v1/domains/{domain}/segment?format=overlay",
             content=body,
@@ -312,7 +312,7 @@ def request_each_target(settings: DemoSettings, url: str, data: Path, out: Path,
         reply.raise_for_status()
         (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
         shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
-        served[domain] = {"version": shares["version"], "shares": shares["shares"], "image": image_path.name}
+        served[domain] = {"version": shares["version"], "shares": shares["shares"], "image": files.name(image_path)}
         log(
             f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
             f"{out / 'overlays' / (domain + '.png')}"

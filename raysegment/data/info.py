@@ -34,14 +34,18 @@ class DatasetInfo(BaseModel):
 
     @classmethod
     def read(cls, root: str | Path) -> DatasetInfo:
-        path = Path(root) / INFO_FILE
-        if not path.is_file():
+        """The dataset.json of a dataset root (a folder or an object-store URI)."""
+        from raysegment.data import files
+
+        path = files.join(files.location(root), INFO_FILE)
+        text = files.read_if_exists(path)
+        if text is None:
             raise DatasetError(
                 f"{path} is missing: a raysegment dataset root needs a {INFO_FILE} "
                 f"with classes, ignore_index and palette (see `raysegment data synth`)"
             )
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            return cls.model_validate(json.loads(text))
         except (json.JSONDecodeError, ValidationError) as exc:
             raise DatasetError(f"{path} is invalid: {exc}") from exc
 

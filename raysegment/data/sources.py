@@ -1,4 +1,4 @@
-"""Find (image, mask) pairs for a split in the layouts users already have.
+"""Find (image, mask) pairs for a split in the layouts users already have, in a folder or a bucket.
 
 - raysegment: `<root>/dataset.json`, `<root>/<domain>/images/<stem>.png|jpg` and, where labelled,
   `<root>/<domain>/masks/<stem>.png` (no masks folder, or masks for only some images, is fine),
@@ -8,6 +8,9 @@
 - cityscapes: `leftImg8bit/<split>/<city>/*_leftImg8bit.png` + `gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`.
 - acdc: `rgb_anon/<condition>/<split>/<seq>/*_rgb_anon.png` + `gt/<condition>/<split>/<seq>/*_gt_labelTrainIds.png`;
   the domain is the condition (fog, night, rain, snow).
+
+`root` is a folder or an object-store URI (`s3://bucket/cityscapes`): the same layouts, listed
+through `data.files` (one listing per folder, no download).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from raysegment.data import files
 from raysegment.data.dataset import Sample, SegmentationDataset
+from raysegment.data.files import Location
 from raysegment.data.info import CITYSCAPES, DatasetInfo
 from raysegment.errors import DatasetError
 
@@ -25,9 +30,13 @@ SPLIT_SHARES = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0), "a
 
 def list_domains(root: str | Path) -> list[str]:
     """Domains of a raysegment-layout dataset: sub-folders holding `images/`."""
-    root = Path(root)
-    DatasetInfo.read(root)
-    return sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    base = files.location(root)
+    DatasetInfo.read(base)
+    return [files.name(d) for d in _domain_folders(base)]
+
+
+def _domain_folders(root: Location) -> list[Location]:
+    return [d for d in files.folders(root) if files.is_folder(files.join(d, "images"))]
 
 
 def open_split(
@@ -35,18 +44,19 @@ def open_split(
 ) -> SegmentationDataset:
     """Build the dataset of one domain's split. Images without a mask are kept, unlabelled;
     `unlabelled=True` reads every image that way without looking at the masks at all."""
-    root = Path(root)
-    if not root.is_dir():
+    base = files.location(root)
+    if not files.is_folder(base):
         raise DatasetError(f"dataset root {root} does not exist")
+    j = files.join
     if layout == "raysegment":
-        info, samples = DatasetInfo.read(root), _raysegment_samples(root, domain, split, unlabelled)
+        info, samples = DatasetInfo.read(base), _raysegment_samples(base, domain, split, unlabelled)
     elif layout == "cityscapes":
         info, samples = (
             CITYSCAPES,
             _suffix_samples(
-                root / "leftImg8bit" / split,
+                j(base, "leftImg8bit", split),
                 "_leftImg8bit",
-                root / "gtFine" / split,
+                j(base, "gtFine", split),
                 "_gtFine_labelTrainIds.png",
                 unlabelled,
             ),
@@ -55,9 +65,9 @@ def open_split(
         info, samples = (
             CITYSCAPES,
             _suffix_samples(
-                root / "rgb_anon" / domain / split,
+                j(base, "rgb_anon", domain, split),
                 "_rgb_anon",
-                root / "gt" / domain / split,
+                j(base, "gt", domain, split),
                 "_gt_labelTrainIds.png",
                 unlabelled,
             ),
@@ -71,28 +81,33 @@ def open_split(
     return SegmentationDataset(samples, info)
 
 
-def _raysegment_samples(root: Path, domain: str, split: str, unlabelled: bool) -> list[Sample]:
-    folder = root / domain
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    if not images_dir.is_dir():
-        known = ", ".join(p.name for p in root.iterdir() if (p / "images").is_dir()) or "none"
+def _raysegment_samples(root: Location, domain: str, split: str, unlabelled: bool) -> list[Sample]:
+    folder = files.join(root, domain)
+    images_dir, masks_dir = files.join(folder, "images"), files.join(folder, "masks")
+    listed = files.files(images_dir)
+    if not listed and not files.is_folder(images_dir):
+        known = ", ".join(files.name(d) for d in _domain_folders(root)) or "none"
         raise DatasetError(f"{images_dir} is missing: domain {domain!r} not found (domains: {known})")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = {files.stem(p): p for p in listed if files.suffix(p).lower() in IMAGE_SUFFIXES}
     stems = _split_stems(folder, sorted(images), split)
+    masks = set() if unlabelled else {files.name(p) for p in files.files(masks_dir)}
     samples: list[Sample] = []
     for stem in stems:
         if stem not in images:
-            raise DatasetError(f"{folder / 'splits.json'} lists {stem!r} but {images_dir}/{stem}.png|jpg is missing")
-        mask = None if unlabelled else masks_dir / f"{stem}.png"
-        samples.append((images[stem], mask if mask is not None and mask.is_file() else None))
+            raise DatasetError(
+                f"{files.join(folder, 'splits.json')} lists {stem!r} but {images_dir}/{stem}.png|jpg is missing"
+            )
+        mask = files.join(masks_dir, f"{stem}.png") if f"{stem}.png" in masks else None
+        samples.append((images[stem], mask))
     return samples
 
 
-def _split_stems(folder: Path, stems: list[str], split: str) -> list[str]:
-    splits_file = folder / "splits.json"
-    if splits_file.is_file():
+def _split_stems(folder: Location, stems: list[str], split: str) -> list[str]:
+    splits_file = files.join(folder, "splits.json")
+    text = files.read_if_exists(splits_file)
+    if text is not None:
         try:
-            splits = json.loads(splits_file.read_text())
+            splits = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{splits_file} is not valid JSON: {exc}") from exc
         if split == "all":
@@ -107,18 +122,21 @@ def _split_stems(folder: Path, stems: list[str], split: str) -> list[str]:
 
 
 def _suffix_samples(
-    images_dir: Path, image_suffix: str, masks_dir: Path, mask_suffix: str, unlabelled: bool
+    images_dir: Location, image_suffix: str, masks_dir: Location, mask_suffix: str, unlabelled: bool
 ) -> list[Sample]:
     """Official layouts: a missing label folder means unlabelled; a missing label file is a broken export."""
-    if not images_dir.is_dir():
+    found = files.files_below(images_dir, f"{image_suffix}.png")
+    if not found and not files.is_folder(images_dir):
         raise DatasetError(f"{images_dir} is missing; check the dataset root, split and domain")
-    labelled = not unlabelled and masks_dir.is_dir()
+    labels = set() if unlabelled else set(map(str, files.files_below(masks_dir, mask_suffix)))
+    labelled = bool(labels)
     samples: list[Sample] = []
-    for image in sorted(images_dir.rglob(f"*{image_suffix}.png")):
-        rel = image.relative_to(images_dir).parent
-        stem = image.name[: -len(f"{image_suffix}.png")]
-        mask = masks_dir / rel / f"{stem}{mask_suffix}" if labelled else None
-        if mask is not None and not mask.is_file():
+    for image in found:
+        rel = str(image)[len(str(images_dir)) :].strip("/").rsplit("/", 1)
+        sub = rel[0] if len(rel) == 2 else ""
+        stem = files.name(image)[: -len(f"{image_suffix}.png")]
+        mask = files.join(masks_dir, *([sub] if sub else []), f"{stem}{mask_suffix}") if labelled else None
+        if mask is not None and str(mask) not in labels:
             raise DatasetError(
                 f"{mask} is missing for {image}; generate labelTrainIds with the "
                 f"dataset's official scripts (createTrainIdLabelImgs.py)"

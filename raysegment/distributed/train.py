@@ -1,7 +1,8 @@
 """Ray Train shell around the engine: `train_on_ray(cfg)` runs the engine's one epoch loop on every rank.
 
-Each rank reads its shard (the epoch sampler splits by rank), augments on its own device with
-Kornia, and steps a DDP model (nccl on GPU, gloo on CPU). Every epoch all ranks report metrics;
+Each rank reads its shard (the epoch sampler splits by rank; decoded in the rank by a DataLoader,
+or by Ray Data tasks for a dataset in object storage: `distributed.ingest`), augments on its own
+device with Kornia, and steps a DDP model (nccl on GPU, gloo on CPU). Every epoch all ranks report metrics;
 rank 0 also hands Ray a full engine checkpoint. After a worker dies, Ray Train restarts the group
 (`FailureConfig(max_failures)`) and every rank resumes from the latest reported checkpoint.
 """
@@ -24,6 +25,7 @@ import ray.train.torch
 import torch
 
 from raysegment.config import RunConfig
+from raysegment.distributed.ingest import loader_factory
 from raysegment.engine.adapt import build_runner, open_val, with_target_scale
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
@@ -103,7 +105,8 @@ def train_loop_per_worker(config: dict) -> None:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return ray.train.torch.prepare_model(model)
 
-    runner = build_runner(cfg, Placement.of(device, rank, world), wrap_model=wrap)
+    placement = Placement.of(device, rank, world, loader=loader_factory(cfg))
+    runner = build_runner(cfg, placement, wrap_model=wrap)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             runner.restore(Path(folder) / "engine")

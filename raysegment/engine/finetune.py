@@ -11,7 +11,7 @@ from raysegment.augment import match_batch
 from raysegment.config import RunConfig
 from raysegment.data import Batch, EpochSampler, SegmentationDataset
 from raysegment.engine.loss import segmentation_loss
-from raysegment.engine.method import Compute, Method, Paired, Placement, endless, make_loader
+from raysegment.engine.method import Compute, Method, Paired, Placement, endless
 from raysegment.models import Segmenter
 
 
@@ -36,7 +36,7 @@ class Finetune(Method):
         if replay is not None:
             p = placement
             self.replay_sampler = EpochSampler(len(replay), cfg.optim.seed + 1, p.rank, p.world_size)
-            self.replay_loader = make_loader(replay, cfg, self.replay_sampler, p.device)
+            self.replay_loader = p.loader_for(replay, cfg, self.replay_sampler)
 
     @property
     def steps_per_epoch(self) -> int:

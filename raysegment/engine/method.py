@@ -15,7 +15,7 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,17 +28,36 @@ from raysegment.models import Segmenter
 Wrap = Callable[[torch.nn.Module], torch.nn.Module] | None
 
 
+class Loader(Protocol):
+    """This rank's batches of one epoch, in its sampler's order (a torch DataLoader is one)."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __len__(self) -> int: ...
+
+
+LoaderFactory = Callable[[SegmentationDataset, RunConfig, EpochSampler, torch.device], Loader]
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Where a method runs: its device and its rank among `world_size` data-parallel ranks."""
+    """Where a method runs: its device, its rank among `world_size` data-parallel ranks, and how
+    it reads its training batches (`loader`; None: a torch DataLoader in this process; the Ray shell
+    may hand in one that decodes with Ray Data)."""
 
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    loader: LoaderFactory | None = None
 
     @classmethod
-    def of(cls, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> Placement:
-        return cls(torch.device(device), rank, world_size)
+    def of(
+        cls, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, loader: LoaderFactory | None = None
+    ) -> Placement:
+        return cls(torch.device(device), rank, world_size, loader)
+
+    def loader_for(self, dataset: SegmentationDataset, cfg: RunConfig, sampler: EpochSampler) -> Loader:
+        """The loader of `dataset` on this rank, drawing in `sampler`'s order."""
+        return (self.loader or make_loader)(dataset, cfg, sampler, self.device)
 
 
 @dataclass(frozen=True)
@@ -76,7 +95,7 @@ def make_loader(
     )
 
 
-def endless(loader: DataLoader) -> Iterator[Batch]:
+def endless(loader: Loader) -> Iterator[Batch]:
     """Re-iterate a loader (unlike itertools.cycle, which would replay the first pass's tensors)."""
     while True:
         yield from loader
@@ -139,7 +158,7 @@ class Method:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         p = placement
         self.sampler = sampler or EpochSampler(len(train_set), cfg.optim.seed, p.rank, p.world_size)
-        self.loader = make_loader(train_set, cfg, self.sampler, p.device)
+        self.loader = p.loader_for(train_set, cfg, self.sampler)
 
     @property
     def device(self) -> torch.device:

@@ -27,7 +27,7 @@ from raysegment.data.dataset import Batch, read_mask
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.teacher import EMATeacher
 from raysegment.engine.loss import segmentation_loss
-from raysegment.engine.method import Compute, Method, Paired, Placement, endless, make_loader
+from raysegment.engine.method import Compute, Method, Paired, Placement, endless
 from raysegment.models import Segmenter
 from raysegment.models.freeze import is_batchnorm
 
@@ -142,7 +142,7 @@ class SelfTraining(Method):
         super().__init__(cfg, model=model, train_set=train_set, placement=placement, sampler=sampler)
         self.target_set = target_set
         self.target_sampler = EpochSampler(len(target_set), cfg.optim.seed + 1, p.rank, p.world_size)
-        self.target_loader = make_loader(target_set, cfg, self.target_sampler, self.device)
+        self.target_loader = p.loader_for(target_set, cfg, self.target_sampler)
         self.teacher = EMATeacher(self.model, a.ema_alpha)
         self.refresh_teacher_statistics()
         self.strong = photometric_augment(a.strong_jitter).to(self.device)
