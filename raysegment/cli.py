@@ -339,9 +339,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from raysegment.data import open_split
 
     data = open_split(args.root, args.domain, args.split, args.layout)
+    read = data.verify()  # pairs in a bucket are checked as they are read: read them all here
     print(
         f"{args.root} {args.domain}/{args.split}: {len(data)} images, {data.labelled_count} labelled, "
-        f"{data.info.num_classes} classes"
+        f"{data.info.num_classes} classes" + (f" ({read} pairs read from object storage and checked)" if read else "")
     )
     return 0
 

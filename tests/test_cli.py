@@ -137,6 +137,18 @@ def test_data_check_counts_images_and_labelled_ones(cli, odd_root):
     assert "5 images, 5 labelled" in cli("data", "check", "--root", odd_root, "--domain", "chase").stdout
 
 
+def test_data_check_reads_every_pair_in_a_bucket(cli, poisoned_target, s3_bucket):
+    from raysegment.storage import upload_tree
+
+    uri = upload_tree(poisoned_target, f"{s3_bucket}/poisoned")
+    good = cli("data", "check", "--root", uri, "--domain", "drive", "--split", "all")
+    assert good.returncode == 0, good.stderr
+    assert "7 images, 7 labelled" in good.stdout and "7 pairs read from object storage" in good.stdout
+    bad = cli("data", "check", "--root", uri, "--domain", "chase")
+    assert bad.returncode == 2 and "chase/masks/chase_00.png cannot be decoded" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 @pytest.fixture
 def poisoned_target(odd_root, tmp_path):
     """A copy of `odd_root` whose `chase` masks are garbage: any code that opens one fails loudly."""

@@ -3,6 +3,10 @@ S3 server: the same batches as the DataLoader, and whole runs whose data exists 
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,3 +59,65 @@ def test_ray_data_gives_each_rank_the_dataloaders_batches(ray_cluster, odd_root,
     assert [set(read_mask(m).unique().tolist()) - {255} for _, m in remote.samples] == classes
     rare = RareClassSampler(classes, 0.1, 3, 1, 2)
     _same(_batches(RayDataLoader(remote, cfg, rare, cpu)), _batches(make_loader(local, cfg, rare, cpu)))
+
+
+def _losses(cfg) -> list[float]:
+    from raysegment.distributed.train import PROGRESS_FILE
+
+    lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if not r["resumed"]]
+
+
+def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
+    ray_cluster, synth_root, source_model_dir, s3_bucket, tiny_config, tmp_path, monkeypatch
+):
+    """A fine-tune and a label-free adaptation (Tent) on 2 ranks over 2 nodes: first from a folder
+    (DataLoader in each rank), then from the bucket alone (Ray Data decode tasks), the folder gone,
+    nothing shared but the S3 server (checkpoints and the source model there too)."""
+    from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, train_on_ray
+    from raysegment.models import load_model
+
+    folder = tmp_path / "data"
+    shutil.copytree(synth_root, folder)
+    runs = {
+        "finetune": {"data": {"domain": "fog", "labelled_limit": 5}},
+        "tent": {"data": {"domain": "night"}, "adapt": {"method": "tent"}},
+    }
+    common = {
+        "optim": {"epochs": 2, "batch_size": 2, "select": "last"},
+        "scale": {"num_workers": 2, "cpus_per_worker": 0.5},  # 1 of the 2 CPUs left for decode tasks
+    }
+
+    def config(kind: str, root: str, source: str, where: str):
+        sections = {**common, **runs[kind]}
+        sections["data"] = {**sections["data"], "root": root}
+        sections["model"] = {"pretrained": {"source": "checkpoint", "uri": source}}
+        sections["output_dir"] = str(tmp_path / where / kind)
+        return tiny_config(**sections)
+
+    from_folder = {kind: config(kind, str(folder), str(source_model_dir), "folder") for kind in runs}
+    for kind, cfg in from_folder.items():
+        result = train_on_ray(cfg, name=f"folder-{kind}")
+        assert result.metrics["epoch"] == 2 and result.metrics["world_size"] == 2
+    model, meta = load_model(result.model_dir)  # the run's checkpoint loads as a model
+    assert meta.num_classes == 7 and model(torch.rand(1, 3, 64, 128)).shape == (1, 7, 64, 128)
+    again = train_on_ray(from_folder["tent"], name="folder-tent")  # a finished run, restored: it reports its end again
+    assert again.metrics["epoch"] == 2 and again.metrics["resumed"]
+    assert again.metrics["score"] == pytest.approx(result.metrics["score"])
+    lines = (Path(from_folder["tent"].output_dir) / PROGRESS_FILE).read_text().splitlines()
+    assert [(r["epoch"], r["resumed"]) for r in map(json.loads, lines)] == [(1, False), (2, False), (2, True)]
+
+    bucket_data = upload_tree(folder, f"{s3_bucket}/data")
+    bucket_source = upload_tree(source_model_dir, f"{s3_bucket}/source")
+    shutil.rmtree(folder)
+    monkeypatch.delenv(SHARED_FS_ENV)
+    for kind in runs:
+        cfg = config(kind, bucket_data, bucket_source, "s3")
+        cfg = cfg.model_copy(update={"scale": cfg.scale.model_copy(update={"storage_path": f"{s3_bucket}/ray"})})
+        result = train_on_ray(cfg, name=f"s3-{kind}")
+        assert result.metrics["world_size"] == 2 and result.metrics["method"] == kind
+        assert _losses(cfg) == pytest.approx(_losses(from_folder[kind]), rel=1e-6), kind
+        assert len(_losses(cfg)) == 2
+    copies = [p for p in Path(ray_cluster.temp_dir).rglob("*.png") if p.name.startswith(("fog_", "night_"))]
+    copies += [p for p in tmp_path.rglob("*.png")]
+    assert not copies, f"dataset files on a node's disk: {copies[:3]}"

@@ -87,22 +87,6 @@ def test_ddp_step_on_two_nodes_matches_a_single_process_step(ray_cluster, tmp_pa
     assert moved > 10  # the step really changed the weights
 
 
-def test_fine_tune_on_two_workers_reports_checkpoints_that_load(ray_cluster, tiny_config, synth_root):
-    cfg = tiny_config(optim={"epochs": 2, "batch_size": 2}, scale={"num_workers": 2})
-    result = train_on_ray(cfg, name="two-workers")
-    assert result.metrics["epoch"] == 2 and result.metrics["world_size"] == 2
-    model, meta = load_model(result.model_dir)
-    assert meta.num_classes == 7
-    assert model(torch.rand(1, 3, 64, 128)).shape == (1, 7, 64, 128)
-    lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    again = train_on_ray(cfg, name="two-workers")  # a finished run, restored: it reports its end again
-    assert again.metrics["epoch"] == 2 and again.metrics["resumed"] and "score" in again.metrics
-    assert again.metrics["score"] == pytest.approx(result.metrics["score"])
-    lines = (Path(cfg.output_dir) / PROGRESS_FILE).read_text().splitlines()
-    assert [(r["epoch"], r["resumed"]) for r in map(json.loads, lines)] == [(1, False), (2, False), (2, True)]
-
-
 def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config):
     cfg = tiny_config(scale={"num_workers": 3})
     with pytest.raises(RaySegmentError, match=r"3 workers x 1.0 CPU = 3.0 CPU but the cluster has 2.0"):

@@ -67,6 +67,13 @@ class SegmentationDataset(Dataset):
         self._check_values(labels, mask_at or "mask")
         return picture, labels
 
+    def verify(self) -> int:
+        """Read and check every pair not checked at open (those in a bucket); returns how many."""
+        remote = [i for i, (image, mask) in enumerate(self.samples) if files.is_remote(image) and mask is not None]
+        for index in remote:
+            self[index]
+        return len(remote)
+
     @property
     def labelled_count(self) -> int:
         return sum(mask is not None for _, mask in self.samples)

@@ -92,6 +92,9 @@ def make_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         collate_fn=partial(pad_collate, ignore_index=dataset.info.ignore_index),
+        # Its own generator: a DataLoader otherwise draws its workers' base seed from torch's global
+        # RNG each epoch, moving the augmentation stream (and making it differ from Ray Data ingest's).
+        generator=torch.Generator().manual_seed(cfg.optim.seed),
     )
 
 
