@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,9 @@ class ObjectStore(Protocol):
     def put_if(self, key: str, data: bytes, tag: str | None) -> bool: ...
     def children(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
+    def copy(self, source: str, key: str) -> bool: ...
+    def delete_tree(self, prefix: str) -> None: ...
+    def location(self, key: str) -> str: ...
 
 
 def open_store(uri: str | os.PathLike) -> ObjectStore:
@@ -146,6 +150,24 @@ class FolderStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
+    def copy(self, source: str, key: str) -> bool:
+        """`key` as a second name of `source`'s bytes (a hard link: no data copied); False when
+        `source` is gone."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.path(source), target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_tree(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def location(self, key: str) -> str:
+        """Where a dataset reader finds `key` (a path for a folder store)."""
+        return str(self.path(key))
+
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         """An exclusive advisory lock beside the key (released by the kernel if the holder dies)."""
@@ -216,6 +238,32 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise StoreError(f"{self.uri}/{key}: {exc}") from exc
+
+    def copy(self, source: str, key: str) -> bool:
+        """A server-side copy (CopyObject: the bytes never leave the store); False when `source` is gone."""
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket, Key=self._key(key), CopySource={"Bucket": self.bucket, "Key": self._key(source)}
+            )
+        except Exception as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return False
+            raise StoreError(f"{self.uri}/{key}: {exc}") from exc
+        return True
+
+    def delete_tree(self, prefix: str) -> None:
+        base = self._key(prefix.rstrip("/") + "/")
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+        except Exception as exc:
+            raise StoreError(f"{self.uri}/{prefix}: {exc}") from exc
+
+    def location(self, key: str) -> str:
+        """Where a dataset reader finds `key` (its s3:// URI)."""
+        return f"s3://{self.bucket}/{self._key(key)}"
 
     def _put(self, key: str, data: bytes, **condition: str) -> bool:
         try:

@@ -53,7 +53,8 @@ def read_bytes(location: str | os.PathLike) -> bytes:
     """Read a whole file from a local path or URI."""
     fs, path = resolve(location)
     try:
-        with fs.open_input_stream(path) as stream:
+        # buffered: unbuffered, pyarrow reads an S3 object in many small requests (~7x slower for 4 MB)
+        with fs.open_input_stream(path, buffer_size=8 * 2**20) as stream:
             return stream.read()
     except FileNotFoundError as exc:
         raise RaySegmentError(f"{location} does not exist") from exc

@@ -6,6 +6,7 @@ Kept beside the registry, in the same store (a folder or `s3://`), under
     traffic/<domain>/reservoir.json       {"seen": n, "items": {slot: {"key", "time", "bytes"}}}
     traffic/<domain>/images/<uuid>.<ext>  the uploaded bytes, as received
     traffic/<domain>/shadow.json          {"candidate", "production", "pairs": [[candidate, production]]}
+    traffic/<domain>/snapshots/<id>/      a frozen copy of the captured images as a dataset (`snapshot`)
 
 The reservoir (Vitter's algorithm R) keeps at most `max_images` images per domain, each of the
 `seen` requests equally likely to be among them, however long the service runs; images older than
@@ -23,12 +24,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from raysegment.data import DatasetInfo
 from raysegment.objectstore import ObjectStore, open_store, update_json
 from raysegment.registry import TRAFFIC, check_domain
 
 NEW_POOL = "new"  # where images far from every domain's signature are captured
 RESERVOIR = "reservoir.json"
 SHADOW = "shadow.json"
+SNAPSHOTS = "snapshots"
 MAX_SHADOW_PAIRS = 10_000
 
 
@@ -37,6 +40,17 @@ class Captured:
     key: str
     time: float
     bytes: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Captured images frozen as an unlabelled raysegment-layout dataset inside the store:
+    `open_split(root, domain, "train" | "val" | "all", unlabelled=True)` reads it where it lies."""
+
+    root: str  # the dataset root: a folder, or an s3:// URI
+    domain: str
+    images: int
+    prefix: str  # its keys in the store (what `drop_snapshot` removes)
 
 
 def _parse(data: bytes | None, empty: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +155,28 @@ class TrafficStore:
             if key not in kept:
                 self.store.delete(key)
         return len(removed)
+
+    # --------------------------------------------------------------- snapshot
+    def snapshot(self, domain: str, info: DatasetInfo, val_share: float, seed: int) -> Snapshot:
+        """The domain's captured images now, as a dataset that training reads in place: each image a
+        store-side copy (S3 CopyObject, a hard link in a folder: no byte leaves the store), split
+        into train and `val_share` held back (seeded), with `info` (the classes production predicts).
+        Frozen, so captures replacing reservoir images during a run cannot pull images from under it."""
+        prefix = self._key(domain, f"{SNAPSHOTS}/{uuid.uuid4().hex}")
+        stems = []
+        for k, item in enumerate(self.items(domain)):
+            stem = f"{k:05d}"
+            if self.store.copy(item.key, f"{prefix}/{domain}/images/{stem}.{item.key.rsplit('.', 1)[-1]}"):
+                stems.append(stem)  # else replaced by a newer capture since the listing
+        random.Random(seed).shuffle(stems)
+        held = max(1, round(val_share * len(stems)))
+        splits = {"train": sorted(stems[held:]), "val": sorted(stems[:held])}
+        self.store.put(f"{prefix}/{domain}/splits.json", json.dumps(splits).encode())
+        self.store.put(f"{prefix}/dataset.json", json.dumps(info.model_dump(mode="json")).encode())
+        return Snapshot(self.store.location(prefix), domain, len(stems), prefix)
+
+    def drop_snapshot(self, snapshot: Snapshot) -> None:
+        self.store.delete_tree(snapshot.prefix)
 
     # ------------------------------------------------------------------ shadow
     def record_shadow(self, domain: str, candidate: int, production: int, pairs: list[tuple[float, float]]) -> int:

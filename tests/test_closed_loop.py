@@ -22,7 +22,11 @@ QUICK = LoopConfig(tent_lr=[1e-3], epochs=1, batch_size=4, min_images=6, shadow_
 @pytest.fixture
 def drifted_registry(tmp_path, synth_root, source_model_dir):
     """fog@1 in production: the source with miscalibrated statistics; fog's traffic: 12 fog images."""
-    reg = Registry(tmp_path / "registry")
+    return drifted(str(tmp_path / "registry"), synth_root, source_model_dir)
+
+
+def drifted(uri: str, synth_root, source_model_dir) -> Registry:
+    reg = Registry(uri)
     source, meta = load_model(source_model_dir)
     reg.register("clear", source, meta)
     broken = miscalibrated(load_model(source_model_dir)[0])
@@ -30,7 +34,7 @@ def drifted_registry(tmp_path, synth_root, source_model_dir):
     signatures = version_signatures(broken, images, meta.resize, ("clear@1", source))
     reg.register("fog", broken, meta, parent="clear@1", signatures=signatures)
     reg.promote("fog", 1)
-    traffic = TrafficStore(str(tmp_path / "registry"))
+    traffic = TrafficStore(uri)
     for path, _ in images.samples:
         traffic.capture("fog", path.read_bytes(), "png")
     return reg
@@ -54,7 +58,7 @@ def test_the_winner_is_promoted_by_the_policy_recorded_and_rolled_back(tmp_path,
     outcome = run_loop(drifted_registry.uri, "fog", QUICK, str(tmp_path), log=lambda line: None)
     assert outcome.promoted and outcome.candidate == 2, outcome
     assert outcome.scores["adabn"][0] > outcome.scores["adabn"][1]  # re-estimated statistics fix it
-    assert set(outcome.timings) == {"export", "search", "register", "decide"}
+    assert set(outcome.timings) == {"snapshot", "search", "register", "decide"}
     entry = drifted_registry.get_entry("fog", 2)
     assert entry.manifest.lineage.loop is True and entry.manifest.lineage.target_labels == 0
     assert set(entry.manifest.signatures) == {"own", "clear@1", "fog@1"}  # drift and routing keep working
@@ -73,3 +77,16 @@ def test_a_candidate_without_shadow_evidence_is_retired(tmp_path, drifted_regist
     retired = drifted_registry.history("fog")[-1]
     assert retired["alias"] == "candidate" and retired["retired"]["version"] == outcome.candidate
     assert drifted_registry.versions("fog") == [1, 2]  # the version stays registered, for the record
+
+
+def test_the_loop_reads_traffic_captured_in_a_bucket_where_it_lies(tmp_path, s3_bucket, synth_root, source_model_dir):
+    """An S3 registry: the turn's runs read the captured images from a snapshot inside the bucket
+    (server-side copies), nothing of them lands on this disk, and the snapshot goes afterwards."""
+    reg = drifted(f"{s3_bucket}/registry", synth_root, source_model_dir)
+    lines: list[str] = []
+    outcome = run_loop(reg.uri, "fog", QUICK, str(tmp_path), log=lines.append)
+    assert outcome.promoted and outcome.candidate == 2, outcome
+    assert any(f"read there: {s3_bucket}/registry/traffic/fog/snapshots/" in line for line in lines), lines
+    assert reg.get_entry("fog", 2).manifest.lineage.model_dump()["traffic_images"] == 12
+    assert reg.store.children("traffic/fog/snapshots") == []  # dropped after the turn
+    assert not list(tmp_path.rglob("*.png")), "captured images were downloaded"

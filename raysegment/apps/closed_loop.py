@@ -1,7 +1,8 @@
 """`raysegment loop DOMAIN`: one turn of the closed loop for a domain whose world drifted.
 
 1. the domain's captured traffic (`raysegment.traffic`) becomes an unlabelled dataset, split into
-   images to adapt on and images held back to judge;
+   images to adapt on and images held back to judge: a snapshot made inside the registry's store
+   (server-side copies) that every run reads in place, no download step;
 2. label-free search from the production model: AdaBN, and Tent at each learning rate, each scored
    with production on each held-back image by the paired consistency proxy (both over the classes
    either predicts, so a production model that collapsed to one class cannot look perfectly
@@ -18,7 +19,6 @@ Every step leaves a record in the domain's history (`raysegment registry history
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,8 +38,7 @@ from raysegment.engine.signature import Signature, domain_signature
 from raysegment.models import ModelMeta, save_model
 from raysegment.promotion import CANDIDATE, promote_if_better, retire
 from raysegment.registry import Entry, Registry
-from raysegment.storage import atomic_write_json
-from raysegment.traffic import TrafficStore
+from raysegment.traffic import Snapshot, TrafficStore
 
 
 @dataclass
@@ -55,38 +54,19 @@ class LoopOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def export_traffic(traffic: TrafficStore, domain: str, info: DatasetInfo, root: Path, cfg: LoopConfig) -> int:
-    """Write the captured images as an unlabelled dataset `root/<domain>` with a train/val split."""
-    items = traffic.items(domain)
-    images = root / domain / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    stems = []
-    for k, item in enumerate(items):
-        data = traffic.read(item.key)
-        if data is None:  # replaced by a newer capture since the listing
-            continue
-        stem = f"{k:05d}"
-        (images / f"{stem}.{item.key.rsplit('.', 1)[-1]}").write_bytes(data)
-        stems.append(stem)
-    random.Random(cfg.seed).shuffle(stems)
-    held = max(1, round(cfg.val_share * len(stems)))
-    atomic_write_json(root / domain / "splits.json", {"train": sorted(stems[held:]), "val": sorted(stems[:held])})
-    info.write(root)
-    return len(stems)
-
-
 def run_config(
-    meta: ModelMeta, production_dir: Path, root: Path, domain: str, cfg: LoopConfig, method: str, lr: float = 1e-3
+    meta: ModelMeta, production_dir: Path, data: Snapshot, out: Path, cfg: LoopConfig, method: str, lr: float = 1e-3
 ) -> RunConfig:
-    """One method's adaptation run, typed, from the production model's own settings."""
+    """One method's adaptation run, typed, from the production model's own settings, on the
+    captured images where they lie (`data`, a snapshot in the registry's store)."""
     return RunConfig(
-        data=DataConfig(root=str(root), domain=domain, unlabelled=True, resize=meta.resize),
+        data=DataConfig(root=data.root, domain=data.domain, unlabelled=True, resize=meta.resize),
         model=meta.model.model_copy(
             update={"pretrained": PretrainedConfig(source="checkpoint", uri=str(production_dir)), "freeze_depth": 0}
         ),
         optim=OptimConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed),
         adapt=AdaptConfig(method=method),
-        output_dir=str(root.parent / f"{method}-{lr:g}"),
+        output_dir=str(out / f"{method}-{lr:g}"),
     )
 
 
@@ -125,25 +105,20 @@ class LoopTurn:
         self.log(f"[loop] {self.domain}: refused: {reason}")
         return self.outcome
 
-    def search(self, tmp: Path) -> tuple[str, dict[str, torch.nn.Module], list[tuple[str, RunConfig]], int, int]:
-        """Export the captured images, run every label-free try from production, score each against
-        production on the held-back ones; returns (best, models, tries, held-back count, exported)."""
-        cfg, domain, root = self.cfg, self.domain, tmp / "traffic"
+    def search(
+        self, tmp: Path, data: Snapshot
+    ) -> tuple[str, dict[str, torch.nn.Module], list[tuple[str, RunConfig]], int]:
+        """Run every label-free try from production on the snapshot of the captured images, score
+        each against production on its held-back ones; returns (best, models, tries, held-back count)."""
+        cfg, domain = self.cfg, self.domain
         model, meta, _ = self.registry.load(self.production.ref)
         production_dir = save_model(tmp / "production", model, meta)
-        info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
-        exported = export_traffic(self.traffic, domain, info, root, cfg)
-        self.lap("export")
-        self.log(f"[loop] {domain}: {exported} captured images exported ({self.outcome.timings['export']} s)")
-        tries = (
-            [("adabn", run_config(meta, production_dir, root, domain, cfg, "adabn"))] if "adabn" in cfg.methods else []
-        )
+        tries = [("adabn", run_config(meta, production_dir, data, tmp, cfg, "adabn"))] if "adabn" in cfg.methods else []
         if "tent" in cfg.methods:
             tries += [
-                (f"tent lr={lr:g}", run_config(meta, production_dir, root, domain, cfg, "tent", lr))
-                for lr in cfg.tent_lr
+                (f"tent lr={lr:g}", run_config(meta, production_dir, data, tmp, cfg, "tent", lr)) for lr in cfg.tent_lr
             ]
-        val = open_split(root, domain, "val", unlabelled=True)
+        val = open_split(data.root, domain, "val", unlabelled=True)
         results: dict[str, torch.nn.Module] = {}
         for name, run in tries:
             adapted = adapt(run, resume=False, progress=False, log=self.log).model
@@ -154,7 +129,7 @@ class LoopTurn:
         self.lap("search")
         best = max(results, key=lambda n: self.outcome.scores[n][0] - self.outcome.scores[n][1])
         self.note("search", scores=self.outcome.scores, best=best)
-        return best, results, tries, len(val), exported
+        return best, results, tries, len(val)
 
     def decide(self, version: int, method: str) -> LoopOutcome:
         """The one promotion policy on the shadow pairs (or, with `shadow_images: 0`, on the search's
@@ -208,26 +183,37 @@ def run_loop(
         return turn.refuse(
             f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
         )
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        best, results, tries, held_back, exported = turn.search(Path(tmp))
-        best_score, production_score = outcome.scores[best]
-        if not beats(best_score, production_score, "proxy", cfg.margin):
-            return turn.refuse(
-                f"no label-free method beats production on {held_back} held-back captured images "
-                f"(best {best}: {100 * best_score:.2f} vs {100 * production_score:.2f})"
+    meta = production.manifest.meta
+    info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
+    data = turn.traffic.snapshot(domain, info, cfg.val_share, cfg.seed)
+    turn.lap("snapshot")
+    log(
+        f"[loop] {domain}: {data.images} captured images snapshotted in the store "
+        f"({turn.outcome.timings['snapshot']} s), read there: {data.root}"
+    )
+    try:
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            best, results, tries, held_back = turn.search(Path(tmp), data)
+            best_score, production_score = outcome.scores[best]
+            if not beats(best_score, production_score, "proxy", cfg.margin):
+                return turn.refuse(
+                    f"no label-free method beats production on {held_back} held-back captured images "
+                    f"(best {best}: {100 * best_score:.2f} vs {100 * production_score:.2f})"
+                )
+            winner = results[best]
+            train = open_split(data.root, domain, "train", unlabelled=True)
+            version = registry.register(
+                domain,
+                winner,
+                meta,
+                {"proxy_score": best_score, "production_proxy_score": production_score},
+                dict(tries)[best].model_dump(mode="json"),
+                parent=production.ref,
+                lineage={"method": best.split()[0], "target_labels": 0, "loop": True, "traffic_images": data.images},
+                signatures=candidate_signatures(registry, production, winner, train, meta),
             )
-        winner, meta = results[best], production.manifest.meta
-        train = open_split(Path(tmp) / "traffic", domain, "train", unlabelled=True)
-        version = registry.register(
-            domain,
-            winner,
-            meta,
-            {"proxy_score": best_score, "production_proxy_score": production_score},
-            dict(tries)[best].model_dump(mode="json"),
-            parent=production.ref,
-            lineage={"method": best.split()[0], "target_labels": 0, "loop": True, "traffic_images": exported},
-            signatures=candidate_signatures(registry, production, winner, train, meta),
-        )
+    finally:
+        turn.traffic.drop_snapshot(data)
     outcome.candidate, outcome.method = version, best
     registry.promote(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
     turn.lap("register")

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 Location = Path | str  # a local path, or an object URI such as s3://bucket/prefix/img.png
 
+# pyarrow's S3 stream without a buffer reads an object in many small requests: a 4 MB PNG from the
+# loopback server took 76-88 ms that way against 12 ms with one buffered GET (boto3: 9-10 ms).
+READ_BUFFER = 8 * 2**20
+
 
 def location(text: str | Path) -> Location:
     """`text` as a Location: URIs stay strings (`file://` becomes a path), anything else a Path."""
@@ -130,7 +134,7 @@ def read(loc: Location) -> bytes:
             raise DatasetError(f"{loc} does not exist") from exc
     fs, path, _ = _split(loc)
     try:
-        with fs.open_input_stream(path) as stream:
+        with fs.open_input_stream(path, buffer_size=READ_BUFFER) as stream:
             return stream.read()
     except FileNotFoundError as exc:
         raise DatasetError(f"{loc} does not exist") from exc
