@@ -82,6 +82,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         variants=tuple(args.variants),
         canary=args.canary,
         target_short_sides=args.target_short_sides,
+        registry=args.registry,
     )
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
@@ -427,7 +428,10 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, help="source model folder (raysegment train output)")
     p.add_argument("--data", required=True, help="dataset root holding the source and target domains")
     p.add_argument("--source-domain", required=True)
-    p.add_argument("--targets", nargs="+", required=True)
+    p.add_argument(
+        "--targets", nargs="+", required=True, help="target domains; traffic:DOMAIN reads what the service captured"
+    )
+    registry_option(p)
     p.add_argument("--methods", nargs="+", default=list(LABEL_FREE_METHODS), choices=list(LABEL_FREE_METHODS))
     p.add_argument("--shots", nargs="*", type=int, default=[1, 5, 10], help="few-shot label counts")
     p.add_argument("--no-oracle", action="store_true", help="skip the all-labels fine-tune")

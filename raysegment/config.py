@@ -180,6 +180,10 @@ class AdaptConfig(_Strict):
     source_domain: str | None = Field(
         None, description="labelled source domain under data.root (self_training, and finetune with source_replay)"
     )
+    source_root: str | None = Field(
+        None, description="dataset root of source_domain when it is not data.root (a folder or s3:// URI)"
+    )
+    source_layout: Layout | None = Field(None, description="layout of source_root; default data.layout")
     source_replay: bool = Field(
         False,
         description="finetune: mix every target batch with a source batch, so a "

@@ -174,7 +174,12 @@ def promote_compressed(
     """A compressed version (INT8) of `parent`, run as `compressed`, ships when it is not measurably
     worse than its parent: within `max_drop` points of it by the parent's judge on the held-back
     images (the one policy with a negative margin). It replaces only its own parent: when the parent
-    is not production, it becomes `candidate` whatever it scores."""
+    is not production, it becomes `candidate` unjudged (the policy judges it when it is promoted)."""
+    if registry.aliases(parent.domain).get(PRODUCTION) != parent.version:  # nothing to judge against yet
+        reason = f"its float parent {parent.ref} is not production: promote the parent first"
+        decision = Decision(candidate.domain, candidate.version, False, None, None, None, parent.ref, reason)
+        registry.promote(candidate.domain, candidate.version, CANDIDATE, record={"decision": asdict(decision)})
+        return decision
     found = held_back(parent)
     if found is None or found[2] is None:
         return promote_if_better(registry, candidate.domain, candidate.version, None, None, None, parent.ref)
@@ -182,13 +187,6 @@ def promote_compressed(
     score, parent_score = (
         judged_scores(m, val, cfg, judge_name, parent_model)["score"] for m in (compressed, parent_model)
     )
-    if registry.aliases(parent.domain).get(PRODUCTION) != parent.version:
-        reason = f"its float parent {parent.ref} is not production: promote the parent first"
-        decision = Decision(
-            candidate.domain, candidate.version, False, judge_name, score, parent_score, parent.ref, reason
-        )
-        registry.promote(candidate.domain, candidate.version, CANDIDATE, record={"decision": asdict(decision)})
-        return decision
     return promote_if_better(
         registry,
         candidate.domain,

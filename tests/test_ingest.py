@@ -29,7 +29,7 @@ def _same(a: list, b: list) -> None:
 
 def test_ray_data_gives_each_rank_the_dataloaders_batches(ray_cluster, odd_root, s3_bucket, tiny_config):
     from raysegment.distributed.ingest import RayDataLoader
-    from raysegment.engine.method import make_loader
+    from raysegment.engine.method import endless, make_loader
 
     uri = upload_tree(odd_root, f"{s3_bucket}/odd")
     cfg = tiny_config(optim={"batch_size": 2})
@@ -51,6 +51,20 @@ def test_ray_data_gives_each_rank_the_dataloaders_batches(ray_cluster, odd_root,
                 loader = RayDataLoader(remote, cfg, theirs, cpu)
                 assert len(loader) == len(expected), name
                 _same(_batches(loader), expected)
+    # one stream across epochs (cfg has 2), a fresh loader at epoch 1 (a restored run), a cycled set
+    local, remote = cases["drive"]
+    ours, theirs, fresh = EpochSampler(5, 7, 0, 2), EpochSampler(5, 7, 0, 2), EpochSampler(5, 7, 0, 2)
+    streamed, loader = [], RayDataLoader(remote, cfg, theirs, cpu)
+    for epoch in (0, 1):
+        theirs.set_epoch(epoch)
+        streamed.append(_batches(loader))
+    ours.set_epoch(1), fresh.set_epoch(1)
+    _same(streamed[1], _batches(make_loader(local, cfg, ours, cpu)))
+    _same(_batches(RayDataLoader(remote, cfg, fresh, cpu)), streamed[1])
+    cycled = RayDataLoader(remote, cfg, fresh, cpu)
+    _same([tuple(t.clone() for t in next(iter(cycled)))] + _batches(cycled), [streamed[1][0]] + streamed[1])
+    taken = [b for _, b in zip(range(5), endless(cycled))]  # 2 batches per pass: a pass and a half
+    _same([tuple(t.clone() for t in b) for b in taken], streamed[1] + streamed[1] + streamed[1][:1])
     raw = _batches(RayDataLoader(cases["raw"][1], cfg, EpochSampler(4, 0), cpu))
     assert all(bool((masks == 255).all()) for _, masks, _ in raw)
     # rare-class sampling: the class sets read from the bucket's masks, the same draws

@@ -12,6 +12,7 @@ from PIL import Image
 
 from raysegment.apps.study import TargetReport, format_table, run_study
 from raysegment.config import CRITERIA
+from raysegment.data import open_split
 from raysegment.engine.policy import pick
 from raysegment.errors import ConfigError
 
@@ -184,3 +185,29 @@ def test_compare_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "nope" in result.stderr
+
+
+def test_compare_reads_a_domains_captured_traffic_in_place(cli, synth_root, source_model_dir, s3_bucket, tmp_path):
+    """`--targets traffic:night`: the images the service captured for night, read from a snapshot
+    inside the (S3) registry's store, unlabelled; self-training's labelled source stays in --data."""
+    from raysegment.traffic import TrafficStore
+
+    registry = f"{s3_bucket}/registry"
+    traffic = TrafficStore(registry)
+    for path, _ in open_split(synth_root, "night", "all").samples:
+        traffic.capture("night", path.read_bytes(), "png")
+    common = ["compare", "--source", source_model_dir, "--data", synth_root, "--source-domain", "clear"]
+    result = cli(
+        *common,
+        *["--targets", "traffic:night", "--methods", "adabn", "self_training", "--shots", "--no-oracle"],
+        *["--epochs", "1", "--registry", registry, "--out", tmp_path],
+    )
+    assert result.returncode == 0, result.stderr
+    (report,) = json.loads((tmp_path / "results.json").read_text())
+    assert report["domain"] == "traffic:night" and not report["labelled"]
+    assert set(report["proxy"]) == {"source-only", "adabn", "self_training"}
+    assert report["labels_used"] == {"source-only": 0, "adabn": 0, "self_training": 0}
+    assert traffic.store.children("traffic/night/snapshots") == []
+    assert not list(tmp_path.rglob("night_*.png")) and not list(tmp_path.rglob("0000*.png"))
+    empty = cli(*common, "--targets", "traffic:fog", "--registry", registry, "--out", tmp_path / "x")
+    assert empty.returncode == 2 and "traffic:fog: 0 captured images" in empty.stderr

@@ -95,6 +95,8 @@ def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config)
         train_on_ray(tiny_config(scale={"num_workers": 1, "cpus_per_worker": 2}))
     with pytest.raises(RaySegmentError, match="GPU"):
         train_on_ray(tiny_config(scale={"use_gpu": True}))
+    with pytest.raises(RaySegmentError, match=r"leaving less than the data.decode_cpus=0.5 a Ray Data decode task"):
+        train_on_ray(tiny_config(scale={"num_workers": 2}, data={"ingest": "ray_data"}))  # 2 of 2 CPUs: none to decode
 
 
 def test_a_local_storage_path_is_refused_on_nodes_that_share_no_disk(ray_cluster, tiny_config, monkeypatch):

@@ -181,8 +181,9 @@ def quantize_version(
     source = str(calibration_images) if calibration_images else f"{parent.domain} train split"
     say(f"[export] {parent.ref}: INT8 calibration on {len(calib)} images ({source})")
     int8 = quantize_int8(graph, calib, model.stride, model.mean)
+    runtime = OrtSegmenter.like(model, int8)  # one session: the agreement check and the judge share it
     checks = at_working_scale(domain_images(parent, "val", CHECK_IMAGES, images), meta)
-    found = agreement(model, OrtSegmenter.like(model, int8), checks)
+    found = agreement(model, runtime, checks)
     say(f"[export] {parent.ref}: INT8 against float: {found.describe()}")
     facts = {"quantization": INT8, "calibration_images": len(calib), "calibration_source": source}
     version = registry.register(
@@ -196,7 +197,6 @@ def quantize_version(
     )
     entry = registry.get_entry(parent.domain, version)
     record = artifacts.add(entry, ONNX, int8, export_record(float_record.opset, found, **facts))
-    runtime = OrtSegmenter.like(model, int8)
     decision = promote_compressed(registry, entry, parent, runtime, model, max_drop)
     say(f"[export] {entry.ref}: {'production' if decision.promoted else 'candidate'}: {decision.reason}")
     return Quantized(parent.ref, version, record, decision)

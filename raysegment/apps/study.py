@@ -19,13 +19,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from raysegment.config import CRITERIA, LABEL_FREE_METHODS, STUDY_VARIANTS, ResizeConfig, RunConfig, parse_config
-from raysegment.data import open_split
+from raysegment.config import (
+    CRITERIA,
+    LABEL_FREE_METHODS,
+    STUDY_VARIANTS,
+    LoopConfig,
+    ResizeConfig,
+    RunConfig,
+    parse_config,
+)
+from raysegment.data import DatasetInfo, open_split
 from raysegment.engine.adapt import adapt
 from raysegment.engine.criteria import (
     Candidate,
@@ -37,7 +46,8 @@ from raysegment.engine.evaluate import evaluate
 from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
 from raysegment.errors import ConfigError
-from raysegment.models import load_model
+from raysegment.models import ModelMeta, load_model
+from raysegment.traffic import TrafficStore
 from raysegment.viz import bar_chart_png
 
 SOURCE = "source-only"
@@ -197,8 +207,9 @@ class Study:
 class TargetRun:
     """One target domain of a study: its held-back sets, and every candidate scored as it is made."""
 
-    def __init__(self, study: Study, domain: str, log: Callable[[str], Any]) -> None:
+    def __init__(self, study: Study, domain: str, log: Callable[[str], Any], name: str | None = None) -> None:
         self.study, self.domain, self.log = study, domain, log
+        self.name = name or domain  # what the report and the run folders call it (`traffic:fog`)
         d, layout = study.base.data, study.base.data.layout
         self.val_images = open_split(d.root, domain, d.val_split, layout, unlabelled=True)
         self.test = None if study.unlabelled else open_split(d.root, domain, d.test_split, layout)
@@ -208,7 +219,7 @@ class TargetRun:
         if study.canary and not self.val_labelled:
             raise ConfigError(f"--canary {study.canary}: {domain}'s val split has no labelled image to judge with")
         self.canary_set = self.val.labelled(study.canary) if study.canary and self.val is not None else None
-        self.report = TargetReport(domain, has_labels, criterion=study.base.adapt.criterion)
+        self.report = TargetReport(self.name, has_labels, criterion=study.base.adapt.criterion)
         if self.canary_set is not None:
             self.report.labels_used["canary"] = len(self.canary_set)
         self.judged: list[Candidate] = []
@@ -240,7 +251,7 @@ class TargetRun:
             s.source_model, train_images, s.target_short_sides, batch_size=base.optim.batch_size
         )
         self.report.scale = {"short_side": float(picked.short_side or 0)} | {str(k): v for k, v in distances.items()}
-        self.log(f"[adapt] {self.domain:<8} target scale: short side {picked.short_side} ({scale_line(distances)})")
+        self.log(f"[adapt] {self.name:<8} target scale: short side {picked.short_side} ({scale_line(distances)})")
         if picked != d.resize:
             self.record(RESCALED, s.source_model, 0, time.perf_counter() - start, label_free=True, scale=picked)
         return base.model_copy(update={"data": d.model_copy(update={"resize": picked})})
@@ -250,7 +261,7 @@ class TargetRun:
         base = self.scaled_base()
         for name, method, settings in s.label_free:
             start = time.perf_counter()
-            runs = s.out / "runs" / self.domain / name
+            runs = s.out / "runs" / self.name.replace(":", "_") / name
             cfg = candidate_config(base, self.domain, runs, method, s.epochs.get(method, 1), unlabelled=True)
             cfg = cfg.model_copy(
                 update={"adapt": cfg.adapt.model_copy(update={**settings, "canary": s.canary or None})}
@@ -275,12 +286,12 @@ class TargetRun:
             name = "oracle" if k is None else f"{k}-shot"
             if available == 0 or not self.val_labelled or (k is not None and k > available):
                 self.log(
-                    f"[adapt] {self.domain:<8} {name:<14} skipped: needs {k or 'all'} labelled train images and "
+                    f"[adapt] {self.name:<8} {name:<14} skipped: needs {k or 'all'} labelled train images and "
                     f"labelled val images ({available} labelled train images)"
                 )
                 continue
             start = time.perf_counter()
-            runs = s.out / "runs" / self.domain / name.replace("-", "_")
+            runs = s.out / "runs" / self.name.replace(":", "_") / name.replace("-", "_")
             cfg = candidate_config(
                 s.base, self.domain, runs, "finetune", s.epochs["oracle" if k is None else "finetune"], labelled=k
             )
@@ -308,6 +319,7 @@ def run_study(
     variants: tuple[str, ...] = (),
     canary: int = 0,
     target_short_sides: list[int] | None = None,
+    registry: str | None = None,
     log: Callable[[str], Any] = print,
 ) -> list[TargetReport]:
     """Run the whole comparison in this process; writes `results.json` and a PNG chart under `out`.
@@ -315,7 +327,8 @@ def run_study(
     `variants` (names of `config.STUDY_VARIANTS`) add label-free candidates; `canary` > 0 lets the first k
     labelled val images judge the label-free candidates (and their epochs) instead of the proxy;
     `target_short_sides` picks each target's working scale without labels (`engine.scale`) for
-    every label-free candidate, and adds the unadapted source at that scale as a candidate."""
+    every label-free candidate, and adds the unadapted source at that scale as a candidate. A target
+    `traffic:<domain>` reads the domain's captured traffic beside `registry` (`target_data`)."""
     unknown = [v for v in variants if v not in STUDY_VARIANTS]
     if unknown:
         raise ConfigError(f"unknown study variant(s) {unknown}; choose from {sorted(STUDY_VARIANTS)}")
@@ -336,15 +349,46 @@ def run_study(
         target_short_sides,
     )
     reports = []
-    for domain in targets:
-        run = TargetRun(study, domain, log)
-        run.record(SOURCE, source_model, 0, 0.0, label_free=True, scale=resize)
-        run.run_label_free()
-        run.run_labelled()
-        log(f"[adapt] {domain:<8} the judge picks {run.report.proxy_choice}: {run.report.proxy_reason}")
+    for target in targets:
+        with target_data(study, target, registry, meta) as (target_study, domain):
+            run = TargetRun(target_study, domain, log, name=target)
+            run.record(SOURCE, source_model, 0, 0.0, label_free=True, scale=resize)
+            run.run_label_free()
+            run.run_labelled()
+        log(f"[adapt] {target:<8} the judge picks {run.report.proxy_choice}: {run.report.proxy_reason}")
         reports.append(run.report)
     write_outputs(reports, study.out)
     return reports
+
+
+TRAFFIC_TARGET = "traffic:"  # `traffic:fog`: the images the service captured for fog, from the registry's store
+
+
+@contextmanager
+def target_data(study: Study, target: str, registry: str | None, meta: ModelMeta) -> Iterator[tuple[Study, str]]:
+    """The study and domain a target reads: the dataset's domain, or for `traffic:<domain>` the
+    domain's captured traffic, snapshotted inside the registry's store and read there (unlabelled,
+    so judged by the proxy; split as the loop splits it), the snapshot dropped afterwards."""
+    if not target.startswith(TRAFFIC_TARGET):
+        yield study, target
+        return
+    if not registry:
+        raise ConfigError(f"target {target}: captured traffic lives beside a registry; pass --registry")
+    domain, loop = target[len(TRAFFIC_TARGET) :], LoopConfig()
+    traffic = TrafficStore(registry)
+    if len(traffic.items(domain)) < 2:
+        raise ConfigError(f"target {target}: {len(traffic.items(domain))} captured images; at least 2 are needed")
+    info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
+    data = traffic.snapshot(domain, info, loop.val_share, loop.seed)
+    try:
+        base = study.base
+        d = base.data.model_copy(update={"root": data.root, "layout": "raysegment", "unlabelled": True})
+        a = base.adapt.model_copy(  # self-training's labelled source stays where it was
+            update={"source_root": base.adapt.source_root or base.data.root, "source_layout": base.data.layout}
+        )
+        yield replace(study, base=base.model_copy(update={"data": d, "adapt": a}), unlabelled=True), domain
+    finally:
+        traffic.drop_snapshot(data)
 
 
 def candidate_line(report: TargetReport, candidate: str) -> str:

@@ -25,7 +25,7 @@ import ray.train.torch
 import torch
 
 from raysegment.config import RunConfig
-from raysegment.distributed.ingest import loader_factory
+from raysegment.distributed.ingest import loader_factory, uses_ray_data
 from raysegment.engine.adapt import build_runner, open_val, with_target_scale
 from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
@@ -176,6 +176,13 @@ def check_resources(cfg: RunConfig) -> None:
         raise RaySegmentError(
             f"scale asks for {s.num_workers * s.gpus_per_worker} GPU but the cluster has "
             f"{total.get('GPU', 0)}; set scale.use_gpu=false or add GPU nodes"
+        )
+    if uses_ray_data(cfg) and need_cpu + cfg.data.decode_cpus > total.get("CPU", 0):
+        raise RaySegmentError(
+            f"the workers take {need_cpu} of the cluster's {total.get('CPU', 0)} CPU, leaving less than the "
+            f"data.decode_cpus={cfg.data.decode_cpus} a Ray Data decode task needs (the dataset is read by Ray "
+            f"Data: data.ingest={cfg.data.ingest}); lower scale.cpus_per_worker or data.decode_cpus, add CPU "
+            f"nodes, or set data.ingest=loader"
         )
     largest = largest_node_cpus()
     if s.cpus_per_worker > largest:

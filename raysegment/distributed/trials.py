@@ -13,6 +13,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysegment.config import RunConfig, SearchConfig
+from raysegment.distributed.ingest import uses_ray_data
 from raysegment.distributed.train import build_trainer
 from raysegment.storage import join
 
@@ -77,10 +78,12 @@ def param_space(search: SearchConfig, run: RunConfig, num_stages: int) -> dict:
 
 
 def concurrency(search: SearchConfig, run: RunConfig) -> int:
-    """Trials that fit at once: each trial's workers reserve CPUs; its driver reserves none."""
+    """Trials that fit at once: each trial's workers reserve CPUs (and, reading through Ray Data,
+    room for one decode task); its driver reserves none."""
     if search.max_concurrent_trials:
         return search.max_concurrent_trials
     per_trial = run.scale.num_workers * max(run.scale.cpus_per_worker, 1e-9)
+    per_trial += run.data.decode_cpus if uses_ray_data(run) else 0.0
     return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
 

@@ -44,7 +44,8 @@ def open_source_train(cfg: RunConfig) -> SegmentationDataset:
     d, source = cfg.data, cfg.adapt.source_domain
     if source is None:
         raise ConfigError("self-training and source replay learn from source labels too: set adapt.source_domain")
-    return open_split(d.root, source, d.train_split, d.layout).labelled()
+    a = cfg.adapt
+    return open_split(a.source_root or d.root, source, d.train_split, a.source_layout or d.layout).labelled()
 
 
 def open_val(cfg: RunConfig) -> SegmentationDataset:
