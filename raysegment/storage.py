@@ -7,6 +7,7 @@ Writes that matter are atomic: a temporary sibling, fsync, then rename.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -35,6 +36,22 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
+# pyarrow's S3 stream without a buffer reads an object in many small requests: a 4 MB PNG from the
+# loopback server took 76-88 ms that way against 12 ms with one buffered GET (boto3: 9-10 ms).
+READ_BUFFER = 8 * 2**20
+BUCKET_SCHEMES = ("s3", "gs")  # URIs whose path inside the filesystem is `bucket/key`
+
+
+@functools.lru_cache(maxsize=32)
+def bucket_filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
+    """One filesystem per bucket and process: making one (credentials, region, endpoint from the
+    environment) costs far more than a small object's GET, and a dataset is read object by object."""
+    import pyarrow.fs as pafs
+
+    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    return fs
+
+
 def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Return the filesystem and the path inside it for a local path or a URI."""
     import pyarrow.fs as pafs  # imported on use: plain local paths never need it
@@ -43,7 +60,10 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
     check_not_placeholder(location)
+    scheme, _, rest = location.partition("://")
     try:
+        if scheme in BUCKET_SCHEMES:
+            return bucket_filesystem(scheme, rest.split("/", 1)[0]), rest.rstrip("/")
         return pafs.FileSystem.from_uri(location)
     except (pafs.ArrowInvalid, OSError, ValueError) as exc:  # type: ignore[attr-defined]
         raise RaySegmentError(f"cannot open {location}: {exc}") from exc
@@ -53,8 +73,7 @@ def read_bytes(location: str | os.PathLike) -> bytes:
     """Read a whole file from a local path or URI."""
     fs, path = resolve(location)
     try:
-        # buffered: unbuffered, pyarrow reads an S3 object in many small requests (~7x slower for 4 MB)
-        with fs.open_input_stream(path, buffer_size=8 * 2**20) as stream:
+        with fs.open_input_stream(path, buffer_size=READ_BUFFER) as stream:
             return stream.read()
     except FileNotFoundError as exc:
         raise RaySegmentError(f"{location} does not exist") from exc

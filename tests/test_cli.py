@@ -49,7 +49,11 @@ def test_missing_dataset_is_one_line_error(tmp_path):
     assert result.returncode == 2 and "dataset.json is missing" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_train_evaluate_predict_end_to_end(cli, tmp_path):
+def test_train_evaluate_predict_end_to_end(cli, tmp_path, s3_bucket):
+    """Trained and evaluated on a bucket (the one-process engine reads the objects where they lie),
+    evaluated on the folder as well: the same numbers."""
+    from raysegment.storage import upload_tree
+
     data = tmp_path / "data"
     assert (
         cli(
@@ -69,9 +73,10 @@ def test_train_evaluate_predict_end_to_end(cli, tmp_path):
         ).returncode
         == 0
     )
+    bucket = upload_tree(data, f"{s3_bucket}/data")
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
-        f"data: {{root: {data}, domain: clear}}\n"
+        f"data: {{root: '{bucket}', domain: clear}}\n"
         f"model: {{backbone: {TINY_BACKBONE}, decoder: unet, decoder_channels: 8}}\n"
         f"optim: {{epochs: 2, batch_size: 4}}\noutput_dir: {tmp_path / 'run'}\n"
     )
@@ -81,24 +86,15 @@ def test_train_evaluate_predict_end_to_end(cli, tmp_path):
     meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert meta["model"]["decoder"] == "unet" and "val_miou" in meta["metrics"]
 
-    evaluation = cli(
-        "evaluate",
-        "--model",
-        tmp_path / "run" / "model",
-        "--data",
-        data,
-        "--domain",
-        "fog",
-        "--split",
-        "all",
-        "--mode",
-        "slide",
-        "--window",
-        "64",
-        "64",
-    )
-    assert evaluation.returncode == 0, evaluation.stderr
-    assert "fog/all: mIoU" in evaluation.stdout and "sidewalk" in evaluation.stdout
+    scores = []
+    for root in (bucket, data):
+        model = tmp_path / "run" / "model"
+        evaluation = cli("evaluate", "--model", model, "--data", root, "--domain", "fog", "--split", "all",
+                         "--mode", "slide", "--window", "64", "64")  # fmt: skip
+        assert evaluation.returncode == 0, evaluation.stderr
+        assert "fog/all: mIoU" in evaluation.stdout and "sidewalk" in evaluation.stdout
+        scores.append(evaluation.stdout)
+    assert scores[0] == scores[1]
 
     image = data / "fog" / "images" / "fog_00000.png"
     pred = cli("predict", "--model", tmp_path / "run" / "model", "--out", tmp_path / "pred", image)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
 import torch
 
 from raysegment.data import EpochSampler, RareClassSampler, open_split
@@ -15,6 +17,7 @@ from raysegment.data.dataset import read_mask
 from raysegment.storage import upload_tree
 
 pytestmark = pytest.mark.slow
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the epoch hook runs on workers: no tests/ there
 
 
 def _batches(loader) -> list:
@@ -32,7 +35,8 @@ def test_ray_data_gives_each_rank_the_dataloaders_batches(ray_cluster, odd_root,
     from raysegment.engine.method import endless, make_loader
 
     uri = upload_tree(odd_root, f"{s3_bucket}/odd")
-    cfg = tiny_config(optim={"batch_size": 2})
+    cfg = tiny_config(optim={"batch_size": 2, "epochs": 2})  # a loader streams epochs 0..1 at most
+    streaming = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 4})})
     cpu = torch.device("cpu")
     cases = {
         # drive: 5 labelled 45x61 images over 2 ranks (padded to 3 each); epochs give other orders
@@ -43,36 +47,46 @@ def test_ray_data_gives_each_rank_the_dataloaders_batches(ray_cluster, odd_root,
         "raw": (open_split(odd_root, "raw", "all"), open_split(uri, "raw", "all")),
     }
     for name, (local, remote) in cases.items():
-        for epoch in (0, 3):
-            for rank in (0, 1):
-                ours, theirs = EpochSampler(len(local), 7, rank, 2), EpochSampler(len(remote), 7, rank, 2)
+        for rank in (0, 1):  # one stream per rank over the run's 4 epochs, each epoch checked
+            ours, theirs = EpochSampler(len(local), 7, rank, 2), EpochSampler(len(remote), 7, rank, 2)
+            loader = RayDataLoader(remote, streaming, theirs, cpu)
+            for epoch in range(4):
                 ours.set_epoch(epoch), theirs.set_epoch(epoch)
                 expected = _batches(make_loader(local, cfg, ours, cpu))
-                loader = RayDataLoader(remote, cfg, theirs, cpu)
                 assert len(loader) == len(expected), name
                 _same(_batches(loader), expected)
-    # one stream across epochs (cfg has 2), a fresh loader at epoch 1 (a restored run), a cycled set
+    # a fresh loader at epoch 1 (a restored run), a pass left unfinished, a cycled set
     local, remote = cases["drive"]
-    ours, theirs, fresh = EpochSampler(5, 7, 0, 2), EpochSampler(5, 7, 0, 2), EpochSampler(5, 7, 0, 2)
-    streamed, loader = [], RayDataLoader(remote, cfg, theirs, cpu)
-    for epoch in (0, 1):
-        theirs.set_epoch(epoch)
-        streamed.append(_batches(loader))
+    ours, fresh = EpochSampler(5, 7, 0, 2), EpochSampler(5, 7, 0, 2)
     ours.set_epoch(1), fresh.set_epoch(1)
-    _same(streamed[1], _batches(make_loader(local, cfg, ours, cpu)))
-    _same(_batches(RayDataLoader(remote, cfg, fresh, cpu)), streamed[1])
+    expected = _batches(make_loader(local, cfg, ours, cpu))
     cycled = RayDataLoader(remote, cfg, fresh, cpu)
-    _same([tuple(t.clone() for t in next(iter(cycled)))] + _batches(cycled), [streamed[1][0]] + streamed[1])
+    _same([tuple(t.clone() for t in next(iter(cycled)))] + _batches(cycled), [expected[0]] + expected)
     taken = [b for _, b in zip(range(5), endless(cycled))]  # 2 batches per pass: a pass and a half
-    _same([tuple(t.clone() for t in b) for b in taken], streamed[1] + streamed[1] + streamed[1][:1])
-    raw = _batches(RayDataLoader(cases["raw"][1], cfg, EpochSampler(4, 0), cpu))
+    _same([tuple(t.clone() for t in b) for b in taken], expected + expected + expected[:1])
+    unlabelled = EpochSampler(4, 0)
+    unlabelled.set_epoch(1)
+    raw = _batches(RayDataLoader(cases["raw"][1], cfg, unlabelled, cpu))
     assert all(bool((masks == 255).all()) for _, masks, _ in raw)
     # rare-class sampling: the class sets read from the bucket's masks, the same draws
     local, remote = cases["drive"]
     classes = [set(read_mask(m).unique().tolist()) - {255} for _, m in local.samples]
     assert [set(read_mask(m).unique().tolist()) - {255} for _, m in remote.samples] == classes
     rare = RareClassSampler(classes, 0.1, 3, 1, 2)
+    rare.set_epoch(1)
     _same(_batches(RayDataLoader(remote, cfg, rare, cpu)), _batches(make_loader(local, cfg, rare, cpu)))
+
+
+def record_deployable_checksum(runner, metrics: dict, rank: int) -> None:
+    """Epoch hook (runs on every rank): the deployable model's checksum (the teacher's), one line per epoch."""
+    from raysegment.distributed.train import weights_checksum
+
+    out = Path(runner.cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"checksums.{rank}.jsonl", "a") as handle:
+        handle.write(
+            json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(runner.deployable)}) + "\n"
+        )
 
 
 def _losses(cfg) -> list[float]:
@@ -85,17 +99,27 @@ def _losses(cfg) -> list[float]:
 def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
     ray_cluster, synth_root, source_model_dir, s3_bucket, tiny_config, tmp_path, monkeypatch
 ):
-    """A fine-tune and a label-free adaptation (Tent) on 2 ranks over 2 nodes: first from a folder
-    (DataLoader in each rank), then from the bucket alone (Ray Data decode tasks), the folder gone,
-    nothing shared but the S3 server (checkpoints and the source model there too)."""
-    from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, train_on_ray
+    """A fine-tune and a label-free adaptation (mean-teacher self-training, rare-class sampling:
+    labelled source and unlabelled target) on 2 ranks over 2 nodes: first from a folder (DataLoader
+    in each rank), then from the bucket alone (Ray Data decode tasks), the folder gone, nothing
+    shared but the S3 server (checkpoints and the source model there too). The mean teacher stays
+    identical on both ranks."""
+    from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, train_on_ray, weights_checksum
     from raysegment.models import load_model
 
     folder = tmp_path / "data"
     shutil.copytree(synth_root, folder)
     runs = {
         "finetune": {"data": {"domain": "fog", "labelled_limit": 5}},
-        "tent": {"data": {"domain": "night"}, "adapt": {"method": "tent"}},
+        "self_training": {
+            "data": {"domain": "night"},
+            "adapt": {
+                "method": "self_training",
+                "source_domain": "clear",
+                "ema_alpha": 0.9,
+                "rare_class_temperature": 0.5,
+            },
+        },
     }
     common = {
         "optim": {"epochs": 2, "batch_size": 2, "select": "last"},
@@ -115,10 +139,10 @@ def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
         assert result.metrics["epoch"] == 2 and result.metrics["world_size"] == 2
     model, meta = load_model(result.model_dir)  # the run's checkpoint loads as a model
     assert meta.num_classes == 7 and model(torch.rand(1, 3, 64, 128)).shape == (1, 7, 64, 128)
-    again = train_on_ray(from_folder["tent"], name="folder-tent")  # a finished run, restored: it reports its end again
-    assert again.metrics["epoch"] == 2 and again.metrics["resumed"]
+    again = train_on_ray(from_folder["self_training"], name="folder-self_training")  # finished, restored:
+    assert again.metrics["epoch"] == 2 and again.metrics["resumed"]  # it reports its end again
     assert again.metrics["score"] == pytest.approx(result.metrics["score"])
-    lines = (Path(from_folder["tent"].output_dir) / PROGRESS_FILE).read_text().splitlines()
+    lines = (Path(from_folder["self_training"].output_dir) / PROGRESS_FILE).read_text().splitlines()
     assert [(r["epoch"], r["resumed"]) for r in map(json.loads, lines)] == [(1, False), (2, False), (2, True)]
 
     bucket_data = upload_tree(folder, f"{s3_bucket}/data")
@@ -128,10 +152,20 @@ def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
     for kind in runs:
         cfg = config(kind, bucket_data, bucket_source, "s3")
         cfg = cfg.model_copy(update={"scale": cfg.scale.model_copy(update={"storage_path": f"{s3_bucket}/ray"})})
-        result = train_on_ray(cfg, name=f"s3-{kind}")
+        result = train_on_ray(cfg, name=f"s3-{kind}", epoch_hook=record_deployable_checksum)
         assert result.metrics["world_size"] == 2 and result.metrics["method"] == kind
         assert _losses(cfg) == pytest.approx(_losses(from_folder[kind]), rel=1e-6), kind
         assert len(_losses(cfg)) == 2
+    ranks = [
+        [json.loads(line) for line in (Path(cfg.output_dir) / f"checksums.{r}.jsonl").read_text().splitlines()]
+        for r in range(2)
+    ]
+    assert [r["epoch"] for r in ranks[0]] == [r["epoch"] for r in ranks[1]] == [1, 2]
+    for a, b in zip(*ranks):
+        assert a["weights_checksum"] == b["weights_checksum"], "the teachers drifted apart across ranks"
+    assert result.metrics["score"] == result.metrics["proxy_consistency"]  # judged without labels
+    teacher, _ = load_model(result.model_dir)  # the result is the (deployable) teacher of the last epoch
+    assert weights_checksum(teacher) == pytest.approx(ranks[0][-1]["weights_checksum"], rel=1e-9)
     copies = [p for p in Path(ray_cluster.temp_dir).rglob("*.png") if p.name.startswith(("fog_", "night_"))]
     copies += [p for p in tmp_path.rglob("*.png")]
     assert not copies, f"dataset files on a node's disk: {copies[:3]}"

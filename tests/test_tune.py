@@ -91,15 +91,17 @@ def test_tpe_searcher_is_seeded_bounded_and_limited():
             assert 0.85 <= config["decay"] <= 0.999  # constants (max_epochs, judge) are merged in by Tune
 
 
-def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir):
-    """On a target domain with no masks folder at all: the search, its judge and registration never
-    need one. Night's production is already a model no proxy can fault (one class everywhere is
-    perfectly stable: consistency 1), so the winner is registered but must stay `candidate`."""
+def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir, s3_bucket):
+    """On a target domain with no masks folder at all, in a bucket (trials read it through Ray
+    Data): the search, its judge and registration never need a mask. Night's production is already
+    a model no proxy can fault (one class everywhere is perfectly stable: consistency 1), so the
+    winner is registered but must stay `candidate`."""
     import shutil
 
     from conftest import constant_model
 
     from raysegment.models import load_model
+    from raysegment.storage import upload_tree
 
     _, meta = load_model(source_model_dir)
     registry = Registry(tmp_path / "registry")
@@ -108,7 +110,9 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     data = tmp_path / "data"
     shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns("fog"))
     shutil.rmtree(data / "night" / "masks")
-    raw = yaml.safe_load(_spec(tmp_path, data, source_model_dir, num_samples=2, max_epochs=2).read_text())
+    bucket = upload_tree(data, f"{s3_bucket}/data")
+    raw = yaml.safe_load(_spec(tmp_path, bucket, source_model_dir, num_samples=2, max_epochs=2).read_text())
+    raw["run"]["scale"]["cpus_per_worker"] = 0.5  # two trials at once, and CPU left for decode tasks
     raw["targets"] = ["night"]
     raw["search"].update(method=["adabn", "self_training"], freeze_depth=[0], ema_alpha=[0.9], searcher="tpe")
     (tmp_path / "label_free.yaml").write_text(yaml.safe_dump(raw))

@@ -1,29 +1,25 @@
 """Dataset files on a local disk or in object storage, through one small interface.
 
 A dataset location is a `Path` (a local file or folder) or a URI string (`s3://bucket/key`, anything
-pyarrow.fs opens). Listing and reading go through pyarrow's filesystem for URIs, one filesystem per
-bucket and process, credentials and endpoint from the environment only (`AWS_*`,
-`AWS_ENDPOINT_URL`), so a dataset in a bucket is read object by object into memory, never copied
-to a disk.
+pyarrow.fs opens). Listing and reading go through the project's one storage layer (`raysegment.storage`:
+pyarrow.fs, one filesystem per bucket and process, credentials and endpoint from the environment
+only: `AWS_*`, `AWS_ENDPOINT_URL`), so a dataset in a bucket is read object by object into memory,
+never copied to a disk.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from raysegment.errors import DatasetError
-from raysegment.storage import check_not_placeholder, is_uri
+from raysegment import storage
+from raysegment.errors import DatasetError, RaySegmentError
+from raysegment.storage import is_uri
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 Location = Path | str  # a local path, or an object URI such as s3://bucket/prefix/img.png
-
-# pyarrow's S3 stream without a buffer reads an object in many small requests: a 4 MB PNG from the
-# loopback server took 76-88 ms that way against 12 ms with one buffered GET (boto3: 9-10 ms).
-READ_BUFFER = 8 * 2**20
 
 
 def location(text: str | Path) -> Location:
@@ -60,23 +56,13 @@ def suffix(loc: Location) -> str:
     return "." + base.rsplit(".", 1)[1] if "." in base else ""
 
 
-@functools.lru_cache(maxsize=16)
-def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
-    import pyarrow.fs as pafs
-
-    try:
-        fs, _ = pafs.FileSystem.from_uri(scheme_and_bucket)
-    except (pafs.ArrowInvalid, OSError, ValueError) as exc:  # type: ignore[attr-defined]
-        raise DatasetError(f"cannot open {scheme_and_bucket}: {exc}") from exc
-    return fs
-
-
 def _split(uri: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path inside it, `scheme://`) of a URI; one filesystem per bucket and process."""
-    check_not_placeholder(uri)
-    scheme, _, rest = uri.partition("://")
-    bucket = rest.split("/", 1)[0]
-    return _filesystem(f"{scheme}://{bucket}"), rest, f"{scheme}://"
+    """(filesystem, path inside it, `scheme://`) of a URI, through the one storage layer."""
+    try:
+        fs, path = storage.resolve(uri)
+    except RaySegmentError as exc:
+        raise DatasetError(str(exc)) from exc
+    return fs, path, uri.partition("://")[0] + "://"
 
 
 def _entries(folder: str, recursive: bool = False) -> list[tuple[str, bool]]:
@@ -134,7 +120,7 @@ def read(loc: Location) -> bytes:
             raise DatasetError(f"{loc} does not exist") from exc
     fs, path, _ = _split(loc)
     try:
-        with fs.open_input_stream(path, buffer_size=READ_BUFFER) as stream:
+        with fs.open_input_stream(path, buffer_size=storage.READ_BUFFER) as stream:
             return stream.read()
     except FileNotFoundError as exc:
         raise DatasetError(f"{loc} does not exist") from exc
