@@ -147,15 +147,20 @@ def _write_pair(image_path, mask_path, value=0):
     Image.new("L", (32, 16), color=value).save(mask_path)
 
 
-def test_cityscapes_layout(tmp_path):
+def _write_cityscapes(root) -> None:
+    """Three labelled frames (car everywhere) in two cities of the official layout."""
     for city, n in (("aachen", 2), ("bremen", 1)):
         for i in range(n):
             stem = f"{city}_000000_00000{i}"
             _write_pair(
-                tmp_path / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
-                tmp_path / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png",
+                root / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
+                root / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png",
                 value=13,
             )
+
+
+def test_cityscapes_layout(tmp_path):
+    _write_cityscapes(tmp_path)
     data = open_split(tmp_path, "cityscapes", "train", layout="cityscapes")
     assert len(data) == 3 and data.info.num_classes == 19 and data.info.classes[13] == "car"
     image, mask = data[0]
@@ -193,8 +198,12 @@ def test_epoch_sampler_shards_are_disjoint_and_reproducible():
 
 
 # ---- the same layouts in a bucket of the loopback S3 server (data.files) ------------------------
+def files_name(location) -> str:
+    return str(location).rsplit("/", 1)[-1]
+
+
 def _items(data):
-    return [(str(i).rsplit("/", 1)[-1], m is not None) for i, m in data.samples]
+    return [(files_name(i), m is not None) for i, m in data.samples]
 
 
 def test_a_bucket_reads_like_the_folder(odd_root, s3_bucket):
@@ -228,21 +237,10 @@ def test_a_bad_pair_in_a_bucket_is_refused_when_read(domain_copy, s3_bucket):
         open_split(f"{s3_bucket}/nothing-here", "clear", "train")
 
 
-def files_name(location) -> str:
-    return str(location).rsplit("/", 1)[-1]
-
-
 def test_cityscapes_layout_in_a_bucket(tmp_path, s3_bucket):
     from raysegment.storage import upload_tree
 
-    for city, n in (("aachen", 2), ("bremen", 1)):
-        for i in range(n):
-            stem = f"{city}_000000_00000{i}"
-            _write_pair(
-                tmp_path / "leftImg8bit" / "train" / city / f"{stem}_leftImg8bit.png",
-                tmp_path / "gtFine" / "train" / city / f"{stem}_gtFine_labelTrainIds.png",
-                value=13,
-            )
+    _write_cityscapes(tmp_path)
     uri = upload_tree(tmp_path, f"{s3_bucket}/cityscapes")
     data = open_split(uri, "cityscapes", "train", layout="cityscapes")
     assert len(data) == 3 and data.labelled_count == 3
