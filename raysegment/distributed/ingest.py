@@ -32,6 +32,7 @@ from raysegment.config import RunConfig
 from raysegment.data import Batch, EpochSampler, SegmentationDataset, pad_collate
 from raysegment.data.info import DatasetInfo
 from raysegment.engine.method import LoaderFactory, make_loader
+from raysegment.storage import is_uri
 
 PREFETCH_BATCHES = 2
 
@@ -39,7 +40,7 @@ PREFETCH_BATCHES = 2
 def uses_ray_data(cfg: RunConfig) -> bool:
     """`data.ingest`, with `auto` meaning Ray Data for a dataset in object storage."""
     if cfg.data.ingest == "auto":
-        return "://" in cfg.data.root and not cfg.data.root.startswith("file://")
+        return is_uri(cfg.data.root) and not cfg.data.root.startswith("file://")
     return cfg.data.ingest == "ray_data"
 
 
@@ -136,13 +137,19 @@ class RayDataLoader:
         if not len(self):
             return
         if self._stream is None or epoch != self._next_epoch:
+            self.close()
             self._stream = self._start(epoch)
-        self._next_epoch = -1  # until this pass has taken its whole epoch from the stream
+        stream, self._next_epoch = self._stream, -1  # -1: until this pass has taken its whole epoch
         for _ in range(len(self)):
-            images, masks, sizes, streamed = next(self._stream)
+            images, masks, sizes, streamed = next(stream)
             assert int(streamed) == epoch, f"ingest stream out of step: epoch {int(streamed)}, expected {epoch}"
             yield Batch(images, masks, sizes)
         self._next_epoch = epoch + 1
         if epoch >= self.last_epoch:  # the run's last epoch: let Ray Data wind the stream down now
+            self.close()
+
+    def close(self) -> None:
+        """Stop the stream's decode tasks (a stream given up on would otherwise work ahead for nothing)."""
+        if self._stream is not None:
             getattr(self._stream, "close", lambda: None)()
             self._stream = None
