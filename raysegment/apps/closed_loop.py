@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from raysegment.config import AdaptConfig, DataConfig, LoopConfig, OptimConfig, PretrainedConfig, RunConfig
-from raysegment.data import DatasetInfo, open_split
+from raysegment.data import open_split
 from raysegment.engine.adapt import adapt
 from raysegment.engine.policy import beats
 from raysegment.engine.proxies import paired_consistency_per_image
@@ -184,8 +184,7 @@ def run_loop(
             f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
         )
     meta = production.manifest.meta
-    info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
-    data = turn.traffic.snapshot(domain, info, cfg.val_share, cfg.seed)
+    data = turn.traffic.snapshot(domain, meta.dataset_info(), cfg.val_share, cfg.seed)
     turn.lap("snapshot")
     log(
         f"[loop] {domain}: {data.images} captured images snapshotted in the store "

@@ -34,7 +34,7 @@ from raysegment.config import (
     RunConfig,
     parse_config,
 )
-from raysegment.data import DatasetInfo, open_split
+from raysegment.data import open_split
 from raysegment.engine.adapt import adapt
 from raysegment.engine.criteria import (
     Candidate,
@@ -376,10 +376,10 @@ def target_data(study: Study, target: str, registry: str | None, meta: ModelMeta
         raise ConfigError(f"target {target}: captured traffic lives beside a registry; pass --registry")
     domain, loop = target[len(TRAFFIC_TARGET) :], LoopConfig()
     traffic = TrafficStore(registry)
-    if len(traffic.items(domain)) < 2:
-        raise ConfigError(f"target {target}: {len(traffic.items(domain))} captured images; at least 2 are needed")
-    info = DatasetInfo(classes=meta.classes, palette=meta.palette, ignore_index=meta.ignore_index)
-    data = traffic.snapshot(domain, info, loop.val_share, loop.seed)
+    captured = len(traffic.items(domain))
+    if captured < 2:
+        raise ConfigError(f"target {target}: {captured} captured images; at least 2 are needed")
+    data = traffic.snapshot(domain, meta.dataset_info(), loop.val_share, loop.seed)
     try:
         base = study.base
         d = base.data.model_copy(update={"root": data.root, "layout": "raysegment", "unlabelled": True})

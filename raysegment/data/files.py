@@ -118,14 +118,10 @@ def read(loc: Location) -> bytes:
             return loc.read_bytes()
         except FileNotFoundError as exc:
             raise DatasetError(f"{loc} does not exist") from exc
-    fs, path, _ = _split(loc)
     try:
-        with fs.open_input_stream(path, buffer_size=storage.READ_BUFFER) as stream:
-            return stream.read()
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{loc} does not exist") from exc
-    except OSError as exc:
-        raise DatasetError(f"cannot read {loc}: {exc}") from exc
+        return storage.read_bytes(loc)  # one buffered GET
+    except RaySegmentError as exc:
+        raise DatasetError(str(exc)) from exc.__cause__  # keeps FileNotFoundError for read_if_exists
 
 
 def read_if_exists(loc: Location) -> bytes | None:

@@ -18,6 +18,7 @@ an epoch resumed after a failure could not be replayed exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from functools import partial
@@ -102,10 +103,10 @@ class RayDataLoader:
 
     def rows(self, first: int, last: int) -> list[dict[str, Any]]:
         """Epochs first..last of this rank's share as rows of one batch each, in the sampler's order."""
-        samples, rows = self.dataset.samples, []
+        samples, rows, walker = self.dataset.samples, [], copy.copy(self.sampler)  # the method's stays put
         for epoch in range(first, last + 1):
-            self.sampler.set_epoch(epoch)
-            order = list(self.sampler)
+            walker.set_epoch(epoch)
+            order = list(walker)
             for start in range(0, len(order), self.batch_size):
                 picked = [samples[i] for i in order[start : start + self.batch_size]]
                 rows.append(
@@ -115,7 +116,6 @@ class RayDataLoader:
                         "masks": ["" if mask is None else str(mask) for _, mask in picked],
                     }
                 )
-        self.sampler.set_epoch(first)
         return rows
 
     def _start(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:

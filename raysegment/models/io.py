@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from raysegment.config import ModelConfig, ResizeConfig
+from raysegment.data.info import DatasetInfo
 from raysegment.errors import CheckpointError
 from raysegment.storage import atomic_write_bytes, atomic_write_json, fetch_to_local, is_uri, read_bytes
 
@@ -30,6 +31,10 @@ class ModelMeta(BaseModel):
     ignore_index: int = 255
     resize: ResizeConfig | None = None  # the working scale it was trained at; None: the files' size
     metrics: dict[str, float] = {}
+
+    def dataset_info(self) -> DatasetInfo:
+        """The classes this model predicts as a dataset's `dataset.json` (for images it labels)."""
+        return DatasetInfo(classes=self.classes, palette=self.palette, ignore_index=self.ignore_index)
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
