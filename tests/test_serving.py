@@ -179,42 +179,83 @@ def test_drift_statistics_come_from_one_batch_in_drift_every_per_model(tmp_path)
     assert not any(off._drift_sample("fog@1") for _ in range(3))
 
 
-def test_the_fused_topology_batches_mixed_domains_each_with_its_own_model(served, tmp_path):
+@pytest.fixture(scope="module")
+def fused_served(served, synth_root, source_model_dir, tmp_path_factory):
+    """One fused app (validate, decode, batch and segment in one deployment) on `runtime: onnxruntime`:
+    fog@1 a real model with an ONNX export, night@1 the same weights without one; haze@1 and dawn@1
+    constant models (classes 1 and 2), no exports. Yields (url, registry root)."""
+    from ray import serve
+
+    from raysegment.apps.export import export_version
+    from raysegment.models import load_model
+    from raysegment.serving.app import build_app
+
+    root = tmp_path_factory.mktemp("fused-registry")
+    reg = Registry(root)
+    model, meta = load_model(source_model_dir)
+    config = {"data": {"root": str(synth_root), "domain": "fog"}, "model": meta.model.model_dump(mode="json")}
+    reg.register("fog", model, meta, config=config)
+    reg.register("night", model, meta, parent="fog@1")
+    reg.register("base", constant_model(0), META)
+    for cls, domain in enumerate(["haze", "dawn"], start=1):
+        reg.register(domain, constant_model(cls), META, parent="base@1")
+    for domain in ("fog", "night", "haze", "dawn"):
+        reg.promote(domain, 1)
+    export_version(reg, "fog@1", say=lambda line: None)
+    replicas = Replicas(topology="fused", cpus_per_replica=0.25, runtime="onnxruntime")
+    cfg = ServeConfig(registry=str(root), auth="none", replicas=replicas)
+    serve.run(build_app(cfg.model_dump()), name="fused", route_prefix="/fused")
+    yield f"{served}/fused"
+    serve.delete("fused")
+
+
+def test_the_fused_topology_batches_mixed_domains_each_with_its_own_model(fused_served):
     """One deployment validates, decodes, batches and segments (no gateway hop): one batch may hold
     several domains' images now, and every answer must still come from its own domain's model."""
     from ray import serve
 
-    from raysegment.serving.app import build_app
+    assert set(serve.status().applications["fused"].deployments) == {"SegmentService"}
+    bodies = {w: png(width=w) for w in (40, 64)}
 
-    reg = Registry(tmp_path / "registry")
-    reg.register("base", constant_model(0), META)
-    for cls, domain in enumerate(["fog", "night"], start=1):
-        reg.register(domain, constant_model(cls), META, parent="base@1")
-        reg.promote(domain, 1)
-    cfg = ServeConfig(
-        registry=str(tmp_path / "registry"), auth="none", replicas=Replicas(topology="fused", cpus_per_replica=0.25)
-    )
-    serve.run(build_app(cfg.model_dump()), name="fused", route_prefix="/fused")
-    try:
-        assert set(serve.status().applications["fused"].deployments) == {"SegmentService"}
-        bodies = {w: png(width=w) for w in (40, 64)}
+    def call(case):
+        domain, cls, w = case
+        r = httpx.post(f"{fused_served}/v1/domains/{domain}/segment", content=bodies[w], timeout=60)
+        mask = np.asarray(Image.open(io.BytesIO(r.content)))
+        return r.status_code, mask.shape == (32, w) and (mask == cls).all(), int(r.headers["x-batch-size"])
 
-        def call(case):
-            domain, cls, w = case
-            r = httpx.post(f"{served}/fused/v1/domains/{domain}/segment", content=bodies[w], timeout=60)
-            mask = np.asarray(Image.open(io.BytesIO(r.content)))
-            return r.status_code, mask.shape == (32, w) and (mask == cls).all(), int(r.headers["x-batch-size"])
+    cases = [(d, cls, w) for d, cls in (("haze", 1), ("dawn", 2)) for w in (40, 64)] * 8
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, cases))
+    assert all(status == 200 for status, _, _ in results)
+    assert all(right for _, right, _ in results), "a response came from another domain's model"
+    assert max(b for _, _, b in results) > 1, "no request was batched"
+    bad = httpx.post(f"{fused_served}/v1/domains/haze/segment", content=b"hello world")
+    assert bad.status_code == 400 and bad.json()["error"] == "not a valid image"
 
-        cases = [(d, cls, w) for d, cls in (("fog", 1), ("night", 2)) for w in (40, 64)] * 8
-        with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(call, cases))
-        assert all(status == 200 for status, _, _ in results)
-        assert all(right for _, right, _ in results), "a response came from another domain's model"
-        assert max(b for _, _, b in results) > 1, "no request was batched"
-        bad = httpx.post(f"{served}/fused/v1/domains/fog/segment", content=b"hello world")
-        assert bad.status_code == 400 and bad.json()["error"] == "not a valid image"
-    finally:
-        serve.delete("fused")
+
+def test_onnx_runtime_answers_like_torch_over_http_and_a_version_without_an_export_falls_back(
+    served, fused_served, synth_root
+):
+    """The fused app runs `runtime: onnxruntime` over a registry where fog@1 has an ONNX export and
+    night@1, the same weights, has none: fog is answered by ONNX Runtime, night by the torch runtime
+    (the fallback, said in /v1/domains and `x-runtime`), and the two masks agree on >= 99.9% of pixels."""
+    url = f"{fused_served}/v1/domains"
+    images = sorted((synth_root / "fog" / "images").glob("*.png"))[:6]
+    same = total = 0
+    for path in images:
+        masks = []
+        for domain, runtime in (("fog", "onnxruntime"), ("night", "torch")):
+            r = httpx.post(f"{url}/{domain}/segment", content=path.read_bytes(), timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-runtime"] == runtime
+            masks.append(np.asarray(Image.open(io.BytesIO(r.content))))
+        same, total = same + int((masks[0] == masks[1]).sum()), total + masks[0].size
+    assert same / total >= 0.999 and len(np.unique(masks[0])) > 1  # a real model: more than one class
+    listed = httpx.get(url).json()["domains"]
+    assert listed["fog"]["runtime"] == "onnxruntime"
+    assert listed["night"]["runtime"] == "torch (no ONNX export of this version)"
+    # The torch runtime (the `served` app's default) never claims an export it does not use.
+    assert httpx.get(f"{served}/v1/domains").json()["domains"]["fog"]["runtime"] == "torch"
 
 
 @pytest.mark.parametrize(
@@ -381,52 +422,6 @@ def test_a_replica_killed_under_load_recovers(served):
     assert all(s in (200, 503) for _, s in results), "a lost replica must surface as 503, never another error"
     assert recovered, "no request succeeded after the kill"
     assert replica_pids() and replica_pids() != [pid], "Serve did not replace the killed replica"
-
-
-def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(served, tmp_path):
-    from ray import serve
-
-    from raysegment.serving.app import build_app
-
-    torch.manual_seed(0)
-    model = build_segmenter(META.model, 4).eval()
-    reg = Registry(tmp_path / "registry")
-    reg.register("base", model, META)
-    reg.register("fog", model, META, {"val_miou": 0.5}, parent="base@1")
-    reg.promote("fog", 1)
-    cfg = ServeConfig(
-        registry=str(tmp_path / "registry"),
-        auth="none",
-        online=Online(adabn=True, momentum=0.5, max_snapshots_per_domain=1),
-        replicas=Replicas(max_replicas=1, cpus_per_replica=0.2, ingress_cpus=0.05),
-    )
-    serve.run(build_app(cfg.model_dump()), name="adabn", route_prefix="/adabn")
-    try:
-        url = f"{served}/adabn/v1/domains/fog"
-        assert httpx.post(f"{url}/adabn-snapshot").status_code == 409  # nothing seen yet
-        dark = io.BytesIO()
-        Image.fromarray(np.random.default_rng(1).integers(0, 40, (32, 48, 3), dtype=np.uint8)).save(dark, "PNG")
-        for _ in range(5):
-            assert httpx.post(f"{url}/segment", content=dark.getvalue(), timeout=60).status_code == 200
-        typo = httpx.post(f"{url}/adabn-snapshot?promote=true", timeout=60)  # a parameter the route does not take
-        assert typo.status_code == 400 and typo.json()["error"] == "unknown query parameter", typo.text
-        snap = httpx.post(f"{url}/adabn-snapshot", timeout=60)
-        assert snap.status_code == 200, snap.text
-        assert snap.json()["images"] == 5 and snap.json()["version"] == 2 and snap.json()["promoted"] is False
-        more = [httpx.post(f"{url}/adabn-snapshot", timeout=60).json() for _ in range(2)]
-        assert [m["version"] for m in more] == [3, 4] and [m["pruned"] for m in more] == [[], [2]]  # cap: 1 spare
-    finally:
-        serve.delete("adabn")
-    entry = reg.get_entry("fog", 4)
-    assert entry.manifest.lineage.method == "adabn_online" and entry.manifest.lineage.target_labels == 0
-    assert reg.aliases("fog") == {"production": 1, "candidate": 4}  # a snapshot is a candidate, never production
-    assert reg.versions("fog") == [1, 3, 4]  # the oldest spare snapshot went; production never does
-    assert entry.manifest.metrics == {}  # its own metrics (none measured), not its parent's
-    assert reg.history("fog")[-1]["decision"]["reason"].startswith("no held-back score")
-    before, after = reg.load_state(reg.get_entry("fog", 1)), reg.load_state(entry)
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all("running_" in k or "num_batches" in k for k in changed)  # statistics only
-    assert entry.manifest.bytes < reg.get_entry("base", 1).manifest.bytes / 2  # stored as a small delta
 
 
 # ---------------------------------------------------------------- the closed loop's service side
@@ -607,7 +602,8 @@ def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_serv
 # ---------------------------------------------------------------- admin routes, hostile inputs, metrics
 @pytest.fixture(scope="module")
 def admin_served(served, tmp_path_factory):
-    """A token-guarded app: fog@1 production, fog@2 a candidate."""
+    """A token-guarded app with online AdaBN: fog@1 production, fog@2 a candidate; dusk@1 a real
+    (BatchNorm) model stored on base@1."""
     from ray import serve
 
     from raysegment.serving.app import build_app
@@ -621,12 +617,17 @@ def admin_served(served, tmp_path_factory):
     reg.promote("fog", 1)
     reg.register("fog", constant_model(2), META, {"val_miou": 0.7}, parent="fog@1", lineage={"method": "adabn"})
     reg.promote("fog", 2, "candidate")
+    torch.manual_seed(0)
+    model = build_segmenter(META.model, 4).eval()
+    reg.register("base", model, META)
+    reg.register("dusk", model, META, {"val_miou": 0.5}, parent="base@1")
+    reg.promote("dusk", 1)
     cfg = ServeConfig(
         registry=str(root),
         token_file=str(tokens),
         resolve_ttl_s=0.0,
         replicas=Replicas(max_replicas=1, cpus_per_replica=0.1, ingress_cpus=0.05),
-        online=Online(adabn=True),
+        online=Online(adabn=True, momentum=0.5, max_snapshots_per_domain=1),
     )
     serve.run(build_app(cfg.model_dump()), name="admin", route_prefix="/admin")
     bearer = lambda token: {"authorization": f"Bearer {token}"}  # noqa: E731
@@ -684,6 +685,33 @@ def test_admin_routes_need_the_admin_role_and_go_through_the_policy(admin_served
     assert page["total"] >= 4 and len(page["records"]) == 2 and page["records"][0]["rollback"]["by"] == "ops"
     older = httpx.get(f"{url}/v1/domains/fog/history?offset=2&limit=2", headers=read).json()
     assert older["records"][0] != page["records"][0]
+
+
+def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(admin_served):
+    url, admin, root = f"{admin_served['url']}/v1/domains/dusk", admin_served["admin"], admin_served["root"]
+    assert httpx.post(f"{url}/adabn-snapshot", headers=admin).status_code == 409  # nothing seen yet
+    dark = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 40, (32, 48, 3), dtype=np.uint8)).save(dark, "PNG")
+    for _ in range(5):
+        assert httpx.post(f"{url}/segment", content=dark.getvalue(), headers=admin, timeout=60).status_code == 200
+    typo = httpx.post(f"{url}/adabn-snapshot?promote=true", headers=admin, timeout=60)  # a parameter it does not take
+    assert typo.status_code == 400 and typo.json()["error"] == "unknown query parameter", typo.text
+    snap = httpx.post(f"{url}/adabn-snapshot", headers=admin, timeout=60)
+    assert snap.status_code == 200, snap.text
+    assert snap.json()["images"] == 5 and snap.json()["version"] == 2 and snap.json()["promoted"] is False
+    more = [httpx.post(f"{url}/adabn-snapshot", headers=admin, timeout=60).json() for _ in range(2)]
+    assert [m["version"] for m in more] == [3, 4] and [m["pruned"] for m in more] == [[], [2]]  # cap: 1 spare
+    reg = Registry(root)
+    entry = reg.get_entry("dusk", 4)
+    assert entry.manifest.lineage.method == "adabn_online" and entry.manifest.lineage.target_labels == 0
+    assert reg.aliases("dusk") == {"production": 1, "candidate": 4}  # a snapshot is a candidate, never production
+    assert reg.versions("dusk") == [1, 3, 4]  # the oldest spare snapshot went; production never does
+    assert entry.manifest.metrics == {}  # its own metrics (none measured), not its parent's
+    assert reg.history("dusk")[-1]["decision"]["reason"].startswith("no held-back score")
+    before, after = reg.load_state(reg.get_entry("dusk", 1)), reg.load_state(entry)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("running_" in k or "num_batches" in k for k in changed)  # statistics only
+    assert entry.manifest.bytes < reg.get_entry("base", 1).manifest.bytes / 2  # stored as a small delta
 
 
 @pytest.mark.parametrize(
@@ -804,48 +832,3 @@ def test_operators_find_request_rejection_and_routing_metrics_on_the_nodes(serve
     assert found == set(wanted), f"missing {set(wanted) - found}"
     requests = [line for line in scrape().splitlines() if wanted["requests"](line)]
     assert any('deployment="Gateway"' in line and 'application="raysegment"' in line for line in requests), requests
-
-
-def test_onnx_runtime_answers_like_torch_over_http_and_a_version_without_an_export_falls_back(
-    served, tmp_path, synth_root, source_model_dir
-):
-    """One app with `runtime: onnxruntime` over a registry where fog@1 has an ONNX export and night@1,
-    the same weights, has none: fog is answered by ONNX Runtime, night by the torch runtime (the
-    fallback, said in /v1/domains and `x-runtime`), and the two masks agree on >= 99.9% of pixels."""
-    from ray import serve
-
-    from raysegment.apps.export import export_version
-    from raysegment.models import load_model
-    from raysegment.serving.app import build_app
-
-    reg = Registry(tmp_path / "registry")
-    model, meta = load_model(source_model_dir)
-    config = {"data": {"root": str(synth_root), "domain": "fog"}, "model": meta.model.model_dump(mode="json")}
-    reg.register("fog", model, meta, config=config)
-    reg.register("night", model, meta, parent="fog@1")
-    for domain in ("fog", "night"):
-        reg.promote(domain, 1)
-    export_version(reg, "fog@1", say=lambda line: None)
-    replicas = Replicas(topology="fused", cpus_per_replica=0.25, runtime="onnxruntime")
-    cfg = ServeConfig(registry=str(tmp_path / "registry"), auth="none", replicas=replicas)
-    serve.run(build_app(cfg.model_dump()), name="onnxruntime", route_prefix="/onnxruntime")
-    try:
-        url = f"{served}/onnxruntime/v1/domains"
-        images = sorted((synth_root / "fog" / "images").glob("*.png"))[:6]
-        same = total = 0
-        for path in images:
-            masks = []
-            for domain, runtime in (("fog", "onnxruntime"), ("night", "torch")):
-                r = httpx.post(f"{url}/{domain}/segment", content=path.read_bytes(), timeout=60)
-                assert r.status_code == 200, r.text
-                assert r.headers["x-runtime"] == runtime
-                masks.append(np.asarray(Image.open(io.BytesIO(r.content))))
-            same, total = same + int((masks[0] == masks[1]).sum()), total + masks[0].size
-        assert same / total >= 0.999 and len(np.unique(masks[0])) > 1  # a real model: more than one class
-        listed = httpx.get(url).json()["domains"]
-        assert listed["fog"]["runtime"] == "onnxruntime"
-        assert listed["night"]["runtime"] == "torch (no ONNX export of this version)"
-        # The torch runtime (the `served` app's default) never claims an export it does not use.
-        assert httpx.get(f"{served}/v1/domains").json()["domains"]["fog"]["runtime"] == "torch"
-    finally:
-        serve.delete("onnxruntime")

@@ -151,6 +151,7 @@ def build_app(args: dict) -> serve.Application:
         },
         "max_queued_requests": cfg.limits.max_queued_requests,
         "ray_actor_options": {"num_cpus": r.cpus_per_replica, "num_gpus": r.gpus_per_replica},
+        "graceful_shutdown_wait_loop_s": r.drain_poll_s,
     }
     if r.topology == "fused":  # its requests are in flight while their uploads are read, too
         service = serve.deployment(
@@ -164,6 +165,7 @@ def build_app(args: dict) -> serve.Application:
         name="Gateway",
         num_replicas=r.ingress_replicas,
         ray_actor_options={"num_cpus": r.ingress_cpus},
+        graceful_shutdown_wait_loop_s=r.drain_poll_s,
         max_ongoing_requests=256,
         max_queued_requests=cfg.limits.max_queued_requests,
     )(Gateway)

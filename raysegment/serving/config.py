@@ -87,6 +87,11 @@ class Replicas(_Section):
     ingress_replicas: PositiveInt = Field(
         1, description="Gateway replicas (split): they decode uploads, so a fast model replica (a GPU) needs several"
     )
+    drain_poll_s: PositiveFloat = Field(
+        0.2,
+        description="how often a stopping replica checks that its requests have finished (Serve's "
+        "graceful_shutdown_wait_loop_s, 2 s by default: every scale-down, redeploy and delete waits at least that)",
+    )
 
 
 class Online(_Section):
