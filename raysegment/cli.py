@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from raysegment.config import RunConfig, deep_merge
 from raysegment.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -29,15 +30,33 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from raysegment.config import load_config
-    from raysegment.engine.adapt import adapt
-    from raysegment.models import save_model
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """`raysegment train`'s run: the YAML config, or the embedded defaults around --data (an
+    EfficientNet-Lite0 FPN from the ImageNet weights installed with raysegment); --set on top."""
+    from raysegment.config import load_config, parse_config
 
     overrides = _parse_overrides(args.set)
     if args.unlabelled:
         overrides.setdefault("data", {})["unlabelled"] = True
-    cfg = load_config(args.config, overrides)
+    if args.config:
+        return load_config(args.config, overrides)
+    if not args.data:
+        raise ConfigError("raysegment train needs --data ROOT (embedded defaults) or --config RUN.yaml")
+    base = {
+        "data": {"root": args.data, "domain": args.domain}
+        | ({"resize": {"short_side": args.short_side}} if args.short_side else {}),
+        "model": {"pretrained": {"source": "imagenet"}},
+        "optim": {"epochs": args.epochs},
+        "output_dir": args.out,
+    }
+    return parse_config(deep_merge(base, overrides), "raysegment train")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raysegment.engine.adapt import adapt
+    from raysegment.models import save_model
+
+    cfg = train_config(args)
     result = adapt(cfg, resume=not args.restart)
     metrics = {k: v for k, v in result.scores.items() if isinstance(v, (int, float))}
     final = save_model(
@@ -63,6 +82,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     resize = None
     if args.short_side or args.scale:
         resize = ResizeConfig(short_side=args.short_side, scale=args.scale)
+    ship = None
+    if args.registry:
+        from raysegment.apps.ship import ship_pick
+        from raysegment.models.io import read_meta
+        from raysegment.registry import Registry
+
+        registry, source, meta = Registry(args.registry), Path(args.source).resolve(), read_meta(args.source)
+        evidence = (Path(args.out) / "results.json").resolve()
+
+        def ship(run):  # noqa: ANN001, ANN202 (a TargetRun)
+            return ship_pick(registry, run, source, meta, evidence)
+
     reports = run_study(
         args.source,
         args.data,
@@ -83,9 +114,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         canary=args.canary,
         target_short_sides=args.target_short_sides,
         registry=args.registry,
+        ship=ship,
     )
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
+    if args.registry:
+        print(f"registered in {args.registry}: `raysegment registry ls --registry {args.registry}` lists them")
     return 0
 
 
@@ -181,11 +215,9 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import time
-
     from raysegment.registry import Registry
     from raysegment.serving.config import Replicas, ServeConfig
-    from raysegment.serving.startup import start_serving
+    from raysegment.serving.startup import serve_until_stopped, start_serving
 
     auth = "token" if args.token_file else "none"
     replicas = Replicas(max_replicas=args.max_replicas, **({"topology": args.topology} if args.topology else {}))
@@ -196,20 +228,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bind_host=args.host,
         replicas=replicas,
     )
-    start_serving(cfg, args.host, args.port, args.start_timeout, log=lambda line: print(line, file=sys.stderr))
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    owns_ray = start_serving(cfg, args.host, args.port, args.start_timeout, log=say)
     url = f"http://{args.host}:{args.port}"
     print(
         f"serving {len(Registry(cfg.registry).domains())} domains on {url} (console at {url}/ui, API docs at "
         f"{url}/docs; auth: {cfg.auth}); Ctrl-C stops",
         flush=True,
     )
-    from ray import serve
-
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
+    serve_until_stopped(owns_ray, log=say)
+    print("stopped", flush=True)
     return 0
 
 
@@ -229,6 +257,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from raysegment.registry import Registry
 
     reg = Registry(args.registry)
+    if args.action == "add":
+        return registry_add(reg, args)
     if args.action == "ls":
         for row in reg.list():
             base = f" base={row['base']['domain']}@{row['base']['version']}" if row["base"] else ""
@@ -266,6 +296,34 @@ def cmd_registry(args: argparse.Namespace) -> int:
     else:
         reg.remove(entry.domain, entry.version)
         print(f"removed {entry.ref}")
+    return 0
+
+
+def registry_add(reg, args: argparse.Namespace) -> int:  # noqa: ANN001 (a Registry)
+    """`raysegment registry add MODEL_DIR --domain D`: register, then judge against production (or
+    only `candidate`, with `--alias candidate`)."""
+    import getpass
+
+    from raysegment.intake import register_folder
+    from raysegment.promotion import CANDIDATE, promote_version
+
+    if not args.ref or not args.domain:
+        raise ConfigError("raysegment registry add needs MODEL_DIR and --domain DOMAIN")
+    if args.alias not in ("production", CANDIDATE):
+        raise ConfigError(f"registry add: --alias is production (judged) or {CANDIDATE} (not judged)")
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    version = register_folder(reg, args.ref, args.domain, args.data, args.layout, log=say)
+    ref = f"{args.domain}@{version}"
+    if args.alias == CANDIDATE:
+        reg.promote(args.domain, version, CANDIDATE, record={"added": {"by": args.by or getpass.getuser()}})
+        print(f"{ref} registered as {CANDIDATE} (not judged)")
+        return 0
+    decision = promote_version(reg, ref)
+    alias = "production" if decision.promoted else CANDIDATE
+    print(
+        f"{ref} registered, now {alias}: {decision.reason}"
+        + (f" (against {decision.incumbent})" if decision.incumbent else "")
+    )
     return 0
 
 
@@ -398,7 +456,12 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train or adapt one model (config adapt.method) in this process from a YAML config"
     )
-    p.add_argument("--config", required=True, help="YAML RunConfig (data, model, optim, augment, eval)")
+    p.add_argument("--config", help="YAML RunConfig (data, model, optim, augment, eval); or the defaults below")
+    p.add_argument("--data", help="dataset root (without --config: embedded defaults, ImageNet-initialised)")
+    p.add_argument("--domain", default="clear", help="with --data: the domain to train on")
+    p.add_argument("--out", default="runs/source", help="with --data: output folder (the model lands in OUT/model)")
+    p.add_argument("--epochs", type=int, default=20, help="with --data: training epochs")
+    p.add_argument("--short-side", type=int, help="with --data: working scale (short side in pixels)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints instead of resuming")
     p.add_argument(
@@ -429,9 +492,17 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset root holding the source and target domains")
     p.add_argument("--source-domain", required=True)
     p.add_argument(
-        "--targets", nargs="+", required=True, help="target domains; traffic:DOMAIN reads what the service captured"
+        "--targets",
+        nargs="+",
+        required=True,
+        help="target domains of --data, plain folders of unlabelled images (any file names), or traffic:DOMAIN "
+        "(what the service captured)",
     )
-    registry_option(p)
+    p.add_argument(
+        "--registry",
+        default=os.environ.get(REGISTRY_ENV),
+        help=f"register each target's judge's pick here, through the promotion policy (default: ${REGISTRY_ENV})",
+    )
     p.add_argument("--methods", nargs="+", default=list(LABEL_FREE_METHODS), choices=list(LABEL_FREE_METHODS))
     p.add_argument("--shots", nargs="*", type=int, default=[1, 5, 10], help="few-shot label counts")
     p.add_argument("--no-oracle", action="store_true", help="skip the all-labels fine-tune")
@@ -483,6 +554,7 @@ def add_jobs(sub: argparse._SubParsersAction) -> None:
 
 def add_operations(sub: argparse._SubParsersAction) -> None:
     """The registry, its traffic and the closed loop."""
+    from raysegment.config import LAYOUTS
     p = sub.add_parser(
         "loop", help="adapt a domain's production model to its captured traffic, shadow it, promote or retire"
     )
@@ -497,9 +569,14 @@ def add_operations(sub: argparse._SubParsersAction) -> None:
     registry_option(p)
     p.add_argument("--older-than", type=float, metavar="SECONDS", help="purge: only images older than this")
     p.set_defaults(func=cmd_traffic)
-    p = sub.add_parser("registry", help="list, show, promote (judged), roll back or remove registered domain models")
-    p.add_argument("action", choices=["ls", "show", "promote", "rollback", "history", "rm"])
-    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS (rollback, history: DOMAIN)")
+    p = sub.add_parser(
+        "registry", help="add a model folder, list, show, promote (judged), roll back or remove domain models"
+    )
+    p.add_argument("action", choices=["add", "ls", "show", "promote", "rollback", "history", "rm"])
+    p.add_argument("ref", nargs="?", help="DOMAIN@VERSION or DOMAIN@ALIAS (rollback, history: DOMAIN; add: MODEL_DIR)")
+    p.add_argument("--domain", help="add: the domain the model serves")
+    p.add_argument("--data", help="add: dataset root holding --domain; its val images judge the model")
+    p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS), help="add: --data's")
     registry_option(p)
     p.add_argument(
         "--alias", default="production", help="production goes through the promotion policy; other aliases just move"

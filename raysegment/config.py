@@ -94,10 +94,17 @@ class DataConfig(_Strict):
 class PretrainedConfig(_Strict):
     """Where backbone (or whole-model) weights come from."""
 
-    source: Literal["none", "timm", "file", "checkpoint"] = "none"
+    source: Literal["none", "imagenet", "timm", "file", "checkpoint"] = Field(
+        "none",
+        description="imagenet: the ImageNet EfficientNet-Lite0 weights installed with raysegment (offline; "
+        "backbone efficientnet_lite0 only); timm: the hub; file: a .safetensors; checkpoint: a model folder",
+    )
     uri: str | None = Field(
         None, description="file/URI for 'file' (safetensors) or a checkpoint folder for 'checkpoint'"
     )
+
+
+BUNDLED_BACKBONE = "efficientnet_lite0"  # the backbone whose ImageNet weights ship with raysegment
 
 
 class ModelConfig(_Strict):
@@ -106,6 +113,15 @@ class ModelConfig(_Strict):
     decoder_channels: PositiveInt = 64
     pretrained: PretrainedConfig = PretrainedConfig()
     freeze_depth: NonNegativeInt = Field(0, description="backbone stages kept frozen, counted from the stem")
+
+    @model_validator(mode="after")
+    def _imagenet_weights_fit(self) -> ModelConfig:
+        if self.pretrained.source == "imagenet" and self.backbone != BUNDLED_BACKBONE:
+            raise ValueError(
+                f"pretrained.source=imagenet ships for backbone {BUNDLED_BACKBONE} only; for {self.backbone} "
+                "import weights with `raysegment weights import` and set pretrained.source=file"
+            )
+        return self
 
     def without_pretrained(self) -> ModelConfig:
         """The same architecture with no weights to fetch: for rebuilding a model whose own

@@ -11,7 +11,7 @@ LAYERS = [
     {"models"},
     {"engine"},
     {"export"},
-    {"registry", "manifest", "weights_cache", "traffic", "artifacts"},
+    {"registry", "manifest", "weights_cache", "traffic", "artifacts", "intake"},
     {"promotion"},
     {"distributed"},
     {"serving"},
@@ -34,6 +34,7 @@ RAY_FREE = {
     "manifest",
     "weights_cache",
     "traffic",
+    "intake",
     "promotion",
 }
 

@@ -19,6 +19,7 @@ from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.signature import version_signatures
 from raysegment.errors import RaySegmentError
+from raysegment.intake import register_source
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, Decision, promote_if_better
 from raysegment.registry import Registry
@@ -46,28 +47,9 @@ def source_model_dir(spec: TuneJob, registry: Registry, storage: Path, log=print
         folder = storage / "source_model"
         save_model(folder, model, meta)
         return folder, entry.ref
-    folder, d = Path(spec.source), spec.run.data
-    for entry in registry.entries(d.domain):
-        if entry.manifest.lineage.source_path == str(folder):
-            return folder, entry.ref
-    model, meta = load_model(folder)
-    try:
-        images = open_split(d.root, d.domain, d.train_split, d.layout, unlabelled=True)
-    except RaySegmentError as exc:
-        log(f"[tune] source {d.domain}: registered without drift/routing signatures: {exc}")
-        signatures = None
-    else:
-        signatures = version_signatures(model, images, meta.resize)
-    version = registry.register(
-        d.domain,
-        model,
-        meta,
-        meta.metrics,
-        meta.model.model_dump(mode="json"),
-        lineage={"source_path": str(folder), "method": "source"},
-        signatures=signatures,
-    )
-    return folder, f"{d.domain}@{version}"
+    d = spec.run.data
+    ref = register_source(registry, spec.source, d.root, d.domain, d.layout, d.train_split, log)
+    return Path(spec.source), ref
 
 
 def register_winner(

@@ -87,6 +87,17 @@ def create_encoder(cfg: ModelConfig) -> nn.Module:
     try:
         if source == "timm":
             return _create_from_hub(cfg.backbone)
+        if source == "imagenet":
+            from raysegment.models.weights_import import imagenet_efficientnet_lite0
+
+            logging.getLogger("timm.models._builder").setLevel(logging.ERROR)  # the dropped classifier
+
+            return timm.create_model(
+                cfg.backbone,
+                features_only=True,
+                pretrained=True,
+                pretrained_cfg_overlay=dict(file=str(imagenet_efficientnet_lite0())),
+            )
         if source == "file":
             if not uri:
                 raise WeightsError("pretrained.source=file needs pretrained.uri (a .safetensors file or URI)")

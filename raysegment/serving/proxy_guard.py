@@ -15,7 +15,9 @@ from typing import Any
 from starlette.middleware import Middleware
 
 PROXY_MAX_BODY_ENV = "RAYSEGMENT_PROXY_MAX_BODY_BYTES"
-DEFAULT_MAX_BODY = 10 * 1024 * 1024 + 64 * 1024  # the serve default's image limit and room for a form
+DEFAULT_MAX_BODY = (
+    10 * 1024 * 1024
+)  # the serve default's image limit: every body the API takes is a raw image or small JSON
 
 
 class DeclaredLengthGuard:

@@ -1,0 +1,111 @@
+"""What `raysegment compare --registry` ships: each target's judge's pick, registered as a version of
+the target's domain and handed to the one promotion policy.
+
+The source model is registered once under its own domain; the pick is stored as a delta on it,
+with the study's evidence (every label-free candidate's score and why the pick won) in its
+lineage, and a run config whose data section names the target's images, so the policy and later
+promotions score it on the same held-back images. With no production model for the domain, the
+pick must beat the model it was adapted from (the source) by the study's judge; with one, it must
+beat production, both scored on the pick's held-back images (`promotion.held_back_scores`).
+A pick that is the unadapted source itself therefore stays `candidate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysegment.apps.study import RESCALED, SOURCE, TargetRun
+from raysegment.config import METHODS, Judge, RunConfig
+from raysegment.data import open_split
+from raysegment.engine.signature import version_signatures
+from raysegment.intake import register_source
+from raysegment.models import ModelMeta
+from raysegment.promotion import PRODUCTION, Decision, held_back_scores, promote_if_better
+from raysegment.registry import Registry
+
+
+def pick_config(run: TargetRun, method: str, judge: Judge, resize: Any) -> RunConfig:
+    """The pick's run config: the target's study config at the pick's scale, judged by `judge`."""
+    base = run.study.base
+    labelled_method = method not in METHODS or method == "finetune"
+    method = method if method in METHODS else "finetune"  # the unadapted source: nothing was trained
+    return base.model_copy(
+        update={
+            "data": base.data.model_copy(
+                update={"domain": run.domain, "resize": resize, "unlabelled": not labelled_method}
+            ),
+            "adapt": base.adapt.model_copy(update={"method": method, "judge": judge}),
+        }
+    )
+
+
+def method_of(run: TargetRun, candidate: str) -> str:
+    """The adaptation method behind a study candidate (`source` for the unadapted model)."""
+    if candidate in (SOURCE, RESCALED):
+        return "source"
+    return next(method for name, method, _ in run.study.label_free if name == candidate)
+
+
+def ship_pick(
+    registry: Registry,
+    run: TargetRun,
+    source_folder: Path,
+    meta: ModelMeta,
+    evidence: Path,
+    log: Callable[[str], Any] = print,
+) -> Decision:
+    """Register `run`'s judge's pick under its target domain and apply the promotion policy."""
+    report, base = run.report, run.study.base
+    source_data = base.adapt.source_root or base.data.root
+    source_layout = base.adapt.source_layout or base.data.layout
+    source_domain = base.adapt.source_domain or ""
+    source_ref = register_source(registry, source_folder, source_data, source_domain, source_layout, log=log)
+    pick = report.proxy_choice
+    candidate = next(c for c in run.judged if c.name == pick)
+    judge: Judge = "labels" if report.canary_miou else "proxy"
+    scores = report.canary_miou or {c: p["score"] for c, p in report.proxy.items()}
+    method = method_of(run, pick)
+    cfg = pick_config(run, method, judge, candidate.resize)
+    d = cfg.data
+    train_images = open_split(d.root, run.domain, d.train_split, d.layout, unlabelled=True)
+    version = registry.register(
+        run.domain,
+        candidate.model,
+        meta.model_copy(update={"resize": candidate.resize, "metrics": {}}),
+        {"score": scores[pick], "source_score": scores[SOURCE]},
+        cfg.model_dump(mode="json"),
+        parent=source_ref,
+        lineage={
+            "method": method,
+            "target_labels": 0,
+            "judge": judge,
+            "study": str(evidence),
+            "study_candidate": pick,
+            "study_scores": scores,
+            "study_reason": report.proxy_reason,
+        },
+        signatures=version_signatures(candidate.model, train_images, candidate.resize, (source_ref, _source(run))),
+    )
+    why = f"study {evidence}: {report.proxy_reason}"
+    if registry.aliases(run.domain).get(PRODUCTION) is None:
+        decision = promote_if_better(
+            registry, run.domain, version, scores[pick], scores[SOURCE], judge, source_ref, evidence=why
+        )
+    else:
+        score, incumbent_score, judge_name, incumbent = held_back_scores(
+            registry, registry.get_entry(run.domain, version)
+        )
+        decision = promote_if_better(
+            registry, run.domain, version, score, incumbent_score, judge_name, incumbent, evidence=why
+        )
+    alias = PRODUCTION if decision.promoted else "candidate"
+    log(f"[registry] {run.domain}@{version} ({pick}) is {alias}: {decision.reason}")
+    return decision
+
+
+def _source(run: TargetRun) -> torch.nn.Module:
+    return run.study.source_model
