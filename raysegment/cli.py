@@ -406,6 +406,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from raysegment.data.importers import import_dataset
+
+    counts = import_dataset(args.name, args.src, args.out)
+    print(f"{args.out}/{args.name}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A model folder (to --out) or a registry version (stored with it; --out also writes it), as
     ONNX; --quantize int8 registers the INT8 graph as a new version, judged against its parent."""
@@ -555,6 +563,7 @@ def add_jobs(sub: argparse._SubParsersAction) -> None:
 def add_operations(sub: argparse._SubParsersAction) -> None:
     """The registry, its traffic and the closed loop."""
     from raysegment.config import LAYOUTS
+
     p = sub.add_parser(
         "loop", help="adapt a domain's production model to its captured traffic, shadow it, promote or retire"
     )
@@ -655,7 +664,7 @@ def add_model_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def add_demo_and_data(sub: argparse._SubParsersAction) -> None:
-    from raysegment.config import LAYOUTS
+    from raysegment.config import LAYOUTS, PUBLIC_SETS
     from raysegment.config import SYNTH_DOMAINS as DOMAINS
 
     p = sub.add_parser("demo", help="the end-to-end demo on generated domains")
@@ -681,6 +690,11 @@ def add_demo_and_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("import", help="a public set's download (drive, chase, hrf, camvid) into raysegment's layout")
+    p.add_argument("name", choices=list(PUBLIC_SETS))
+    p.add_argument("src", help="the unpacked download (see `raysegment.data.importers` for where to get each)")
+    p.add_argument("out", help="dataset root to write domain NAME into (shared by sets with the same classes)")
+    p.set_defaults(func=cmd_data_import)
     p = data.add_parser("check", help="validate a dataset split (missing masks, sizes, labels)")
     p.add_argument("--root", required=True)
     p.add_argument("--domain", default="clear")

@@ -42,6 +42,7 @@ STUDY_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "self_training-cb": ("self_training", {"pseudo_class_portion": 0.5}),
     "self_training-mic": ("self_training", {"pseudo_class_portion": 0.5, "mask_ratio": 0.5}),
 }
+PUBLIC_SETS = ("drive", "chase", "hrf", "camvid")  # `raysegment data import`: data.importers.IMPORTERS
 SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
 
 
