@@ -1,10 +1,12 @@
-# The README's two commands: `make demo` and `make test`, each setting up .venv on a fresh clone.
+# The README's two commands: `make demo` and `make test`, each setting up what it needs on a bare
+# machine: .venv (pinned torch from the constraints file) and, for the tests, Debian's chromium,
+# which the console's browser tests drive through Playwright (Playwright's own download cannot work).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo lint test test-fast bench clean
+.PHONY: setup browser demo lint test test-fast bench clean
 CODE    := raysegment tests benchmarks jobs
 
 $(STAMP): pyproject.toml constraints.txt
@@ -15,6 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# apt as root, else through sudo; nothing to do where chromium is already installed.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (the console's browser tests need it)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: $(STAMP)
 	$(BIN)/raysegment demo --out demo_out
 
@@ -24,10 +33,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy raysegment
 
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900 --durations=40
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --timeout=600
 
 bench: $(STAMP)
