@@ -1,6 +1,6 @@
 """In-process forward throughput of the served model at batch 1 vs larger batches: the most
 dynamic batching (`@serve.batch`) can gain on this device. On a GPU batching pays; on 2 CPU cores
-it does not (../shared/STACK.md), which is why bench_serve compares against the best in-process figure.
+it does not (measured on this 2-core machine), which is why bench_serve compares against the best in-process figure.
 
     python benchmarks/bench_batching.py [--device cuda] [--height 352 --width 480]
 """

@@ -8,7 +8,7 @@ resolution) for static source-only, online AdaBN, online Tent, each with and wit
 the adapted model lost to it). Goal (issue 14): no round ends below static source-only.
 
     python benchmarks/bench_continual.py [--rounds 10] [--out bench_out/continual]
-    python benchmarks/bench_continual.py --retina ../shared/data/retina --retina-source runs/retina_source/model
+    python benchmarks/bench_continual.py --retina data/retina --retina-source runs/retina_source/model
 Synthetic: EfficientNet-Lite0 (ImageNet weights) + FPN trained on `clear` in this process.
 Retina: a DRIVE-trained source model (README: examples/retina_source.yaml); the stream cycles
 drive and chase test images. One process, no Ray; torch threads = 2.
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=16, help="images the guard scores at a time")
     p.add_argument("--momentum", type=float, default=0.1, help="online BatchNorm statistics momentum")
     p.add_argument("--tent-lr", type=float, default=1e-3)
-    p.add_argument("--retina", help="../shared/data/retina: also run the stream on DRIVE/CHASE")
+    p.add_argument("--retina", help="data/retina: also run the stream on DRIVE/CHASE")
     p.add_argument("--retina-source", help="a DRIVE-trained model folder")
     p.add_argument("--no-synthetic", action="store_true")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))

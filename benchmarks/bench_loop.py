@@ -6,7 +6,7 @@ timings, and test mIoU (labels) of production and of the loop's best candidate, 
 can be checked to be right and a refusal to be safe.
 
     python benchmarks/bench_loop.py [--targets fog night] [--source runs/bench_continual/source_model]
-    python benchmarks/bench_loop.py --retina ../shared/data/retina --retina-source runs/retina_source/model
+    python benchmarks/bench_loop.py --retina data/retina --retina-source runs/retina_source/model
 """
 
 from __future__ import annotations

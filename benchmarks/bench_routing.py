@@ -1,13 +1,13 @@
 """Automatic domain routing, offline: how often does the nearest domain signature name the domain
 an image came from? Confusion matrices on the synthetic domains and on the real retina shift
-(DRIVE vs CHASE_DB1, ../shared/data/retina), the per-image routing cost, and how well the distance
+(DRIVE vs CHASE_DB1, data/retina), the per-image routing cost, and how well the distance
 flags a domain that has no signature (each domain left out in turn: its images should be farther
 than the 95th percentile of in-domain distances).
 
 Signatures come from each domain's train split, routed images from its test split, all under one
 model: EfficientNet-Lite0 (ImageNet weights, the source model's initialisation) + FPN.
 
-    python benchmarks/bench_routing.py [--retina ../shared/data/retina] [--png routing.png]
+    python benchmarks/bench_routing.py [--retina data/retina] [--png routing.png]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def print_confusion(title: str, domains: list[str], confusion: np.ndarray, ms: f
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--retina", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "retina"))
+    parser.add_argument("--retina", default=str(Path(__file__).resolve().parents[1] / "data" / "retina"))
     parser.add_argument("--png", default=None, help="write both confusion matrices to this PNG")
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -8,7 +8,7 @@ trained on `clear`) and on CHASE_DB1 (a DRIVE-trained model; vessel IoU too), at
 Goals (issue 25, 2 CPU cores): ORT FP32 >= 1.5x eager at batch 1; INT8 >= 2x with <= 0.5 mIoU
 points lost on every synthetic target and on chase.
 
-    python benchmarks/bench_runtime.py [--retina ../shared/data/retina] [--out bench_out/runtime]
+    python benchmarks/bench_runtime.py [--retina data/retina] [--out bench_out/runtime]
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def accuracy(model_dir: Path, root: Path, targets: list[str], calibration: int) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--retina", help="../shared/data/retina: also measure on CHASE_DB1")
+    p.add_argument("--retina", help="data/retina: also measure on CHASE_DB1")
     p.add_argument("--retina-epochs", type=int, default=20)
     p.add_argument("--source-epochs", type=int, default=8)
     p.add_argument("--seconds", type=float, default=4.0, help="per speed measurement")

@@ -7,7 +7,7 @@ embedded 2-CPU Ray (0.5 CPU each, the rest for decode tasks): once with `data.ro
 folder (DataLoader in each rank), once with it in a bucket of moto's S3 server on 127.0.0.1 (Ray
 Data decode tasks). Prints a table and writes JSON with `--out`.
 
-    python benchmarks/ingest_retina.py [--retina ../shared/data/retina] [--methods tent self_training]
+    python benchmarks/ingest_retina.py [--retina data/retina] [--methods tent self_training]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def losses(cfg) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--retina", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/retina")
+    parser.add_argument("--retina", type=Path, default=Path(__file__).resolve().parents[1] / "data/retina")
     parser.add_argument("--methods", nargs="+", default=["tent", "self_training"])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--source-epochs", type=int, default=10)

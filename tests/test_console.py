@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, free_port
+from conftest import TINY_BACKBONE, free_port, retina_root
 from conftest import constant_model as answering
 from PIL import Image
 
@@ -48,7 +48,7 @@ def constant_model(cls: int) -> torch.nn.Module:
     return answering(META, cls)
 
 
-RETINA = Path(os.environ.get("RAYSEGMENT_RETINA", Path(__file__).resolve().parents[2] / "shared" / "data" / "retina"))
+RETINA = retina_root()
 
 
 def picture(width=240, height=230) -> bytes:

@@ -4,10 +4,9 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import TINY_BACKBONE
+from conftest import TINY_BACKBONE, retina_root
 from PIL import Image
 
 from raysegment.apps.study import TargetReport, format_table, run_study
@@ -98,23 +97,14 @@ def test_study_refuses_an_unknown_variant(odd_root, odd_source_dir, tmp_path):
         run_study(odd_source_dir, odd_root, "drive", ["chase"], variants=("nope",), out=tmp_path)
 
 
-def _retina_root() -> Path:
-    """The real DRIVE/CHASE set: $RAYSEGMENT_RETINA, else ../shared/data/retina beside the checkout or in /work."""
-    import os
-
-    candidates = [
-        os.environ.get("RAYSEGMENT_RETINA", ""),
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "retina",
-        Path("/work/shared/data/retina"),
-    ]
-    return next((Path(c) for c in candidates if c and (Path(c) / "dataset.json").is_file()), Path(candidates[1]))
-
-
-RETINA = _retina_root()
+RETINA = retina_root()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not RETINA.is_dir(), reason=f"the real retina data is not at {RETINA} on this machine")
+@pytest.mark.skipif(
+    not RETINA.is_dir(),
+    reason=f"no real retina data at {RETINA}: download DRIVE and CHASE_DB1 and lay them out with `raysegment data import` (README, Real data), or set RAYSEGMENT_RETINA",
+)
 def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
     """The real cross-scanner shift, end to end through the CLI at a small working scale: a source
     trained on DRIVE (565x584), every label-free method, 2-shot and the oracle on CHASE (999x960)."""

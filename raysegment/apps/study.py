@@ -292,6 +292,9 @@ class TargetRun:
 
     def run_labelled(self) -> None:
         s, d, quiet = self.study, self.study.base.data, (lambda line: None)
+        if s.unlabelled and (s.shots or s.oracle):
+            self.log(f"[adapt] {self.name:<8} no k-shot or oracle rows: the target is read without labels")
+            return
         train = None if s.unlabelled else open_split(d.root, self.domain, d.train_split, d.layout)
         available = train.labelled_count if train is not None else 0
         for k in [*s.shots, None] if s.oracle else list(s.shots):

@@ -1,0 +1,147 @@
+"""The README's path, as a newcomer walks it: its command block read from README.md (so the two
+cannot drift apart) and run by bash in a fresh folder with the installed `raysegment` entry point,
+an embedded Ray (no fixture cluster, no RAY_ADDRESS) and a fresh weights cache. What the user would
+check is checked: the model file is there, the pick is registered, the console loads in Chromium,
+and the server still answers minutes later. Then Ctrl-C, and nothing of it is left running.
+
+The first test runs the block and leaves the server up; the last test of the session (see
+`conftest.pytest_collection_modifyitems`) asks it again, at least `STAYS_UP_S` after it came up,
+then stops it. So the server lives through the whole suite instead of costing a wait of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port, marked_processes
+from PIL import Image
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARK = "<!-- readme-path:"
+STAYS_UP_S = 90.0  # the server died 60 s after "serving" when Ray was started in a helper thread
+FAST = {"raysegment train": "--epochs 2", "raysegment compare": "--epochs 1"}  # sizes only, same commands
+CHROMIUM = "/usr/bin/chromium"
+PATH_MARK = "RAYSEGMENT_README_PATH"
+
+
+def readme_block() -> list[str]:
+    """The command lines of the README's marked bash block."""
+    text = README.read_text()
+    assert MARK in text, "README.md lost its marked command block"
+    block = text.split(MARK, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+class Walk:
+    """The newcomer's folder, environment and (once started) server."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.mark = f"{PATH_MARK}={os.getpid()}-{time.time_ns()}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYSEGMENT_"))}
+        self.env = {**env, PATH_MARK: self.mark.split("=", 1)[1], "XDG_CACHE_HOME": str(folder / ".cache")}
+        self.env["RAYSEGMENT_TEST_SESSION"] = os.environ["RAYSEGMENT_TEST_SESSION"]
+        self.server: subprocess.Popen | None = None
+        self.url = ""
+        self.ready_at = 0.0
+        self.log = folder / "serve.log"
+
+
+@pytest.fixture(scope="session")
+def walk(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("newcomer")
+    (folder / ".venv").symlink_to(Path(sys.prefix))  # `source .venv/bin/activate`, as in a clone
+    walk = Walk(folder)
+    yield walk
+    if walk.server is not None and walk.server.poll() is None:  # the last test did not get to stop it
+        os.killpg(walk.server.pid, signal.SIGKILL)
+        walk.server.wait()
+
+
+def test_readme_path_trains_registers_and_serves(walk, browser_path=CHROMIUM):
+    lines = readme_block()
+    serve_line = next(line for line in lines if line.startswith("raysegment serve"))
+    setup = "\n".join(
+        f"{line} {FAST[key]}" if (key := next((k for k in FAST if line.startswith(k)), None)) else line
+        for line in lines
+        if line != serve_line
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", setup], cwd=walk.folder, env=walk.env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (walk.folder / "runs/source/model/model.safetensors").is_file()
+    assert (walk.folder / "adapt_out/adapt_miou.png").is_file()
+    registered = re.search(r"\[registry\] night_photos@1 \((\w+)\) is (production|candidate)", done.stdout)
+    assert registered, done.stdout[-3000:]
+
+    port = free_port()
+    with open(walk.log, "wb") as log:
+        walk.server = subprocess.Popen(
+            ["bash", "-c", f"source .venv/bin/activate && exec {serve_line} --port {port}"],
+            cwd=walk.folder,
+            env=walk.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: Ctrl-C below reaches it as a terminal's would
+        )
+    walk.url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while "serving 2 domains" not in walk.log.read_text(errors="replace"):
+        assert walk.server.poll() is None, walk.log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, walk.log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    walk.ready_at = time.monotonic()
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{walk.url}/ui")
+            row = page.wait_for_selector("tr[data-domain='night_photos']", timeout=60_000)
+            assert "night_photos" in row.inner_text()
+        finally:
+            browser.close()
+    assert_segments(walk)
+
+
+def assert_segments(walk: Walk) -> None:
+    image = (walk.folder / "night_photos").glob("*.png").__next__().read_bytes()
+    r = httpx.post(
+        f"{walk.url}/v1/domains/night_photos/segment",
+        content=image,
+        headers={"content-type": "image/png"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text[:500]
+    mask = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert mask.shape[:2] == (96, 160)  # the answer has the upload's size
+
+
+def test_readme_server_still_answers_minutes_later_and_ctrl_c_leaves_nothing(walk):
+    if walk.server is None:
+        pytest.skip("the README path's first test did not start the server (it failed or was deselected)")
+    wait = STAYS_UP_S - (time.monotonic() - walk.ready_at)
+    if wait > 0:
+        time.sleep(wait)
+    assert walk.server.poll() is None, walk.log.read_text(errors="replace")[-3000:]
+    assert_segments(walk)
+    os.killpg(walk.server.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+    assert walk.server.wait(timeout=120) == 0, walk.log.read_text(errors="replace")[-3000:]
+    deadline = time.monotonic() + 30
+    while (left := marked_processes(walk.mark)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left if Path(f"/proc/{pid}").exists()]
+    assert "stopped" in walk.log.read_text(errors="replace")
