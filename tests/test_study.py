@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -103,7 +104,8 @@ RETINA = retina_root()
 @pytest.mark.slow
 @pytest.mark.skipif(
     not RETINA.is_dir(),
-    reason=f"no real retina data at {RETINA}: download DRIVE and CHASE_DB1 and lay them out with `raysegment data import` (README, Real data), or set RAYSEGMENT_RETINA",
+    reason=f"no real retina data at {RETINA}: download DRIVE and CHASE_DB1 and lay them out with "
+    "`raysegment data import` (README, Real data), or set RAYSEGMENT_RETINA",
 )
 def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
     """The real cross-scanner shift, end to end through the CLI at a small working scale: a source
@@ -201,3 +203,58 @@ def test_compare_reads_a_domains_captured_traffic_in_place(cli, synth_root, sour
     assert not list(tmp_path.rglob("night_*.png")) and not list(tmp_path.rglob("0000*.png"))
     empty = cli(*common, "--targets", "traffic:fog", "--registry", registry, "--out", tmp_path / "x")
     assert empty.returncode == 2 and "traffic:fog: 0 captured images" in empty.stderr
+
+
+def test_a_candidate_above_the_oracle_gets_no_gap_share():
+    report = TargetReport(
+        "night",
+        True,
+        test_miou={"source-only": 0.4, "adabn": 0.79, "oracle": 0.66},
+        test_iou={c: {"a": 0.5, "b": 0.5} for c in ("source-only", "adabn", "oracle")},
+        proxy={
+            "source-only": {"score": 0.5, **dict.fromkeys(CRITERIA, 0.5)},
+            "adabn": {"score": 0.6, **dict.fromkeys(CRITERIA, 0.6)},
+        },
+        labels_used={"source-only": 0, "adabn": 0, "oracle": 28},
+    )
+    assert report.above_oracle == ["adabn"]
+    table = format_table([report])
+    assert "> oracle" in table and "no upper reference" in table
+    assert not re.search(r"\b(10[1-9]|1[1-9]\d|[2-9]\d\d)%", table), table  # no share above 100%
+
+
+def test_compare_registers_the_judges_pick_and_a_second_pick_must_beat_production(
+    cli, odd_root, odd_source_dir, tmp_path
+):
+    """A plain folder of images (any names, no masks) is the target; the pick is registered as a
+    delta on the source (registered once) and judged: against the source for a new domain, against
+    production the second time."""
+    import shutil
+
+    from raysegment.registry import Registry
+
+    photos = tmp_path / "ward 7 photos"
+    photos.mkdir()
+    for i, image in enumerate(sorted((odd_root / "chase" / "images").glob("*.png"))):
+        shutil.copy(image, photos / f"scan {i}.PNG")
+    registry = tmp_path / "registry"
+    args = ["compare", "--source", odd_source_dir, "--data", odd_root, "--source-domain", "drive"]
+    args += ["--targets", photos, "--methods", "adabn", "tent", "--epochs", "1", "--registry", registry]
+    first = cli(*args, "--out", tmp_path / "one")
+    assert first.returncode == 0, first.stderr
+    reg = Registry(registry)
+    assert sorted(reg.domains()) == ["drive", "ward-7-photos"]  # the folder's name, made a domain name
+    pick = reg.resolve("ward-7-photos@1")
+    assert pick.manifest.base.domain == "drive" and pick.manifest.lineage.target_labels == 0
+    assert pick.manifest.lineage.fact("study_candidate") in ("source-only", "adabn", "tent")
+    decision = next(r["decision"] for r in reg.history("ward-7-photos") if "decision" in r)
+    assert decision["incumbent"] == "drive@1" and "study" in decision["evidence"]
+    assert (tmp_path / "one" / "targets" / "ward-7-photos" / "splits.json").is_file()
+    assert not (tmp_path / "one" / "targets" / "ward-7-photos" / "masks").exists()
+
+    second = cli(*args, "--out", tmp_path / "two")
+    assert second.returncode == 0, second.stderr
+    assert reg.versions("drive") == [1]  # the source is registered once
+    decisions = [r["decision"] for r in reg.history("ward-7-photos") if "decision" in r]
+    if decisions[0]["promoted"]:  # the second pick faced production, scored on its held-back images
+        assert decisions[1]["incumbent"] == "ward-7-photos@1"

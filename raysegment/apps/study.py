@@ -35,7 +35,7 @@ from raysegment.config import (
     parse_config,
 )
 from raysegment.data import open_split
-from raysegment.data.folder import image_folder_domain, is_image_folder
+from raysegment.data.folder import domain_name, image_folder_domain, is_image_folder
 from raysegment.engine.adapt import adapt
 from raysegment.engine.criteria import (
     Candidate,
@@ -370,6 +370,8 @@ def run_study(
     for target in targets:
         with target_data(study, target, registry, meta) as (target_study, domain):
             run = TargetRun(target_study, domain, log, name=domain if is_image_folder(target) else target)
+            if is_image_folder(target):
+                log(f"[adapt] {target}: {len(run.val_images)} held-back images of domain {domain}, no labels read")
             run.record(SOURCE, source_model, 0, 0.0, label_free=True, scale=resize)
             run.run_label_free()
             run.run_labelled()
@@ -389,7 +391,7 @@ def target_domain(target: str) -> str:
     """The domain a target names: a dataset domain, `traffic:<domain>`, or a plain folder of images
     (its folder name)."""
     if is_image_folder(target):
-        return Path(target).resolve().name
+        return domain_name(target)
     return target.removeprefix(TRAFFIC_TARGET)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,15 @@ from raysegment.data.sources import IMAGE_SUFFIXES
 from raysegment.errors import DatasetError
 
 MIN_IMAGES = 2  # one to adapt on, one held back for the judge
+
+
+def domain_name(folder: str | Path) -> str:
+    """The domain a folder of images becomes: its name, with each run of characters a domain name
+    cannot hold (spaces, punctuation) as one '-' (`ward 7 photos` -> `ward-7-photos`)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(folder).resolve().name).strip("-.")[:64]
+    if not name:
+        raise DatasetError(f"cannot name a domain after folder {folder}: rename it (letters, digits, '_', '-')")
+    return name
 
 
 def folder_images(folder: str | Path) -> list[Path]:
