@@ -115,11 +115,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         target_short_sides=args.target_short_sides,
         registry=args.registry,
         ship=ship,
+        select=args.select,
     )
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
     if args.registry:
         print(f"registered in {args.registry}: `raysegment registry ls --registry {args.registry}` lists them")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from raysegment.apps.select import run_selection
+
+    if args.budget < 1:
+        raise ConfigError(f"--budget must be at least 1, got {args.budget}")
+    done = run_selection(args.model, args.images, args.budget, args.out, args.strategy, args.seed)
+    print(f"label these {done.selection.budget} first ({args.strategy}):")
+    for path in done.files[: done.selection.budget]:
+        print(f"  {path}")
+    print(f"ranking {done.listing}, contact sheet {done.sheet}, pre-labels (the model's masks) in {done.prelabels}/")
     return 0
 
 
@@ -491,7 +505,13 @@ def add_training(sub: argparse._SubParsersAction) -> None:
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
-    from raysegment.config import CRITERIA, LABEL_FREE_METHODS, LAYOUTS, STUDY_VARIANTS  # `--help`: no torch
+    from raysegment.config import (  # `--help`: no torch
+        CRITERIA,
+        LABEL_FREE_METHODS,
+        LAYOUTS,
+        SELECT_STRATEGIES,
+        STUDY_VARIANTS,
+    )
 
     p = sub.add_parser(
         "compare", aliases=["adapt"], help="compare adaptation methods per target domain: 0 labels, k labels, oracle"
@@ -513,6 +533,13 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--methods", nargs="+", default=list(LABEL_FREE_METHODS), choices=list(LABEL_FREE_METHODS))
     p.add_argument("--shots", nargs="*", type=int, default=[1, 5, 10], help="few-shot label counts")
+    p.add_argument(
+        "--select",
+        default="first",
+        choices=list(SELECT_STRATEGIES),
+        help="which k train images the k-shot rows label: active (uncertain and diverse, `raysegment select`), "
+        "random, or first (file order)",
+    )
     p.add_argument("--no-oracle", action="store_true", help="skip the all-labels fine-tune")
     p.add_argument("--epochs", type=int, default=8, help="self-training and fine-tuning epochs (tent: a quarter)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -545,6 +572,19 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="adapt_out")
     p.set_defaults(func=cmd_compare)
+
+
+def add_labelling(sub: argparse._SubParsersAction) -> None:
+    from raysegment.config import SELECT_STRATEGIES
+
+    p = sub.add_parser("select", help="which target images to label first (uncertain, diverse; rare classes count)")
+    p.add_argument("--model", required=True, help="model folder (the source model)")
+    p.add_argument("--images", required=True, help="folder of unlabelled target images (any file names)")
+    p.add_argument("--budget", type=int, required=True, help="how many images you can label")
+    p.add_argument("--strategy", default="active", choices=list(SELECT_STRATEGIES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="select_out")
+    p.set_defaults(func=cmd_select)
 
 
 def add_jobs(sub: argparse._SubParsersAction) -> None:
@@ -706,7 +746,16 @@ def add_demo_and_data(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysegment", description="Domain adaptation for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_training, add_compare, add_jobs, add_operations, add_serving, add_model_tools, add_demo_and_data):
+    for add in (
+        add_training,
+        add_compare,
+        add_labelling,
+        add_jobs,
+        add_operations,
+        add_serving,
+        add_model_tools,
+        add_demo_and_data,
+    ):
         add(sub)
     return parser
 

@@ -42,6 +42,8 @@ STUDY_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "self_training-cb": ("self_training", {"pseudo_class_portion": 0.5}),
     "self_training-mic": ("self_training", {"pseudo_class_portion": 0.5, "mask_ratio": 0.5}),
 }
+SelectStrategy = Literal["active", "random", "first"]  # engine.selection: which target images to label
+SELECT_STRATEGIES: tuple[str, ...] = get_args(SelectStrategy)
 PUBLIC_SETS = ("drive", "chase", "hrf", "camvid")  # `raysegment data import`: data.importers.IMPORTERS
 SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
 
@@ -79,6 +81,11 @@ class DataConfig(_Strict):
     val_split: str = "val"
     test_split: str = "test"
     labelled_limit: PositiveInt | None = Field(None, description="use only the first k labelled images (few-shot)")
+    labelled_images: list[str] | None = Field(
+        None,
+        description="stems of the train images whose labels are used (a selection, `raysegment select`); "
+        "labelled_limit then takes the first k of them",
+    )
     unlabelled: bool = Field(False, description="read the target domain as unlabelled even where masks exist")
     resize: ResizeConfig | None = Field(None, description="working scale of the model; None keeps the files' size")
     num_workers: NonNegativeInt | None = Field(
@@ -271,10 +278,19 @@ class RunConfig(_Strict):
     output_dir: str = "runs/default"
 
     @property
+    def semi_supervised(self) -> bool:
+        """Self-training with a few target labels (`data.labelled_limit` / `labelled_images`) beside
+        the pseudo-labelled rest of the target."""
+        d = self.data
+        return self.adapt.method == "self_training" and (d.labelled_limit is not None or d.labelled_images is not None)
+
+    @property
     def judge(self) -> Judge:
         """What scores this run on held-back target images: their labels (all of them, or the
-        `adapt.canary` first ones), or the unsupervised proxy."""
-        return self.adapt.judge or default_judge([self.adapt.method], canary=self.adapt.canary is not None)
+        `adapt.canary` first ones), or the unsupervised proxy. A run that learns from target labels
+        is judged by labels too."""
+        canary = self.adapt.canary is not None or self.semi_supervised
+        return self.adapt.judge or default_judge([self.adapt.method], canary=canary)
 
     @model_validator(mode="after")
     def _adaptation_needs_a_source_model(self) -> RunConfig:
@@ -288,6 +304,11 @@ class RunConfig(_Strict):
             raise ValueError("adapt.method=self_training trains on source labels too: set adapt.source_domain")
         if a.source_replay and not a.source_domain:
             raise ValueError("adapt.source_replay mixes in source batches: set adapt.source_domain")
+        if self.semi_supervised and self.data.unlabelled:
+            raise ValueError(
+                "data.labelled_limit / labelled_images give self_training target labels but data.unlabelled is "
+                "set; unset one of them"
+            )
         if a.method == "finetune" and self.data.unlabelled:
             raise ValueError(
                 "adapt.method=finetune needs target labels but data.unlabelled is set; "

@@ -52,6 +52,32 @@ def overlay_png(
     return _save(fig, path)
 
 
+def contact_sheet_png(
+    path: str | Path,
+    images: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    title: str = "",
+    alpha: float = 0.45,
+    columns: int = 4,
+) -> Path:
+    """A grid of images (3,H,W) with their masks (H,W) blended on, one title each."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.6 * rows + 0.4), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, mask, name in zip(axes.flat, images, masks, titles):
+        img = image.permute(1, 2, 0).cpu().numpy().astype(np.float32) / 255
+        blend = (1 - alpha) * img + alpha * colorize(mask, palette).astype(np.float32) / 255
+        ax.imshow(blend.clip(0, 1))
+        ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def bar_chart_png(
     path: str | Path,
     scores: Mapping[str, Mapping[str, float]],

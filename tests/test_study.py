@@ -258,3 +258,25 @@ def test_compare_registers_the_judges_pick_and_a_second_pick_must_beat_productio
     decisions = [r["decision"] for r in reg.history("ward-7-photos") if "decision" in r]
     if decisions[0]["promoted"]:  # the second pick faced production, scored on its held-back images
         assert decisions[1]["incumbent"] == "ward-7-photos@1"
+
+
+def test_k_shot_rows_label_the_selected_images_and_self_train_with_them(odd_root, odd_source_dir, tmp_path):
+    """`--select active`: the k-shot rows label the images the source model ranks first (recorded),
+    and with self-training among the methods each k also gets a row that self-trains with those k
+    labels beside the pseudo-labelled rest."""
+    (chase,) = run_study(
+        odd_source_dir,
+        odd_root,
+        "drive",
+        ["chase"],
+        methods=("self_training",),
+        shots=(1,),
+        oracle=False,
+        out=tmp_path,
+        epochs={"self_training": 1, "finetune": 1},
+        select="active",
+        log=lambda line: None,
+    )
+    assert sorted(chase.selected) == ["chase_00", "chase_01"]  # every labelled train image, ranked
+    assert {"1-shot", "1-shot self-training"} <= set(chase.test_miou)
+    assert chase.labels_used["1-shot self-training"] == 1 and chase.labels_used["self_training"] == 0

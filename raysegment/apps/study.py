@@ -32,6 +32,7 @@ from raysegment.config import (
     LoopConfig,
     ResizeConfig,
     RunConfig,
+    SelectStrategy,
     parse_config,
 )
 from raysegment.data import open_split
@@ -46,6 +47,7 @@ from raysegment.engine.criteria import (
 from raysegment.engine.evaluate import evaluate
 from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
+from raysegment.engine.selection import select_images
 from raysegment.errors import ConfigError
 from raysegment.models import ModelMeta, load_model
 from raysegment.traffic import TrafficStore
@@ -68,6 +70,7 @@ class TargetReport:
     criterion: str = "consistency"  # what the proxy judge picks by (proxy[c]["score"] is its score)
     canary_miou: dict[str, float] = field(default_factory=dict)  # candidate -> mIoU on k labelled val images
     scale: dict[str, float] = field(default_factory=dict)  # picked target short side, distance per side
+    selected: list[str] = field(default_factory=list)  # the train images the k-shot rows label, in order
 
     @property
     def above_oracle(self) -> list[str]:
@@ -167,6 +170,7 @@ def candidate_config(
     epochs: int,
     labelled: int | None = None,
     unlabelled: bool = False,
+    labelled_images: list[str] | None = None,
 ) -> RunConfig:
     """One candidate's run: typed copies of the base, never edited dicts. Every fine-tune (k-shot and
     the oracle, which has every label) uses the few-shot recipe: source replay, a slower backbone."""
@@ -174,7 +178,12 @@ def candidate_config(
     return base.model_copy(
         update={
             "data": base.data.model_copy(
-                update={"domain": domain, "labelled_limit": labelled, "unlabelled": unlabelled and method != "finetune"}
+                update={
+                    "domain": domain,
+                    "labelled_limit": labelled,
+                    "labelled_images": labelled_images,
+                    "unlabelled": unlabelled and method != "finetune",
+                }
             ),
             "optim": base.optim.model_copy(update={"epochs": epochs, "backbone_lr_scale": 0.1 if few_shot else 1.0}),
             "adapt": base.adapt.model_copy(update={"method": method, "source_replay": few_shot}),
@@ -209,6 +218,7 @@ class Study:
     variants: tuple[str, ...]
     canary: int
     target_short_sides: list[int] | None
+    select: SelectStrategy = "first"  # which k train images the k-shot rows label (engine.selection)
 
     @property
     def label_free(self) -> list[tuple[str, str, dict[str, float]]]:
@@ -297,6 +307,8 @@ class TargetRun:
             return
         train = None if s.unlabelled else open_split(d.root, self.domain, d.train_split, d.layout)
         available = train.labelled_count if train is not None else 0
+        order = self.label_order(train) if train is not None and available and s.shots else None
+        semi = "self_training" in s.methods
         for k in [*s.shots, None] if s.oracle else list(s.shots):
             name = "oracle" if k is None else f"{k}-shot"
             if available == 0 or not self.val_labelled or (k is not None and k > available):
@@ -305,14 +317,29 @@ class TargetRun:
                     f"labelled val images ({available} labelled train images)"
                 )
                 continue
-            start = time.perf_counter()
-            runs = s.out / "runs" / self.name.replace(":", "_") / name.replace("-", "_")
-            cfg = candidate_config(
-                s.base, self.domain, runs, "finetune", s.epochs["oracle" if k is None else "finetune"], labelled=k
-            )
-            result = adapt(cfg, resume=False, progress=False, log=quiet)
-            seconds = time.perf_counter() - start
-            self.record(name, result.model, k or available, seconds, label_free=False, scale=d.resize)
+            chosen = order[:k] if order is not None and k is not None else None
+            rows = [(name, "finetune", s.epochs["oracle" if k is None else "finetune"])]
+            if semi and k is not None:  # the k labels beside the pseudo-labelled rest of the target
+                rows.append((f"{k}-shot self-training", "self_training", s.epochs["self_training"]))
+            for row, method, epochs in rows:
+                start = time.perf_counter()
+                runs = s.out / "runs" / self.name.replace(":", "_") / row.replace("-", "_").replace(" ", "_")
+                cfg = candidate_config(s.base, self.domain, runs, method, epochs, labelled=k, labelled_images=chosen)
+                result = adapt(cfg, resume=False, progress=False, log=quiet)
+                seconds = time.perf_counter() - start
+                self.record(row, result.model, k or available, seconds, label_free=False, scale=d.resize)
+
+    def label_order(self, train: Any) -> list[str] | None:
+        """The labelled train images in the order `select` would have them labelled (None: file
+        order, the first k): ranked by the source model as if none had a mask."""
+        s = self.study
+        if s.select == "first":
+            return None
+        labelled = train.labelled()
+        selection = select_images(s.source_model, labelled, max(s.shots), s.select, s.base.data.resize)
+        self.report.selected = [labelled.stem(i) for i in selection.order]
+        self.log(f"[adapt] {self.name:<8} labels chosen {s.select}: {', '.join(self.report.selected[: max(s.shots)])}")
+        return self.report.selected
 
 
 def run_study(
@@ -337,6 +364,7 @@ def run_study(
     registry: str | None = None,
     log: Callable[[str], Any] = print,
     ship: Callable[[TargetRun], Any] | None = None,
+    select: SelectStrategy = "first",
 ) -> list[TargetReport]:
     """Run the whole comparison in this process; writes `results.json` and a PNG chart under `out`.
 
@@ -365,6 +393,7 @@ def run_study(
         variants,
         canary,
         target_short_sides,
+        select,
     )
     reports = []
     for target in targets:

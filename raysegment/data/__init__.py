@@ -3,7 +3,7 @@
 from raysegment.data.dataset import Batch, SegmentationDataset, pad_collate
 from raysegment.data.info import DatasetInfo
 from raysegment.data.sampler import EpochSampler, RareClassSampler
-from raysegment.data.sources import list_domains, open_split
+from raysegment.data.sources import list_domains, open_labelled, open_split
 
 __all__ = [
     "Batch",
@@ -12,6 +12,7 @@ __all__ = [
     "RareClassSampler",
     "SegmentationDataset",
     "list_domains",
+    "open_labelled",
     "open_split",
     "pad_collate",
 ]

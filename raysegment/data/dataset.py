@@ -78,6 +78,10 @@ class SegmentationDataset(Dataset):
     def labelled_count(self) -> int:
         return sum(mask is not None for _, mask in self.samples)
 
+    def stem(self, index: int) -> str:
+        """The file stem of image `index` (how splits, selections and pre-labels name it)."""
+        return files.stem(self.samples[index][0])
+
     def labelled(self, limit: int | None = None) -> SegmentationDataset:
         """Only the images that have masks (the first `limit` of them), for supervised training and scoring."""
         samples = [s for s in self.samples if s[1] is not None][:limit]

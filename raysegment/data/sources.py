@@ -44,6 +44,42 @@ def open_split(
 ) -> SegmentationDataset:
     """Build the dataset of one domain's split. Images without a mask are kept, unlabelled;
     `unlabelled=True` reads every image that way without looking at the masks at all."""
+    info, samples = _listed(root, domain, split, layout, unlabelled)
+    return SegmentationDataset(samples, info)
+
+
+def open_labelled(
+    root: str | Path,
+    domain: str,
+    split: str,
+    layout: str = "raysegment",
+    limit: int | None = None,
+    stems: list[str] | None = None,
+) -> SegmentationDataset:
+    """Only the labelled images a few-shot run may learn from: those `stems` names (in its order),
+    or the first labelled ones in file order, the first `limit` of them. No other mask of the split
+    is opened, not even to check it: the rest of the target stays unlabelled to the run."""
+    info, samples = _listed(root, domain, split, layout, unlabelled=False)
+    if stems is not None:
+        by_stem = {files.stem(image): (image, mask) for image, mask in samples}
+        unknown = [s for s in stems if s not in by_stem or by_stem[s][1] is None]
+        if unknown:
+            raise DatasetError(f"selected images {unknown[:5]} are not labelled images of {domain}/{split}")
+        chosen = [by_stem[s] for s in stems][:limit]
+    else:
+        chosen = [sample for sample in samples if sample[1] is not None][:limit]
+    if not chosen:
+        raise DatasetError(
+            f"none of the {len(samples)} images of {domain}/{split} under {root} has a mask; supervised "
+            "training and mIoU need labels: add masks/<stem>.png or use a label-free method"
+        )
+    return SegmentationDataset(chosen, info)
+
+
+def _listed(
+    root: str | Path, domain: str, split: str, layout: str, unlabelled: bool
+) -> tuple[DatasetInfo, list[Sample]]:
+    """(info, samples) of a split, found by listing only: no file is opened."""
     base = files.location(root)
     if not files.is_folder(base):
         raise DatasetError(f"dataset root {root} does not exist")
@@ -78,7 +114,7 @@ def open_split(
         raise DatasetError(
             f"split {split!r} of domain {domain!r} under {root} is empty; check the split name and splits.json"
         )
-    return SegmentationDataset(samples, info)
+    return info, samples
 
 
 def _raysegment_samples(root: Location, domain: str, split: str, unlabelled: bool) -> list[Sample]:

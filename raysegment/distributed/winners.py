@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from raysegment.config import Judge, RunConfig
-from raysegment.data import open_split
+from raysegment.data import open_labelled, open_split
 from raysegment.distributed.spec import TuneJob
 from raysegment.distributed.trials import from_source, trial_run_config
 from raysegment.engine.checkpoint import SELECTED
@@ -75,7 +75,7 @@ def register_winner(
     if version is not None:
         return version, params
     labels_seen = (
-        len(open_split(d.root, domain, d.train_split, d.layout).labelled(d.labelled_limit))
+        len(open_labelled(d.root, domain, d.train_split, d.layout, d.labelled_limit, d.labelled_images))
         if method == "finetune"
         else 0
     )

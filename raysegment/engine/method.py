@@ -68,6 +68,7 @@ class Paired:
 
     source: Batch
     target: Batch
+    labelled: Batch | None = None  # self-training with a few target labels: a batch of those
 
 
 def loader_workers(cfg: RunConfig, device: torch.device) -> int:

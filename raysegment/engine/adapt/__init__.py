@@ -17,7 +17,7 @@ import torch
 
 from raysegment.config import Method as MethodName
 from raysegment.config import RunConfig
-from raysegment.data import SegmentationDataset, open_split
+from raysegment.data import SegmentationDataset, open_labelled, open_split
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.methods import AdaBN, SelfTraining, Tent, tent_parameters
 from raysegment.engine.adapt.teacher import EMATeacher
@@ -35,7 +35,7 @@ def open_target_train(cfg: RunConfig) -> SegmentationDataset:
     every image without its mask for the label-free methods."""
     d = cfg.data
     if cfg.adapt.uses_target_labels:
-        return open_split(d.root, d.domain, d.train_split, d.layout).labelled(d.labelled_limit)
+        return open_labelled(d.root, d.domain, d.train_split, d.layout, d.labelled_limit, d.labelled_images)
     return open_split(d.root, d.domain, d.train_split, d.layout, unlabelled=True)
 
 
@@ -73,10 +73,26 @@ def label_free(kind: type[AdaBN] | type[Tent]) -> Callable[[RunConfig, Placement
     return build
 
 
+def open_target_labelled(cfg: RunConfig) -> SegmentationDataset | None:
+    """Self-training's few target labels: the train images `data.labelled_images` names (the first
+    `labelled_limit` of them), or the first `labelled_limit` labelled ones; None when neither is set."""
+    d = cfg.data
+    if not cfg.semi_supervised:
+        return None
+    return open_labelled(d.root, d.domain, d.train_split, d.layout, d.labelled_limit, d.labelled_images)
+
+
 def self_training(cfg: RunConfig, placement: Placement) -> Method:
     source, target = open_source_train(cfg), open_target_train(cfg)
     model = build_segmenter(cfg.model, source.info.num_classes)
-    return SelfTraining(cfg, model=model, train_set=source, target_set=target, placement=placement)
+    return SelfTraining(
+        cfg,
+        model=model,
+        train_set=source,
+        target_set=target,
+        placement=placement,
+        labelled_target=open_target_labelled(cfg),
+    )
 
 
 # The one method table: `adapt.method` -> the method with its datasets opened (config.Method names them).

@@ -117,7 +117,9 @@ def masked_patches(images: torch.Tensor, ratio: float, block: int, generator: to
 
 class SelfTraining(Method):
     """Mean-teacher self-training from the labelled source (`train_set`) to the unlabelled
-    `target_set`; an epoch is a pass over the source, the target cycled. Checkpoints deploy the
+    `target_set`; an epoch is a pass over the source, the target cycled. With `labelled_target`
+    (k labelled target images) every step also trains on a batch of those, beside the source's:
+    the few labels and the pseudo-labelled rest of the target together. Checkpoints deploy the
     teacher and carry the student."""
 
     name = "self_training"
@@ -130,6 +132,7 @@ class SelfTraining(Method):
         train_set: SegmentationDataset,
         target_set: SegmentationDataset,
         placement: Placement,
+        labelled_target: SegmentationDataset | None = None,
     ) -> None:
         a, p = cfg.adapt, placement
         sampler = None
@@ -143,6 +146,10 @@ class SelfTraining(Method):
         self.target_set = target_set
         self.target_sampler = EpochSampler(len(target_set), cfg.optim.seed + 1, p.rank, p.world_size)
         self.target_loader = p.loader_for(target_set, cfg, self.target_sampler)
+        self.labelled_loader = None
+        if labelled_target is not None:  # k target labels: supervised beside the source, cycled
+            self.labelled_sampler = EpochSampler(len(labelled_target), cfg.optim.seed + 2, p.rank, p.world_size)
+            self.labelled_loader = p.loader_for(labelled_target, cfg, self.labelled_sampler)
         self.teacher = EMATeacher(self.model, a.ema_alpha)
         self.refresh_teacher_statistics()
         self.strong = photometric_augment(a.strong_jitter).to(self.device)
@@ -167,7 +174,11 @@ class SelfTraining(Method):
         # ClassMix draws depend on (seed, epoch, rank) only, so a resumed run mixes the same way.
         self.mix_generator.manual_seed((self.cfg.optim.seed * 1_000_003 + epoch) * 64 + self.placement.rank)
         targets = endless(self.target_loader)
-        return (Paired(source=source, target=next(targets)) for source in self.loader)
+        if self.labelled_loader is None:
+            return (Paired(source=source, target=next(targets)) for source in self.loader)
+        self.labelled_sampler.set_epoch(epoch)
+        labelled = endless(self.labelled_loader)
+        return (Paired(source=source, target=next(targets), labelled=next(labelled)) for source in self.loader)
 
     def loss(self, batch: Paired, compute: Compute) -> torch.Tensor:
         a, ignore = self.cfg.adapt, self.info.ignore_index
@@ -183,13 +194,19 @@ class SelfTraining(Method):
         else:
             mixed, mixed_labels, mixed_weights = xt, pseudo, weights
         views = [xs_styled, self.strong(mixed).clamp(0, 1)]
+        if batch.labelled is not None:  # the few target labels, at the source batch's size
+            xl, yl = compute.augment(*compute.to_device(batch.labelled))
+            xl, yl = match_batch(xl, yl, xl.shape[0], tuple(xs.shape[-2:]))
+            views.append(xl)
         if a.mask_ratio > 0:  # MIC: the student must predict the teacher's labels from context alone
             views.append(masked_patches(self.strong(xt).clamp(0, 1), a.mask_ratio, a.mask_block, self.mix_generator))
         logits = compute.forward(torch.cat(views))  # one forward: DDP expects one per backward
-        source_logits, mixed_logits, *masked_logits = logits.split([v.shape[0] for v in views])
+        source_logits, mixed_logits, *rest = logits.split([v.shape[0] for v in views])
         loss = segmentation_loss(source_logits, ys, ignore, compute.class_weights)
         loss = loss + weighted_cross_entropy(mixed_logits, mixed_labels, mixed_weights, ignore)
-        for masked in masked_logits:
+        if batch.labelled is not None:
+            loss = loss + segmentation_loss(rest.pop(0), yl, ignore, compute.class_weights)
+        for masked in rest:
             loss = loss + weighted_cross_entropy(masked, pseudo, weights, ignore)
         return loss
 
