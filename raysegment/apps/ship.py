@@ -76,7 +76,7 @@ def ship_pick(
         run.domain,
         candidate.model,
         meta.model_copy(update={"resize": candidate.resize, "metrics": {}}),
-        {"score": scores[pick], "source_score": scores[SOURCE]},
+        {"score": scores[pick], "source_score": scores[SOURCE], **estimated(report.estimate.get(pick))},
         cfg.model_dump(mode="json"),
         parent=source_ref,
         lineage={
@@ -105,6 +105,13 @@ def ship_pick(
     alias = PRODUCTION if decision.promoted else "candidate"
     log(f"[registry] {run.domain}@{version} ({pick}) is {alias}: {decision.reason}")
     return decision
+
+
+def estimated(found: dict[str, Any] | None) -> dict[str, float]:
+    """The pick's estimated target mIoU and interval as version metrics (none without a fit)."""
+    if not found:
+        return {}
+    return {"estimated_miou": found["miou"], "estimated_miou_low": found["low"], "estimated_miou_high": found["high"]}
 
 
 def _source(run: TargetRun) -> torch.nn.Module:

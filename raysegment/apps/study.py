@@ -44,11 +44,12 @@ from raysegment.engine.criteria import (
     criterion_quality,
     criterion_scores,
 )
+from raysegment.engine.estimate import ConfidenceFit, estimate_miou, fit_confidence
 from raysegment.engine.evaluate import evaluate
 from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
 from raysegment.engine.selection import select_images
-from raysegment.errors import ConfigError
+from raysegment.errors import ConfigError, RaySegmentError
 from raysegment.models import ModelMeta, load_model
 from raysegment.traffic import TrafficStore
 from raysegment.viz import bar_chart_png
@@ -71,6 +72,7 @@ class TargetReport:
     canary_miou: dict[str, float] = field(default_factory=dict)  # candidate -> mIoU on k labelled val images
     scale: dict[str, float] = field(default_factory=dict)  # picked target short side, distance per side
     selected: list[str] = field(default_factory=list)  # the train images the k-shot rows label, in order
+    estimate: dict[str, dict[str, Any]] = field(default_factory=dict)  # candidate -> estimated mIoU, no labels
 
     @property
     def above_oracle(self) -> list[str]:
@@ -219,6 +221,7 @@ class Study:
     canary: int
     target_short_sides: list[int] | None
     select: SelectStrategy = "first"  # which k train images the k-shot rows label (engine.selection)
+    confidence: ConfidenceFit | None = None  # the source val's confidence fit (estimates without labels)
 
     @property
     def label_free(self) -> list[tuple[str, str, dict[str, float]]]:
@@ -259,6 +262,10 @@ class TargetRun:
         if self.test is not None and report.labelled:
             result = evaluate(model, self.test, eval_cfg, resize=scale)
             report.test_miou[candidate], report.test_iou[candidate] = result.miou, result.per_class
+        if self.study.confidence is not None:  # on the images the test labels score, their masks unread
+            images = self.test if self.test is not None and report.labelled else self.val_images
+            found = estimate_miou(model, self.study.confidence, images, scale, eval_cfg.batch_size)
+            report.estimate[candidate] = asdict(found)
         self.log(candidate_line(report, candidate))
 
     def scaled_base(self) -> RunConfig:
@@ -394,6 +401,7 @@ def run_study(
         canary,
         target_short_sides,
         select,
+        source_confidence(source_model, data_root, source_domain, layout, resize),
     )
     reports = []
     for target in targets:
@@ -410,6 +418,17 @@ def run_study(
         reports.append(run.report)
         write_outputs(reports, study.out)  # each finished target is on disk before the next starts
     return reports
+
+
+def source_confidence(
+    model: Any, root: str | Path, domain: str, layout: str, resize: ResizeConfig | None
+) -> ConfidenceFit | None:
+    """The source model's confidence fitted on the source's labelled val images (None without any)."""
+    try:
+        val = open_split(root, domain, "val", layout)
+    except RaySegmentError:
+        return None
+    return fit_confidence(model, val, resize) if val.labelled_count else None
 
 
 TRAFFIC_TARGET = "traffic:"  # `traffic:fog`: the images the service captured for fog, from the registry's store
@@ -471,7 +490,13 @@ def candidate_line(report: TargetReport, candidate: str) -> str:
         line += f" test mIoU {100 * report.test_miou[candidate]:5.1f}"
     if candidate in report.canary_miou:
         line += f" canary mIoU {100 * report.canary_miou[candidate]:5.1f}"
+    if candidate in report.estimate:
+        line += f" estimated {estimate_text(report.estimate[candidate])}"
     return line + f" ({report.seconds[candidate]:.0f} s)"
+
+
+def estimate_text(found: dict[str, Any]) -> str:
+    return f"{100 * found['miou']:.1f} [{100 * found['low']:.1f}-{100 * found['high']:.1f}]"
 
 
 def scale_line(distances: dict[int, float]) -> str:
@@ -540,7 +565,7 @@ def format_table(reports: list[TargetReport]) -> str:
             lines.append(
                 f"{'candidate':<18}{'labels':>7}{'test mIoU':>10}"
                 + "".join(f"{c[:10]:>11}" for c in classes)
-                + f"{'gap closed':>11}{'proxy':>7}"
+                + f"{'gap closed':>11}{'proxy':>7}{'estimated (no labels)':>24}"
             )
             for c in candidates:
                 if c not in r.test_miou:
@@ -552,6 +577,7 @@ def format_table(reports: list[TargetReport]) -> str:
                     + "".join(f"{100 * r.test_iou[c][k]:>11.1f}" for k in classes)
                     + (shown if not math.isnan(gap) else f"{'-':>11}")
                     + (f"{100 * r.proxy[c]['score']:>7.1f}" if c in r.proxy else f"{'-':>7}")
+                    + (f"{estimate_text(r.estimate[c]):>24}" if c in r.estimate else f"{'-':>24}")
                 )
             if r.above_oracle:
                 lines.append(
@@ -560,6 +586,8 @@ def format_table(reports: list[TargetReport]) -> str:
                 )
         else:
             lines.append(f"{r.domain}: no target labels read; candidates are judged by the unsupervised proxy")
+            for c, found in r.estimate.items():
+                lines.append(f"  {c:<18} estimated target mIoU {estimate_text(found)} (90% interval, no labels)")
         if r.scale:
             lines.append(f"target scale picked without labels: short side {int(r.scale['short_side'])}")
         lines.append(criterion_table(r))
