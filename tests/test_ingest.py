@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import sys
 from pathlib import Path
 
@@ -169,3 +170,20 @@ def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
     copies = [p for p in Path(ray_cluster.temp_dir).rglob("*.png") if p.name.startswith(("fog_", "night_"))]
     copies += [p for p in tmp_path.rglob("*.png")]
     assert not copies, f"dataset files on a node's disk: {copies[:3]}"
+    # Each finished run's Train controller is gone (Ray Train's SIGINT handler held it, and with it
+    # the run's placement group, which starved the next run's decode tasks of CPUs).
+    deadline = time.monotonic() + 30
+    while (controllers := _processes_named("ray::TrainController")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not controllers, f"Train controllers outlive their runs: {controllers}"
+
+
+def _processes_named(prefix: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(prefix.encode()):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -238,6 +240,20 @@ def ensure_ray(log_to_driver: bool = False) -> bool:
     return True
 
 
+def fit_and_release(trainer: ray.train.torch.TorchTrainer) -> Any:
+    """`trainer.fit()`, then the SIGINT handler that was there before. Ray Train installs its own
+    handler (in the main thread) whose closure holds the run's controller actor, so the controller,
+    its placement group (CPUs) and its dataset manager outlived every run until the next run replaced
+    the handler, and the last one outlived the process's work altogether."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    try:
+        return trainer.fit()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def train_on_ray(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook | None = None) -> RayTrainResult:
     """Run a distributed fine-tune on the connected (or an embedded local) Ray cluster."""
     ensure_ray(log_to_driver=True)
@@ -248,7 +264,7 @@ def train_on_ray(cfg: RunConfig, name: str | None = None, epoch_hook: EpochHook 
     run_name = name or Path(cfg.output_dir).name
     trainer = build_trainer(cfg, run_name, storage_path(cfg), epoch_hook=epoch_hook)
     start = time.perf_counter()
-    result = trainer.fit()
+    result = fit_and_release(trainer)
     if result.error is not None:
         raise RaySegmentError(f"distributed fine-tune {run_name} failed: {result.error}")
     ckpt_dir = None
