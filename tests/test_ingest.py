@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
