@@ -137,6 +137,30 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from raysegment.apps.label_studio import LabelStudio, pull, push
+
+    token = args.token or os.environ.get(LABEL_STUDIO_TOKEN_ENV)
+    if not token:
+        raise ConfigError(f"a Label Studio token is needed: --token T or ${LABEL_STUDIO_TOKEN_ENV}")
+    client = LabelStudio(args.label_studio, token)
+    if args.action == "push":
+        if not (args.model and args.images and args.budget):
+            raise ConfigError("label push needs --model M --images DIR --budget K")
+        title = args.project or f"raysegment {Path(args.images).resolve().name}"
+        pushed = push(client, args.model, args.images, args.budget, title, args.out or "label_out")
+        print(
+            f"project {pushed.title!r} (id {pushed.project}) at {client.url}: {len(pushed.uploaded)} images uploaded "
+            f"with the model's masks as pre-annotations, {len(pushed.already)} already there"
+        )
+        return 0
+    if not (args.project and args.out):
+        raise ConfigError("label pull needs --project TITLE --out ROOT/DOMAIN")
+    pulled = pull(client, args.project, args.out)
+    print(f"{len(pulled.written)} labelled images written to {args.out}; {pulled.unfinished} unfinished tasks skipped")
+    return 0
+
+
 def cmd_train_on_ray(args: argparse.Namespace) -> int:
     from raysegment.config import load_config
     from raysegment.distributed.train import train_on_ray
@@ -587,6 +611,22 @@ def add_labelling(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_select)
 
 
+LABEL_STUDIO_TOKEN_ENV = "LABEL_STUDIO_TOKEN"
+
+
+def add_label_studio(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="a labelling round trip through Label Studio: push the picks, pull the masks")
+    p.add_argument("action", choices=["push", "pull"])
+    p.add_argument("--label-studio", default="http://127.0.0.1:8080", help="Label Studio's URL")
+    p.add_argument("--token", help=f"Label Studio API token (default: ${LABEL_STUDIO_TOKEN_ENV})")
+    p.add_argument("--project", help="project title (push: default 'raysegment <images folder>')")
+    p.add_argument("--model", help="push: the model whose masks pre-annotate")
+    p.add_argument("--images", help="push: folder of unlabelled target images")
+    p.add_argument("--budget", type=int, help="push: how many images to label")
+    p.add_argument("--out", help="push: where the selection is written (default label_out); pull: ROOT/DOMAIN")
+    p.set_defaults(func=cmd_label)
+
+
 def add_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit a job spec (jobs/specs/*.yaml) to a Ray cluster and stream its logs")
     p.add_argument("spec")
@@ -750,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_training,
         add_compare,
         add_labelling,
+        add_label_studio,
         add_jobs,
         add_operations,
         add_serving,

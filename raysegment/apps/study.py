@@ -222,6 +222,7 @@ class Study:
     target_short_sides: list[int] | None
     select: SelectStrategy = "first"  # which k train images the k-shot rows label (engine.selection)
     confidence: ConfidenceFit | None = None  # the source val's confidence fit (estimates without labels)
+    select_seed: int = 0
 
     @property
     def label_free(self) -> list[tuple[str, str, dict[str, float]]]:
@@ -343,7 +344,7 @@ class TargetRun:
         if s.select == "first":
             return None
         labelled = train.labelled()
-        selection = select_images(s.source_model, labelled, max(s.shots), s.select, s.base.data.resize)
+        selection = select_images(s.source_model, labelled, max(s.shots), s.select, s.base.data.resize, s.select_seed)
         self.report.selected = [labelled.stem(i) for i in selection.order]
         self.log(f"[adapt] {self.name:<8} labels chosen {s.select}: {', '.join(self.report.selected[: max(s.shots)])}")
         return self.report.selected
@@ -372,6 +373,7 @@ def run_study(
     log: Callable[[str], Any] = print,
     ship: Callable[[TargetRun], Any] | None = None,
     select: SelectStrategy = "first",
+    select_seed: int = 0,
 ) -> list[TargetReport]:
     """Run the whole comparison in this process; writes `results.json` and a PNG chart under `out`.
 
@@ -402,6 +404,7 @@ def run_study(
         target_short_sides,
         select,
         source_confidence(source_model, data_root, source_domain, layout, resize),
+        select_seed,
     )
     reports = []
     for target in targets:
