@@ -277,6 +277,7 @@ def ray_cluster(s3_endpoint):
     from raysegment.serving.config import SERVE_PROCESS_ENV
 
     os.environ[SHARED_FS_ENV] = "1"
+    gcs, dash = free_port(), free_port()
     env = {
         **os.environ,
         **SERVE_PROCESS_ENV,
@@ -288,10 +289,13 @@ def ray_cluster(s3_endpoint):
         # loopback nodes are never drained. Deployments keep Ray's default (on).
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        # Where this cluster's own processes find it. Ray Train's placement-group cleaner asks the State
+        # API with no address: with another Ray on the host (the README test's server) it found two,
+        # failed, and never freed a finished run's CPUs, so the next run's decode tasks waited forever.
+        "RAY_ADDRESS": f"127.0.0.1:{gcs}",
     }
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     logs = [Path(temp_dir) / "head.out", Path(temp_dir) / "worker.out"]
-    gcs, dash = free_port(), free_port()
     metrics_ports = [free_port(), free_port()]
     procs = [
         _start_node(
