@@ -5,8 +5,11 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+LS_VENV := .venv-ls
+LS_STAMP := $(LS_VENV)/.installed
+LABEL_STUDIO ?= label-studio==1.23.2
 
-.PHONY: setup browser demo lint test test-fast bench clean
+.PHONY: setup browser label-studio demo lint test test-fast bench clean
 CODE    := raysegment tests benchmarks jobs
 
 $(STAMP): pyproject.toml constraints.txt
@@ -16,6 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Label Studio for the labelling round-trip test, in a virtual environment of its own (~1 GB, Django
+# and many pins): a real server the test talks to over HTTP, never a dependency of raysegment.
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet '$(LABEL_STUDIO)'
+	touch $(LS_STAMP)
+
+label-studio: $(LS_STAMP)
 
 # apt as root, else through sudo; nothing to do where chromium is already installed.
 browser:
@@ -33,10 +46,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy raysegment
 
-test: lint browser
+test: lint browser $(LS_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900 --durations=40
 
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) browser $(LS_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" --timeout=600
 
 bench: $(STAMP)

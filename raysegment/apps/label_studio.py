@@ -80,7 +80,10 @@ class LabelStudio:
         page = 1
         while True:
             found = self.call(
-                "GET", "/api/tasks", "listing tasks", params={"project": project, "page": page, "page_size": 100}
+                "GET",
+                "/api/tasks",
+                "listing tasks",
+                params={"project": project, "page": page, "page_size": 100, "fields": "all"},
             )
             items = found["tasks"] if isinstance(found, dict) else found
             yield from items
@@ -169,6 +172,7 @@ def push(client: LabelStudio, model_dir: str, images: str, budget: int, title: s
             "POST",
             f"/api/projects/{project}/import",
             f"uploading {path.name}",
+            params={"return_task_ids": "true"},
             files={"file": (path.name, path.read_bytes(), "image/png" if path.suffix == ".png" else "image/jpeg")},
         )
         task_ids = imported.get("task_ids") if isinstance(imported, dict) else None
