@@ -15,6 +15,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,10 @@ import numpy as np
 import pytest
 from conftest import free_port, marked_processes
 from PIL import Image
+
+from raysegment.serving.config import Limits
+
+DEFAULT_LIMITS = Limits()  # what `raysegment serve` runs with
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARK = "<!-- readme-path:"
@@ -138,6 +143,15 @@ def test_readme_server_still_answers_minutes_later_and_ctrl_c_leaves_nothing(wal
         time.sleep(wait)
     assert walk.server.poll() is None, walk.log.read_text(errors="replace")[-3000:]
     assert_segments(walk)
+    # One byte over the image limit, announced with Expect: 100-continue: refused before the body.
+    head = (
+        "POST /v1/domains/night_photos/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {DEFAULT_LIMITS.max_image_bytes + 1}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", int(walk.url.rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer, answer[:200]
     os.killpg(walk.server.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
     assert walk.server.wait(timeout=120) == 0, walk.log.read_text(errors="replace")[-3000:]
     deadline = time.monotonic() + 30
