@@ -88,12 +88,7 @@ def pytest_sessionfinish(session, exitstatus):
 TINY_BACKBONE = "test_efficientnet"  # timm's 82k-parameter test net: 5 stages, dotted module names
 
 
-RUN_FIRST = ("test_readme_path_trains_registers_and_serves",)  # it leaves the README's server up ...
-RUN_LAST = ("test_readme_server_still_answers_minutes_later_and_ctrl_c_leaves_nothing",)  # ... asked again here
-
-
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: (item.name not in RUN_FIRST) + (item.name in RUN_LAST))  # stable otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (AMP/channels-last paths); none on this machine")

@@ -152,9 +152,11 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
         "self_training",
         "adabn-half",
         "2-shot",
+        "2-shot self-training",
         "oracle",
     ]
     assert set(chase["test_iou"]["oracle"]) == {"background", "vessel"}
+    assert set(chase["estimate"]) == set(chase["test_miou"])  # each estimated without the test labels
     assert chase["labels_used"]["oracle"] == 14 and chase["proxy_choice"] in chase["proxy"]
     assert "judge pick:" in study.stdout and "vessel" in study.stdout and "spearman" in study.stdout
 
