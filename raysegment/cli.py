@@ -611,13 +611,17 @@ def add_labelling(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_select)
 
 
-LABEL_STUDIO_TOKEN_ENV = "LABEL_STUDIO_TOKEN"
+LABEL_STUDIO_URL_ENV, LABEL_STUDIO_TOKEN_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_TOKEN"
 
 
 def add_label_studio(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="a labelling round trip through Label Studio: push the picks, pull the masks")
     p.add_argument("action", choices=["push", "pull"])
-    p.add_argument("--label-studio", default="http://127.0.0.1:8080", help="Label Studio's URL")
+    p.add_argument(
+        "--label-studio",
+        default=os.environ.get(LABEL_STUDIO_URL_ENV, "http://127.0.0.1:8080"),
+        help=f"Label Studio's URL (default: ${LABEL_STUDIO_URL_ENV}, else http://127.0.0.1:8080)",
+    )
     p.add_argument("--token", help=f"Label Studio API token (default: ${LABEL_STUDIO_TOKEN_ENV})")
     p.add_argument("--project", help="project title (push: default 'raysegment <images folder>')")
     p.add_argument("--model", help="push: the model whose masks pre-annotate")

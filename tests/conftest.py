@@ -451,6 +451,62 @@ def many_scan_jpeg(size: tuple[int, int], repeats: int) -> bytes:
     return body[:-2] + smallest * repeats + b"\xff\xd9"
 
 
+# ----------------------------------------------------------------------------------------------
+# Label Studio, a real server from its own virtual environment (`make label-studio`; make test does it).
+LABEL_STUDIO_BIN = Path(__file__).resolve().parents[1] / ".venv-ls" / "bin" / "label-studio"
+
+
+class LabelStudioServer:
+    """`label-studio start` on 127.0.0.1 with its own data folder, a user and a legacy API token. It
+    boots in the background (its first start migrates a database: tens of seconds); `ready()` waits."""
+
+    def __init__(self, folder: Path) -> None:
+        import secrets
+
+        if not LABEL_STUDIO_BIN.exists():
+            pytest.fail(f"no Label Studio at {LABEL_STUDIO_BIN}: `make label-studio` installs it (make test does)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port, self.token = free_port(), secrets.token_hex(20)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "label-studio.log"
+        env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(folder), "DJANGO_DB": "sqlite"}
+        args = ["start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--data-dir", str(folder), "--username", "labeller@example.com", "--password", secrets.token_hex(8)]
+        args += ["--user-token", self.token, "--enable-legacy-api-token"]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(LABEL_STUDIO_BIN), *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=folder,
+            )
+
+    def ready(self, timeout_s: float = 300) -> LabelStudioServer:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, self.log.read_text(errors="replace")[-3000:]
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
 @pytest.fixture
 def cli(capsys):
     """`raysegment ARGS` run in this process through `raysegment.cli.main`, the function the entry

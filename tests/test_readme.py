@@ -9,6 +9,7 @@ byte over the image limit is refused before the body, and after Ctrl-C nothing o
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from conftest import free_port, marked_processes
+from conftest import LabelStudioServer, free_port, marked_processes
 from PIL import Image
 
 from raysegment.serving.config import Limits
@@ -29,17 +30,18 @@ DEFAULT_LIMITS = Limits()  # what `raysegment serve` runs with
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARK = "<!-- readme-path:"
+LABELS_MARK = "<!-- readme-labels:"
 STAYS_UP_S = 90.0  # the server died 60 s after "serving" when Ray was started in a helper thread
 FAST = {"raysegment train": "--epochs 2", "raysegment compare": "--epochs 1"}  # sizes only, same commands
 CHROMIUM = "/usr/bin/chromium"
 PATH_MARK = "RAYSEGMENT_README_PATH"
 
 
-def readme_block() -> list[str]:
-    """The command lines of the README's marked bash block."""
+def readme_block(mark: str = MARK) -> list[str]:
+    """The command lines of the README's bash block after `mark` (comment lines left out)."""
     text = README.read_text()
-    assert MARK in text, "README.md lost its marked command block"
-    block = text.split(MARK, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert mark in text, f"README.md lost its marked command block {mark!r}"
+    block = text.split(mark, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -53,17 +55,22 @@ class Walk:
         self.env = {**env, PATH_MARK: self.mark.split("=", 1)[1], "XDG_CACHE_HOME": str(folder / ".cache")}
         self.env["RAYSEGMENT_TEST_SESSION"] = os.environ["RAYSEGMENT_TEST_SESSION"]
         self.server: subprocess.Popen | None = None
+        self.labelling: LabelStudioServer
         self.url = ""
         self.ready_at = 0.0
         self.log = folder / "serve.log"
 
 
 def test_readme_path_trains_registers_serves_for_minutes_and_stops_clean(tmp_path):
+    """While the server must stay up, the README's few-labels block runs against a real Label Studio
+    (booted in the background from the start): a person's annotations come back pixel for pixel."""
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # `source .venv/bin/activate`, as in a clone
     walk = Walk(tmp_path)
+    walk.labelling = LabelStudioServer(tmp_path / "label-studio")
     try:
         walk_the_readme(walk)
     finally:
+        walk.labelling.stop()
         if walk.server is not None and walk.server.poll() is None:  # a failed check: stop it anyway
             os.killpg(walk.server.pid, signal.SIGKILL)
             walk.server.wait()
@@ -116,7 +123,79 @@ def walk_the_readme(walk: Walk) -> None:
         finally:
             browser.close()
     assert_segments(walk)
+    label_round_trip(walk)  # the README's next block, while the server must stay up
     stays_up_then_stops(walk)
+
+
+def label_round_trip(walk: Walk) -> None:
+    """select, push (twice: the second finds the images there), a person annotates 4 of the 5 tasks
+    through Label Studio's API as its editor submits them, pull: the submitted masks come back."""
+    server = walk.labelling.ready()
+    lines = readme_block(LABELS_MARK)
+    assert lines[0].startswith("export LABEL_STUDIO_URL=")
+    env = {**walk.env, "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_TOKEN": server.token}
+    push = next(line for line in lines if line.startswith("raysegment label push"))
+    pull = next(line for line in lines if line.startswith("raysegment label pull"))
+
+    def run(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-c", f"source .venv/bin/activate && {line}"],
+            cwd=walk.folder,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    for line in lines[1 : lines.index(push) + 1]:
+        done = run(line)
+        assert done.returncode == 0, line + "\n" + done.stdout[-2000:] + done.stderr[-2000:]
+    assert (walk.folder / "select_out" / "contact_sheet.png").is_file()
+    assert "5 images uploaded" in done.stdout, done.stdout
+    again = run(push)
+    assert again.returncode == 0 and "5 already there" in again.stdout, again.stdout + again.stderr
+
+    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Token {server.token}"}, timeout=60)
+    project = next(p for p in http.get("/api/projects").json()["results"] if p["title"] == "night")
+    tasks = http.get("/api/tasks", params={"project": project["id"], "fields": "all"}).json()["tasks"]
+    assert len(tasks) == 5
+    submitted = {}
+    classes = json.loads((walk.folder / "runs/source/model/model.json").read_text())["classes"]
+    for task in tasks[:4]:
+        (prediction,) = http.get("/api/predictions", params={"task": task["id"]}).json()  # the pre-annotation
+        first = prediction["result"][0]
+        h, w = first["original_height"], first["original_width"]
+        corrected = np.asarray(Image.open(walk.folder / "select_out" / "prelabels" / f"{stem_of(task)}.png")).copy()
+        yy, xx = np.mgrid[0:h, 0:w]
+        corrected[np.abs(yy - xx) < 3] = len(classes) - 1  # the person paints a thin stroke of a class ...
+        corrected[:4, :4] = 255  # ... and erases a corner (unpainted: ignored)
+        keep = ("from_name", "to_name", "type", "original_width", "original_height")
+        result = [{**{k: first[k] for k in keep}, "value": v} for v in brush_values(corrected, classes)]
+        r = http.post(f"/api/tasks/{task['id']}/annotations", json={"result": result})
+        assert r.status_code == 201, r.text[:300]
+        submitted[stem_of(task)] = corrected
+    pulled = run(pull)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "4 labelled images written" in pulled.stdout and "1 unfinished tasks skipped" in pulled.stdout
+    out = walk.folder / pull.split("--out", 1)[1].split()[0]
+    for stem, mask in submitted.items():
+        assert (np.asarray(Image.open(out / "masks" / f"{stem}.png")) == mask).all(), stem  # pixel for pixel
+    missing = run(pull.replace("--project night", "--project nowhere"))
+    assert missing.returncode == 2 and "no project titled 'nowhere'" in missing.stderr
+
+
+def stem_of(task: dict) -> str:
+    return Path(task["file_upload"].split("-", 1)[1]).stem
+
+
+def brush_values(mask: np.ndarray, classes: list[str]) -> list[dict]:
+    """A class-id mask as the brush values Label Studio's editor submits, one per class painted."""
+    from raysegment.data.brush import encode
+
+    return [
+        {"format": "rle", "rle": encode(mask == c), "brushlabels": [name]}
+        for c, name in enumerate(classes)
+        if (mask == c).any()
+    ]
 
 
 def assert_segments(walk: Walk) -> None:
