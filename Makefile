@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 LS_VENV := .venv-ls
 LS_STAMP := $(LS_VENV)/.installed
-LABEL_STUDIO ?= label-studio==1.23.2
+LABEL_STUDIO ?= label-studio==1.23.2 sentry-sdk<3  # sentry-sdk 3 drops an option label-studio passes
 
 .PHONY: setup browser label-studio demo lint test test-fast bench clean
 CODE    := raysegment tests benchmarks jobs
@@ -25,7 +25,7 @@ setup: $(STAMP)
 $(LS_STAMP):
 	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/pip install --quiet '$(LABEL_STUDIO)'
+	$(LS_VENV)/bin/pip install --quiet $(foreach p,$(LABEL_STUDIO),'$(p)')
 	touch $(LS_STAMP)
 
 label-studio: $(LS_STAMP)

@@ -469,7 +469,14 @@ class LabelStudioServer:
         self.port, self.token = free_port(), secrets.token_hex(20)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "label-studio.log"
-        env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(folder), "DJANGO_DB": "sqlite"}
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(folder),
+            "DJANGO_DB": "sqlite",
+            # No error reporting to sentry.io (no network here, and nothing of a test run to report).
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+        }
         args = ["start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port)]
         args += ["--data-dir", str(folder), "--username", "labeller@example.com", "--password", secrets.token_hex(8)]
         args += ["--user-token", self.token, "--enable-legacy-api-token"]
