@@ -36,16 +36,16 @@ def test_help_for_every_command(command):
     assert result.returncode == 0 and "usage: raysegment" in result.stdout
 
 
-def test_bad_config_is_one_line_on_stderr_and_exit_2(tmp_path):
+def test_bad_config_is_one_line_on_stderr_and_exit_2(cli, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("data: {root: /nowhere}\noptim: {decay: 3}\n")
-    result = raysegment("train", "--config", cfg)
+    result = cli("train", "--config", cfg)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "optim.decay" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_dataset_is_one_line_error(tmp_path):
-    result = raysegment("data", "check", "--root", tmp_path, "--domain", "clear")
+def test_missing_dataset_is_one_line_error(cli, tmp_path):
+    result = cli("data", "check", "--root", tmp_path, "--domain", "clear")
     assert result.returncode == 2 and "dataset.json is missing" in result.stderr and result.stderr.count("\n") == 1
 
 

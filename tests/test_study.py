@@ -3,8 +3,6 @@
 import json
 import math
 import re
-import subprocess
-import sys
 
 import pytest
 from conftest import TINY_BACKBONE, retina_root
@@ -161,25 +159,9 @@ def test_adapt_study_runs_on_real_retina_drive_to_chase(cli, tmp_path):
     assert "judge pick:" in study.stdout and "vessel" in study.stdout and "spearman" in study.stdout
 
 
-def test_compare_cli_reports_a_missing_source_in_one_line(tmp_path, synth_root):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "raysegment.cli",
-            "compare",
-            "--source",
-            str(tmp_path / "nope"),
-            "--data",
-            str(synth_root),
-            "--source-domain",
-            "clear",
-            "--targets",
-            "fog",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_compare_cli_reports_a_missing_source_in_one_line(cli, tmp_path, synth_root):
+    result = cli(
+        "compare", "--source", tmp_path / "nope", "--data", synth_root, "--source-domain", "clear", "--targets", "fog"
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "nope" in result.stderr
