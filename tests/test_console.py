@@ -77,7 +77,11 @@ def console(ray_cluster, tmp_path_factory):
     reg.promote("drive", 1)
     reg.register("drive", constant_model(1), META, {"val_miou": 0.755}, parent="drive@1", lineage={"method": "adabn"})
     reg.promote("drive", 2, "candidate")
-    reg.register("chase", constant_model(1), META, parent="drive@1", lineage={"method": "tent", "target_labels": 0})
+    estimate = {"estimated_miou": 0.61, "estimated_miou_low": 0.55, "estimated_miou_high": 0.66}
+    estimate |= {"estimated_iou.background": 0.93, "estimated_iou.vessel": 0.29}
+    reg.register(
+        "chase", constant_model(1), META, estimate, parent="drive@1", lineage={"method": "tent", "target_labels": 0}
+    )
     reg.promote("chase", 1)
     reg.register("broken", constant_model(0), META, parent="drive@1")
     (root / "broken" / "aliases.json").write_text("{")
@@ -219,3 +223,14 @@ def test_admin_promote_and_rollback_round_trip_and_hostile_reasons_render_as_tex
     page.wait_for_selector("tr[data-domain='drive'] td.decision")
     assert "rolled back from v2 by ops" in page.inner_text("tr[data-domain='drive'] td.decision")
     assert page.evaluate("window.__xss === undefined") and not errors, errors
+
+
+def test_a_version_shows_its_label_free_estimate_with_a_bar_per_class(console, browser):
+    page, errors = open_console(browser, console, "read")
+    page.goto(f"{console['url']}/ui#/domain/chase")
+    cell = page.wait_for_selector("#versions tr[data-version='1'] td.estimate-cell")
+    assert "61.00 [55.00–66.00]" in cell.inner_text()
+    bars = page.locator("#versions tr[data-version='1'] .classbar")
+    assert bars.count() == 2 and "vessel: 29.00" in (bars.nth(1).get_attribute("title") or "")
+    assert "estimated_" not in page.inner_text("#versions")  # the raw keys are not repeated as metrics
+    assert not errors, errors

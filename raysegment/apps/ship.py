@@ -111,7 +111,13 @@ def estimated(found: dict[str, Any] | None) -> dict[str, float]:
     """The pick's estimated target mIoU and interval as version metrics (none without a fit)."""
     if not found:
         return {}
-    return {"estimated_miou": found["miou"], "estimated_miou_low": found["low"], "estimated_miou_high": found["high"]}
+    per_class = {f"estimated_iou.{name}": v for name, v in found["per_class"].items() if v == v}  # NaN: not estimated
+    return {
+        "estimated_miou": found["miou"],
+        "estimated_miou_low": found["low"],
+        "estimated_miou_high": found["high"],
+        **per_class,
+    }
 
 
 def _source(run: TargetRun) -> torch.nn.Module:

@@ -50,11 +50,25 @@ function percent(value) {
   return typeof value === "number" ? `${(100 * value).toFixed(2)}` : "";
 }
 
+const ESTIMATE = "estimated_";  // metrics the label-free estimator wrote (engine/estimate.py)
+
 function metricText(metrics) {
   return Object.entries(metrics || {})
-    .filter(([, v]) => typeof v === "number")
+    .filter(([k, v]) => typeof v === "number" && !k.startsWith(ESTIMATE))
     .map(([k, v]) => `${k} ${percent(v)}`)
     .join(", ");
+}
+
+// The estimated target mIoU with its interval, and a bar per class (a rare class's collapse shows).
+function estimateCell(metrics) {
+  const m = metrics || {};
+  if (typeof m.estimated_miou !== "number") return el("span", { class: "muted" }, "not estimated");
+  const classes = Object.entries(m).filter(([k, v]) => k.startsWith(`${ESTIMATE}iou.`) && typeof v === "number");
+  return el("span", { class: "estimate" },
+    el("b", {}, percent(m.estimated_miou)), ` [${percent(m.estimated_miou_low)}–${percent(m.estimated_miou_high)}]`,
+    el("span", { class: "classbars" }, classes.map(([k, v]) =>
+      el("span", { class: "classbar", title: `${k.slice(ESTIMATE.length + 4)}: ${percent(v)}` },
+        el("span", { style: `height:${Math.max(1, Math.round(100 * v))}%` })))));
 }
 
 function driftBar(drift) {
@@ -112,11 +126,12 @@ async function domainPage(name) {
   const d = await api(`/v1/domains/${encodeURIComponent(name)}`);
   const aliasesOf = (v) => Object.entries(d.aliases || {}).filter(([, n]) => n === v).map(([a]) => el("span", { class: `tag ${a}` }, a));
   const versions = el("table", { id: "versions" },
-    el("thead", {}, el("tr", {}, ["Version", "Aliases", "Method", "Target labels", "Judge", "Parent", "Metrics", "Size"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Version", "Aliases", "Method", "Target labels", "Judge", "Parent", "Estimated target mIoU (no labels)", "Metrics", "Size"].map((h) => el("th", {}, h)))),
     el("tbody", {}, (d.versions || []).slice().reverse().map((v) =>
       el("tr", { "data-version": v.version },
         el("td", {}, `v${v.version}`), el("td", {}, aliasesOf(v.version)), el("td", {}, v.method || "source"),
         el("td", {}, v.target_labels ?? ""), el("td", {}, v.judge || ""), el("td", {}, v.parent || ""),
+        el("td", { class: "estimate-cell" }, estimateCell(v.metrics)),
         el("td", {}, metricText(v.metrics)), el("td", {}, v.bytes ? `${(v.bytes / 1024).toFixed(0)} KiB` : "")))));
   const shadow = d.shadow
     ? el("p", { id: "shadow" }, `shadow: candidate v${d.shadow.candidate} vs production v${d.shadow.production} on ${d.shadow.pairs} mirrored requests`,
