@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -13,15 +14,23 @@ from raysegment.distributed.spec import FROM_ENV, SPEC_ENV, read_spec
 from raysegment.errors import RaySegmentError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # raysegment/distributed/submit.py -> the repository
-EXCLUDES = [".venv", ".git", "runs", "demo_out", ".gpu_wheels", "**/__pycache__", "*.egg-info", "data"]
+EXCLUDES = [".venv", ".venv-ls", ".git", "runs", "demo_out", ".gpu_wheels", "**/__pycache__", "*.egg-info", "data"]
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
 
+OVERRIDING_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # Ray lets these replace an explicit address
+
+
 def client(address: str) -> JobSubmissionClient:
+    """A job client of `address` itself: Ray's client would silently take RAY_API_SERVER_ADDRESS or
+    RAY_ADDRESS instead (the CLI's --address already defaults to the former)."""
+    saved = {key: os.environ.pop(key) for key in OVERRIDING_ENV if key in os.environ}
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # connection refused, 401, bad URL: all user-facing
         raise RaySegmentError(f"cannot reach the Ray dashboard at {address}: {str(exc).splitlines()[0][:200]}") from exc
+    finally:
+        os.environ.update(saved)
 
 
 def submit(spec_path: str | Path, address: str) -> str:
