@@ -226,11 +226,14 @@ def test_admin_promote_and_rollback_round_trip_and_hostile_reasons_render_as_tex
 
 
 def test_a_version_shows_its_label_free_estimate_with_a_bar_per_class(console, browser):
+    from playwright.sync_api import expect
+
     page, errors = open_console(browser, console, "read")
     page.goto(f"{console['url']}/ui#/domain/chase")
     cell = page.wait_for_selector("#versions tr[data-version='1'] td.estimate-cell")
     assert "61.00 [55.00–66.00]" in cell.inner_text()
     bars = page.locator("#versions tr[data-version='1'] .classbar")
-    assert bars.count() == 2 and "vessel: 29.00" in (bars.nth(1).get_attribute("title") or "")
+    expect(bars).to_have_count(2)  # auto-waiting: the page re-renders as its data arrive
+    expect(bars.nth(1)).to_have_attribute("title", "vessel: 29.00")
     assert "estimated_" not in page.inner_text("#versions")  # the raw keys are not repeated as metrics
     assert not errors, errors
