@@ -200,7 +200,12 @@ def promote_compressed(
 
 
 def promote_version(
-    registry: Registry, ref: str, force: bool = False, actor: str | None = None, why: str | None = None
+    registry: Registry,
+    ref: str,
+    force: bool = False,
+    actor: str | None = None,
+    why: str | None = None,
+    evidence: str = "held-back images",
 ) -> Decision:
     """`raysegment registry promote DOMAIN@VERSION` (and `POST /v1/domains/{d}/promote`): judge on
     held-back images, then apply the policy; `force` skips the judge and records `actor` and `why`."""
@@ -210,7 +215,9 @@ def promote_version(
             registry, entry.domain, entry.version, None, None, None, None, force=True, actor=actor, why=why
         )
     candidate, incumbent_score, judge_name, incumbent = held_back_scores(registry, entry)
-    return promote_if_better(registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent)
+    return promote_if_better(
+        registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent, evidence=evidence
+    )
 
 
 SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored from serving's online AdaBN

@@ -29,10 +29,8 @@ os.environ[SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
 LINGER_S = 30.0  # how long processes get to exit after the last teardown (Ray stops asynchronously)
 
 
-def marked_processes(marker: str, prefix: bool = False) -> list[int]:
-    """Live (not zombie) processes other than this one whose environment holds `marker` (KEY=VALUE;
-    with `prefix`, a value that starts with VALUE)."""
-    needle = b"\0" + marker.encode() + (b"" if prefix else b"\0")
+def live_processes(reads: str, holds: bytes) -> list[int]:
+    """Live (not zombie) processes other than this one whose /proc/PID/`reads` file holds `holds`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -40,11 +38,21 @@ def marked_processes(marker: str, prefix: bool = False) -> list[int]:
         try:
             if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue
-            if needle in b"\0" + (entry / "environ").read_bytes():
+            if holds in b"\0" + (entry / reads).read_bytes():
                 found.append(int(entry.name))
         except (OSError, IndexError):
             continue  # gone meanwhile, or not ours to read
     return found
+
+
+def marked_processes(marker: str, prefix: bool = False) -> list[int]:
+    """Processes whose environment holds `marker` (KEY=VALUE; with `prefix`, a value starting so)."""
+    return live_processes("environ", b"\0" + marker.encode() + (b"" if prefix else b"\0"))
+
+
+def processes_named(prefix: str) -> list[int]:
+    """Processes whose command line starts with `prefix` (Ray names its workers `ray::Class`)."""
+    return live_processes("cmdline", b"\0" + prefix.encode())
 
 
 def describe(pid: int) -> str:

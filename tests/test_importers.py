@@ -4,6 +4,7 @@ sizes) come out as raysegment datasets whose masks hold 0/1 inside the field of 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,8 +30,8 @@ def _fundus(h: int, w: int, seed: int) -> tuple[Image.Image, Image.Image, Image.
     )
 
 
-def test_drive_layout_becomes_train_val_test_with_the_fov_ignored(tmp_path, cli):
-    src = tmp_path / "DRIVE"
+def write_drive(src: Path) -> Path:
+    """A small DRIVE download: training 21, 22, 37 and test 01, 02 (TIFF images, GIF manuals and FOVs)."""
     for folder, numbers in (("training", [21, 22, 37]), ("test", [1, 2])):
         for sub in ("images", "1st_manual", "mask"):
             (src / folder / sub).mkdir(parents=True)
@@ -40,6 +41,11 @@ def test_drive_layout_becomes_train_val_test_with_the_fov_ignored(tmp_path, cli)
             image.save(src / folder / "images" / f"{n:02d}_{kind}.tif")
             manual.convert("P").save(src / folder / "1st_manual" / f"{n:02d}_manual1.gif")
             fov.convert("P").save(src / folder / "mask" / f"{n:02d}_{kind}_mask.gif")
+    return src
+
+
+def test_drive_layout_becomes_train_val_test_with_the_fov_ignored(tmp_path, cli):
+    src = write_drive(tmp_path / "DRIVE")
     result = cli("data", "import", "drive", src, tmp_path / "retina")
     assert result.returncode == 0, result.stderr
     assert "2 train, 1 val, 2 test" in result.stdout

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 import torch
+from conftest import processes_named
 
 from raysegment.data import EpochSampler, RareClassSampler, open_split
 from raysegment.data.dataset import read_mask
@@ -173,17 +174,6 @@ def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
     # Each finished run's Train controller is gone (Ray Train's SIGINT handler held it, and with it
     # the run's placement group, which starved the next run's decode tasks of CPUs).
     deadline = time.monotonic() + 30
-    while (controllers := _processes_named("ray::TrainController")) and time.monotonic() < deadline:
+    while (controllers := processes_named("ray::TrainController")) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not controllers, f"Train controllers outlive their runs: {controllers}"
-
-
-def _processes_named(prefix: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(prefix.encode()):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found

@@ -137,6 +137,8 @@ def walk_the_readme(walk: Walk) -> None:
         time.sleep(0.5)
     walk.ready_at = time.monotonic()
 
+    side = start_readme_mentions(walk)  # the README's other commands, beside the browser check
+
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -149,7 +151,53 @@ def walk_the_readme(walk: Walk) -> None:
         finally:
             browser.close()
     assert_segments(walk)
+    check_readme_mentions(walk, side)
     label_round_trip(walk)  # the README's next block, while the server must stay up
+
+
+def readme_mentions() -> dict[str, str]:
+    """The commands the README's text names in backticks: registry history, registry add, and the
+    DRIVE line of its real-data table (placeholders bound to the walk's folder)."""
+    found = [" ".join(c.split()) for c in re.findall(r"`(raysegment [^`]+)`", README.read_text())]
+    history = next(c for c in found if c.startswith("raysegment registry history"))
+    add = next(c for c in found if c.startswith("raysegment registry add"))
+    add = add.replace("MODEL_DIR", "runs/source/model").replace("--domain D", "--domain clear")
+    add = add.replace("--data ROOT", "--data data") + " --registry registry"
+    drive = next(c for c in found if c.startswith("raysegment data import drive"))
+    return {"history": history, "add": add, "import": drive}
+
+
+def start_readme_mentions(walk: Walk) -> dict[str, tuple[str, subprocess.Popen]]:
+    from test_importers import write_drive
+
+    write_drive(walk.folder / "DRIVE")  # a small download in the publisher's layout
+    return {
+        name: (
+            command,
+            subprocess.Popen(
+                ["bash", "-c", f"source .venv/bin/activate && {command}"],
+                cwd=walk.folder,
+                env=walk.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for name, command in readme_mentions().items()
+    }
+
+
+def check_readme_mentions(walk: Walk, side: dict[str, tuple[str, subprocess.Popen]]) -> None:
+    out = {}
+    for name, (command, proc) in side.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{command}\n{stdout[-1500:]}{stderr[-1500:]}"
+        out[name] = stdout
+    decisions = [json.loads(line) for line in out["history"].splitlines()]
+    assert any(d.get("decision", {}).get("version") == 1 for d in decisions), out["history"]  # the pick's
+    assert "clear@2 registered, now production: no model to beat" in out["add"], out["add"]
+    assert "2 train, 1 val, 2 test" in out["import"]
+    assert (walk.folder / "data/retina/drive/masks/drive_21.png").is_file()
 
 
 def label_round_trip(walk: Walk) -> None:

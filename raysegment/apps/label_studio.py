@@ -164,7 +164,8 @@ def push(client: LabelStudio, model_dir: str, images: str, budget: int, title: s
     project = int(found["id"])
     present = {_original_name(t) for t in client.tasks(project)}
     uploaded, already = [], []
-    for path in done.files[: done.selection.budget]:
+    picks = done.selection.picks  # done.files is in the selection's order: the picks head it
+    for path, index in zip(done.files, picks):
         if path.name in present:
             already.append(path.name)
             continue
@@ -177,7 +178,7 @@ def push(client: LabelStudio, model_dir: str, images: str, budget: int, title: s
         )
         task_ids = imported.get("task_ids") if isinstance(imported, dict) else None
         task = task_ids[0] if task_ids else _task_of(client, project, path.name)
-        prelabel = np.asarray(Image.open(done.prelabels / f"{path.stem}.png"))
+        prelabel = done.selection.evidence[index].prediction.numpy()  # the pre-label select wrote
         client.call(
             "POST",
             "/api/predictions",

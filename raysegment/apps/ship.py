@@ -16,29 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from raysegment.apps.study import RESCALED, SOURCE, TargetRun
-from raysegment.config import METHODS, Judge, RunConfig
+from raysegment.config import LABEL_FREE_METHODS, Judge, RunConfig
 from raysegment.data import open_split
 from raysegment.engine.signature import version_signatures
 from raysegment.intake import register_source
 from raysegment.models import ModelMeta
-from raysegment.promotion import PRODUCTION, Decision, held_back_scores, promote_if_better
+from raysegment.promotion import PRODUCTION, Decision, promote_if_better, promote_version
 from raysegment.registry import Registry
 
 
 def pick_config(run: TargetRun, method: str, judge: Judge, resize: Any) -> RunConfig:
-    """The pick's run config: the target's study config at the pick's scale, judged by `judge`."""
+    """The pick's run config: the target's study config at the pick's scale, judged by `judge` (the
+    unadapted source trained nothing: its config says `finetune` on labelled data, never read)."""
     base = run.study.base
-    labelled_method = method not in METHODS or method == "finetune"
-    method = method if method in METHODS else "finetune"  # the unadapted source: nothing was trained
+    label_free = method in LABEL_FREE_METHODS
     return base.model_copy(
         update={
-            "data": base.data.model_copy(
-                update={"domain": run.domain, "resize": resize, "unlabelled": not labelled_method}
-            ),
-            "adapt": base.adapt.model_copy(update={"method": method, "judge": judge}),
+            "data": base.data.model_copy(update={"domain": run.domain, "resize": resize, "unlabelled": label_free}),
+            "adapt": base.adapt.model_copy(update={"method": method if label_free else "finetune", "judge": judge}),
         }
     )
 
@@ -88,7 +84,9 @@ def ship_pick(
             "study_scores": scores,
             "study_reason": report.proxy_reason,
         },
-        signatures=version_signatures(candidate.model, train_images, candidate.resize, (source_ref, _source(run))),
+        signatures=version_signatures(
+            candidate.model, train_images, candidate.resize, (source_ref, run.study.source_model)
+        ),
     )
     why = f"study {evidence}: {report.proxy_reason}"
     if registry.aliases(run.domain).get(PRODUCTION) is None:
@@ -96,12 +94,7 @@ def ship_pick(
             registry, run.domain, version, scores[pick], scores[SOURCE], judge, source_ref, evidence=why
         )
     else:
-        score, incumbent_score, judge_name, incumbent = held_back_scores(
-            registry, registry.get_entry(run.domain, version)
-        )
-        decision = promote_if_better(
-            registry, run.domain, version, score, incumbent_score, judge_name, incumbent, evidence=why
-        )
+        decision = promote_version(registry, f"{run.domain}@{version}", evidence=why)
     alias = PRODUCTION if decision.promoted else "candidate"
     log(f"[registry] {run.domain}@{version} ({pick}) is {alias}: {decision.reason}")
     return decision
@@ -118,7 +111,3 @@ def estimated(found: dict[str, Any] | None) -> dict[str, float]:
         "estimated_miou_high": found["high"],
         **per_class,
     }
-
-
-def _source(run: TargetRun) -> torch.nn.Module:
-    return run.study.source_model

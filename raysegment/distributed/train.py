@@ -233,9 +233,13 @@ def build_trainer(
 
 def ensure_ray(log_to_driver: bool = False) -> bool:
     """Attach to the cluster in RAY_ADDRESS, or start an embedded one, once per process.
-    True when this call connected (the caller then owns the `ray.shutdown()`)."""
+    True when this call connected (the caller then owns the `ray.shutdown()`). Only from the main
+    thread: Ray spawns its GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread*
+    that forked them exits, so an embedded Ray started in a helper thread dies with that thread."""
     if ray.is_initialized():
         return False
+    if threading.current_thread() is not threading.main_thread():
+        raise RaySegmentError("Ray must be started from the main thread (its daemons die with the thread)")
     ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=log_to_driver)
     return True
 

@@ -50,12 +50,9 @@ def image_evidence(
     h, w = image.shape[-2:]
     x = resize_images(to_float(image.unsqueeze(0).to(device)), scaled_size(h, w, resize))
     sh, sw = x.shape[-2:]
-    x = (x - model.mean) / model.std
-    pad_h, pad_w = (-sh) % model.stride, (-sw) % model.stride
-    x = F.pad(x, (0, pad_w, 0, pad_h))
-    features = model.decoder(model.encoder(x))  # (1, D, fh, fw)
+    features, (ph, pw) = model.padded_features(x)  # (1, D, fh, fw) of the stride-padded image
     fh, fw = features.shape[-2:]
-    keep_h, keep_w = math.ceil(sh * fh / x.shape[-2]), math.ceil(sw * fw / x.shape[-1])
+    keep_h, keep_w = math.ceil(sh * fh / ph), math.ceil(sw * fw / pw)
     features = features[..., :keep_h, :keep_w].float()
     logits = model.head(features)  # (1, C, fh, fw)
     probs = logits.softmax(1)[0].flatten(1)  # (C, P)

@@ -49,6 +49,15 @@ class Segmenter(nn.Module):
         self._frozen = freezing.freeze(encoder, freeze_depth)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features, padded = self.padded_features(images)
+        h, w = images.shape[-2:]
+        logits = F.interpolate(self.head(features), size=padded, mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+    def padded_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B,3,H,W) in [0,1] -> the decoder's features (B,D,h',w') of the normalised images
+        padded to the backbone's stride, and that padded size: what the head reads (and what label
+        selection reads, `engine.selection`)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ModelError(f"expected images of shape (B,3,H,W), got {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -56,9 +65,7 @@ class Segmenter(nn.Module):
         pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        logits = self.head(self.decoder(self.encoder(x)))
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
+        return self.decoder(self.encoder(x)), (x.shape[-2], x.shape[-1])
 
     def train(self, mode: bool = True) -> Segmenter:
         super().train(mode)

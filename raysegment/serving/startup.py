@@ -2,9 +2,8 @@
 same cores), progress on the way, one line (not a traceback) if it cannot come up, then serving
 until SIGINT or SIGTERM, and a clean stop that leaves no Ray process of its own behind.
 
-Ray is started (or attached, with RAY_ADDRESS) in the calling thread, which must be the main one:
-Ray spawns its GCS and raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread* that forked
-them exits, so an embedded Ray started in a helper thread dies with it and the server a minute later.
+Ray is started (or attached, with RAY_ADDRESS) in the calling thread, which must be the main one
+(`ensure_ray`): an embedded Ray started in a helper thread dies with it, and the server a minute later.
 Only Serve's own start (which waits on the controller) runs in a helper thread, so progress can be
 printed; progress asks Serve only once Ray is up, so it never starts a second local Ray.
 
@@ -28,20 +27,6 @@ from raysegment.serving.proxy_guard import PROXY_MAX_BODY_ENV
 PROGRESS_EVERY_S = 10.0
 
 
-def start_ray() -> bool:
-    """Ray for serving, in this (the main) thread: RAY_ADDRESS's cluster, else an embedded one with
-    the serve processes' environment. True when this call started or attached it (the caller owns
-    the `ray.shutdown()`)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if threading.current_thread() is not threading.main_thread():
-        raise RaySegmentError("Ray must be started from the main thread (its daemons die with the thread)")
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
-    return True
-
-
 def start_serving(
     cfg: ServeConfig,
     host: str,
@@ -53,11 +38,13 @@ def start_serving(
     progress_every_s: float = PROGRESS_EVERY_S,
 ) -> bool:
     """Start Ray (embedded, or RAY_ADDRESS) here, then Serve's proxy on host:port and the app;
-    returns once every deployment is up: True when this call started Ray (see `start_ray`).
+    returns once every deployment is up: True when this call started Ray (`distributed.train.ensure_ray`).
     Raises RaySegmentError (one line) when that fails or takes `timeout_s`."""
     os.environ.setdefault(PROXY_MAX_BODY_ENV, str(cfg.limits.max_image_bytes))
     use_serve_process_env()
-    started_ray = start_ray()
+    from raysegment.distributed.train import ensure_ray
+
+    started_ray = ensure_ray()
     outcome: dict[str, BaseException | None] = {}
 
     def run() -> None:
