@@ -10,7 +10,7 @@ LS_STAMP := $(LS_VENV)/.installed
 LABEL_STUDIO ?= label-studio==1.23.2 sentry-sdk<3  # sentry-sdk 3 drops an option label-studio passes
 
 .PHONY: setup browser label-studio demo lint test test-fast bench clean
-CODE    := raysegment tests benchmarks jobs
+CODE    := raysegment tests benchmarks jobs examples
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

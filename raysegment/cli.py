@@ -129,7 +129,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     if args.budget < 1:
         raise ConfigError(f"--budget must be at least 1, got {args.budget}")
-    done = run_selection(args.model, args.images, args.budget, args.out, args.strategy, args.seed)
+    if args.strategy == "active-novel" and not args.source_images:
+        raise ConfigError("--strategy active-novel needs --source-images DIR (the source's own images)")
+    done = run_selection(args.model, args.images, args.budget, args.out, args.strategy, args.seed, args.source_images)
     print(f"label these {done.selection.budget} first ({args.strategy}):")
     for path in done.files[: done.selection.budget]:
         print(f"  {path}")
@@ -486,6 +488,26 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from raysegment.config import ModelConfig, ResizeConfig
+    from raysegment.models.model_import import import_model, read_info
+
+    if args.classes < 2:
+        raise ConfigError(f"--classes must be at least 2, got {args.classes}")
+    try:
+        cfg = ModelConfig(library=args.library, arch=args.arch, backbone=args.encoder or "efficientnet_lite0")
+    except ValueError as exc:
+        raise ConfigError(f"import-model: {str(exc).splitlines()[-1]}") from exc
+    resize = ResizeConfig(short_side=args.short_side) if args.short_side else None
+    done = import_model(args.checkpoint, cfg, read_info(args.dataset_info, args.classes), args.out, resize)
+    dropped = f"; dropped {len(done.dropped)} keys of parts raysegment does not use (e.g. {done.dropped[:1]})"
+    print(
+        f"{done.tensors} tensors checked and loaded into {args.library} {args.arch} -> {done.folder}"
+        + (dropped if done.dropped else "")
+    )
+    return 0
+
+
 REGISTRY_ENV, JOBS_ADDRESS_ENV = "RAYSEGMENT_REGISTRY", "RAY_API_SERVER_ADDRESS"
 RENAMED = {"adapt": "compare", "fine-tune": "train-on-ray"}  # old command -> new; the old still runs
 
@@ -607,6 +629,9 @@ def add_labelling(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, required=True, help="how many images you can label")
     p.add_argument("--strategy", default="active", choices=list(SELECT_STRATEGIES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--source-images", help="folder of the source's own images: active-novel prefers target images unlike them"
+    )
     p.add_argument("--out", default="select_out")
     p.set_defaults(func=cmd_select)
 
@@ -745,6 +770,18 @@ def add_model_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", required=True, help="timm architecture name, e.g. efficientnet_lite0")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.set_defaults(func=cmd_weights_import)
+    p = sub.add_parser("import-model", help="a trained SMP or torchvision checkpoint as a raysegment model folder")
+    p.add_argument("checkpoint", help="state dict: .safetensors, or a PyTorch file (loaded with weights_only=True)")
+    p.add_argument("--library", required=True, choices=["smp", "torchvision"])
+    p.add_argument(
+        "--arch", required=True, help="smp: Unet, FPN, DeepLabV3Plus, ...; torchvision: deeplabv3_resnet50, ..."
+    )
+    p.add_argument("--encoder", help="smp: the encoder it was built with, e.g. tu-efficientnet_lite0")
+    p.add_argument("--classes", type=int, required=True, help="how many classes it predicts")
+    p.add_argument("--dataset-info", help="dataset.json with the class names and palette (default: class_0..)")
+    p.add_argument("--short-side", type=int, help="the short side (px) it was trained at: its working scale")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.set_defaults(func=cmd_import_model)
 
 
 def add_demo_and_data(sub: argparse._SubParsersAction) -> None:

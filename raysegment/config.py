@@ -25,6 +25,7 @@ from raysegment.errors import ConfigError
 
 # The one list of each kind of name: the Literal types validate configs, the tuples feed CLIs and searches.
 Decoder = Literal["fpn", "unet", "deeplabv3plus", "segformer"]
+Library = Literal["raysegment", "smp", "torchvision"]  # who builds the model (models.foreign for the last two)
 Method = Literal["finetune", "adabn", "tent", "self_training"]
 Judge = Literal["labels", "proxy"]  # what scores a result on held-back images (engine.judge, engine.policy)
 Layout = Literal["raysegment", "cityscapes", "acdc"]
@@ -42,7 +43,7 @@ STUDY_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "self_training-cb": ("self_training", {"pseudo_class_portion": 0.5}),
     "self_training-mic": ("self_training", {"pseudo_class_portion": 0.5, "mask_ratio": 0.5}),
 }
-SelectStrategy = Literal["active", "random", "first"]  # engine.selection: which target images to label
+SelectStrategy = Literal["active", "active-novel", "random", "first"]  # engine.selection: which target images to label
 SELECT_STRATEGIES: tuple[str, ...] = get_args(SelectStrategy)
 PUBLIC_SETS = ("drive", "chase", "hrf", "camvid")  # `raysegment data import`: data.importers.IMPORTERS
 SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
@@ -116,7 +117,19 @@ BUNDLED_BACKBONE = "efficientnet_lite0"  # the backbone whose ImageNet weights s
 
 
 class ModelConfig(_Strict):
-    backbone: str = "efficientnet_lite0"
+    library: Library = Field(
+        "raysegment",
+        description="raysegment: a timm backbone under one of raysegment's decoders; smp: "
+        "segmentation_models_pytorch's `arch` on encoder `backbone`; torchvision: the segmentation model `arch`",
+    )
+    arch: str | None = Field(
+        None,
+        description="smp: an architecture (Unet, FPN, DeepLabV3Plus, Segformer, ...); torchvision: a model "
+        "name (deeplabv3_mobilenet_v3_large, fcn_resnet50, ...)",
+    )
+    backbone: str = Field(
+        "efficientnet_lite0", description="a timm model name; for smp any encoder SMP accepts (tu-<timm name>)"
+    )
     decoder: Decoder = "fpn"
     decoder_channels: PositiveInt = 64
     pretrained: PretrainedConfig = PretrainedConfig()
@@ -124,6 +137,14 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _imagenet_weights_fit(self) -> ModelConfig:
+        if (self.library == "raysegment") == (self.arch is not None):
+            raise ValueError("model.arch names the smp or torchvision architecture; library raysegment uses decoder")
+        if self.library == "torchvision" and self.pretrained.source in ("imagenet", "timm", "file"):
+            raise ValueError("torchvision models take weights from a checkpoint (`raysegment import-model`)")
+        if self.library == "smp" and self.pretrained.source == "imagenet":
+            if self.backbone != f"tu-{BUNDLED_BACKBONE}":
+                raise ValueError(f"pretrained.source=imagenet on smp needs backbone tu-{BUNDLED_BACKBONE}")
+            return self
         if self.pretrained.source == "imagenet" and self.backbone != BUNDLED_BACKBONE:
             raise ValueError(
                 f"pretrained.source=imagenet ships for backbone {BUNDLED_BACKBONE} only; for {self.backbone} "

@@ -7,6 +7,10 @@ adapted from) by the domain's judge on held-back images: target val labels where
 unsupervised proxy otherwise. Otherwise it gets the alias `candidate` and the reason is recorded.
 `force=True` overrides the judge and is recorded as forced, with who forced it. Every decision is
 appended to the domain's audit history (`Registry.history`).
+
+A do-no-harm floor backs the judge: a candidate whose estimated target mIoU (`intake`, no labels)
+has an upper bound below the incumbent's estimate is refused even when its judge's score wins,
+because a label-free score can rise while the segmentation collapses (entropy minimisation does).
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ def promote_if_better(
         wins, reason = False, "no held-back score: the judge could not run"
     else:
         wins, reason = judge(candidate_score, incumbent_score, judge_name, margin)
+        below = floor_breach(registry, domain, version, incumbent) if wins else None
+        if below:
+            wins, reason = False, f"{reason}, but {below}"
     decision = Decision(
         domain,
         version,
@@ -103,6 +110,22 @@ def promote_if_better(
     if wins:
         registry.drop_alias(domain, CANDIDATE, version)
     return decision
+
+
+def floor_breach(registry: Registry, domain: str, version: int, incumbent: str | None) -> str | None:
+    """Why the candidate falls below the do-no-harm floor (its estimate's upper bound under the
+    incumbent's estimated mIoU), or None: within it, or either has no estimate."""
+    if incumbent is None:
+        return None
+    mine = registry.get_entry(domain, version).manifest.metrics
+    theirs = registry.resolve(incumbent).manifest.metrics
+    high, floor = mine.get("estimated_miou_high"), theirs.get("estimated_miou")
+    if high is None or floor is None or high >= floor:
+        return None
+    return (
+        f"its estimated mIoU (at most {100 * high:.1f}) is below {incumbent}'s estimate "
+        f"{100 * floor:.1f}: refused by the do-no-harm floor"
+    )
 
 
 def retire(registry: Registry, domain: str, version: int, reason: str) -> None:

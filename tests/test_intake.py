@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from raysegment.intake import lineage_fit
 from raysegment.models import load_model, save_model
 from raysegment.registry import Registry
 
@@ -33,3 +34,26 @@ def test_a_model_folder_joins_a_registry_judged_against_production(cli, odd_root
     assert unjudged.returncode == 0 and "chase@1 registered as candidate (not judged)" in unjudged.stdout
     missing = cli("registry", "add", tmp_path / "nope", "--domain", "drive", "--registry", registry)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_a_version_is_estimated_with_the_confidence_fit_up_its_lineage(cli, odd_root, odd_source_dir, tmp_path):
+    """A source registered with labelled val images keeps its confidence fit; a folder added to a
+    domain without labels is estimated with the fit of that domain's production lineage."""
+    registry = tmp_path / "registry"
+    first = cli("registry", "add", odd_source_dir, "--domain", "drive", "--data", odd_root, "--registry", registry)
+    assert first.returncode == 0, first.stderr
+    reg = Registry(registry)
+    fit = lineage_fit(reg, "drive@1")
+    assert fit is not None and fit.classes == ["background", "vessel"] and len(fit.thresholds) == 2
+    assert "estimated_miou" not in reg.resolve("drive@1").manifest.metrics  # its val is labelled: measured
+
+    model, meta = load_model(odd_source_dir)
+    reg.register("raw", model, meta, parent="drive@1")  # a delta: the fit is found up its base
+    reg.promote("raw", 1, "production")
+    assert lineage_fit(reg, "raw@1") == fit
+    added = cli("registry", "add", odd_source_dir, "--domain", "raw", "--data", odd_root, "--registry", registry)
+    assert added.returncode == 0, added.stderr
+    metrics = Registry(registry).resolve("raw@2").manifest.metrics
+    assert 0 <= metrics["estimated_miou_low"] <= metrics["estimated_miou"] <= metrics["estimated_miou_high"] <= 1
+    assert {"estimated_iou.background", "estimated_iou.vessel"} <= set(metrics)
+    assert lineage_fit(reg, "nowhere@1") is None

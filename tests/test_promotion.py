@@ -74,3 +74,19 @@ def test_a_forced_promotion_names_who_forced_it(tmp_path, source_model_dir):
         and decision.forced_by == "carol"
         and reg.history("fog")[0]["decision"]["forced_by"] == "carol"
     )
+
+
+def test_the_do_no_harm_floor_refuses_a_winner_estimated_below_production(tmp_path, source_model_dir):
+    """A judge's win is refused when the candidate's estimate's upper bound is under production's estimate."""
+    reg = Registry(tmp_path)
+    model, meta = load_model(source_model_dir)
+    reg.register("fog", model, meta, {"estimated_miou": 0.6, "estimated_miou_low": 0.55, "estimated_miou_high": 0.65})
+    assert promote_if_better(reg, "fog", 1, 0.5, None, "proxy").promoted
+    collapsed = {"estimated_miou": 0.3, "estimated_miou_low": 0.2, "estimated_miou_high": 0.4}
+    reg.register("fog", model, meta, collapsed)
+    refused = promote_if_better(reg, "fog", 2, 0.9, 0.5, "proxy", "fog@1")
+    assert not refused.promoted and "do-no-harm floor" in refused.reason and "beats" in refused.reason
+    reg.register("fog", model, meta, {"estimated_miou": 0.58, "estimated_miou_low": 0.5, "estimated_miou_high": 0.66})
+    assert promote_if_better(reg, "fog", 3, 0.9, 0.5, "proxy", "fog@1").promoted  # within its interval
+    reg.register("fog", model, meta)  # no estimate: the judge alone decides
+    assert promote_if_better(reg, "fog", 4, 0.9, 0.5, "proxy", "fog@3").promoted

@@ -16,7 +16,7 @@ from raysegment.data import SegmentationDataset, open_split
 from raysegment.data.info import DatasetInfo
 from raysegment.engine.adapt import adapt
 from raysegment.engine.selection import kmeans_plus_plus, select_images
-from raysegment.errors import DatasetError
+from raysegment.errors import ConfigError, DatasetError
 from raysegment.models import load_model
 
 INFO = DatasetInfo(classes=["background", "vessel"], palette=[(0, 0, 0), (255, 255, 255)])
@@ -59,6 +59,26 @@ def test_the_image_with_the_rare_class_is_picked_first_and_copies_are_not(odd_so
     assert select_images(model, data, 3, "first").picks == [0, 1, 2]
 
 
+def test_active_novel_ranks_an_image_the_source_already_shows_behind_the_rest(odd_source_dir, tmp_path):
+    target, source = tmp_path / "target", tmp_path / "source"
+    target.mkdir(), source.mkdir()
+    for i in range(3):
+        _plain(target / f"plain_{i}.png", 50, 40, i)
+    for seed in (7, 8):
+        _write_scene(target / f"vessels_{seed}.png", None, 50, 40, seed=seed, mode="RGB", bright=0.6)
+    shutil.copy(target / "vessels_7.png", source / "seen.png")  # the source has this very image
+    model, meta = load_model(odd_source_dir)
+    data = SegmentationDataset([(p, None) for p in sorted(target.glob("*.png"))], INFO)
+    seen = [data.stem(i) for i in range(len(data))].index("vessels_7")
+    far_from = SegmentationDataset([(source / "seen.png", None)], INFO)
+    novel = select_images(model, data, 2, "active-novel", meta.resize, seed=0, far_from=far_from)
+    active = select_images(model, data, 2, "active", meta.resize, seed=0)
+    assert novel.order[-1] == seen and active.order.index(seen) < len(data) - 1, (active.order, novel.order)
+    assert novel.order == select_images(model, data, 2, "active-novel", meta.resize, 0, far_from=far_from).order
+    with pytest.raises(ConfigError, match="source's images"):
+        select_images(model, data, 2, "active-novel", meta.resize)
+
+
 def test_select_writes_the_ranking_a_contact_sheet_and_pre_labels(cli, odd_root, odd_source_dir, tmp_path):
     folder = tmp_path / "raw photos"
     shutil.copytree(odd_root / "chase" / "images", folder)
@@ -72,6 +92,10 @@ def test_select_writes_the_ranking_a_contact_sheet_and_pre_labels(cli, odd_root,
         prelabel = np.asarray(Image.open(tmp_path / "out" / "prelabels" / f"{stem}.png"))
         assert prelabel.shape == np.asarray(Image.open(row["file"])).shape[:2] and prelabel.max() <= 1
     assert cli("select", "--model", odd_source_dir, "--images", folder, "--budget", "0").returncode == 2
+    no_source = cli(
+        "select", "--model", odd_source_dir, "--images", folder, "--budget", "1", "--strategy", "active-novel"
+    )
+    assert no_source.returncode == 2 and "--source-images" in no_source.stderr
 
 
 def test_self_training_with_k_labels_reads_those_masks_and_no_other_target_mask(odd_root, odd_source_dir, tmp_path):

@@ -32,6 +32,18 @@ def constant_model(cls: int) -> torch.nn.Module:
     return answering(META, cls)
 
 
+FOREIGN = {  # domain -> (the meta of a model another library builds, the class it answers)
+    "smp-unet": (
+        META.model_copy(update={"model": ModelConfig(library="smp", arch="Unet", backbone="tu-test_efficientnet")}),
+        2,
+    ),
+    "tv-deeplab": (
+        META.model_copy(update={"model": ModelConfig(library="torchvision", arch="deeplabv3_mobilenet_v3_large")}),
+        3,
+    ),
+}
+
+
 def bomb_png(width: int, height: int) -> bytes:
     """A 1-bit PNG: a few KB on the wire whose decoded RGB would take width*height*3 bytes."""
     buf = io.BytesIO()
@@ -69,6 +81,9 @@ def served(ray_cluster, tmp_path_factory):
     scaled = META.model_copy(update={"resize": ResizeConfig(short_side=16)})  # trained at a 16 px short side
     reg.register("scaled", constant_model(3), scaled, parent="base@1")
     reg.promote("scaled", 1)
+    for domain, (meta, cls) in FOREIGN.items():
+        reg.register(domain, answering(meta, cls), meta)
+        reg.promote(domain, 1)
     reg.register("broken", constant_model(1), META, parent="base@1")
     (root / "broken" / "aliases.json").write_text('{"production": 1,')  # torn: this domain alone is unavailable
     reg.register("tampered", constant_model(2), META, parent="base@1")
@@ -89,7 +104,7 @@ def served(ray_cluster, tmp_path_factory):
 
 
 def test_health_docs_and_domain_listing(served):
-    assert httpx.get(f"{served}/healthz").json() == {"status": "degraded", "domains": 7, "unavailable": ["broken"]}
+    assert httpx.get(f"{served}/healthz").json() == {"status": "degraded", "domains": 9, "unavailable": ["broken"]}
     assert httpx.get(f"{served}/docs").status_code == 200
     domains = httpx.get(f"{served}/v1/domains").json()["domains"]
     assert domains["fog"]["aliases"] == {"production": 1} and len(domains["fog"]["versions"]) == 2
@@ -159,6 +174,23 @@ def test_concurrent_mixed_domains_each_get_their_own_model(served):
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, cases))
     assert all(status == 200 for status, _, _ in results)
+    assert all(right for _, right, _ in results), "a response came from another domain's model"
+    assert max(b for _, _, b in results) > 1, "no request was batched"
+
+
+def test_smp_and_torchvision_models_are_served_batched_beside_raysegments_own(served):
+    cases = [(d, cls) for d, cls in (("smp-unet", 2), ("tv-deeplab", 3), ("fog", 1))] * 8
+    body = png(width=56)
+
+    def call(case):
+        domain, cls = case
+        r = httpx.post(f"{served}/v1/domains/{domain}/segment", content=body, timeout=60)
+        mask = np.asarray(Image.open(io.BytesIO(r.content)))
+        return r.status_code, mask.shape == (32, 56) and (mask == cls).all(), int(r.headers["x-batch-size"])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, cases))
+    assert all(status == 200 for status, _, _ in results), results
     assert all(right for _, right, _ in results), "a response came from another domain's model"
     assert max(b for _, _, b in results) > 1, "no request was batched"
 

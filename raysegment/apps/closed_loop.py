@@ -35,6 +35,7 @@ from raysegment.engine.adapt import adapt
 from raysegment.engine.policy import beats
 from raysegment.engine.proxies import paired_consistency_per_image
 from raysegment.engine.signature import Signature, domain_signature
+from raysegment.intake import estimated_metrics, lineage_fit
 from raysegment.models import ModelMeta, save_model
 from raysegment.promotion import CANDIDATE, promote_if_better, retire
 from raysegment.registry import Entry, Registry
@@ -201,11 +202,17 @@ def run_loop(
                 )
             winner = results[best]
             train = open_split(data.root, domain, "train", unlabelled=True)
+            val_images = open_split(data.root, domain, "val", unlabelled=True)
+            fit = lineage_fit(registry, production.ref)
             version = registry.register(
                 domain,
                 winner,
                 meta,
-                {"proxy_score": best_score, "production_proxy_score": production_score},
+                {
+                    "proxy_score": best_score,
+                    "production_proxy_score": production_score,
+                    **estimated_metrics(fit, winner, val_images, meta.resize, log, domain),
+                },
                 dict(tries)[best].model_dump(mode="json"),
                 parent=production.ref,
                 lineage={"method": best.split()[0], "target_labels": 0, "loop": True, "traffic_images": data.images},

@@ -43,10 +43,14 @@ def run_selection(
     out: str | Path,
     strategy: Strategy = "active",
     seed: int = 0,
+    source_images: str | Path | None = None,
 ) -> SelectionFiles:
+    """Rank the images of `images` for `model_dir`; `source_images` (a folder of the source's own
+    images) lets `active-novel` prefer images unlike them."""
     model, meta = load_model(model_dir)
     data = folder_dataset(images, meta.dataset_info())
-    selection = select_images(model, data, budget, strategy, meta.resize, seed)
+    far_from = folder_dataset(source_images, meta.dataset_info()) if source_images else None
+    selection = select_images(model, data, budget, strategy, meta.resize, seed, far_from=far_from)
     paths = [Path(str(data.samples[i][0])) for i in selection.order]
     out = Path(out)
     (out / PRELABELS).mkdir(parents=True, exist_ok=True)
@@ -61,6 +65,8 @@ def run_selection(
     ]
     listing = out / "selection.json"
     document = {"model": str(model_dir), "images": str(images), "strategy": strategy, "seed": seed}
+    if source_images:
+        document["source_images"] = str(source_images)
     atomic_write_bytes(
         listing, json.dumps({**document, "budget": selection.budget, "ranking": ranking}, indent=1).encode()
     )

@@ -19,8 +19,9 @@ from typing import Any
 from raysegment.apps.study import RESCALED, SOURCE, TargetRun
 from raysegment.config import LABEL_FREE_METHODS, Judge, RunConfig
 from raysegment.data import open_split
+from raysegment.engine.estimate import Estimate
 from raysegment.engine.signature import version_signatures
-from raysegment.intake import register_source
+from raysegment.intake import estimate_as_metrics, register_source
 from raysegment.models import ModelMeta
 from raysegment.promotion import PRODUCTION, Decision, promote_if_better, promote_version
 from raysegment.registry import Registry
@@ -65,6 +66,7 @@ def ship_pick(
     judge: Judge = "labels" if report.canary_miou else "proxy"
     scores = report.canary_miou or {c: p["score"] for c, p in report.proxy.items()}
     method = method_of(run, pick)
+    found = report.estimate.get(pick)
     cfg = pick_config(run, method, judge, candidate.resize)
     d = cfg.data
     train_images = open_split(d.root, run.domain, d.train_split, d.layout, unlabelled=True)
@@ -72,7 +74,11 @@ def ship_pick(
         run.domain,
         candidate.model,
         meta.model_copy(update={"resize": candidate.resize, "metrics": {}}),
-        {"score": scores[pick], "source_score": scores[SOURCE], **estimated(report.estimate.get(pick))},
+        {
+            "score": scores[pick],
+            "source_score": scores[SOURCE],
+            **estimate_as_metrics(Estimate(**found) if found else None),
+        },
         cfg.model_dump(mode="json"),
         parent=source_ref,
         lineage={
@@ -98,16 +104,3 @@ def ship_pick(
     alias = PRODUCTION if decision.promoted else "candidate"
     log(f"[registry] {run.domain}@{version} ({pick}) is {alias}: {decision.reason}")
     return decision
-
-
-def estimated(found: dict[str, Any] | None) -> dict[str, float]:
-    """The pick's estimated target mIoU and interval as version metrics (none without a fit)."""
-    if not found:
-        return {}
-    per_class = {f"estimated_iou.{name}": v for name, v in found["per_class"].items() if v == v}  # NaN: not estimated
-    return {
-        "estimated_miou": found["miou"],
-        "estimated_miou_low": found["low"],
-        "estimated_miou_high": found["high"],
-        **per_class,
-    }

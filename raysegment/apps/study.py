@@ -29,6 +29,7 @@ from raysegment.config import (
     CRITERIA,
     LABEL_FREE_METHODS,
     STUDY_VARIANTS,
+    Layout,
     LoopConfig,
     ResizeConfig,
     RunConfig,
@@ -44,12 +45,13 @@ from raysegment.engine.criteria import (
     criterion_quality,
     criterion_scores,
 )
-from raysegment.engine.estimate import ConfidenceFit, estimate_miou, fit_confidence
+from raysegment.engine.estimate import ConfidenceFit, estimate_miou
 from raysegment.engine.evaluate import evaluate
 from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
 from raysegment.engine.selection import select_images
-from raysegment.errors import ConfigError, RaySegmentError
+from raysegment.errors import ConfigError
+from raysegment.intake import own_fit
 from raysegment.models import ModelMeta, load_model
 from raysegment.traffic import TrafficStore
 from raysegment.viz import bar_chart_png
@@ -343,8 +345,15 @@ class TargetRun:
         s = self.study
         if s.select == "first":
             return None
-        labelled = train.labelled()
-        selection = select_images(s.source_model, labelled, max(s.shots), s.select, s.base.data.resize, s.select_seed)
+        labelled, base = train.labelled(), s.base
+        far_from = None
+        if s.select == "active-novel":
+            a = base.adapt
+            root, layout = a.source_root or base.data.root, a.source_layout or base.data.layout
+            far_from = open_split(root, a.source_domain or "", base.data.train_split, layout, unlabelled=True)
+        selection = select_images(
+            s.source_model, labelled, max(s.shots), s.select, base.data.resize, s.select_seed, far_from=far_from
+        )
         self.report.selected = [labelled.stem(i) for i in selection.order]
         self.log(f"[adapt] {self.name:<8} labels chosen {s.select}: {', '.join(self.report.selected[: max(s.shots)])}")
         return self.report.selected
@@ -364,7 +373,7 @@ def run_study(
     batch_size: int = 8,
     resize: ResizeConfig | None = None,
     unlabelled: bool = False,
-    layout: str = "raysegment",
+    layout: Layout = "raysegment",
     adapt_overrides: dict | None = None,
     variants: tuple[str, ...] = (),
     canary: int = 0,
@@ -403,7 +412,7 @@ def run_study(
         canary,
         target_short_sides,
         select,
-        source_confidence(source_model, data_root, source_domain, layout, resize),
+        own_fit(source_model, str(data_root), source_domain, layout, resize),
         select_seed,
     )
     reports = []
@@ -421,17 +430,6 @@ def run_study(
         reports.append(run.report)
         write_outputs(reports, study.out)  # each finished target is on disk before the next starts
     return reports
-
-
-def source_confidence(
-    model: Any, root: str | Path, domain: str, layout: str, resize: ResizeConfig | None
-) -> ConfidenceFit | None:
-    """The source model's confidence fitted on the source's labelled val images (None without any)."""
-    try:
-        val = open_split(root, domain, "val", layout)
-    except RaySegmentError:
-        return None
-    return fit_confidence(model, val, resize) if val.labelled_count else None
 
 
 TRAFFIC_TARGET = "traffic:"  # `traffic:fog`: the images the service captured for fog, from the registry's store

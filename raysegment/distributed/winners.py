@@ -19,7 +19,7 @@ from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.signature import version_signatures
 from raysegment.errors import RaySegmentError
-from raysegment.intake import register_source
+from raysegment.intake import estimated_metrics, lineage_fit, register_source
 from raysegment.models import load_model, save_model
 from raysegment.promotion import PRODUCTION, Decision, promote_if_better
 from raysegment.registry import Registry
@@ -82,11 +82,13 @@ def register_winner(
     reported = {k.removeprefix("selected_"): v for k, v in best.metrics.items() if k.startswith("selected_")}
     metrics = {k: float(v) for k, v in reported.items() if k in ("val_miou", "score") or k.startswith("proxy_")}
     train_images = open_split(d.root, domain, d.train_split, d.layout, unlabelled=True)
+    held_back = open_split(d.root, domain, d.val_split, d.layout, unlabelled=True)
+    estimate = estimated_metrics(lineage_fit(registry, source.ref), winner, held_back, meta.resize, name=domain)
     version = registry.register(
         domain,
         winner,
         meta,
-        {**metrics, "source_score": source_val},
+        {**metrics, "source_score": source_val, **estimate},
         trial_run_config(from_source(spec.run, source.uri), domain, best.config, str(ckpt)).model_dump(mode="json"),
         parent=source.ref,
         lineage={

@@ -10,6 +10,11 @@ uncertain images that differ from one another, so near-duplicates are not labell
 first pick is the most uncertain image; each next one is drawn with probability proportional to its
 squared distance from the picks so far (seeded: the same seed picks the same images).
 
+`active-novel` adds the source's own images (`far_from`): each embedding is scaled by how far the image lies from
+the source (`source_novelty`: cosine distance of its pooled decoder features to the nearest source
+image's, over the largest such distance), so an uncertain image that looks like the source, whose
+labels teach what the source already taught, ranks behind an equally uncertain image that does not.
+
 `random` (seeded) and `first` (file order) are the baselines the study and `bench_select` compare
 against.
 """
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.config import ResizeConfig, SelectStrategy
 from raysegment.data import SegmentationDataset
+from raysegment.errors import ConfigError
 from raysegment.models import Segmenter
 from raysegment.models.outputs import class_map
 
@@ -38,6 +44,7 @@ class ImageEvidence:
     embedding: torch.Tensor  # (C*D,) class-balanced head-gradient embedding
     uncertainty: float  # class-balanced mean normalised entropy in [0, 1]
     prediction: torch.Tensor  # (H, W) int64 class ids at the image's own size (its pre-label)
+    descriptor: torch.Tensor  # (D,) unit-length mean of the decoder features: what the image looks like
 
 
 @torch.no_grad()
@@ -68,7 +75,29 @@ def image_evidence(
     embedding = (grad * pixel_weight) @ features[0].flatten(1).T  # (C, D)
     full = F.interpolate(logits, size=(sh, sw), mode="bilinear", align_corners=False)
     prediction = class_map(F.interpolate(full, size=(h, w), mode="bilinear", align_corners=False))[0]
-    return ImageEvidence(embedding.flatten().cpu(), uncertainty, prediction.cpu())
+    descriptor = F.normalize(features[0].flatten(1).mean(1), dim=0)
+    return ImageEvidence(embedding.flatten().cpu(), uncertainty, prediction.cpu(), descriptor.cpu())
+
+
+SOURCE_SAMPLE = 64  # source images described for `source_novelty` (evenly spaced: seconds, not minutes)
+
+
+def source_novelty(
+    model: Segmenter,
+    target: list[ImageEvidence],
+    source: SegmentationDataset,
+    resize: ResizeConfig | None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(N,) in [0, 1] per target image: cosine distance to its nearest source image, over the largest."""
+    unlabelled = source.without_labels()
+    step = max(1, math.ceil(len(unlabelled) / SOURCE_SAMPLE))
+    seen = torch.stack(
+        [image_evidence(model, unlabelled[i][0], resize, device).descriptor for i in range(0, len(unlabelled), step)]
+    )
+    distance = 1 - (torch.stack([e.descriptor for e in target]) @ seen.T).max(1).values
+    distance = distance.clamp_min(0)
+    return distance / distance.max() if float(distance.max()) > 0 else torch.ones_like(distance)
 
 
 def kmeans_plus_plus(embeddings: torch.Tensor, k: int, seed: int) -> list[int]:
@@ -111,8 +140,10 @@ def select_images(
     resize: ResizeConfig | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    far_from: SegmentationDataset | None = None,
 ) -> Selection:
-    """Rank `images` (read without their masks) for labelling by `strategy`; `budget` heads the order."""
+    """Rank `images` (read without their masks) for labelling by `strategy`; `budget` heads the order.
+    `far_from`: the source's images, which `active-novel` prefers images unlike."""
     unlabelled = images.without_labels()
     evidence = [image_evidence(model, unlabelled[i][0], resize, device) for i in range(len(unlabelled))]
     n = len(evidence)
@@ -121,5 +152,10 @@ def select_images(
     elif strategy == "random":
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     else:
-        order = kmeans_plus_plus(torch.stack([e.embedding for e in evidence]), n, seed)
+        embeddings = torch.stack([e.embedding for e in evidence])
+        if strategy == "active-novel":
+            if far_from is None or not len(far_from):
+                raise ConfigError("selection active-novel needs the source's images to prefer images unlike them")
+            embeddings = embeddings * source_novelty(model, evidence, far_from, resize, device)[:, None]
+        order = kmeans_plus_plus(embeddings, n, seed)
     return Selection(order, min(budget, n), evidence)

@@ -1,4 +1,9 @@
-"""`build_segmenter(cfg, num_classes)`: encoder -> decoder -> head, and nothing else."""
+"""`build_segmenter(cfg, num_classes)`: encoder -> decoder -> head, and nothing else.
+
+`model.library` picks who builds the three parts: raysegment (a timm backbone under one of its
+decoders and a 1x1 head) or a foreign library (`models.foreign`: segmentation_models_pytorch,
+torchvision), whose parts the same `Segmenter` holds, so every command treats them alike.
+"""
 
 from __future__ import annotations
 
@@ -31,22 +36,26 @@ class Segmenter(nn.Module):
     mean: torch.Tensor  # ImageNet normalisation of the backbone's pretraining (buffers)
     std: torch.Tensor
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, num_classes: int, freeze_depth: int = 0) -> None:
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, head: nn.Conv2d, freeze_depth: int = 0, stride: int | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.head = nn.Conv2d(cast(int, decoder.out_channels), num_classes, 1)
-        cfg = getattr(encoder, "pretrained_cfg", None) or {}
+        self.head = head  # a conv on the decoder's features -> class logits at the decoder's resolution
+        owner = freezing.stage_owner(encoder) or encoder
+        cfg = getattr(owner, "pretrained_cfg", None) or {}
         self.register_buffer(
             "mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer(
             "std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False
         )
-        self.stride = max(freezing.feature_info(encoder).reduction())
-        self.num_classes = num_classes
+        self.stride = stride or max(freezing.feature_info(encoder).reduction())
+        self.num_classes = head.out_channels
         self.freeze_depth = freeze_depth
         self._frozen = freezing.freeze(encoder, freeze_depth)
+        freezing.tolerate_single_values(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features, padded = self.padded_features(images)
@@ -143,18 +152,23 @@ def _create_from_hub(name: str) -> nn.Module:
 def build_segmenter(cfg: ModelConfig, num_classes: int) -> Segmenter:
     """Build encoder + decoder + head; `pretrained.source=checkpoint` also loads decoder and head."""
     if cfg.pretrained.source == "checkpoint":
-        encoder = create_encoder(cfg.without_pretrained())
-        model = _assemble(cfg, encoder, num_classes, freeze_depth=0)
+        model = _build(cfg.without_pretrained(), num_classes, freeze_depth=0)
         if not cfg.pretrained.uri:
             raise WeightsError("pretrained.source=checkpoint needs pretrained.uri (a checkpoint folder)")
         load_weights_into(model, cfg.pretrained.uri)
         model._frozen = freezing.freeze(model.encoder, cfg.freeze_depth)
         model.freeze_depth = cfg.freeze_depth
         return model
-    return _assemble(cfg, create_encoder(cfg), num_classes, cfg.freeze_depth)
+    return _build(cfg, num_classes, cfg.freeze_depth)
 
 
-def _assemble(cfg: ModelConfig, encoder: nn.Module, num_classes: int, freeze_depth: int) -> Segmenter:
+def _build(cfg: ModelConfig, num_classes: int, freeze_depth: int) -> Segmenter:
+    if cfg.library != "raysegment":
+        from raysegment.models.foreign import build_foreign
+
+        encoder, decoder, head, stride = build_foreign(cfg, num_classes)
+        return Segmenter(encoder, decoder, head, freeze_depth, stride)
+    encoder = create_encoder(cfg)
     info = freezing.feature_info(encoder)
     decoder = DECODERS[cfg.decoder](info.channels(), info.reduction(), cfg.decoder_channels)
-    return Segmenter(encoder, decoder, num_classes, freeze_depth)
+    return Segmenter(encoder, decoder, nn.Conv2d(cast(int, decoder.out_channels), num_classes, 1), freeze_depth)

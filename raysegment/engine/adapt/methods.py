@@ -28,8 +28,19 @@ from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.teacher import EMATeacher
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.method import Compute, Method, Paired, Placement, endless
+from raysegment.errors import ConfigError
 from raysegment.models import Segmenter
 from raysegment.models.freeze import is_batchnorm
+
+
+def require_batchnorm(model: Segmenter, method: str) -> None:
+    """Refuse a BatchNorm method on a model without BatchNorm (e.g. SMP's Segformer, all LayerNorm):
+    it would change nothing and still be reported as adapted."""
+    if not any(is_batchnorm(m) and m.running_mean is not None for m in model.modules()):
+        raise ConfigError(
+            f"adapt.method={method} adapts BatchNorm statistics and this model has no BatchNorm layer "
+            "(LayerNorm/GroupNorm models): use self_training or finetune"
+        )
 
 
 def tent_parameters(model: Segmenter) -> list[torch.nn.Parameter]:
@@ -59,6 +70,7 @@ class AdaBN(Method):
     def __init__(
         self, cfg: RunConfig, *, model: Segmenter, train_set: SegmentationDataset, placement: Placement
     ) -> None:
+        require_batchnorm(model, self.name)
         super().__init__(cfg, model=model.requires_grad_(False), train_set=train_set, placement=placement)
         self.target_set = train_set
 
@@ -87,6 +99,7 @@ class Tent(Method):
     def __init__(
         self, cfg: RunConfig, *, model: Segmenter, train_set: SegmentationDataset, placement: Placement
     ) -> None:
+        require_batchnorm(model, self.name)
         super().__init__(cfg, model=model, train_set=train_set, placement=placement)  # the reference: the source
         c = cfg
         adapt_batchnorm(self.model, train_set, c.optim.batch_size, self.device, c.data.resize, c.adapt.bn_mix)
