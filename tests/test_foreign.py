@@ -4,6 +4,7 @@ adapted, frozen, judged and exported like raysegment's own (`models.foreign`, `m
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from safetensors.torch import save_file
 from raysegment.config import ModelConfig, parse_config
 from raysegment.engine.adapt import adapt
 from raysegment.engine.adapt.methods import require_batchnorm
+from raysegment.engine.criteria import BatchNormInputs
+from raysegment.engine.proxies import ProxyScores
 from raysegment.errors import ConfigError, ModelError
 from raysegment.export.graph import agreement, export_onnx
 from raysegment.export.runtime import OrtSegmenter
@@ -157,6 +160,13 @@ def test_batchnorm_methods_refuse_a_model_without_batchnorm():
                 setattr(module, child_name, torch.nn.GroupNorm(1, child.num_features))
     with pytest.raises(ConfigError, match="no BatchNorm layer"):
         require_batchnorm(model, "tent")
+    inputs = BatchNormInputs(model)  # the BatchNorm-based criterion says it does not apply
+    with inputs:
+        model.eval()(torch.rand(1, 3, 64, 64))
+    assert math.isnan(inputs.distance())
+    with pytest.raises(ConfigError, match="does not apply"):
+        _ = ProxyScores({"bn_distance": inputs.distance(), "consistency": 0.5}, "bn_distance").score
+    assert ProxyScores({"bn_distance": inputs.distance(), "consistency": 0.5}).score == 0.5
 
 
 @pytest.mark.parametrize("library", ["smp", "torchvision"])
@@ -174,3 +184,27 @@ def test_the_config_says_which_library_builds_the_model():
     with pytest.raises(ValueError, match="import-model"):
         ModelConfig(library="torchvision", arch="fcn_resnet50", pretrained={"source": "imagenet"})
     assert json.loads(ModelConfig(library="smp", arch="Unet", backbone=SMP_ENCODER).model_dump_json())["arch"] == "Unet"
+
+
+def test_an_adapted_smp_model_is_a_delta_on_its_imported_source_with_drift_signatures(smp_folder, odd_root, tmp_path):
+    from raysegment.data import open_split
+    from raysegment.engine.adapt.batchnorm import adapt_batchnorm
+    from raysegment.engine.signature import version_signatures
+    from raysegment.registry import Registry
+
+    source, meta = load_model(smp_folder[0])
+    registry = Registry(tmp_path / "registry")
+    registry.register("drive", source, meta)
+    adapted = load_model(smp_folder[0])[0]
+    chase = open_split(odd_root, "chase", "train", unlabelled=True)
+    assert adapt_batchnorm(adapted, chase, batch_size=2) > 0
+    signatures = version_signatures(adapted, chase, meta.resize, ("drive@1", source))
+    version = registry.register("chase", adapted, meta, parent="drive@1", signatures=signatures)
+    entry = registry.get_entry("chase", version)
+    bn_tensors = sum(1 for k in adapted.state_dict() if "running_" in k or "num_batches_tracked" in k)
+    assert 0 < entry.manifest.tensors <= bn_tensors  # only the moved BatchNorm statistics are stored
+    assert set(entry.manifest.signatures) == {"own", "drive@1"}
+    loaded = registry.load("chase@1")[0]
+    images = torch.rand(1, 3, 45, 61)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), adapted.eval()(images))

@@ -31,11 +31,17 @@ def _batch():
     return torch.rand(4, 3, 64, 64, generator=g), torch.randint(0, 4, (4, 64, 64), generator=g)
 
 
-def _model():
+MODELS = {  # raysegment's own, and one another library builds (bring your own model)
+    "raysegment": ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8),
+    "smp": ModelConfig(library="smp", arch="Unet", backbone=f"tu-{TINY_BACKBONE}"),
+}
+
+
+def _model(name: str = "raysegment"):
     torch.manual_seed(0)
     # BN statistics held fixed (eval mode): torch's SyncBatchNorm is GPU-only, so on CPU ranks
     # would otherwise normalise with their own half-batch statistics.
-    return build_segmenter(ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8), 4).eval()
+    return build_segmenter(MODELS[name], 4).eval()
 
 
 def ddp_one_step(config: dict) -> None:
@@ -44,15 +50,17 @@ def ddp_one_step(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model = _model()
-    ddp = ray.train.torch.prepare_model(model)
-    images, masks = _batch()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss = segmentation_loss(ddp(images[rank::world]), masks[rank::world], 255)
-    loss.backward()
-    opt.step()
     out = Path(config["out"])
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"rank{rank}.safetensors"))
+    for name in MODELS:
+        model = _model(name)
+        ddp = ray.train.torch.prepare_model(model)
+        images, masks = _batch()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        loss = segmentation_loss(ddp(images[rank::world]), masks[rank::world], 255)
+        loss.backward()
+        opt.step()
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(out / f"rank{rank}-{name}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({"node": ray.get_runtime_context().get_node_id()}))
     ray.train.report({"loss": float(loss)})
 
@@ -72,19 +80,20 @@ def test_ddp_step_on_two_nodes_matches_a_single_process_step(ray_cluster, tmp_pa
     assert trainer.fit().error is None
     nodes = {json.loads((tmp_path / f"rank{r}.json").read_text())["node"] for r in range(2)}
     assert len(nodes) == 2, "the two ranks must run on different nodes"
-    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
-    single = _model()
-    images, masks = _batch()
-    opt = torch.optim.SGD(single.parameters(), lr=0.5)
-    segmentation_loss(single(images), masks, 255).backward()
-    opt.step()
-    moved = 0
-    for key, value in single.state_dict().items():
-        assert torch.allclose(rank0[key], value, atol=1e-5, rtol=1e-4), key
-        moved += not torch.equal(value, _model().state_dict()[key])
-    assert moved > 10  # the step really changed the weights
+    for name in MODELS:
+        rank0, rank1 = (load_file(str(tmp_path / f"rank{r}-{name}.safetensors")) for r in range(2))
+        for key in rank0:
+            assert torch.equal(rank0[key], rank1[key]), f"{name}: {key} differs between ranks"
+        single = _model(name)
+        images, masks = _batch()
+        opt = torch.optim.SGD(single.parameters(), lr=0.5)
+        segmentation_loss(single(images), masks, 255).backward()
+        opt.step()
+        moved = 0
+        for key, value in single.state_dict().items():
+            assert torch.allclose(rank0[key], value, atol=1e-5, rtol=1e-4), f"{name}: {key}"
+            moved += not torch.equal(value, _model(name).state_dict()[key])
+        assert moved > 10, name  # the step really changed the weights
 
 
 def test_impossible_resources_fail_fast_with_a_message(ray_cluster, tiny_config):

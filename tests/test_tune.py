@@ -21,6 +21,7 @@ from raysegment.distributed.spec import TuneJob, load_spec
 from raysegment.distributed.trials import param_space, search_algorithm
 from raysegment.distributed.tune import format_table, run_search
 from raysegment.engine import fit
+from raysegment.errors import ConfigError
 from raysegment.registry import Registry
 
 
@@ -91,6 +92,16 @@ def test_tpe_searcher_is_seeded_bounded_and_limited():
             assert 0.85 <= config["decay"] <= 0.999  # constants (max_epochs, judge) are merged in by Tune
 
 
+def test_a_foreign_models_search_space_counts_its_encoders_stages_and_searches_no_decoder():
+    run = RunConfig.model_validate(
+        {"data": {"root": "unused"}, "model": {"library": "smp", "arch": "Unet", "backbone": "tu-efficientnet_lite0"}}
+    )
+    space = param_space(SearchConfig(), run, num_stages=5)
+    assert space["freeze_depth"].categories == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="leave search.decoder out"):
+        param_space(SearchConfig(decoder=["fpn", "unet"]), run, num_stages=5)
+
+
 def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_root, source_model_dir, s3_bucket):
     """On a target domain with no masks folder at all, in a bucket (trials read it through Ray
     Data): the search, its judge and registration never need a mask. Night's production is already
@@ -125,6 +136,8 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     assert lineage.method in ("adabn", "self_training") and lineage.method == night.config["method"]
     assert lineage.target_labels == 0 and lineage.judge == "proxy"
     assert metrics["score"] == pytest.approx(metrics["proxy_consistency"]) == pytest.approx(night.best_score)
+    # estimated on night's held-back images, with the confidence fit of the source's labelled val
+    assert 0 <= metrics["estimated_miou_low"] <= metrics["estimated_miou"] <= metrics["estimated_miou_high"] <= 1
     assert night.version == 2 and registry.aliases("night") == {"production": 1, "candidate": 2}
     (decision,) = [r["decision"] for r in registry.history("night") if r.get("decision", {}).get("version") == 2]
     assert decision["judge"] == "proxy" and decision["incumbent"] == "night@1" and not decision["promoted"]
@@ -132,6 +145,7 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     # The folder source was registered under its own domain with the signatures serving routes by.
     (source,) = registry.entries("clear")
     assert source.manifest.lineage.method == "source" and source.manifest.signatures
+    assert source.manifest.lineage.fact("confidence_fit")["classes"] == meta.classes
 
 
 @pytest.mark.slow

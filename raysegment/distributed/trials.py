@@ -15,6 +15,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from raysegment.config import RunConfig, SearchConfig
 from raysegment.distributed.ingest import uses_ray_data
 from raysegment.distributed.train import build_trainer
+from raysegment.errors import ConfigError
 from raysegment.storage import join
 
 
@@ -61,6 +62,13 @@ def tune_trial(params: dict, base: dict, domain: str, storage: str) -> None:
 
 
 def param_space(search: SearchConfig, run: RunConfig, num_stages: int) -> dict:
+    """The trials' search space; freeze depths default to every depth the encoder has stages for
+    (none beyond 0 for an encoder without a timm stage table)."""
+    if search.decoder and run.model.library != "raysegment":
+        raise ConfigError(
+            f"search.decoder picks among raysegment's decoders; a {run.model.library} model's architecture "
+            f"is its checkpoint's ({run.model.arch}): leave search.decoder out"
+        )
     depths = search.freeze_depth if search.freeze_depth is not None else list(range(num_stages + 1))
     decoders = search.decoder or [run.model.decoder]
     return {

@@ -14,7 +14,8 @@ better, and no mask is ever read:
 - `mixval`: mixed-sample validation (Hu et al. 2023): on a 0.7/0.3 blend of two images, class-mean
   IoU between the prediction and the candidate's own prediction on the dominant image.
 - `bn_distance`: minus the symmetric KL between the statistics each BatchNorm layer normalises with
-  and the statistics of its input on these images (AdaBN sets it to about zero by construction).
+  and the statistics of its input on these images (AdaBN sets it to about zero by construction);
+  NaN for a model without BatchNorm (a LayerNorm model), which the judge refuses to be judged by.
 - `agreement`: class-mean IoU with the reference on the pixels it predicts with confidence above a
   threshold (a diagnostic: a confidently wrong source would keep a fix from shipping).
 
@@ -113,7 +114,10 @@ class BatchNormInputs:
         return hook
 
     def distance(self) -> float:
-        """Mean over layers of the channel-mean symmetric KL between input and running statistics."""
+        """Mean over layers of the channel-mean symmetric KL between input and running statistics;
+        NaN for a model without BatchNorm layers (the criterion does not apply to it)."""
+        if not self.layers:
+            return math.nan
         per_layer = []
         for k, layer in enumerate(self.layers):
             if k not in self.sums:

@@ -29,6 +29,7 @@ from raysegment.config import ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
 from raysegment.engine.criteria import Candidate, criterion_scores, iou_metric, mean_iou_over, perturbation
 from raysegment.engine.evaluate import scaled_batches
+from raysegment.errors import ConfigError
 from raysegment.models.outputs import class_map
 
 
@@ -53,7 +54,13 @@ class ProxyScores:
 
     @property
     def score(self) -> float:
-        return self.criteria[self.criterion]
+        value = self.criteria[self.criterion]
+        if value != value:  # NaN: the criterion does not apply to this model
+            raise ConfigError(
+                f"criterion {self.criterion} does not apply to a model without BatchNorm layers: "
+                "judge it by consistency (the default) or another criterion"
+            )
+        return value
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {f"proxy_{name}": value for name, value in self.criteria.items()}

@@ -15,6 +15,7 @@ from raysegment.config import ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
 from raysegment.engine.criteria import BatchNormInputs
 from raysegment.engine.evaluate import scaled_batches
+from raysegment.errors import ConfigError
 
 
 @torch.no_grad()
@@ -48,5 +49,7 @@ def pick_scale(
         side: statistics_distance(model, images, ResizeConfig(short_side=side), device, batch_size)
         for side in short_sides
     }
+    if any(d != d for d in distances.values()):  # NaN: no BatchNorm layer to compare statistics in
+        raise ConfigError("target_short_sides picks a scale by BatchNorm statistics; this model has no BatchNorm layer")
     best = min(distances, key=distances.__getitem__)
     return ResizeConfig(short_side=best), distances
