@@ -23,7 +23,7 @@ from raysegment.data import open_split
 from raysegment.engine.evaluate import evaluate
 from raysegment.models import load_model
 from raysegment.registry import Registry
-from raysegment.traffic import TrafficStore
+from raysegment.registry.traffic import TrafficStore
 
 
 def one_turn(source_dir: Path, root: Path, domain: str, cfg: LoopConfig, work: Path) -> dict:

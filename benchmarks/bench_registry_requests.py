@@ -28,8 +28,8 @@ from conftest import S3_ENV, S3_SERVER  # noqa: E402
 
 from raysegment.config import ModelConfig  # noqa: E402
 from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
-from raysegment.promotion import prune_snapshots  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
+from raysegment.registry.promotion import prune_snapshots  # noqa: E402
 
 
 class CountingStore:

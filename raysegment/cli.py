@@ -234,7 +234,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
 def cmd_traffic(args: argparse.Namespace) -> int:
     import time
 
-    from raysegment.traffic import TrafficStore
+    from raysegment.registry.traffic import TrafficStore
 
     store = TrafficStore(args.registry, max_age_s=float("inf"))
     domains = [args.domain] if args.domain else store.domains()
@@ -293,8 +293,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
     import getpass
     import json
 
-    from raysegment.promotion import promote_version, rollback
     from raysegment.registry import Registry
+    from raysegment.registry.promotion import promote_version, rollback
 
     reg = Registry(args.registry)
     if args.action == "add":
@@ -344,8 +344,8 @@ def registry_add(reg, args: argparse.Namespace) -> int:  # noqa: ANN001 (a Regis
     only `candidate`, with `--alias candidate`)."""
     import getpass
 
-    from raysegment.intake import register_folder
-    from raysegment.promotion import CANDIDATE, promote_version
+    from raysegment.registry.intake import register_folder
+    from raysegment.registry.promotion import CANDIDATE, promote_version
 
     if not args.ref or not args.domain:
         raise ConfigError("raysegment registry add needs MODEL_DIR and --domain DOMAIN")

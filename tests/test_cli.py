@@ -225,7 +225,7 @@ def test_unlabelled_train_and_adapt_never_open_a_target_mask(cli, poisoned_targe
 
 
 def test_traffic_ls_and_purge(cli, tmp_path):
-    from raysegment.traffic import TrafficStore
+    from raysegment.registry.traffic import TrafficStore
 
     store = TrafficStore(str(tmp_path), max_images=4)
     for i in range(6):

@@ -12,9 +12,9 @@ from raysegment.config import LoopConfig
 from raysegment.data import open_split
 from raysegment.engine.signature import version_signatures
 from raysegment.models import load_model
-from raysegment.promotion import rollback
 from raysegment.registry import Registry
-from raysegment.traffic import TrafficStore
+from raysegment.registry.promotion import rollback
+from raysegment.registry.traffic import TrafficStore
 
 QUICK = LoopConfig(tent_lr=[1e-3], epochs=1, batch_size=4, min_images=6, shadow_images=0)
 

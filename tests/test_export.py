@@ -10,13 +10,13 @@ from torchvision.io import write_png
 
 from raysegment.apps import export as exporting
 from raysegment.apps.export import export_version, quantize_version
-from raysegment.artifacts import ONNX, Artifacts
 from raysegment.config import Decoder
 from raysegment.export.graph import ExportError, agreement, export_onnx
 from raysegment.export.runtime import OrtSegmenter
 from raysegment.models import load_model
 from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
+from raysegment.registry.artifacts import ONNX, Artifacts
 
 
 def _odd_images(seed: int = 0) -> list[torch.Tensor]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from raysegment.intake import lineage_fit
 from raysegment.models import load_model, save_model
 from raysegment.registry import Registry
+from raysegment.registry.intake import lineage_fit
 
 
 def test_a_model_folder_joins_a_registry_judged_against_production(cli, odd_root, odd_source_dir, tmp_path):

@@ -7,9 +7,9 @@ import torch
 from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
-from raysegment.manifest import ModelVersion
 from raysegment.models import ModelMeta, build_segmenter
 from raysegment.registry import CorruptRegistry, Registry
+from raysegment.registry.manifest import ModelVersion
 
 CFG = ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8)
 META = ModelMeta(model=CFG, num_classes=2, classes=["background", "vessel"], palette=[(0, 0, 0), (255, 0, 0)])

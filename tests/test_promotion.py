@@ -7,8 +7,8 @@ from conftest import TINY_BACKBONE
 from raysegment.config import parse_config
 from raysegment.engine.adapt import adapt
 from raysegment.models import load_model
-from raysegment.promotion import judge, promote_if_better, promote_version, rollback
 from raysegment.registry import Registry, RegistryError
+from raysegment.registry.promotion import judge, promote_if_better, promote_version, rollback
 
 
 def test_labels_may_tie_the_proxy_must_win():

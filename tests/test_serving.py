@@ -525,7 +525,7 @@ def test_requests_without_a_domain_are_routed_to_the_nearest_one(loop_served, sy
 
 
 def test_an_image_far_from_every_domain_is_unknown_served_by_the_default_and_captured(loop_served):
-    from raysegment.traffic import TrafficStore
+    from raysegment.registry.traffic import TrafficStore
 
     url, root = loop_served
     noise = png(128, 64)  # uniform noise: nothing like a street
@@ -551,7 +551,7 @@ def wait_for(condition, seconds: float = 60.0) -> bool:
 
 def test_capture_keeps_a_bounded_sample_and_shadow_answers_from_production(loop_served, synth_root):
     from raysegment.data import open_split
-    from raysegment.traffic import TrafficStore
+    from raysegment.registry.traffic import TrafficStore
 
     url, root = loop_served
     store = TrafficStore(str(root))
@@ -595,7 +595,7 @@ def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_serv
     from raysegment.apps.closed_loop import run_loop
     from raysegment.config import LoopConfig
     from raysegment.data import open_split
-    from raysegment.traffic import TrafficStore
+    from raysegment.registry.traffic import TrafficStore
 
     url, root = loop_served
     images = [p.read_bytes() for p, _ in open_split(synth_root, "fog", "all").samples]

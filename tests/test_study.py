@@ -170,7 +170,7 @@ def test_compare_cli_reports_a_missing_source_in_one_line(cli, tmp_path, synth_r
 def test_compare_reads_a_domains_captured_traffic_in_place(cli, synth_root, source_model_dir, s3_bucket, tmp_path):
     """`--targets traffic:night`: the images the service captured for night, read from a snapshot
     inside the (S3) registry's store, unlabelled; self-training's labelled source stays in --data."""
-    from raysegment.traffic import TrafficStore
+    from raysegment.registry.traffic import TrafficStore
 
     registry = f"{s3_bucket}/registry"
     traffic = TrafficStore(registry)

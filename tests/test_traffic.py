@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from raysegment.objectstore import open_store
 from raysegment.registry import Registry, RegistryError
-from raysegment.traffic import TrafficStore
+from raysegment.registry.store import open_store
+from raysegment.registry.traffic import TrafficStore
 
 
 def stored_images(uri: str, domain: str) -> list[str]:

@@ -1,6 +1,6 @@
 """`raysegment loop DOMAIN`: one turn of the closed loop for a domain whose world drifted.
 
-1. the domain's captured traffic (`raysegment.traffic`) becomes an unlabelled dataset, split into
+1. the domain's captured traffic (`raysegment.registry.traffic`) becomes an unlabelled dataset, split into
    images to adapt on and images held back to judge: a snapshot made inside the registry's store
    (server-side copies) that every run reads in place, no download step;
 2. label-free search from the production model: AdaBN, and Tent at each learning rate, each scored
@@ -35,11 +35,11 @@ from raysegment.engine.adapt import adapt
 from raysegment.engine.policy import beats
 from raysegment.engine.proxies import paired_consistency_per_image
 from raysegment.engine.signature import Signature, domain_signature
-from raysegment.intake import estimated_metrics, lineage_fit
 from raysegment.models import ModelMeta, save_model
-from raysegment.promotion import CANDIDATE, promote_if_better, retire
 from raysegment.registry import Entry, Registry
-from raysegment.traffic import Snapshot, TrafficStore
+from raysegment.registry.intake import estimated_metrics, lineage_fit
+from raysegment.registry.promotion import CANDIDATE, promote_if_better, retire
+from raysegment.registry.traffic import Snapshot, TrafficStore
 
 
 @dataclass

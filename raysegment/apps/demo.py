@@ -48,8 +48,8 @@ from raysegment.errors import RaySegmentError
 from raysegment.models import load_model, save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
+from raysegment.registry.traffic import NEW_POOL, TrafficStore
 from raysegment.storage import join
-from raysegment.traffic import NEW_POOL, TrafficStore
 from raysegment.viz import bar_chart_png
 
 RAY_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.tune", "ray.data")

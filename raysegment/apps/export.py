@@ -20,7 +20,6 @@ from typing import cast
 import torch
 from pydantic import ValidationError
 
-from raysegment.artifacts import ONNX, Artifacts, ExportRecord
 from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.config import RunConfig
 from raysegment.data import open_split
@@ -40,8 +39,9 @@ from raysegment.export.quantize import quantize_int8
 from raysegment.export.runtime import OrtSegmenter
 from raysegment.models import ModelMeta, load_model
 from raysegment.models.segmenter import Segmenter
-from raysegment.promotion import Decision, promote_compressed
 from raysegment.registry import Entry, Registry
+from raysegment.registry.artifacts import ONNX, Artifacts, ExportRecord
+from raysegment.registry.promotion import Decision, promote_compressed
 
 log = logging.getLogger(__name__)
 CHECK_IMAGES = 4  # images of the domain the agreement is measured on (each at two sizes)

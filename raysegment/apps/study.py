@@ -51,9 +51,9 @@ from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
 from raysegment.engine.selection import select_images
 from raysegment.errors import ConfigError
-from raysegment.intake import own_fit
 from raysegment.models import ModelMeta, load_model
-from raysegment.traffic import TrafficStore
+from raysegment.registry.intake import own_fit
+from raysegment.registry.traffic import TrafficStore
 from raysegment.viz import bar_chart_png
 
 SOURCE = "source-only"

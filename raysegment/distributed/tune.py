@@ -6,7 +6,7 @@ trial is a Ray Train run of the engine.
 The score is the target val mIoU when labels judge, or the unsupervised proxy on the val images
 when the domain is searched without labels (only label-free methods). The winner per domain goes
 into the registry as a delta on the source model, with its config, metrics, method, label count
-and trial id; the promotion policy (`raysegment.promotion`) makes it production only when it beats
+and trial id; the promotion policy (`raysegment.registry.promotion`) makes it production only when it beats
 the domain's production model (else the source model) by the same judge, else it stays `candidate`.
 A search interrupted half-way resumes (`Tuner.restore`) when run again with the same spec; a domain
 whose winner is already registered is skipped.

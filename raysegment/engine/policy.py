@@ -1,7 +1,7 @@
 """The one comparison behind every "does this model ship?": `beats`, by the judge that scored both.
 
 Labels may tie (a tie keeps what labels cannot tell apart: the candidate); the proxy, a heuristic,
-must win outright by more than `margin`. The promotion policy (`raysegment.promotion`), the
+must win outright by more than `margin`. The promotion policy (`raysegment.registry.promotion`), the
 closed loop's search, the study's pick and the criteria's regret all decide through it.
 """
 

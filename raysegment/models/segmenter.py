@@ -7,7 +7,6 @@ torchvision), whose parts the same `Segmenter` holds, so every command treats th
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from typing import cast
@@ -20,6 +19,7 @@ from torch import nn
 from raysegment.config import ModelConfig
 from raysegment.errors import ModelError, WeightsError
 from raysegment.models import freeze as freezing
+from raysegment.models.backbones import check_backbone_name
 from raysegment.models.decoders import DECODERS
 from raysegment.models.io import load_weights_into
 from raysegment.storage import fetch_to_local
@@ -86,14 +86,6 @@ class Segmenter(nn.Module):
     @property
     def num_stages(self) -> int:
         return freezing.num_stages(self.encoder)
-
-
-def check_backbone_name(name: str) -> None:
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise ModelError(f"timm does not know backbone {name!r}{hint}")
 
 
 def create_encoder(cfg: ModelConfig) -> nn.Module:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save
 
 from raysegment.errors import WeightsError
-from raysegment.models.segmenter import check_backbone_name
+from raysegment.models.backbones import check_backbone_name
 from raysegment.storage import atomic_write_bytes, fetch_to_local
 
 PREFIXES = ("module.", "model.", "state_dict.")

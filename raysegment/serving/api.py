@@ -12,8 +12,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from raysegment.artifacts import ONNX
-from raysegment.promotion import (
+from raysegment.registry import Entry, RegistryError
+from raysegment.registry.artifacts import ONNX
+from raysegment.registry.promotion import (
     CANDIDATE,
     PRODUCTION,
     Decision,
@@ -22,7 +23,7 @@ from raysegment.promotion import (
     register_snapshot,
     rollback,
 )
-from raysegment.registry import Entry, RegistryError
+from raysegment.registry.traffic import NEW_POOL
 from raysegment.serving.auth import Client
 from raysegment.serving.catalog import check_version, checked_domain
 from raysegment.serving.deps import ADMIN, READ, Services, caller, only_query, services
@@ -54,7 +55,6 @@ from raysegment.serving.schemas import (
 from raysegment.serving.schemas import Rollback as RollbackResult
 from raysegment.serving.schemas import Route as RouteBody
 from raysegment.serving.upload import Upload, read_upload
-from raysegment.traffic import NEW_POOL
 
 Format = Literal["png", "json", "overlay"]
 ERRORS: dict[int | str, dict[str, Any]] = {

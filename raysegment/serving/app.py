@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from raysegment.registry import Registry
+from raysegment.registry.traffic import TrafficStore
 from raysegment.serving import api, console
 from raysegment.serving.auth import TokenTable
 from raysegment.serving.catalog import Catalog
@@ -30,7 +31,6 @@ from raysegment.serving.loops import LoopTurns
 from raysegment.serving.metrics import ServingMetrics
 from raysegment.serving.mirror import Mirror
 from raysegment.serving.replica import ModelCalls, SegmentModels
-from raysegment.traffic import TrafficStore
 
 log = logging.getLogger(__name__)
 SECURITY_HEADERS = {

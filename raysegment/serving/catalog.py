@@ -10,12 +10,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from raysegment.artifacts import Artifacts
 from raysegment.engine.signature import Signature
-from raysegment.promotion import CANDIDATE, PRODUCTION
 from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, check_domain
+from raysegment.registry.artifacts import Artifacts
+from raysegment.registry.promotion import CANDIDATE, PRODUCTION
+from raysegment.registry.traffic import TrafficStore
 from raysegment.serving.errors import BadDomainName, BadVersion, DomainUnavailable, UnknownDomain
-from raysegment.traffic import TrafficStore
 
 T = TypeVar("T")
 FOREVER = float("inf")

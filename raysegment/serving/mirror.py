@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from raysegment.registry import Entry
+from raysegment.registry.traffic import TrafficStore
 from raysegment.serving.config import ClosedLoop
 from raysegment.serving.imaging import sniff
 from raysegment.serving.metrics import ServingMetrics
 from raysegment.serving.replica import ModelCalls
-from raysegment.traffic import TrafficStore
 
 log = logging.getLogger(__name__)
 

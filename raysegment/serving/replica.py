@@ -22,7 +22,6 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from raysegment.artifacts import ONNX, Artifacts
 from raysegment.augment import group_by_size, resize_images, scaled_size, to_float
 from raysegment.config import EvalConfig, ResizeConfig
 from raysegment.engine.continual import OnlineAdapter
@@ -34,6 +33,7 @@ from raysegment.models.freeze import is_batchnorm
 from raysegment.models.outputs import class_map
 from raysegment.models.segmenter import Segmenter
 from raysegment.registry import Entry, Registry, RegistryError, SharedBases
+from raysegment.registry.artifacts import ONNX, Artifacts
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.errors import DomainUnavailable, ReplicaGone
 from raysegment.serving.routing import Route, RoutingTable

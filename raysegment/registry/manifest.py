@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from raysegment.config import Judge
 from raysegment.errors import RaySegmentError
 from raysegment.models.io import ModelMeta
-from raysegment.objectstore import ObjectStore, StoreError, update_json
+from raysegment.registry.store import ObjectStore, StoreError, update_json
 
 INDEX_KEY = "index.json"  # <domain>/index.json: {"versions": {N: manifest}}
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Versioned model registry on a folder or an S3 bucket, one code path (`raysegment.objectstore`).
+"""Versioned model registry on a folder or an S3 bucket, one code path (`raysegment.registry.store`).
 
 Layout under the registry's root:
     <domain>/blobs/<sha256>.safetensors   weights, named by their content (written first)
@@ -7,7 +7,7 @@ Layout under the registry's root:
     <domain>/aliases.json                 {"aliases": {name: version}, "history": [every move]}
     <domain>/signatures/<sha256>.safetensors  what the version's images look like (drift, routing)
     <domain>/index.json                   {"versions": {N: manifest}}: every manifest in one read
-    <domain>/exports/...                  ONNX exports of versions (`raysegment.artifacts`)
+    <domain>/exports/...                  ONNX exports of versions (`raysegment.registry.artifacts`)
 
 - A version exists once its manifest does, and the manifest is created only-if-absent after its
   weights are stored: concurrent registrations never take one number, a crash never leaves a
@@ -42,7 +42,10 @@ from pydantic import ValidationError
 from safetensors.torch import load, save
 
 from raysegment.engine.signature import Signature
-from raysegment.manifest import (
+from raysegment.models.io import ModelMeta, state_dict_for_saving
+from raysegment.registry.artifacts import Artifacts  # a version's exports go with it
+from raysegment.registry.cache import SharedBases, cached_blob, sha256_bytes
+from raysegment.registry.manifest import (
     INDEX_KEY,
     CorruptRegistry,
     Entry,
@@ -52,11 +55,9 @@ from raysegment.manifest import (
     RegistryError,
     VersionRef,
 )
-from raysegment.models.io import ModelMeta, state_dict_for_saving
-from raysegment.objectstore import ObjectStore, StoreError, open_store, update_json
-from raysegment.weights_cache import SharedBases, cached_blob, sha256_bytes
+from raysegment.registry.store import ObjectStore, StoreError, open_store, update_json
 
-TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegment.traffic), never a domain
+TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegment.registry.traffic), never a domain
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
 VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
 ALIASES = "aliases.json"
@@ -150,7 +151,7 @@ class Registry:
     def promote(self, domain: str, version: int, alias: str = "production", record: dict | None = None) -> None:
         """Point `alias` at a version and record the move in the domain's history, in one
         compare-and-swap, so concurrent moves never lose one another. Which version may become
-        `production` is the promotion policy's call (`raysegment.promotion`)."""
+        `production` is the promotion policy's call (`raysegment.registry.promotion`)."""
         entry = self.get_entry(domain, version)
         check_domain(alias)
 
@@ -213,8 +214,6 @@ class Registry:
         ManifestIndex(self.store, domain).put(version, None)
         left = self.entries(domain)
         remaining = [e.manifest for e in left]
-        from raysegment.artifacts import Artifacts  # its exports go with it (graphs no other version uses)
-
         Artifacts(self.store).drop(domain, version, Artifacts(self.store).digests(left))
         if all(m.sha256 != entry.manifest.sha256 for m in remaining):
             self.store.delete(self._blob_key(domain, entry.manifest.sha256))

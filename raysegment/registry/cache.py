@@ -8,14 +8,21 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
+from raysegment.registry.manifest import Entry
 from raysegment.storage import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from raysegment.registry import Registry
+
+class StateSource(Protocol):
+    """Where base versions' tensors come from (a `Registry`): the cache needs only these two reads."""
+
+    def get_entry(self, domain: str, version: int | str | None = None) -> Entry: ...
+
+    def load_state(self, entry: Entry) -> dict[str, torch.Tensor]: ...
+
 
 CACHE_ENV = "RAYSEGMENT_CACHE"
 
@@ -51,7 +58,7 @@ class SharedBases:
         self.device = torch.device(device)
         self._states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
 
-    def get(self, registry: Registry, domain: str, version: int) -> dict[str, torch.Tensor]:
+    def get(self, registry: StateSource, domain: str, version: int) -> dict[str, torch.Tensor]:
         key = (domain, version)
         if key not in self._states:
             entry = registry.get_entry(domain, version)

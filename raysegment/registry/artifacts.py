@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raysegment.manifest import Entry, RegistryError
-from raysegment.objectstore import ObjectStore, update_json
-from raysegment.weights_cache import cached_blob, sha256_bytes
+from raysegment.registry.cache import cached_blob, sha256_bytes
+from raysegment.registry.manifest import Entry, RegistryError
+from raysegment.registry.store import ObjectStore, update_json
 
 ONNX = "onnx"  # the export name serving's `runtime: onnxruntime` runs
 

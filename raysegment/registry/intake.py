@@ -29,7 +29,8 @@ from raysegment.engine.estimate import ConfidenceFit, Estimate, estimate_miou, f
 from raysegment.engine.signature import version_signatures
 from raysegment.errors import RaySegmentError
 from raysegment.models import load_model
-from raysegment.registry import Registry, RegistryError
+from raysegment.registry.manifest import RegistryError
+from raysegment.registry.versions import Registry
 
 FIT_FACT = "confidence_fit"  # the lineage fact holding a version's `ConfidenceFit`
 

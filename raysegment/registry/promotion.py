@@ -25,7 +25,8 @@ from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.policy import beats
 from raysegment.errors import RaySegmentError
-from raysegment.registry import Entry, Registry, RegistryError
+from raysegment.registry.manifest import Entry, RegistryError
+from raysegment.registry.versions import Registry
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"

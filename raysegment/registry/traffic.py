@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from raysegment.data import DatasetInfo
-from raysegment.objectstore import ObjectStore, open_store, update_json
-from raysegment.registry import TRAFFIC, check_domain
+from raysegment.registry.store import ObjectStore, open_store, update_json
+from raysegment.registry.versions import TRAFFIC, check_domain
 
 NEW_POOL = "new"  # where images far from every domain's signature are captured
 RESERVOIR = "reservoir.json"
