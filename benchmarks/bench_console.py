@@ -57,7 +57,7 @@ def build_registry(root: Path, domains: int, versions: int) -> float:
                 model.head.bias.add_(0.01)
             parent = f"{name}@1" if v > 1 else None
             reg.register(name, model, META, {"val_miou": 0.6 + v / 100}, parent=parent, lineage={"method": "adabn"})
-            reg.promote(name, v, "production" if v <= versions - 1 else "candidate")
+            reg.set_alias(name, v, "production" if v <= versions - 1 else "candidate")
     return time.perf_counter() - start
 
 

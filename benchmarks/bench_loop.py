@@ -30,7 +30,7 @@ def one_turn(source_dir: Path, root: Path, domain: str, cfg: LoopConfig, work: P
     reg = Registry(work / f"registry-{domain}")
     model, meta = load_model(source_dir)
     reg.register(domain, model, meta)
-    reg.promote(domain, 1)
+    reg.set_alias(domain, 1, "production")
     traffic = TrafficStore(reg.uri)
     for path, _ in open_split(root, domain, "train").samples:
         traffic.capture(domain, path.read_bytes(), path.suffix.lstrip("."))

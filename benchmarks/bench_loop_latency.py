@@ -64,9 +64,9 @@ def build_registry(tmp: Path) -> tuple[str, Path]:
             parent="clear@1",
             signatures=version_signatures(model, train[domain], None, ("clear@1", model)),
         )
-        reg.promote(domain, 1)
+        reg.set_alias(domain, 1, "production")
     reg.register("fog", model, meta, parent="clear@1")
-    reg.promote("fog", 2, "candidate")
+    reg.set_alias("fog", 2, "candidate")
     return reg.uri, root
 
 

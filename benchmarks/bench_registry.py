@@ -46,7 +46,7 @@ reg, worker, moves = Registry(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()
 for i in range(moves):
-    reg.promote("fog", 1 + i % 2, alias=f"w{worker}")
+    reg.set_alias("fog", 1 + i % 2, alias=f"w{worker}")
 """
 
 

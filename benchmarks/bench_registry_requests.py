@@ -70,7 +70,7 @@ def populate(uri: str, domains: int, versions: int) -> None:
                 parent=f"{domain}@1",
                 lineage={"method": method, "search": "s", "trial_id": f"t{v}"},
             )
-        reg.promote(domain, 1, "production")
+        reg.set_alias(domain, 1, "production")
 
 
 def count(uri: str, operation: Any) -> int:

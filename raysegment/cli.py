@@ -331,7 +331,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
             + (f" (against {decision.incumbent})" if decision.incumbent else "")
         )
     elif args.action == "promote":
-        reg.promote(entry.domain, entry.version, args.alias)
+        reg.set_alias(entry.domain, entry.version, args.alias)
         print(f"{entry.ref} is now {args.alias}")
     else:
         reg.remove(entry.domain, entry.version)
@@ -355,7 +355,7 @@ def registry_add(reg, args: argparse.Namespace) -> int:  # noqa: ANN001 (a Regis
     version = register_folder(reg, args.ref, args.domain, args.data, args.layout, log=say)
     ref = f"{args.domain}@{version}"
     if args.alias == CANDIDATE:
-        reg.promote(args.domain, version, CANDIDATE, record={"added": {"by": args.by or getpass.getuser()}})
+        reg.set_alias(args.domain, version, CANDIDATE, record={"added": {"by": args.by or getpass.getuser()}})
         print(f"{ref} registered as {CANDIDATE} (not judged)")
         return 0
     decision = promote_version(reg, ref)

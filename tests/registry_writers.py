@@ -47,4 +47,4 @@ def promote(uri: str, worker: int, rounds: int, env: dict[str, str]) -> None:
     os.environ.update(env)
     reg = Registry(uri)
     for i in range(rounds):
-        reg.promote("fog", 1 + i % 2, alias=f"w{worker}")
+        reg.set_alias("fog", 1 + i % 2, alias=f"w{worker}")

@@ -58,7 +58,7 @@ def test_a_held_registry_read_never_stops_healthz_from_answering(tmp_path):
     torch.manual_seed(0)
     reg = Registry(tmp_path / "registry")
     reg.register("fog", build_segmenter(META.model, 2), META)
-    reg.promote("fog", 1)
+    reg.set_alias("fog", 1, "production")
     svc = build_services(ServeConfig(registry=str(tmp_path / "registry"), auth="none", resolve_ttl_s=600), None)
     store = svc.catalog.registry.store = HeldStore(svc.catalog.registry.store)
     app = create_app(svc)

@@ -33,7 +33,7 @@ def drifted(uri: str, synth_root, source_model_dir) -> Registry:
     images = open_split(synth_root, "fog", "all", unlabelled=True)
     signatures = version_signatures(broken, images, meta.resize, ("clear@1", source))
     reg.register("fog", broken, meta, parent="clear@1", signatures=signatures)
-    reg.promote("fog", 1)
+    reg.set_alias("fog", 1, "production")
     traffic = TrafficStore(uri)
     for path, _ in images.samples:
         traffic.capture("fog", path.read_bytes(), "png")

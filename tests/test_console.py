@@ -74,15 +74,15 @@ def console(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("console-registry")
     reg = Registry(root)
     reg.register("drive", constant_model(0), META, {"val_miou": 0.745})
-    reg.promote("drive", 1)
+    reg.set_alias("drive", 1, "production")
     reg.register("drive", constant_model(1), META, {"val_miou": 0.755}, parent="drive@1", lineage={"method": "adabn"})
-    reg.promote("drive", 2, "candidate")
+    reg.set_alias("drive", 2, "candidate")
     estimate = {"estimated_miou": 0.61, "estimated_miou_low": 0.55, "estimated_miou_high": 0.66}
     estimate |= {"estimated_iou.background": 0.93, "estimated_iou.vessel": 0.29}
     reg.register(
         "chase", constant_model(1), META, estimate, parent="drive@1", lineage={"method": "tent", "target_labels": 0}
     )
-    reg.promote("chase", 1)
+    reg.set_alias("chase", 1, "production")
     reg.register("broken", constant_model(0), META, parent="drive@1")
     (root / "broken" / "aliases.json").write_text("{")
     tokens = tmp_path_factory.mktemp("console-tokens") / "tokens"

@@ -50,7 +50,7 @@ def _registered(tmp_path, synth_root, source_model_dir, uri=None, domain="fog") 
     registry = Registry(uri or tmp_path / "registry")
     config = {"data": {"root": str(synth_root), "domain": domain}, "model": meta.model.model_dump(mode="json")}
     registry.register(domain, model, meta, config=config, lineage={"method": "source", "judge": "labels"})
-    registry.promote(domain, 1, "production")
+    registry.set_alias(domain, 1, "production")
     return registry
 
 
@@ -111,7 +111,7 @@ def test_int8_ships_when_it_keeps_the_parents_accuracy_and_not_when_its_calibrat
     assert record.quantization == "int8" and record.calibration_images == 7
     assert len(graph) < Artifacts(registry.store).load(registry.get_entry("clear", 1), ONNX)[0].__len__()
     # One black image to calibrate on: activation ranges of nothing, every real image saturates.
-    registry.promote("clear", 1, "production")
+    registry.set_alias("clear", 1, "production")
     black = tmp_path / "black"
     black.mkdir()
     write_png(torch.zeros(3, 64, 128, dtype=torch.uint8), str(black / "0.png"))

@@ -49,7 +49,7 @@ def test_a_version_is_estimated_with_the_confidence_fit_up_its_lineage(cli, odd_
 
     model, meta = load_model(odd_source_dir)
     reg.register("raw", model, meta, parent="drive@1")  # a delta: the fit is found up its base
-    reg.promote("raw", 1, "production")
+    reg.set_alias("raw", 1, "production")
     assert lineage_fit(reg, "raw@1") == fit
     added = cli("registry", "add", odd_source_dir, "--domain", "raw", "--data", odd_root, "--registry", registry)
     assert added.returncode == 0, added.stderr

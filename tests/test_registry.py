@@ -43,7 +43,7 @@ def test_register_get_promote_and_list(registry_uri):
     v1 = reg.register("fog", _model(1), META, {"miou": 0.5})
     v2 = reg.register("fog", _model(2), META, {"miou": 0.6})
     assert (v1, v2) == (1, 2)
-    reg.promote("fog", 1)
+    reg.set_alias("fog", 1, "production")
     model, meta, entry = reg.load("fog")  # production alias
     assert entry.version == 1 and torch.equal(model.head.weight, _model(1).head.weight)
     assert reg.load("fog@2")[2].version == 2

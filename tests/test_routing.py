@@ -39,7 +39,7 @@ def test_nearest_domain_the_unknown_flag_and_promotions(tmp_path):
     far = table.route(gaussian(-1.2))
     assert far.domain == "clear" and far.unknown
     reg.register("night", model, META, parent="clear@1", signatures={"clear@1": gaussian(6.0)})
-    reg.promote("night", 2)  # production moved: its signature is the new version's
+    reg.set_alias("night", 2, "production")  # production moved: its signature is the new version's
     assert table.route(gaussian(5.5)).domain == "night"
 
 

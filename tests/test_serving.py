@@ -76,14 +76,14 @@ def served(ray_cluster, tmp_path_factory):
     reg.register("base", constant_model(0), META)
     for i, domain in enumerate(["fog", "night", "rain"], start=1):
         reg.register(domain, constant_model(i), META, {"val_miou": 0.5 + i / 10}, parent="base@1")
-        reg.promote(domain, 1)
+        reg.set_alias(domain, 1, "production")
     reg.register("fog", constant_model(0), META, parent="base@1")  # fog@2: not production
     scaled = META.model_copy(update={"resize": ResizeConfig(short_side=16)})  # trained at a 16 px short side
     reg.register("scaled", constant_model(3), scaled, parent="base@1")
-    reg.promote("scaled", 1)
+    reg.set_alias("scaled", 1, "production")
     for domain, (meta, cls) in FOREIGN.items():
         reg.register(domain, answering(meta, cls), meta)
-        reg.promote(domain, 1)
+        reg.set_alias(domain, 1, "production")
     reg.register("broken", constant_model(1), META, parent="base@1")
     (root / "broken" / "aliases.json").write_text('{"production": 1,')  # torn: this domain alone is unavailable
     reg.register("tampered", constant_model(2), META, parent="base@1")
@@ -232,7 +232,7 @@ def fused_served(served, synth_root, source_model_dir, tmp_path_factory):
     for cls, domain in enumerate(["haze", "dawn"], start=1):
         reg.register(domain, constant_model(cls), META, parent="base@1")
     for domain in ("fog", "night", "haze", "dawn"):
-        reg.promote(domain, 1)
+        reg.set_alias(domain, 1, "production")
     export_version(reg, "fog@1", say=lambda line: None)
     replicas = Replicas(topology="fused", cpus_per_replica=0.25, runtime="onnxruntime")
     cfg = ServeConfig(registry=str(root), auth="none", replicas=replicas)
@@ -477,14 +477,14 @@ def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
     for domain in ("fog", "night"):
         signatures = version_signatures(source, train[domain], meta.resize, ("clear@1", source))
         reg.register(domain, source, meta, parent="clear@1", signatures=signatures)
-        reg.promote(domain, 1)
+        reg.set_alias(domain, 1, "production")
     other, _ = load_model(source_model_dir)
     with torch.no_grad():
         other.head.bias.add_(torch.linspace(-3, 3, other.head.bias.numel()))  # answers differently
     reg.register("fog", other, meta, parent="clear@1")
-    reg.promote("fog", 2, "candidate")
+    reg.set_alias("fog", 2, "candidate")
     reg.register("dusk", miscalibrated(load_model(source_model_dir)[0]), meta, parent="clear@1")
-    reg.promote("dusk", 1)
+    reg.set_alias("dusk", 1, "production")
     cfg = ServeConfig(
         registry=str(root),
         auth="none",
@@ -646,14 +646,14 @@ def admin_served(served, tmp_path_factory):
     reader, admin = add_token(tokens, "viewer", "read"), add_token(tokens, "ops", "admin")
     reg = Registry(root)
     reg.register("fog", constant_model(1), META, {"val_miou": 0.6})
-    reg.promote("fog", 1)
+    reg.set_alias("fog", 1, "production")
     reg.register("fog", constant_model(2), META, {"val_miou": 0.7}, parent="fog@1", lineage={"method": "adabn"})
-    reg.promote("fog", 2, "candidate")
+    reg.set_alias("fog", 2, "candidate")
     torch.manual_seed(0)
     model = build_segmenter(META.model, 4).eval()
     reg.register("base", model, META)
     reg.register("dusk", model, META, {"val_miou": 0.5}, parent="base@1")
-    reg.promote("dusk", 1)
+    reg.set_alias("dusk", 1, "production")
     cfg = ServeConfig(
         registry=str(root),
         token_file=str(tokens),
@@ -686,7 +686,7 @@ def test_tokens_guard_every_route_by_role(admin_served):
     stored = httpx.post(f"{domains}/fog/adabn-snapshot", headers=admin, timeout=60)
     assert stored.status_code == 200 and stored.json()["promoted"] is False, stored.text
     assert Registry(root).aliases("fog") == {"production": 1, "candidate": stored.json()["version"]}
-    Registry(root).promote("fog", 2, "candidate")  # as the fixture made it, for the tests after this one
+    Registry(root).set_alias("fog", 2, "candidate")  # as the fixture made it, for the tests after this one
 
 
 def test_admin_routes_need_the_admin_role_and_go_through_the_policy(admin_served):

@@ -117,7 +117,7 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     _, meta = load_model(source_model_dir)
     registry = Registry(tmp_path / "registry")
     registry.register("night", constant_model(meta, 0), meta, lineage={"method": "constant"})
-    registry.promote("night", 1, "production")
+    registry.set_alias("night", 1, "production")
     data = tmp_path / "data"
     shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns("fog"))
     shutil.rmtree(data / "night" / "masks")

@@ -221,7 +221,7 @@ def run_loop(
     finally:
         turn.traffic.drop_snapshot(data)
     outcome.candidate, outcome.method = version, best
-    registry.promote(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
+    registry.set_alias(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
     turn.lap("register")
     log(f"[loop] {domain}: {domain}@{version} ({best}) is the candidate")
     return turn.decide(version, best)

@@ -1,11 +1,17 @@
-"""Do no harm, in one place: the only way a registry version becomes a domain's `production`.
+"""Do no harm, in one place: the two doors by which a registry version becomes a domain's `production`.
 
-Every path that could put a model live goes through `promote_if_better`: Tune winners, `raysegment
-registry promote`, and serving's online-AdaBN snapshots. A candidate becomes `production` only when
-it beats the domain's current production model (or, for a domain with none yet, the model it was
-adapted from) by the domain's judge on held-back images: target val labels where they exist, the
-unsupervised proxy otherwise. Otherwise it gets the alias `candidate` and the reason is recorded.
-`force=True` overrides the judge and is recorded as forced, with who forced it. Every decision is
+- `promote_if_better`, the policy: every path that puts a new model live goes through it (Tune
+  winners, `compare --registry` picks, `registry add`, `raysegment registry promote`, closed-loop
+  turns, INT8 exports, serving's online-AdaBN snapshots).
+- `rollback`, its own audited door: production moves back to the version that held it before,
+  one that this policy promoted then; recorded as a rollback with who asked.
+
+Nothing else moves `production` (`Registry.set_alias` is the low-level move both use).
+
+A candidate becomes `production` only when it beats the domain's current production model (or,
+for a domain with none yet, the model it was adapted from) by the domain's judge on held-back
+images: target val labels where they exist, the unsupervised proxy otherwise. Otherwise it gets
+the alias `candidate` and the reason is recorded. `force=True` overrides the judge and is recorded as forced, with who forced it. Every decision is
 appended to the domain's audit history (`Registry.history`).
 
 A do-no-harm floor backs the judge: a candidate whose estimated target mIoU (`intake`, no labels)
@@ -107,7 +113,7 @@ def promote_if_better(
         actor if force else None,
         evidence,
     )
-    registry.promote(domain, version, PRODUCTION if wins else CANDIDATE, record={"decision": asdict(decision)})
+    registry.set_alias(domain, version, PRODUCTION if wins else CANDIDATE, record={"decision": asdict(decision)})
     if wins:
         registry.drop_alias(domain, CANDIDATE, version)
     return decision
@@ -146,7 +152,7 @@ def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
     if position == 0:
         raise RegistryError(f"{domain}: {domain}@{current} was the first production version; nothing to roll back to")
     previous = promoted[position - 1]
-    registry.promote(domain, previous, PRODUCTION, record={"rollback": {"from": current, "by": actor}})
+    registry.set_alias(domain, previous, PRODUCTION, record={"rollback": {"from": current, "by": actor}})
     return previous
 
 
@@ -202,7 +208,7 @@ def promote_compressed(
     if registry.aliases(parent.domain).get(PRODUCTION) != parent.version:  # nothing to judge against yet
         reason = f"its float parent {parent.ref} is not production: promote the parent first"
         decision = Decision(candidate.domain, candidate.version, False, None, None, None, parent.ref, reason)
-        registry.promote(candidate.domain, candidate.version, CANDIDATE, record={"decision": asdict(decision)})
+        registry.set_alias(candidate.domain, candidate.version, CANDIDATE, record={"decision": asdict(decision)})
         return decision
     found = held_back(parent)
     if found is None or found[2] is None:

@@ -148,10 +148,11 @@ class Registry:
             return version
         raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
 
-    def promote(self, domain: str, version: int, alias: str = "production", record: dict | None = None) -> None:
+    def set_alias(self, domain: str, version: int, alias: str, record: dict | None = None) -> None:
         """Point `alias` at a version and record the move in the domain's history, in one
-        compare-and-swap, so concurrent moves never lose one another. Which version may become
-        `production` is the promotion policy's call (`raysegment.registry.promotion`)."""
+        compare-and-swap, so concurrent moves never lose one another. The low-level move, with no
+        default: which version may become `production` is the promotion policy's call
+        (`raysegment.registry.promotion`), and every move there goes through it or `rollback`."""
         entry = self.get_entry(domain, version)
         check_domain(alias)
 
