@@ -11,8 +11,9 @@ Nothing else moves `production` (`Registry.set_alias` is the low-level move both
 A candidate becomes `production` only when it beats the domain's current production model (or,
 for a domain with none yet, the model it was adapted from) by the domain's judge on held-back
 images: target val labels where they exist, the unsupervised proxy otherwise. Otherwise it gets
-the alias `candidate` and the reason is recorded. `force=True` overrides the judge and is recorded as forced, with who forced it. Every decision is
-appended to the domain's audit history (`Registry.history`).
+the alias `candidate` and the reason is recorded. `force=True` overrides the judge and is recorded
+as forced, with who forced it. Every decision is appended to the domain's audit history
+(`Registry.history`).
 
 A do-no-harm floor backs the judge: a candidate whose estimated target mIoU (`intake`, no labels)
 has an upper bound below the incumbent's estimate is refused even when its judge's score wins,
