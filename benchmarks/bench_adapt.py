@@ -24,13 +24,13 @@ import torch
 from common import synthetic_source
 
 from raysegment.apps.study import format_table, run_study
-from raysegment.config import LABEL_FREE_METHODS, STUDY_VARIANTS
+from raysegment.config import LABEL_FREE_METHODS, STUDY_VARIANTS, SYNTH_DOMAINS
 from raysegment.data import synth
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", nargs="+", default=list(synth.DOMAINS[1:]))
+    p.add_argument("--targets", nargs="+", default=list(SYNTH_DOMAINS[1:]))
     p.add_argument("--methods", nargs="+", default=list(LABEL_FREE_METHODS))
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5, 10])
     p.add_argument("--images", type=int, default=60)

@@ -13,7 +13,7 @@ import time
 import torch
 
 from raysegment.config import ModelConfig
-from raysegment.models import build_segmenter
+from raysegment.models.segmenter import build_segmenter
 
 
 def throughput(

@@ -29,7 +29,8 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from ray import serve  # noqa: E402
 
 from raysegment.config import ModelConfig  # noqa: E402
-from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
+from raysegment.models.io import ModelMeta  # noqa: E402
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.serving.app import build_app  # noqa: E402
 from raysegment.serving.auth import add_token  # noqa: E402

@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from common import synthetic_source
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from raysegment.config import SYNTH_DOMAINS
 from raysegment.data import open_split, synth
 from raysegment.engine.continual import OnlineAdapter
 from raysegment.engine.evaluate import scaled_batches
-from raysegment.models import ModelMeta, load_model
+from raysegment.models.io import ModelMeta
 from raysegment.models.outputs import class_map
+from raysegment.models.rebuild import load_model
 from raysegment.viz import curves_png
 
 CONFIGS = {  # name: (method, guard)
@@ -104,7 +106,7 @@ def main() -> None:
     if not args.no_synthetic:
         root = synth.generate(out / "data", images_per_domain=args.images, height=args.height, width=args.width)
         source_dir = synthetic_source(root, out, args.source_epochs)
-        targets = list(synth.DOMAINS[1:])
+        targets = list(SYNTH_DOMAINS[1:])
         per_round, restores = run_stream(source_dir, root, targets, args.rounds, 4, args)
         reports.append(table(f"synthetic stream: {', '.join(targets)} x {args.rounds} rounds", per_round, restores))
         curves_png(

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from raysegment.config import ResizeConfig, parse_config
+from raysegment.config import SYNTH_DOMAINS, ResizeConfig, parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine import fit
 from raysegment.engine.evaluate import evaluate
+from raysegment.engine.loop import fit
 
 PAIRS = [("fpn", "FPN"), ("unet", "Unet"), ("deeplabv3plus", "DeepLabV3Plus"), ("segformer", "Segformer")]
 
@@ -102,7 +102,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    targets = list(synth.DOMAINS[1:])
+    targets = list(SYNTH_DOMAINS[1:])
     root = synth.generate(out / "data", ("clear", *targets), args.images, 64, 128, seed=0)
     sections = []
     synthetic = []

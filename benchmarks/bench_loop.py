@@ -21,7 +21,7 @@ from raysegment.apps.closed_loop import run_loop
 from raysegment.config import EvalConfig, LoopConfig
 from raysegment.data import open_split
 from raysegment.engine.evaluate import evaluate
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
 from raysegment.registry.traffic import TrafficStore
 

@@ -31,7 +31,8 @@ from ray import serve  # noqa: E402
 from raysegment.config import ModelConfig, PretrainedConfig  # noqa: E402
 from raysegment.data import DatasetInfo, open_split, synth  # noqa: E402
 from raysegment.engine.signature import version_signatures  # noqa: E402
-from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
+from raysegment.models.io import ModelMeta  # noqa: E402
+from raysegment.models.segmenter import build_segmenter
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.serving.app import build_app  # noqa: E402

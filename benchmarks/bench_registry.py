@@ -29,7 +29,8 @@ from raysegment.registry import Registry  # noqa: E402
 WRITER = """
 import sys, torch
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
 cfg = ModelConfig(backbone="test_efficientnet", decoder_channels=8)
 meta = ModelMeta(model=cfg, num_classes=2, classes=["a", "b"], palette=[(0, 0, 0)] * 2)

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import S3_ENV, S3_SERVER  # noqa: E402
 
 from raysegment.config import ModelConfig  # noqa: E402
-from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
+from raysegment.models.io import ModelMeta  # noqa: E402
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.registry.promotion import prune_snapshots  # noqa: E402
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raysegment.config import ResizeConfig, parse_config
+from raysegment.config import SYNTH_DOMAINS, ResizeConfig, parse_config
 from raysegment.data import open_split, synth
 from raysegment.engine.evaluate import scaled_batches
 from raysegment.engine.signature import distance, domain_signature, image_signatures, nearest
-from raysegment.models import build_segmenter
+from raysegment.models.segmenter import build_segmenter
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 
 Distances = dict[str, list[dict[str, float]]]  # per true domain, per test image: distance to each signature
@@ -93,10 +93,10 @@ def main() -> None:
         cfg = parse_config({"data": {"root": tmp}, "model": {"pretrained": {"source": "file", "uri": str(weights)}}})
         model = build_segmenter(cfg.model, 2).eval()
         synth_root = synth.generate(
-            Path(tmp) / "synth", domains=synth.DOMAINS, images_per_domain=30, height=128, width=256
+            Path(tmp) / "synth", domains=SYNTH_DOMAINS, images_per_domain=30, height=128, width=256
         )
         results = []
-        domains = list(synth.DOMAINS)
+        domains = list(SYNTH_DOMAINS)
         confusion, ms, distances = route_all(model, synth_root, domains, None)
         print_confusion("synthetic domains (128x256)", domains, confusion, ms)
         results.append(("synthetic", domains, confusion))

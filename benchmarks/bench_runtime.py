@@ -24,12 +24,13 @@ from common import synthetic_source
 from raysegment.apps.export import at_working_scale
 from raysegment.config import EvalConfig, parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine import fit
 from raysegment.engine.evaluate import evaluate
+from raysegment.engine.loop import fit
 from raysegment.export.graph import export_onnx
 from raysegment.export.quantize import quantize_int8
 from raysegment.export.runtime import OrtSegmenter
-from raysegment.models import load_model, save_model
+from raysegment.models.io import save_model
+from raysegment.models.rebuild import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 
 SIZES = [(128, 256), (512, 1024)]

@@ -23,7 +23,7 @@ import torch
 from common import synthetic_source
 
 from raysegment.apps.study import SOURCE, TargetReport, run_study
-from raysegment.config import ResizeConfig
+from raysegment.config import SYNTH_DOMAINS, ResizeConfig
 from raysegment.data import synth
 from raysegment.viz import bar_chart_png
 
@@ -160,7 +160,7 @@ def tables(results: list[dict], shots: tuple[int, ...]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", nargs="*", default=list(synth.DOMAINS[1:]))
+    p.add_argument("--targets", nargs="*", default=list(SYNTH_DOMAINS[1:]))
     p.add_argument("--shots", nargs="+", type=int, default=[2, 5, 10])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--images", type=int, default=40)

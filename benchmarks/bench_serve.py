@@ -39,8 +39,9 @@ from ray import serve  # noqa: E402
 
 from raysegment.config import ModelConfig  # noqa: E402
 from raysegment.data import synth  # noqa: E402
-from raysegment.models import ModelMeta, build_segmenter  # noqa: E402
+from raysegment.models.io import ModelMeta  # noqa: E402
 from raysegment.models.outputs import class_map
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry  # noqa: E402
 from raysegment.serving.app import build_app  # noqa: E402
 from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig, use_serve_process_env  # noqa: E402

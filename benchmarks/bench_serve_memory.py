@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
 from raysegment.models.freeze import frozen_modules
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry, SharedBases
 
 CLASSES = [f"c{i}" for i in range(7)]

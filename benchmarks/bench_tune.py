@@ -28,14 +28,14 @@ from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split, synth  # noqa: E402
 from raysegment.distributed.spec import JobSpec  # noqa: E402
 from raysegment.distributed.tune import run_search  # noqa: E402
-from raysegment.engine import fit  # noqa: E402
+from raysegment.engine.loop import fit  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
 
 
 def delta_sizes(source_dir: Path, root: Path, tmp: Path) -> list[tuple[int, int, int]]:
     """(freeze_depth, delta bytes, full bytes) for a short target fine-tune from the source."""
     reg = Registry(tmp / "delta-registry")
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
 
     model, meta = load_model(source_dir)
     reg.register("source", model, meta)

@@ -1,6 +1,6 @@
 """How well each label-free criterion ranks adaptation candidates, over every study at once.
 
-Reads the `results.json` of any number of `raysegment adapt` / `bench_adapt.py` runs (synthetic
+Reads the `results.json` of any number of `raysegment compare` / `bench_adapt.py` runs (synthetic
 targets and the real retina shift alike), prints per criterion the mean Spearman correlation with
 test mIoU and the mean regret (test mIoU points lost to the label-picked best) over all labelled
 studies, and draws the regret per study and criterion as a PNG.

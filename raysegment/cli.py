@@ -54,7 +54,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raysegment.engine.adapt import adapt
-    from raysegment.models import save_model
+    from raysegment.models.io import save_model
 
     cfg = train_config(args)
     result = adapt(cfg, resume=not args.restart)
@@ -371,7 +371,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from raysegment.config import EvalConfig
     from raysegment.data import open_split
     from raysegment.engine.evaluate import evaluate
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
 
     model, meta = load_model(args.model)
     data = open_split(args.data, args.domain, args.split, args.layout)
@@ -394,7 +394,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from raysegment.data.dataset import read_image
     from raysegment.engine.predict import segment
     from raysegment.errors import DatasetError
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
     from raysegment.viz import overlay_png
 
     model, meta = load_model(args.model)
@@ -509,7 +509,6 @@ def cmd_import_model(args: argparse.Namespace) -> int:
 
 
 REGISTRY_ENV, JOBS_ADDRESS_ENV = "RAYSEGMENT_REGISTRY", "RAY_API_SERVER_ADDRESS"
-RENAMED = {"adapt": "compare", "fine-tune": "train-on-ray"}  # old command -> new; the old still runs
 
 
 def registry_option(p: argparse.ArgumentParser) -> None:
@@ -538,9 +537,7 @@ def add_training(sub: argparse._SubParsersAction) -> None:
         help="read the target domain as unlabelled even where masks exist (label-free methods)",
     )
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser(
-        "train-on-ray", aliases=["fine-tune"], help="train or adapt one model on Ray Train (config's scale section)"
-    )
+    p = sub.add_parser("train-on-ray", help="train or adapt one model on Ray Train (config's scale section)")
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", help="Ray Train run name (default: output_dir's name)")
@@ -559,9 +556,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         STUDY_VARIANTS,
     )
 
-    p = sub.add_parser(
-        "compare", aliases=["adapt"], help="compare adaptation methods per target domain: 0 labels, k labels, oracle"
-    )
+    p = sub.add_parser("compare", help="compare adaptation methods per target domain: 0 labels, k labels, oracle")
     p.add_argument("--source", required=True, help="source model folder (raysegment train output)")
     p.add_argument("--data", required=True, help="dataset root holding the source and target domains")
     p.add_argument("--source-domain", required=True)
@@ -848,8 +843,6 @@ def main(argv: list[str] | None = None) -> int:
     from raysegment.errors import RaySegmentError
 
     args = build_parser().parse_args(argv)
-    if args.command in RENAMED:
-        print(f"raysegment: `{args.command}` is now `{RENAMED[args.command]}`", file=sys.stderr)
     try:
         return args.func(args)
     except RaySegmentError as exc:

@@ -35,7 +35,7 @@ LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "finetune
 # Label-free selection criteria (engine.criteria); the proxy judge scores by `adapt.criterion`.
 Criterion = Literal["consistency", "entropy", "infomax", "ensemble", "snd", "mixval", "bn_distance", "agreement"]
 CRITERIA: tuple[str, ...] = get_args(Criterion)
-# `raysegment adapt --variants`: label-free candidates beyond the plain methods, name -> (method, adapt
+# `raysegment compare --variants`: label-free candidates beyond the plain methods, name -> (method, adapt
 # settings). The judge picks among all candidates, so each is a setting "the judge picks".
 STUDY_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "adabn-half": ("adabn", {"bn_mix": 0.5}),

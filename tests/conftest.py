@@ -151,8 +151,8 @@ def imagenet_weights(tmp_path_factory):
 def train_source(root, domain: str, out, epochs: int, batch_size: int, channels: int):
     """Fit a tiny FPN segmenter on `domain` in this process and save it as a model folder."""
     from raysegment.data import open_split
-    from raysegment.engine import fit
-    from raysegment.models import save_model
+    from raysegment.engine.loop import fit
+    from raysegment.models.io import save_model
 
     cfg = parse_config(
         {
@@ -637,7 +637,7 @@ def miscalibrated(model):
 
 def constant_model(meta, cls: int) -> torch.nn.Module:
     """A segmenter whose head makes it answer `cls` everywhere: responses reveal which model ran."""
-    from raysegment.models import build_segmenter
+    from raysegment.models.segmenter import build_segmenter
 
     model = build_segmenter(meta.model, meta.num_classes)
     with torch.no_grad():

@@ -11,7 +11,8 @@ import os
 from multiprocessing.connection import Connection
 
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
 
 TINY_BACKBONE = "test_efficientnet"

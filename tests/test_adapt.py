@@ -22,7 +22,8 @@ from raysegment.engine.adapt.teacher import class_balanced_weights
 from raysegment.engine.checkpoint import latest_checkpoint, load_extra_tensors, load_selected_weights
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import ConfigError
-from raysegment.models import build_segmenter, load_model
+from raysegment.models.rebuild import load_model
+from raysegment.models.segmenter import build_segmenter
 
 
 def test_adabn_sets_bn_statistics_to_the_target_mean(synth_root):

@@ -12,7 +12,8 @@ import torch
 from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
 from raysegment.serving.catalog import TTLCache
 from raysegment.serving.config import ServeConfig

@@ -11,7 +11,7 @@ from raysegment.apps.closed_loop import run_loop
 from raysegment.config import LoopConfig
 from raysegment.data import open_split
 from raysegment.engine.signature import version_signatures
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
 from raysegment.registry.promotion import rollback
 from raysegment.registry.traffic import TrafficStore

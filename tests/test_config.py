@@ -67,15 +67,12 @@ def test_closed_loop_serve_settings_name_registry_things():
             ServeConfig.model_validate({"registry": "r", "auth": "none", "closed_loop": bad})
 
 
-def test_flat_serve_keys_of_the_old_config_name_their_new_section():
+def test_a_serve_key_outside_its_section_is_refused():
     from pydantic import ValidationError
 
     from raysegment.serving.config import ServeConfig
 
-    with pytest.raises(ValidationError) as caught:
-        ServeConfig.model_validate({"registry": "r", "auth": "none", "max_image_bytes": 5, "online_adabn": True})
-    message = str(caught.value)
-    assert "max_image_bytes is now limits.max_image_bytes" in message
-    assert "online_adabn is now online.adabn" in message
+    with pytest.raises(ValidationError, match="max_image_bytes"):
+        ServeConfig.model_validate({"registry": "r", "auth": "none", "max_image_bytes": 5})
     with pytest.raises(ValidationError, match="extra"):
         ServeConfig.model_validate({"registry": "r", "auth": "none", "limits": {"max_imge_bytes": 5}})

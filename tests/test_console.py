@@ -18,7 +18,7 @@ from conftest import constant_model as answering
 from PIL import Image
 
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta
+from raysegment.models.io import ModelMeta
 from raysegment.registry import Registry
 from raysegment.serving.config import Replicas, ServeConfig
 

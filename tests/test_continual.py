@@ -8,7 +8,7 @@ import torch
 from raysegment.data import open_split
 from raysegment.engine.continual import OnlineAdapter, update_batchnorm_statistics
 from raysegment.engine.evaluate import scaled_batches
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 
 
 def fog_batches(synth_root, size: int = 4) -> list[torch.Tensor]:
@@ -83,8 +83,8 @@ def test_the_guard_snapshot_costs_only_batchnorm_layers(source_model_dir):
     """With online AdaBN a domain's snapshot shares every tensor outside BatchNorm with the served
     model (a full copy per domain was the old cost), and adapting the model leaves it untouched."""
     from raysegment.engine.continual import batchnorm_twin
-    from raysegment.models import load_model
     from raysegment.models.freeze import is_batchnorm
+    from raysegment.models.rebuild import load_model
 
     model, _ = load_model(source_model_dir)
     twin = batchnorm_twin(model)

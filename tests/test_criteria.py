@@ -11,7 +11,8 @@ from raysegment.config import CRITERIA, ModelConfig, ResizeConfig
 from raysegment.data import open_split
 from raysegment.engine.adapt import adapt_batchnorm
 from raysegment.engine.criteria import Candidate, criterion_quality, criterion_scores, judge_pick
-from raysegment.models import build_segmenter, load_model
+from raysegment.models.rebuild import load_model
+from raysegment.models.segmenter import build_segmenter
 
 
 def _collapsed(num_classes: int) -> torch.nn.Module:

@@ -7,11 +7,11 @@ from torch import nn
 from raysegment.config import EvalConfig, OptimConfig
 from raysegment.data import open_split
 from raysegment.engine import checkpoint as ckpt
-from raysegment.engine import fit
 from raysegment.engine.evaluate import evaluate, predict_logits
+from raysegment.engine.loop import fit
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.schedule import lr_factor
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 
 
 def test_lr_decays_exponentially_per_epoch_and_per_step():

@@ -4,7 +4,7 @@ import sys
 
 from PIL import Image
 
-from raysegment.data.synth import DOMAINS
+from raysegment.config import SYNTH_DOMAINS as DOMAINS
 
 
 def test_quick_demo_writes_table_chart_and_overlays(tmp_path):

@@ -11,7 +11,7 @@ from raysegment.config import EvalConfig
 from raysegment.data import open_split
 from raysegment.engine.estimate import estimate_miou, fit_confidence
 from raysegment.engine.evaluate import evaluate
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 
 
 def test_the_estimate_tracks_the_true_miou_without_opening_a_target_mask(synth_root, source_model_dir, tmp_path):

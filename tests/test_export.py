@@ -13,7 +13,7 @@ from raysegment.apps.export import export_version, quantize_version
 from raysegment.config import Decoder
 from raysegment.export.graph import ExportError, agreement, export_onnx
 from raysegment.export.runtime import OrtSegmenter
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
 from raysegment.registry.artifacts import ONNX, Artifacts

@@ -18,7 +18,8 @@ from raysegment.engine.proxies import ProxyScores
 from raysegment.errors import ConfigError, ModelError
 from raysegment.export.graph import agreement, export_onnx
 from raysegment.export.runtime import OrtSegmenter
-from raysegment.models import build_segmenter, load_model
+from raysegment.models.rebuild import load_model
+from raysegment.models.segmenter import build_segmenter
 
 SMP_ENCODER = "tu-test_efficientnet"  # timm's 82k-parameter test net under SMP's `tu-` prefix: no download
 

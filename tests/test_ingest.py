@@ -107,7 +107,7 @@ def test_runs_whose_data_exists_only_in_s3_train_as_the_folder_runs(
     shared but the S3 server (checkpoints and the source model there too). The mean teacher stays
     identical on both ranks."""
     from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, train_on_ray, weights_checksum
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
 
     folder = tmp_path / "data"
     shutil.copytree(synth_root, folder)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from raysegment.models import load_model, save_model
+from raysegment.models.io import save_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
 from raysegment.registry.intake import lineage_fit
 

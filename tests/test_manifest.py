@@ -7,7 +7,8 @@ import torch
 from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import CorruptRegistry, Registry
 from raysegment.registry.manifest import ModelVersion
 

@@ -7,8 +7,10 @@ from safetensors.torch import load_file
 
 from raysegment.config import Decoder, ModelConfig, PretrainedConfig
 from raysegment.errors import CheckpointError, ModelError, WeightsError
-from raysegment.models import ModelMeta, build_segmenter, load_model, save_model
 from raysegment.models.freeze import is_batchnorm
+from raysegment.models.io import ModelMeta, save_model
+from raysegment.models.rebuild import load_model
+from raysegment.models.segmenter import build_segmenter
 
 
 @pytest.mark.parametrize("decoder", get_args(Decoder))

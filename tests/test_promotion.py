@@ -6,7 +6,7 @@ from conftest import TINY_BACKBONE
 
 from raysegment.config import parse_config
 from raysegment.engine.adapt import adapt
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry, RegistryError
 from raysegment.registry.promotion import judge, promote_if_better, promote_version, rollback
 

@@ -6,7 +6,8 @@ from conftest import TINY_BACKBONE
 from raysegment.config import ModelConfig
 from raysegment.data import open_split
 from raysegment.engine.proxies import mean_iou_over, proxy_scores
-from raysegment.models import build_segmenter, load_model
+from raysegment.models.rebuild import load_model
+from raysegment.models.segmenter import build_segmenter
 
 
 def collapsed_model(num_classes: int, cls: int) -> torch.nn.Module:

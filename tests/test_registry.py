@@ -9,7 +9,8 @@ import torch
 from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry, RegistryError
 
 CFG = ModelConfig(backbone=TINY_BACKBONE, decoder_channels=8)
@@ -176,7 +177,8 @@ def test_registry_cli(tmp_path, cli):
 
 def test_shared_loading_keeps_one_copy_of_the_base(tmp_path):
     from raysegment.config import ModelConfig
-    from raysegment.models import ModelMeta, build_segmenter
+    from raysegment.models.io import ModelMeta
+    from raysegment.models.segmenter import build_segmenter
     from raysegment.registry import SharedBases
 
     meta = ModelMeta(

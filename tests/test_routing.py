@@ -7,7 +7,8 @@ from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
 from raysegment.engine.signature import Signature
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
 from raysegment.serving.routing import RoutingTable
 

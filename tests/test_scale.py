@@ -9,7 +9,7 @@ from raysegment.config import ResizeConfig, parse_config
 from raysegment.data import open_split
 from raysegment.engine.adapt import adapt
 from raysegment.engine.scale import pick_scale, statistics_distance
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 
 
 def _zoomed_copy(synth_root, tmp_path, factor: int):

@@ -17,7 +17,7 @@ from raysegment.data.info import DatasetInfo
 from raysegment.engine.adapt import adapt
 from raysegment.engine.selection import kmeans_plus_plus, select_images
 from raysegment.errors import ConfigError, DatasetError
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 
 INFO = DatasetInfo(classes=["background", "vessel"], palette=[(0, 0, 0), (255, 255, 255)])
 
@@ -121,7 +121,7 @@ def test_self_training_with_k_labels_reads_those_masks_and_no_other_target_mask(
         "output_dir": str(tmp_path / "run"),
     }
     from raysegment.config import parse_config
-    from raysegment.models import ModelMeta
+    from raysegment.models.io import ModelMeta
 
     meta = ModelMeta.model_validate_json((odd_source_dir / "model.json").read_text())
     cfg_dict["model"] = {**meta.model.model_dump(mode="json"), **cfg_dict["model"]}

@@ -15,7 +15,8 @@ from conftest import constant_model as answering
 from PIL import Image
 
 from raysegment.config import ModelConfig, ResizeConfig
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 from raysegment.registry import Registry
 from raysegment.serving.config import ClosedLoop, Limits, Online, Replicas, ServeConfig
 
@@ -219,7 +220,7 @@ def fused_served(served, synth_root, source_model_dir, tmp_path_factory):
     from ray import serve
 
     from raysegment.apps.export import export_version
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
     from raysegment.serving.app import build_app
 
     root = tmp_path_factory.mktemp("fused-registry")
@@ -466,7 +467,7 @@ def loop_served(served, synth_root, source_model_dir, tmp_path_factory):
 
     from raysegment.data import open_split
     from raysegment.engine.signature import version_signatures
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
     from raysegment.serving.app import build_app
 
     root = tmp_path_factory.mktemp("loop-registry")

@@ -6,7 +6,7 @@ from raysegment.config import ModelConfig
 from raysegment.data import open_split
 from raysegment.engine.evaluate import scaled_batches
 from raysegment.engine.signature import Signature, distance, domain_signature, image_signatures, nearest
-from raysegment.models import build_segmenter
+from raysegment.models.segmenter import build_segmenter
 
 
 @pytest.fixture(scope="module")

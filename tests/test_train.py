@@ -21,7 +21,8 @@ from raysegment.config import ModelConfig
 from raysegment.distributed.train import PROGRESS_FILE, SHARED_FS_ENV, train_on_ray
 from raysegment.engine.loss import segmentation_loss
 from raysegment.errors import RaySegmentError
-from raysegment.models import build_segmenter, load_model
+from raysegment.models.rebuild import load_model
+from raysegment.models.segmenter import build_segmenter
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/
 

@@ -20,7 +20,7 @@ from raysegment.data import open_split
 from raysegment.distributed.spec import TuneJob, load_spec
 from raysegment.distributed.trials import param_space, search_algorithm
 from raysegment.distributed.tune import format_table, run_search
-from raysegment.engine import fit
+from raysegment.engine.loop import fit
 from raysegment.errors import ConfigError
 from raysegment.registry import Registry
 
@@ -111,7 +111,7 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
 
     from conftest import constant_model
 
-    from raysegment.models import load_model
+    from raysegment.models.rebuild import load_model
     from raysegment.storage import upload_tree
 
     _, meta = load_model(source_model_dir)

@@ -35,7 +35,7 @@ from raysegment.engine.adapt import adapt
 from raysegment.engine.policy import beats
 from raysegment.engine.proxies import paired_consistency_per_image
 from raysegment.engine.signature import Signature, domain_signature
-from raysegment.models import ModelMeta, save_model
+from raysegment.models.io import ModelMeta, save_model
 from raysegment.registry import Entry, Registry
 from raysegment.registry.intake import estimated_metrics, lineage_fit
 from raysegment.registry.promotion import CANDIDATE, promote_if_better, retire

@@ -31,6 +31,7 @@ from raysegment.apps.study import epochs_per_method, run_study
 from raysegment.apps.study import format_table as format_study
 from raysegment.config import (
     LABEL_FREE_METHODS,
+    SYNTH_DOMAINS,
     DataConfig,
     EvalConfig,
     LoopConfig,
@@ -45,7 +46,8 @@ from raysegment.data import files, open_split, synth
 from raysegment.distributed.spec import TuneJob
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import RaySegmentError
-from raysegment.models import load_model, save_model
+from raysegment.models.io import save_model
+from raysegment.models.rebuild import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
 from raysegment.registry.traffic import NEW_POOL, TrafficStore
@@ -137,7 +139,7 @@ class DemoSettings:
     """How big the demo is. `backbone` other than efficientnet_lite0 starts from random weights (the
     ImageNet file is Lite0's). The method comparison runs on `study_targets` (None: every target);
     on 2 CPU cores each target costs minutes, so the default keeps `make demo` under 15 minutes
-    with one photometric shift; `raysegment adapt` runs it on any set."""
+    with one photometric shift; `raysegment compare` runs it on any set."""
 
     images_per_domain: int = 48
     height: int = 128
@@ -146,7 +148,7 @@ class DemoSettings:
     trials: int = 2
     trial_epochs: int = 3
     shots: int = 10
-    targets: tuple[str, ...] = synth.DOMAINS[1:]
+    targets: tuple[str, ...] = SYNTH_DOMAINS[1:]
     study_methods: tuple[str, ...] = LABEL_FREE_METHODS
     study_shots: tuple[int, ...] = (1, 5)
     study_epochs: int = 3

@@ -11,12 +11,12 @@ import json
 import time
 from pathlib import Path
 
-from raysegment.config import DataConfig, ModelConfig, OptimConfig, PretrainedConfig, RunConfig
+from raysegment.config import SYNTH_DOMAINS, DataConfig, ModelConfig, OptimConfig, PretrainedConfig, RunConfig
 from raysegment.data import open_split, synth
-from raysegment.engine import fit
 from raysegment.engine.evaluate import evaluate
+from raysegment.engine.loop import fit
 from raysegment.engine.predict import segment
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.viz import bar_chart_png, curves_png, overlay_png
 
@@ -99,7 +99,7 @@ def run_walkthrough(
     start = time.perf_counter()
     data_root = synth.generate(out / "data", images_per_domain=images_per_domain, height=height, width=width)
     log(
-        f"[demo] synthesised {len(synth.DOMAINS)} domains x {images_per_domain} images "
+        f"[demo] synthesised {len(SYNTH_DOMAINS)} domains x {images_per_domain} images "
         f"at {height}x{width} -> {data_root}"
     )
     weights, mode, n = import_weights(
@@ -121,10 +121,10 @@ def run_walkthrough(
     source_dir = out / "runs" / "source" / "checkpoints" / f"epoch_{source_epochs:04d}" / "selected"
     curves = {"source (clear)": [h["loss"] for h in source.history]}
     table: dict[str, dict[str, float]] = {}
-    for domain in synth.DOMAINS:
+    for domain in SYNTH_DOMAINS:
         test = open_split(data_root, domain, "test")
         table[domain] = {"source_only": evaluate(source.selected_model(), test, source_cfg.eval).miou}
-    for domain in synth.DOMAINS[1:]:
+    for domain in SYNTH_DOMAINS[1:]:
         curve, miou = few_shot_target(source_cfg, source_dir, data_root, domain, target_epochs, shots, out, log)
         curves[f"target {domain}"], table[domain]["fine_tuned"] = curve, miou
     model, meta = load_model(source_dir)

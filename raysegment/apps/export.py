@@ -37,7 +37,8 @@ from raysegment.export.graph import (
 )
 from raysegment.export.quantize import quantize_int8
 from raysegment.export.runtime import OrtSegmenter
-from raysegment.models import ModelMeta, load_model
+from raysegment.models.io import ModelMeta
+from raysegment.models.rebuild import load_model
 from raysegment.models.segmenter import Segmenter
 from raysegment.registry import Entry, Registry
 from raysegment.registry.artifacts import ONNX, Artifacts, ExportRecord

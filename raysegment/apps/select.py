@@ -15,7 +15,7 @@ from torchvision.io import write_png
 from raysegment.data import SegmentationDataset
 from raysegment.data.folder import folder_images
 from raysegment.engine.selection import Selection, Strategy, select_images
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.storage import atomic_write_bytes
 from raysegment.viz import contact_sheet_png
 

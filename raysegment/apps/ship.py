@@ -21,7 +21,7 @@ from raysegment.config import LABEL_FREE_METHODS, Judge, RunConfig
 from raysegment.data import open_split
 from raysegment.engine.estimate import Estimate
 from raysegment.engine.signature import version_signatures
-from raysegment.models import ModelMeta
+from raysegment.models.io import ModelMeta
 from raysegment.registry import Registry
 from raysegment.registry.intake import estimate_as_metrics, register_source
 from raysegment.registry.promotion import PRODUCTION, Decision, promote_if_better, promote_version

@@ -1,4 +1,4 @@
-"""`raysegment adapt`: how far each adaptation method takes a source model on each target domain.
+"""`raysegment compare`: how far each adaptation method takes a source model on each target domain.
 
 Everything runs at the source model's working scale (or the one given) and is scored against
 full-resolution labels.
@@ -51,7 +51,8 @@ from raysegment.engine.policy import pick
 from raysegment.engine.scale import pick_scale
 from raysegment.engine.selection import select_images
 from raysegment.errors import ConfigError
-from raysegment.models import ModelMeta, load_model
+from raysegment.models.io import ModelMeta
+from raysegment.models.rebuild import load_model
 from raysegment.registry.intake import own_fit
 from raysegment.registry.traffic import TrafficStore
 from raysegment.viz import bar_chart_png
@@ -197,7 +198,7 @@ def candidate_config(
 
 
 def epochs_per_method(epochs: int = 8) -> dict[str, int]:
-    """The study's epochs per candidate from one number (the one rule `raysegment adapt`, the demo
+    """The study's epochs per candidate from one number (the one rule `raysegment compare`, the demo
     and the study's default share): Tent a quarter of them (it trains BatchNorm's affine parameters
     only and its entropy objective collapses when run long), AdaBN none to speak of (one epoch of
     no steps), self-training and few-shot fine-tuning all of them, and the oracle three times as many

@@ -26,7 +26,6 @@ CLASSES = ["road", "sidewalk", "building", "vegetation", "sky", "vehicle", "pers
 PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (107, 142, 35), (70, 130, 180), (0, 0, 142), (220, 20, 60)]
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, VEHICLE, PERSON = range(7)
 IGNORE = 255
-DOMAINS = SYNTH_DOMAINS
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ def apply_domain(scene: Scene, domain: str, rng: np.random.Generator) -> np.ndar
         r2 = ((yy - h / 2) / h) ** 2 + ((xx - w / 2) / w) ** 2
         img = (img ** rng.uniform(0.7, 1.4)) * (1 - 1.2 * r2)[..., None] + rng.normal(0, 0.02, img.shape)
     else:
-        raise DatasetError(f"unknown synthetic domain {domain!r}; choose from {', '.join(DOMAINS)}")
+        raise DatasetError(f"unknown synthetic domain {domain!r}; choose from {', '.join(SYNTH_DOMAINS)}")
     return np.clip(img, 0, 1)
 
 
@@ -264,7 +263,7 @@ def _rotate_hue(img: np.ndarray, angle: float) -> np.ndarray:
 
 def generate(
     out: str | Path,
-    domains: tuple[str, ...] = DOMAINS,
+    domains: tuple[str, ...] = SYNTH_DOMAINS,
     images_per_domain: int = 60,
     height: int = 128,
     width: int = 256,
@@ -276,9 +275,9 @@ def generate(
         raise DatasetError(f"synthetic images must be 64..512 px per side, got {height}x{width}")
     if images_per_domain < 3:
         raise DatasetError(f"images_per_domain must be at least 3 (train/val/test), got {images_per_domain}")
-    unknown = [d for d in domains if d not in DOMAINS]
+    unknown = [d for d in domains if d not in SYNTH_DOMAINS]
     if unknown:
-        raise DatasetError(f"unknown synthetic domains {unknown}; choose from {', '.join(DOMAINS)}")
+        raise DatasetError(f"unknown synthetic domains {unknown}; choose from {', '.join(SYNTH_DOMAINS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info().write(out)
@@ -286,7 +285,7 @@ def generate(
         folder = out / domain
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "masks").mkdir(parents=True, exist_ok=True)
-        domain_id = DOMAINS.index(domain)
+        domain_id = SYNTH_DOMAINS.index(domain)
         look = ALTERED if domain == "texture" else CLEAR
         stems = []
         for i in range(images_per_domain):

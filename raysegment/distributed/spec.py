@@ -57,7 +57,6 @@ class LoopJob(_Job):
 
 JobSpec = Annotated[FineTuneJob | TuneJob | LoopJob, Field(discriminator="job")]
 JOB_SPECS: TypeAdapter[FineTuneJob | TuneJob | LoopJob] = TypeAdapter(JobSpec)  # validates any kind
-MOVED = {"source_domain": "the source's domain is run.data.domain (the domain its images and labels are under)"}
 
 
 AnyJob = FineTuneJob | TuneJob | LoopJob
@@ -94,9 +93,6 @@ def read_spec(path: str | Path) -> AnyJob:
     """A spec file of any kind, its relative paths resolved against the file's folder."""
     path = Path(path)
     raw = read_yaml_mapping(path, "job spec")
-    for key, where in MOVED.items():
-        if key in raw:
-            raise ConfigError(f"{path}: `{key}` is gone: {where}")
     run = raw.get("run")
     if isinstance(run, dict):
         base = path.resolve().parent

@@ -36,7 +36,7 @@ from raysegment.distributed.winners import (
     source_score,
 )
 from raysegment.errors import RaySegmentError
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
 from raysegment.storage import atomic_write_json, is_uri, join, upload_tree
 from raysegment.viz import bar_chart_png, curves_png

@@ -19,7 +19,8 @@ from raysegment.engine.checkpoint import SELECTED
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.signature import version_signatures
 from raysegment.errors import RaySegmentError
-from raysegment.models import load_model, save_model
+from raysegment.models.io import save_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
 from raysegment.registry.intake import estimated_metrics, lineage_fit, register_source
 from raysegment.registry.promotion import PRODUCTION, Decision, promote_if_better

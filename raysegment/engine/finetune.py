@@ -12,7 +12,7 @@ from raysegment.config import RunConfig
 from raysegment.data import Batch, EpochSampler, SegmentationDataset
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.method import Compute, Method, Paired, Placement, endless
-from raysegment.models import Segmenter
+from raysegment.models.segmenter import Segmenter
 
 
 class Finetune(Method):

@@ -18,7 +18,7 @@ from raysegment.engine import checkpoint as ckpt
 from raysegment.engine.finetune import Finetune
 from raysegment.engine.method import Placement
 from raysegment.engine.runner import Runner
-from raysegment.models import Segmenter, build_segmenter
+from raysegment.models.segmenter import Segmenter, build_segmenter
 
 EpochSink = Callable[[Runner, dict[str, Any], bool], None]  # (runner, epoch metrics, checkpoint due)
 

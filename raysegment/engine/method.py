@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from raysegment.augment import SegmentationAugment, resize_batch, to_float
 from raysegment.config import RunConfig
 from raysegment.data import Batch, EpochSampler, SegmentationDataset, pad_collate
-from raysegment.models import Segmenter
+from raysegment.models.segmenter import Segmenter
 
 Wrap = Callable[[torch.nn.Module], torch.nn.Module] | None
 

@@ -16,7 +16,7 @@ These proxies score a candidate on held-back unlabelled target images:
 `score` is the criterion `adapt.criterion` names (see `engine.criteria` for all of them and how
 each ranks candidates against test labels). A label-free result should replace the source model only when its score
 beats the source model's own score on the same held-back images; the callers that register or
-pick a result (the Tune search, `raysegment adapt`) compare the two.
+pick a result (the Tune search, `raysegment compare`) compare the two.
 """
 
 from __future__ import annotations

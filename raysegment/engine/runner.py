@@ -23,7 +23,7 @@ from raysegment.engine import checkpoint as ckpt
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.method import Compute, Method, Wrap
 from raysegment.engine.schedule import build_optimizer, build_scheduler
-from raysegment.models import ModelMeta
+from raysegment.models.io import ModelMeta
 
 
 class Runner:

@@ -31,8 +31,8 @@ from raysegment.augment import resize_images, scaled_size, to_float
 from raysegment.config import ResizeConfig, SelectStrategy
 from raysegment.data import SegmentationDataset
 from raysegment.errors import ConfigError
-from raysegment.models import Segmenter
 from raysegment.models.outputs import class_map
+from raysegment.models.segmenter import Segmenter
 
 Strategy = SelectStrategy  # the one list: config.SELECT_STRATEGIES
 

@@ -28,7 +28,7 @@ from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.estimate import ConfidenceFit, Estimate, estimate_miou, fit_confidence
 from raysegment.engine.signature import version_signatures
 from raysegment.errors import RaySegmentError
-from raysegment.models import load_model
+from raysegment.models.rebuild import load_model
 from raysegment.registry.manifest import RegistryError
 from raysegment.registry.versions import Registry
 

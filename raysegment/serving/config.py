@@ -158,18 +158,6 @@ SECTIONS: dict[str, type[_Section]] = {
     "online": Online,
     "closed_loop": ClosedLoop,
 }
-# The flat keys of the config before it had sections -> where each lives now.
-MOVED = {key: f"{section}.{key}" for section, model in SECTIONS.items() for key in model.model_fields}
-MOVED.update(
-    {
-        "online_adabn": "online.adabn",
-        "online_adabn_momentum": "online.momentum",
-        "online_guard_window": "online.guard_window",
-    }
-)
-MOVED.pop("adabn")
-MOVED.pop("momentum")
-MOVED.pop("guard_window")
 
 
 class ServeConfig(BaseModel):
@@ -194,15 +182,6 @@ class ServeConfig(BaseModel):
     replicas: Replicas = Replicas()
     online: Online = Online()
     closed_loop: ClosedLoop = ClosedLoop()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_keys_moved(cls, data: object) -> object:
-        if isinstance(data, dict):
-            moved = [f"{key} is now {MOVED[key]}" for key in data if key in MOVED]
-            if moved:
-                raise ValueError("serve config keys moved into sections: " + "; ".join(moved))
-        return data
 
     @model_validator(mode="after")
     def _online_adaptation_needs_torch(self) -> ServeConfig:

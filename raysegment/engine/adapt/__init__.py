@@ -27,7 +27,8 @@ from raysegment.engine.method import Method, Placement, Wrap
 from raysegment.engine.runner import Runner
 from raysegment.engine.scale import pick_scale
 from raysegment.errors import ConfigError
-from raysegment.models import ModelMeta, build_segmenter
+from raysegment.models.io import ModelMeta
+from raysegment.models.segmenter import build_segmenter
 
 
 def open_target_train(cfg: RunConfig) -> SegmentationDataset:

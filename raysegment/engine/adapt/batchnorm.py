@@ -2,7 +2,7 @@
 
 Re-estimates every BatchNorm layer's running statistics on unlabelled target images, so the
 normalisation matches the target domain. Seconds of work. It can hurt, so a caller that ships the
-result (the Tune search, `raysegment adapt`) must judge it against the source model first.
+result (the Tune search, `raysegment compare`) must judge it against the source model first.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from raysegment.engine.adapt.teacher import EMATeacher
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.method import Compute, Method, Paired, Placement, endless
 from raysegment.errors import ConfigError
-from raysegment.models import Segmenter
 from raysegment.models.freeze import is_batchnorm
+from raysegment.models.segmenter import Segmenter
 
 
 def require_batchnorm(model: Segmenter, method: str) -> None:
