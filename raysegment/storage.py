@@ -8,6 +8,7 @@ Writes that matter are atomic: a temporary sibling, fsync, then rename.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,11 @@ def check_not_placeholder(location: str) -> None:
         raise RaySegmentError(
             f"{location}: replace {PLACEHOLDER_BUCKET} with your bucket (the cluster specs ship with a placeholder)"
         )
+
+
+def sha256_hex(data: bytes) -> str:
+    """The content hash everything stored is named and checked by (weights, graphs, signatures)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def is_uri(location: str) -> bool:

@@ -35,7 +35,8 @@ def is_remote(loc: Location) -> bool:
 
 
 def join(loc: Location, *parts: str) -> Location:
-    return "/".join([loc.rstrip("/"), *parts]) if isinstance(loc, str) else loc.joinpath(*parts)
+    """`loc/part/...`: a URI through `storage.join` (the one join of URIs), a folder as a Path."""
+    return storage.join(loc, *parts) if isinstance(loc, str) else loc.joinpath(*parts)
 
 
 def name(loc: Location) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from raysegment.config import LoopConfig, RunConfig, SearchConfig, format_validation_error, read_yaml_mapping
 from raysegment.errors import ConfigError
+from raysegment.storage import is_uri
 
 SPEC_ENV = "RAYSEGMENT_SPEC_JSON"  # a submitted job's validated spec travels in its environment
 FROM_ENV = "--from-env"
@@ -97,15 +98,15 @@ def read_spec(path: str | Path) -> AnyJob:
     if isinstance(run, dict):
         base = path.resolve().parent
         data = dict(run.get("data", {}))
-        if "root" in data and "://" not in str(data["root"]):
+        if "root" in data and not is_uri(str(data["root"])):
             data["root"] = str((base / data["root"]).resolve())
         run = {**run, "data": data}
-        if "://" not in str(run.get("output_dir", "runs/default")):
+        if not is_uri(str(run.get("output_dir", "runs/default"))):
             run["output_dir"] = str((base / run.get("output_dir", "runs/default")).resolve())
         raw = {**raw, "run": run}
     for key in ("registry", "source"):
         value = raw.get(key)
-        if isinstance(value, str) and "://" not in value and "@" not in value:
+        if isinstance(value, str) and not is_uri(value) and "@" not in value:
             raw = {**raw, key: str((path.resolve().parent / value).resolve())}
     try:
         return JOB_SPECS.validate_python(raw)

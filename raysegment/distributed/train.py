@@ -148,7 +148,7 @@ SHARED_FS_ENV = "RAYSEGMENT_SHARED_FS"  # "1": every node mounts the same filesy
 def storage_path(cfg: RunConfig) -> str:
     path = cfg.scale.storage_path or str(Path(cfg.output_dir) / "ray")
     check_not_placeholder(path)
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 def check_shared(location: str, what: str) -> None:

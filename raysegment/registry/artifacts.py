@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raysegment.registry.cache import cached_blob, sha256_bytes
+from raysegment.registry.cache import cached_blob
 from raysegment.registry.manifest import Entry, RegistryError
 from raysegment.registry.store import ObjectStore, update_json
+from raysegment.storage import sha256_hex
 
 ONNX = "onnx"  # the export name serving's `runtime: onnxruntime` runs
 
@@ -54,7 +55,7 @@ class Artifacts:
 
     def add(self, entry: Entry, name: str, graph: bytes, record: dict[str, Any]) -> ExportRecord:
         """Store `graph` as `entry`'s export `name` (replacing an earlier one of that name)."""
-        digest = sha256_bytes(graph)
+        digest = sha256_hex(graph)
         self.store.put_new(self._graph_key(entry.domain, digest), graph)
         made = ExportRecord.model_validate({**record, "sha256": digest, "bytes": len(graph), "time": time.time()})
 
@@ -77,7 +78,7 @@ class Artifacts:
         key = self._graph_key(entry.domain, record.sha256)
         fetch = lambda: self.store.get(key)  # noqa: E731
         data = fetch() if self.store.is_local else cached_blob(record.sha256, fetch, ".onnx")
-        if data is None or sha256_bytes(data) != record.sha256:
+        if data is None or sha256_hex(data) != record.sha256:
             raise RegistryError(f"{entry.ref}: its {name} export is missing or does not match its hash")
         return data, record
 

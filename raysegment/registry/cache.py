@@ -3,7 +3,6 @@ tensors of base versions shared, one copy per process, by every model built on t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Protocol
 import torch
 
 from raysegment.registry.manifest import Entry
-from raysegment.storage import atomic_write_bytes
+from raysegment.storage import atomic_write_bytes, sha256_hex
 
 
 class StateSource(Protocol):
@@ -27,10 +26,6 @@ class StateSource(Protocol):
 CACHE_ENV = "RAYSEGMENT_CACHE"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def blob_cache_dir() -> Path:
     """Where remote weights are kept on this machine, by content hash ($RAYSEGMENT_CACHE)."""
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "raysegment-cache" / "blobs")
@@ -42,10 +37,10 @@ def cached_blob(digest: str, fetch: Callable[[], bytes | None], suffix: str = ".
     cached = blob_cache_dir() / f"{digest}{suffix}"
     if cached.is_file():
         held = cached.read_bytes()
-        if sha256_bytes(held) == digest:
+        if sha256_hex(held) == digest:
             return held
     fetched = fetch()
-    if fetched is not None and sha256_bytes(fetched) == digest:
+    if fetched is not None and sha256_hex(fetched) == digest:
         atomic_write_bytes(cached, fetched)
     return fetched
 

@@ -20,7 +20,6 @@ region and endpoint come only from the standard provider chain and environment
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raysegment.errors import RaySegmentError
-from raysegment.storage import atomic_write_bytes, check_not_placeholder, durable_temp_beside, fsync_dir
+from raysegment.storage import (
+    atomic_write_bytes,
+    check_not_placeholder,
+    durable_temp_beside,
+    fsync_dir,
+    is_uri,
+    sha256_hex,
+)
 
 
 class StoreError(RaySegmentError):
@@ -63,7 +69,7 @@ def open_store(uri: str | os.PathLike) -> ObjectStore:
         if not bucket:
             raise StoreError(f"{text}: no bucket name (s3://BUCKET/PREFIX)")
         return S3Store(bucket, prefix)
-    if "://" in text and not text.startswith("file://"):
+    if is_uri(text) and not text.startswith("file://"):
         scheme = text.split("://", 1)[0]
         raise StoreError(
             f"{text}: {scheme}:// registries are not supported yet (they need a conditional-write backend); "
@@ -92,10 +98,6 @@ def update_json(
     raise StoreError(f"{store.uri}/{key}: still contended after {CAS_ATTEMPTS} attempts")
 
 
-def content_tag(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class FolderStore:
     """Keys are relative paths under `root`; temporary files start with '.' and are never listed."""
 
@@ -116,7 +118,7 @@ class FolderStore:
 
     def get_tagged(self, key: str) -> tuple[bytes, str] | None:
         data = self.get(key)
-        return None if data is None else (data, content_tag(data))
+        return None if data is None else (data, sha256_hex(data))
 
     def put(self, key: str, data: bytes) -> None:
         atomic_write_bytes(self.path(key), data)

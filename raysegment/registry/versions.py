@@ -44,7 +44,7 @@ from safetensors.torch import load, save
 from raysegment.engine.signature import Signature
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.registry.artifacts import Artifacts  # a version's exports go with it
-from raysegment.registry.cache import SharedBases, cached_blob, sha256_bytes
+from raysegment.registry.cache import SharedBases, cached_blob
 from raysegment.registry.manifest import (
     INDEX_KEY,
     CorruptRegistry,
@@ -56,6 +56,7 @@ from raysegment.registry.manifest import (
     VersionRef,
 )
 from raysegment.registry.store import ObjectStore, StoreError, open_store, update_json
+from raysegment.storage import sha256_hex
 
 TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegment.registry.traffic), never a domain
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
@@ -115,12 +116,12 @@ class Registry:
             }
             base = VersionRef(domain=base_entry.domain, version=base_entry.version)
         weights = save(state)
-        digest = sha256_bytes(weights)
+        digest = sha256_hex(weights)
         self.store.put_new(self._blob_key(domain, digest), weights)  # named by content: an existing one is the same
         signature_digests = {}
         for under, signature in (signatures or {}).items():
             data = signature.to_bytes()
-            signature_digests[under] = sha256_bytes(data)
+            signature_digests[under] = sha256_hex(data)
             self.store.put_new(self._signature_key(domain, signature_digests[under]), data)
         manifest = ModelVersion(
             domain=domain,
@@ -340,7 +341,7 @@ class Registry:
         if digest is None:
             return None
         data = self.store.get(self._signature_key(entry.domain, digest))
-        if data is None or sha256_bytes(data) != digest:
+        if data is None or sha256_hex(data) != digest:
             raise CorruptRegistry(f"{entry.ref}: its {under} signature is missing or does not match its hash")
         return Signature.from_bytes(data)
 
@@ -362,7 +363,7 @@ class Registry:
         data = self._weights(entry.domain, digest)
         if data is None:
             raise RegistryError(f"{entry.ref}: its weights ({digest[:12]}...) are missing from {self.uri}")
-        if sha256_bytes(data) != digest:
+        if sha256_hex(data) != digest:
             raise RegistryError(f"{entry.ref}: weights file does not match its manifest hash (corrupt or tampered)")
         return load(data)
 

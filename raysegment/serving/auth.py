@@ -8,13 +8,13 @@ token, prints it once and appends its hash.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from raysegment.errors import ConfigError
+from raysegment.storage import sha256_hex
 
 ROLES = ("read", "admin")  # each role may do what the roles before it may
 
@@ -29,7 +29,7 @@ class Client:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return sha256_hex(token.encode())
 
 
 def new_token() -> str:
