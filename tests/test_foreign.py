@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from raysegment.config import ModelConfig, parse_config
 from raysegment.engine.adapt import adapt
 from raysegment.engine.adapt.methods import require_batchnorm
-from raysegment.engine.criteria import BatchNormInputs
 from raysegment.engine.proxies import ProxyScores
+from raysegment.engine.signature import InputStatistics
 from raysegment.errors import ConfigError, ModelError
 from raysegment.export.graph import agreement, export_onnx
 from raysegment.export.runtime import OrtSegmenter
@@ -161,13 +161,13 @@ def test_batchnorm_methods_refuse_a_model_without_batchnorm():
                 setattr(module, child_name, torch.nn.GroupNorm(1, child.num_features))
     with pytest.raises(ConfigError, match="no BatchNorm layer"):
         require_batchnorm(model, "tent")
-    inputs = BatchNormInputs(model)  # the BatchNorm-based criterion says it does not apply
+    inputs = InputStatistics(model)  # the BatchNorm-based criterion says it does not apply
     with inputs:
         model.eval()(torch.rand(1, 3, 64, 64))
-    assert math.isnan(inputs.distance())
+    assert math.isnan(inputs.distance_to_running())
     with pytest.raises(ConfigError, match="does not apply"):
-        _ = ProxyScores({"bn_distance": inputs.distance(), "consistency": 0.5}, "bn_distance").score
-    assert ProxyScores({"bn_distance": inputs.distance(), "consistency": 0.5}).score == 0.5
+        _ = ProxyScores({"bn_distance": inputs.distance_to_running(), "consistency": 0.5}, "bn_distance").score
+    assert ProxyScores({"bn_distance": inputs.distance_to_running(), "consistency": 0.5}).score == 0.5
 
 
 @pytest.mark.parametrize("library", ["smp", "torchvision"])

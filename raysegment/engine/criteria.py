@@ -39,7 +39,7 @@ from raysegment.config import CRITERIA, ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
 from raysegment.engine.evaluate import scaled_batches
 from raysegment.engine.policy import pick
-from raysegment.models.freeze import is_batchnorm
+from raysegment.engine.signature import InputStatistics
 from raysegment.models.outputs import class_map
 
 EPS = 1e-5
@@ -79,56 +79,6 @@ def mean_iou_over(iou: torch.Tensor, classes: torch.Tensor | None = None) -> flo
     if classes is None:
         classes = ~torch.isnan(iou)
     return float(torch.nan_to_num(iou[classes], nan=0.0).mean()) if classes.any() else 0.0
-
-
-class BatchNormInputs:
-    """Per BatchNorm layer, the running mean of its input's per-image channel moments."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.layers = [m for m in model.modules() if is_batchnorm(m) and m.running_mean is not None]
-        self.sums: dict[int, list[torch.Tensor]] = {}
-        self.images = 0
-        self.handles: list = []
-
-    def __enter__(self) -> BatchNormInputs:
-        for k, layer in enumerate(self.layers):
-            self.handles.append(layer.register_forward_pre_hook(self._hook(k)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-    def _hook(self, k: int):  # noqa: ANN202 - a forward pre-hook
-        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0].detach().flatten(2).float()
-            moments = [x.mean(2).sum(0).double().cpu(), x.square().mean(2).sum(0).double().cpu()]
-            if k in self.sums:
-                self.sums[k] = [a + b for a, b in zip(self.sums[k], moments)]
-            else:
-                self.sums[k] = moments
-            if k == 0:
-                self.images += x.shape[0]
-
-        return hook
-
-    def distance(self) -> float:
-        """Mean over layers of the channel-mean symmetric KL between input and running statistics;
-        NaN for a model without BatchNorm layers (the criterion does not apply to it)."""
-        if not self.layers:
-            return math.nan
-        per_layer = []
-        for k, layer in enumerate(self.layers):
-            if k not in self.sums:
-                continue
-            mean = self.sums[k][0] / self.images
-            var = (self.sums[k][1] / self.images - mean.pow(2)).clamp_min(EPS)
-            assert layer.running_mean is not None and layer.running_var is not None  # kept by __init__
-            rm, rv = layer.running_mean.double().cpu(), layer.running_var.double().cpu().clamp_min(EPS)
-            skl = ((var - rv).pow(2) + (var + rv) * (mean - rm).pow(2)) / (2 * var * rv)
-            per_layer.append(float(skl.mean()))
-        return sum(per_layer) / len(per_layer) if per_layer else 0.0
 
 
 @dataclass
@@ -230,7 +180,7 @@ def criterion_scores(
         c.model.to(device).eval()
     wanted = {c.name for c in candidates} if scored is None else set(scored)
     tallies = {c.name: _Tally(num_classes, device) for c in candidates}
-    hooks = {c.name: BatchNormInputs(c.model) for c in candidates}
+    hooks = {c.name: InputStatistics(c.model) for c in candidates}
     perturb = perturbation(device)
     pixel_generator = torch.Generator().manual_seed(seed)
     reference = candidates[0]
@@ -269,7 +219,7 @@ def criterion_scores(
                     t.agreement_updates += 1
     reference_classes = tallies[reference.name].predicted
     scores = {
-        c.name: tallies[c.name].scores(reference_classes, -hooks[c.name].distance(), pixel_generator)
+        c.name: tallies[c.name].scores(reference_classes, -hooks[c.name].distance_to_running(), pixel_generator)
         for c in candidates
         if c.name in wanted
     }

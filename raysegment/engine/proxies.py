@@ -3,8 +3,9 @@
 With zero target labels nothing measures target accuracy, yet adaptation can make a model worse.
 These proxies score a candidate on held-back unlabelled target images:
 
-- `entropy`: mean per-pixel prediction entropy / log(C). Lower is more confident (but an
-  entropy-minimising method lowers it by construction, so it never decides alone).
+- `entropy`: 1 - mean per-pixel prediction entropy / log(C), higher is more confident, as every
+  criterion is higher-is-better (an entropy-minimising method raises it by construction, so it
+  never decides alone). Logged as `proxy_entropy`, the same number.
 - `consistency`: class-mean IoU between the prediction on an image and on a photometrically
   perturbed, mirrored copy (mirrored back), over the classes that the candidate *or the source
   model* predicts. A model that fits the domain is stable under nuisance changes; a collapsed
@@ -41,10 +42,6 @@ class ProxyScores:
     criterion: str = "consistency"
 
     @property
-    def entropy(self) -> float:
-        return 1.0 - self.criteria["entropy"]
-
-    @property
     def consistency(self) -> float:
         return self.criteria["consistency"]
 
@@ -64,7 +61,7 @@ class ProxyScores:
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {f"proxy_{name}": value for name, value in self.criteria.items()}
-        return {**metrics, "proxy_entropy": self.entropy, "proxy_score": self.score}
+        return {**metrics, "proxy_score": self.score}
 
 
 @torch.no_grad()

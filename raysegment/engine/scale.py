@@ -13,8 +13,8 @@ import torch
 
 from raysegment.config import ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
-from raysegment.engine.criteria import BatchNormInputs
 from raysegment.engine.evaluate import scaled_batches
+from raysegment.engine.signature import InputStatistics
 from raysegment.errors import ConfigError
 
 
@@ -30,10 +30,11 @@ def statistics_distance(
     `images` at working scale `resize` (the mean over channels, then layers; masks never read)."""
     device = torch.device(device)
     model.to(device).eval()
-    with BatchNormInputs(model) as inputs:
+    inputs = InputStatistics(model)
+    with inputs:
         for x, _, _ in scaled_batches(images.without_labels(), batch_size, resize, device):
             model(x)
-    return inputs.distance()
+    return inputs.distance_to_running()
 
 
 def pick_scale(

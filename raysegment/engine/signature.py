@@ -13,10 +13,11 @@ come from the same model (routing: the source model every domain was adapted fro
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -195,6 +196,47 @@ def distance(a: Signature, b: Signature) -> float:
         skl = ((va - vb).pow(2) + (va + vb) * (ma - mb).pow(2)) / (2 * va * vb)
         per_layer.append(float(skl.mean()))
     return sum(per_layer) / len(per_layer)
+
+
+def running_statistics(model: torch.nn.Module) -> Signature | None:
+    """What a model's BatchNorm layers normalise with (their running statistics) as a signature, in
+    the layer order of `batchnorm_inputs`; None when a layer keeps none (or there is no layer)."""
+    layers = [m for m in model.modules() if is_batchnorm(m)]
+    if not layers or any(m.running_mean is None or m.running_var is None for m in layers):
+        return None
+    means = [m.running_mean.double().cpu() for m in layers]  # type: ignore[union-attr]
+    variances = [m.running_var.double().cpu().clamp_min(EPS) for m in layers]  # type: ignore[union-attr]
+    return Signature(means, variances, 0)
+
+
+class InputStatistics:
+    """While active (`with`), pools the moments of every BatchNorm layer's input over the forwards
+    run; `distance_to_running` is their symmetric KL (`distance`) from the statistics the layers
+    normalise with: the BatchNorm criterion of model selection and of the working-scale pick."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.layers = sum(1 for m in model.modules() if is_batchnorm(m))
+        self.pooled = RunningSignature(window=None)
+        self._active: Any = None
+
+    def __enter__(self) -> InputStatistics:
+        self._active = batchnorm_inputs(self.model)
+        self._captured = self._active.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.__exit__(None, None, None)
+        for start in range(0, len(self._captured), max(self.layers, 1)):  # one forward's layers at a time
+            forward = self._captured[start : start + self.layers]
+            self.pooled.update([m for m, _ in forward], [s for _, s in forward])
+
+    def distance_to_running(self) -> float:
+        """NaN for a model without BatchNorm statistics: the criterion does not apply to it."""
+        running = running_statistics(self.model)
+        if running is None or not self.pooled.images:
+            return math.nan
+        return distance(self.pooled.signature(), running)
 
 
 def nearest(image: Signature, domains: dict[str, Signature]) -> tuple[str, float]:
