@@ -36,24 +36,24 @@ def engine_rate(runner: Runner, steps: int, warmup: int) -> float:
     batches = itertools.chain.from_iterable(runner.method.batches(0) for _ in itertools.count())
     for _ in range(warmup):
         runner.train_step(next(batches))
-    sync(runner.device)
+    sync(runner.method.device)
     start, seen = time.perf_counter(), 0
     for _ in range(steps):
         batch = next(batches)
         runner.train_step(batch)
         seen += batch.images.shape[0]
-    sync(runner.device)
+    sync(runner.method.device)
     return seen / (time.perf_counter() - start)
 
 
 def synthetic_rate(runner: Runner, batch: int, height: int, width: int, steps: int, warmup: int) -> float:
     """Images/s of forward+backward+step alone, on tensors that never leave the device."""
-    device = runner.device
+    device = runner.method.device
     images = torch.rand(batch, 3, height, width, device=device)
-    masks = torch.randint(0, runner.info.num_classes, (batch, height, width), device=device)
+    masks = torch.randint(0, runner.method.info.num_classes, (batch, height, width), device=device)
 
     def step() -> None:
-        loss = segmentation_loss(runner.compute.forward(images), masks, runner.info.ignore_index)
+        loss = segmentation_loss(runner.compute.forward(images), masks, runner.method.info.ignore_index)
         runner.optimizer.zero_grad(set_to_none=True)
         runner.scaler.scale(loss).backward()
         runner.scaler.step(runner.optimizer)

@@ -50,8 +50,8 @@ def delta_sizes(source_dir: Path, root: Path, tmp: Path) -> list[tuple[int, int,
             }
         )
         learner = fit(cfg, open_split(root, "fog", "train"), resume=False, log=lambda s: None)
-        delta = reg.register("fog", learner.model, meta, parent="source@1")
-        full = reg.register(f"fog-full{depth}", learner.model, meta)
+        delta = reg.register("fog", learner.method.model, meta, parent="source@1")
+        full = reg.register(f"fog-full{depth}", learner.method.model, meta)
         rows.append(
             (
                 depth,

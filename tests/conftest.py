@@ -163,7 +163,7 @@ def train_source(root, domain: str, out, epochs: int, batch_size: int, channels:
         }
     )
     learner = fit(cfg, open_split(root, domain, "train"), resume=False, log=lambda line: None)
-    return save_model(out / "model", learner.model, learner.meta)
+    return save_model(out / "model", learner.method.model, learner.meta)
 
 
 @pytest.fixture(scope="session")

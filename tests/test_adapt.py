@@ -225,7 +225,7 @@ def test_self_training_runs_with_amp_and_channels_last_on_cuda(synth_root, sourc
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2, "amp": "bf16"})})
     result = adapt(cfg, device="cuda", resume=False, log=lambda line: None)
     learner = result.runner
-    assert learner.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in learner.history)
+    assert learner.compute.amp_dtype is torch.bfloat16 and all(h["loss"] == h["loss"] for h in learner.history)
     assert next(learner.method.teacher.model.parameters()).is_cuda
     assert evaluate(result.model, open_split(synth_root, "night", "test"), cfg.eval, "cuda").miou > 0
 
@@ -292,7 +292,7 @@ def test_finetune_with_source_replay_runs_on_mixed_sizes_and_selects_on_val(odd_
         }
     )
     result = adapt(cfg, resume=False, progress=False, log=lambda line: None)
-    assert result.runner.steps_per_epoch == 2  # a pass over the 5 source images (batch 3), the 1 label cycled
+    assert result.runner.method.steps_per_epoch == 2  # a pass over the 5 source images (batch 3), the 1 label cycled
     assert 0 <= result.scores["selected_epoch"] <= 3 and result.scores["val_miou"] == result.scores["score"]
 
 

@@ -15,7 +15,7 @@ import raysegment.augment, raysegment.models, raysegment.viz, raysegment.apps.en
 cfg = parse_config({{"data": {{"root": sys.argv[1]}}, "model": {{"backbone": "{TINY_BACKBONE}", "decoder_channels": 8}},
                     "optim": {{"epochs": 1, "batch_size": 4}}, "output_dir": sys.argv[2]}})
 learner = fit(cfg, open_split(sys.argv[1], "clear", "train"), resume=False, log=lambda s: None)
-evaluate(learner.model, open_split(sys.argv[1], "clear", "val"), cfg.eval)
+evaluate(learner.method.model, open_split(sys.argv[1], "clear", "val"), cfg.eval)
 loaded = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
 print("RAY_MODULES", loaded)
 """

@@ -50,7 +50,7 @@ def test_fit_learns_and_writes_loadable_checkpoints(tiny_config, synth_root):
     assert len(list((latest.parent).glob("epoch_*"))) == 2  # older ones pruned
     model, meta = load_model(latest)
     assert meta.classes[0] == "road"
-    assert evaluate(model, val, cfg.eval).miou == pytest.approx(evaluate(learner.model, val, cfg.eval).miou)
+    assert evaluate(model, val, cfg.eval).miou == pytest.approx(evaluate(learner.method.model, val, cfg.eval).miou)
 
 
 def test_resumed_run_reproduces_the_uninterrupted_loss_curve(tiny_config, synth_root, tmp_path):
@@ -65,7 +65,7 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_curve(tiny_config, synth_
         tiny_config(optim={"epochs": 4}, output_dir=str(tmp_path / "part")), train, resume=True, log=lambda s: None
     )
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-5)
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(full.method.model.state_dict().items(), resumed.method.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
 
 
@@ -134,9 +134,9 @@ def test_evaluate_computes_iou_from_the_confusion_matrix(synth_root):
 def test_amp_and_channels_last_train_on_cuda(tiny_config, synth_root):
     cfg = tiny_config(optim={"epochs": 2, "amp": "bf16"})
     learner = fit(cfg, open_split(synth_root, "clear", "train"), device="cuda", resume=False, log=lambda s: None)
-    assert learner.amp_dtype is torch.bfloat16
+    assert learner.compute.amp_dtype is torch.bfloat16
     assert all(math.isfinite(h["loss"]) for h in learner.history)
-    assert learner.model.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert learner.method.model.head.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_sparse_eval_and_checkpoints_resume_exactly(tiny_config, synth_root, tmp_path):

@@ -83,11 +83,12 @@ def record_deployable_checksum(runner, metrics: dict, rank: int) -> None:
     """Epoch hook (runs on every rank): the deployable model's checksum (the teacher's), one line per epoch."""
     from raysegment.distributed.train import weights_checksum
 
-    out = Path(runner.cfg.output_dir)
+    out = Path(runner.method.cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"checksums.{rank}.jsonl", "a") as handle:
         handle.write(
-            json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(runner.deployable)}) + "\n"
+            json.dumps({"epoch": metrics["epoch"], "weights_checksum": weights_checksum(runner.method.deployable)})
+            + "\n"
         )
 
 

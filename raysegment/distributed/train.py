@@ -65,7 +65,7 @@ def ray_sink(cfg: RunConfig, rank: int, resumed: bool, hook: EpochHook | None = 
         metrics = {
             **last_score,
             **stats,
-            "world_size": runner.world_size,
+            "world_size": runner.method.placement.world_size,
             "resumed": resumed,
             "method": cfg.adapt.method,
         }
@@ -115,7 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Each rank's augmentation stream, re-seeded per (rank, epoch reached) so a restart stays reproducible.
     torch.manual_seed(cfg.optim.seed * 7919 + rank * 104_729 + runner.epoch)
     sink = ray_sink(cfg, rank, checkpoint is not None, hook)
-    if runner.epoch >= runner.total_epochs and runner.history:
+    if runner.epoch >= runner.method.epochs and runner.history:
         # A finished run restored (whoever followed it, e.g. a Tune trial whose driver died, missed its
         # end): report the last epoch again, or the follower ends with no score.
         sink(runner, dict(runner.history[-1]), True)

@@ -25,12 +25,12 @@ EpochSink = Callable[[Runner, dict[str, Any], bool], None]  # (runner, epoch met
 
 def run_epochs(runner: Runner, val_set: SegmentationDataset | None, sink: EpochSink, progress: bool = False) -> Runner:
     """Train `runner` from its current epoch to its last; `val_set` scores and selects epochs."""
-    optim = runner.cfg.optim
+    optim = runner.method.cfg.optim
     if val_set is not None and runner.epoch == 0 and runner.selects_start:
         runner.remember(0, runner.score(val_set))  # the start model is a candidate too
-    while runner.epoch < runner.total_epochs:
+    while runner.epoch < runner.method.epochs:
         stats = runner.train_epoch(progress)
-        last = runner.epoch == runner.total_epochs
+        last = runner.epoch == runner.method.epochs
         if val_set is not None and (last or runner.epoch % optim.eval_every == 0):
             scores = runner.score(val_set)
             stats.update(scores)
@@ -43,7 +43,7 @@ def run_epochs(runner: Runner, val_set: SegmentationDataset | None, sink: EpochS
 
 def epoch_line(runner: Runner, stats: dict[str, Any]) -> str:
     line = (
-        f"epoch {stats['epoch']}/{runner.total_epochs}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
+        f"epoch {stats['epoch']}/{runner.method.epochs}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
         f"{stats['images_per_s']:.1f} img/s"
     )
     if "val_miou" in stats:
@@ -73,7 +73,7 @@ def train_in_process(
     log: Callable[[str], Any] = print,
 ) -> Runner:
     """Train to the last epoch in this process, resuming from the run's latest checkpoint."""
-    run_dir = Path(runner.cfg.output_dir)
+    run_dir = Path(runner.method.cfg.output_dir)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         runner.restore(latest)

@@ -16,9 +16,7 @@ from typing import Any, cast
 
 import torch
 
-from raysegment.config import RunConfig
 from raysegment.data import SegmentationDataset
-from raysegment.data.info import DatasetInfo
 from raysegment.engine import checkpoint as ckpt
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.method import Compute, Method, Wrap
@@ -49,57 +47,17 @@ class Runner:
         self.best_epoch, self.best_scores = -1, {"score": -math.inf}
         self._best_model: torch.nn.Module | None = None
 
-    # --- what the loop and callers read ---------------------------------------------------------
-    @property
-    def cfg(self) -> RunConfig:
-        return self.method.cfg
-
-    @property
-    def info(self) -> DatasetInfo:
-        return self.method.info
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.method.model
-
-    @property
-    def deployable(self) -> torch.nn.Module:
-        return self.method.deployable
-
-    @property
-    def device(self) -> torch.device:
-        return self.method.device
-
-    @property
-    def rank(self) -> int:
-        return self.method.placement.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.method.placement.world_size
-
-    @property
-    def amp_dtype(self) -> torch.dtype | None:
-        return self.compute.amp_dtype
-
-    @property
-    def total_epochs(self) -> int:
-        return self.method.epochs
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.method.steps_per_epoch
-
+    # --- what the loop and callers read (the method's own facts are read on `self.method`) -------
     @property
     def meta(self) -> ModelMeta:
-        info = self.info
+        info = self.method.info
         return ModelMeta(
-            model=self.cfg.model,
+            model=self.method.cfg.model,
             num_classes=info.num_classes,
             classes=info.classes,
             palette=info.palette,
             ignore_index=info.ignore_index,
-            resize=self.cfg.data.resize,
+            resize=self.method.cfg.data.resize,
         )
 
     # --- the step and the epoch -----------------------------------------------------------------
@@ -108,9 +66,9 @@ class Runner:
         loss = self.method.loss(batch, self.compute)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip:
+        if self.method.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.method.model.parameters(), self.method.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -126,15 +84,15 @@ class Runner:
         lr = max((g["lr"] for g in groups if g["params"]), default=0.0)  # the head's (the backbone's may be scaled)
         batches = self.method.batches(self.epoch)
         bar = None
-        if progress and sys.stderr.isatty() and self.steps_per_epoch:
+        if progress and sys.stderr.isatty() and self.method.steps_per_epoch:
             from tqdm.auto import tqdm
 
             batches = bar = tqdm(
                 batches,
-                desc=f"epoch {self.epoch + 1}/{self.total_epochs}",
+                desc=f"epoch {self.epoch + 1}/{self.method.epochs}",
                 leave=False,
                 unit="batch",
-                total=self.steps_per_epoch,
+                total=self.method.steps_per_epoch,
             )
         for batch in batches:
             losses.append(self.train_step(batch))
@@ -160,38 +118,38 @@ class Runner:
         """Held-back metrics; `score` selects and promotes: val mIoU when target labels judge, the
         label-free proxy against the method's start model otherwise (val masks then never read)."""
         return judged_scores(
-            model or self.deployable,
+            model or self.method.deployable,
             dataset,
-            self.cfg,
-            self.cfg.judge,
+            self.method.cfg,
+            self.method.cfg.judge,
             self.method.reference,
-            self.device,
-            self.rank,
-            self.world_size,
+            self.method.device,
+            self.method.placement.rank,
+            self.method.placement.world_size,
         )
 
     @property
     def selects_start(self) -> bool:
         """The start model is a candidate when labels judge: a few labels must never make it worse."""
-        return self.cfg.optim.select == "best" and self.cfg.judge == "labels"
+        return self.method.cfg.optim.select == "best" and self.method.cfg.judge == "labels"
 
     def remember(self, epoch: int, scores: dict[str, float]) -> None:
         """Keep the deployable model of the best-scored epoch (`optim.select=best`); ties keep the earlier."""
-        if self.cfg.optim.select == "last":
+        if self.method.cfg.optim.select == "last":
             self.best_epoch, self.best_scores = epoch, dict(scores)
             return
         if not scores["score"] > self.best_scores["score"]:
             return
         self.best_epoch, self.best_scores = epoch, dict(scores)
         if self._best_model is None:
-            self._best_model = copy.deepcopy(self.deployable).eval().requires_grad_(False)
+            self._best_model = copy.deepcopy(self.method.deployable).eval().requires_grad_(False)
         else:
-            self._best_model.load_state_dict(self.deployable.state_dict())
+            self._best_model.load_state_dict(self.method.deployable.state_dict())
 
     def selected_model(self) -> torch.nn.Module:
         """The result of the run: the best-scored epoch's model, or the last one's."""
-        if self.cfg.optim.select == "last" or self._best_model is None:
-            return self.deployable
+        if self.method.cfg.optim.select == "last" or self._best_model is None:
+            return self.method.deployable
         return self._best_model
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -205,7 +163,7 @@ class Runner:
         }
         return ckpt.save_checkpoint(
             folder,
-            self.deployable,
+            self.method.deployable,
             self.meta,
             self.optimizer,
             self.scheduler,
@@ -215,11 +173,11 @@ class Runner:
         )
 
     def restore(self, folder: str | Path) -> None:
-        counters = ckpt.load_checkpoint(folder, self.deployable, self.optimizer, self.scheduler)
+        counters = ckpt.load_checkpoint(folder, self.method.deployable, self.optimizer, self.scheduler)
         self.method.load_extra_state(ckpt.load_extra_tensors(folder))
         self.epoch, self.step, self.history = counters["epoch"], counters["step"], counters["history"]
         self.best_epoch = counters["best_epoch"]
         self.best_scores = counters["best_scores"]
         if self.best_epoch >= 0:
-            self._best_model = copy.deepcopy(self.deployable).eval().requires_grad_(False)
+            self._best_model = copy.deepcopy(self.method.deployable).eval().requires_grad_(False)
             self._best_model.load_state_dict(ckpt.load_selected_weights(folder))
