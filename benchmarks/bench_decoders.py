@@ -23,8 +23,8 @@ import torch
 
 from raysegment.config import SYNTH_DOMAINS, ResizeConfig, parse_config
 from raysegment.data import open_split, synth
+from raysegment.engine.epochs import fit
 from raysegment.engine.evaluate import evaluate
-from raysegment.engine.loop import fit
 
 PAIRS = [("fpn", "FPN"), ("unet", "Unet"), ("deeplabv3plus", "DeepLabV3Plus"), ("segformer", "Segformer")]
 

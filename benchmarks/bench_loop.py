@@ -68,7 +68,7 @@ def main() -> None:
             o, miou = result["outcome"], result["test_miou"]
             best = max(o.scores, key=lambda n: o.scores[n][0] - o.scores[n][1])
             cand = f"{100 * miou['candidate']:.1f}" if "candidate" in miou else "-"
-            t = [o.timings.get(stage, 0.0) for stage in ("snapshot", "search", "register", "decide")]
+            t = [o.timings.get(stage, 0.0) for stage in ("freeze", "search", "register", "decide")]
             rows.append(
                 f"| {domain} | {'promoted' if o.promoted else 'refused'} | {100 * o.scores[best][1]:.1f} | "
                 f"{100 * o.scores[best][0]:.1f} ({best}) | {100 * miou['production']:.1f} | {cand} | "

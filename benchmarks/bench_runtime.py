@@ -24,8 +24,8 @@ from common import synthetic_source
 from raysegment.apps.export import at_working_scale
 from raysegment.config import EvalConfig, parse_config
 from raysegment.data import open_split, synth
+from raysegment.engine.epochs import fit
 from raysegment.engine.evaluate import evaluate
-from raysegment.engine.loop import fit
 from raysegment.export.graph import export_onnx
 from raysegment.export.quantize import quantize_int8
 from raysegment.export.runtime import OrtSegmenter

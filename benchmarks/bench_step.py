@@ -14,7 +14,7 @@ import torch
 
 from raysegment.config import parse_config
 from raysegment.data import open_split, synth
-from raysegment.engine.loop import finetune_runner
+from raysegment.engine.epochs import finetune_runner
 from raysegment.engine.loss import segmentation_loss
 
 

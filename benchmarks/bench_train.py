@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split, synth  # noqa: E402
 from raysegment.distributed.train import PROGRESS_FILE, train_on_ray  # noqa: E402
-from raysegment.engine.loop import fit  # noqa: E402
+from raysegment.engine.epochs import fit  # noqa: E402
 
 
 def steady(history: list[dict]) -> float:

@@ -20,7 +20,7 @@ import torch
 from raysegment.config import parse_config
 from raysegment.data import open_split, synth
 from raysegment.data.dataset import Batch
-from raysegment.engine.loop import finetune_runner
+from raysegment.engine.epochs import finetune_runner
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.runner import Runner
 

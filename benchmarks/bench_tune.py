@@ -28,7 +28,7 @@ from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split, synth  # noqa: E402
 from raysegment.distributed.spec import JobSpec  # noqa: E402
 from raysegment.distributed.tune import run_search  # noqa: E402
-from raysegment.engine.loop import fit  # noqa: E402
+from raysegment.engine.epochs import fit  # noqa: E402
 from raysegment.registry import Registry  # noqa: E402
 
 

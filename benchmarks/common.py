@@ -6,7 +6,7 @@ from pathlib import Path
 
 from raysegment.config import parse_config
 from raysegment.data import open_split
-from raysegment.engine.loop import fit
+from raysegment.engine.epochs import fit
 from raysegment.models.io import save_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 

@@ -27,8 +27,8 @@ from bench_ingest import S3_ENV, start_s3  # noqa: E402
 
 from raysegment.config import parse_config  # noqa: E402
 from raysegment.data import open_split  # noqa: E402
+from raysegment.engine.epochs import fit  # noqa: E402
 from raysegment.engine.evaluate import evaluate  # noqa: E402
-from raysegment.engine.loop import fit  # noqa: E402
 from raysegment.models.io import save_model
 from raysegment.models.rebuild import load_model  # noqa: E402
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights  # noqa: E402

@@ -26,12 +26,12 @@ from raysegment.errors import ConfigError
 # The one list of each kind of name: the Literal types validate configs, the tuples feed CLIs and searches.
 Decoder = Literal["fpn", "unet", "deeplabv3plus", "segformer"]
 Library = Literal["raysegment", "smp", "torchvision"]  # who builds the model (models.foreign for the last two)
-Method = Literal["finetune", "adabn", "tent", "self_training"]
+MethodName = Literal["finetune", "adabn", "tent", "self_training"]
 Judge = Literal["labels", "proxy"]  # what scores a result on held-back images (engine.judge, engine.policy)
 Layout = Literal["raysegment", "cityscapes", "acdc"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
-METHODS: tuple[str, ...] = get_args(Method)
-LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "finetune")
+METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
+LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHOD_NAMES if m != "finetune")
 # Label-free selection criteria (engine.criteria); the proxy judge scores by `adapt.criterion`.
 Criterion = Literal["consistency", "entropy", "infomax", "ensemble", "snd", "mixval", "bn_distance", "agreement"]
 CRITERIA: tuple[str, ...] = get_args(Criterion)
@@ -221,7 +221,7 @@ class AdaptConfig(_Strict):
     `tent` and `self_training` use the target's train images without their labels.
     """
 
-    method: Method = "finetune"
+    method: MethodName = "finetune"
     source_domain: str | None = Field(
         None, description="labelled source domain under data.root (self_training, and finetune with source_replay)"
     )
@@ -282,7 +282,7 @@ class AdaptConfig(_Strict):
         return self.method == "finetune"
 
 
-def default_judge(methods: list[Method], canary: bool = False) -> Judge:
+def default_judge(methods: list[MethodName], canary: bool = False) -> Judge:
     """The judge when none is set: labels when any method learns from target labels (then every
     result of a search stays comparable) or a canary set of labelled val images exists, else the proxy."""
     return "labels" if canary or "finetune" in methods else "proxy"
@@ -348,7 +348,7 @@ class SearchConfig(_Strict):
         None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)"
     )
     jitter: list[float] = Field([0.0, 0.2, 0.4], description="augmentation strength choices")
-    method: list[Method] = Field(
+    method: list[MethodName] = Field(
         ["finetune"], description="adaptation methods to try (label-free ones need no target labels)"
     )
     ema_alpha: list[float] = Field([0.99, 0.999], description="self_training teacher EMA choices")

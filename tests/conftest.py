@@ -151,7 +151,7 @@ def imagenet_weights(tmp_path_factory):
 def train_source(root, domain: str, out, epochs: int, batch_size: int, channels: int):
     """Fit a tiny FPN segmenter on `domain` in this process and save it as a model folder."""
     from raysegment.data import open_split
-    from raysegment.engine.loop import fit
+    from raysegment.engine.epochs import fit
     from raysegment.models.io import save_model
 
     cfg = parse_config(

@@ -58,7 +58,7 @@ def test_the_winner_is_promoted_by_the_policy_recorded_and_rolled_back(tmp_path,
     outcome = run_loop(drifted_registry.uri, "fog", QUICK, str(tmp_path), log=lambda line: None)
     assert outcome.promoted and outcome.candidate == 2, outcome
     assert outcome.scores["adabn"][0] > outcome.scores["adabn"][1]  # re-estimated statistics fix it
-    assert set(outcome.timings) == {"snapshot", "search", "register", "decide"}
+    assert set(outcome.timings) == {"freeze", "search", "register", "decide"}
     entry = drifted_registry.get_entry("fog", 2)
     assert entry.manifest.lineage.loop is True and entry.manifest.lineage.target_labels == 0
     assert set(entry.manifest.signatures) == {"own", "clear@1", "fog@1"}  # drift and routing keep working

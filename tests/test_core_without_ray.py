@@ -9,7 +9,7 @@ SCRIPT = f"""
 import sys
 from raysegment.config import parse_config
 from raysegment.data import open_split
-from raysegment.engine.loop import fit
+from raysegment.engine.epochs import fit
 from raysegment.engine.evaluate import evaluate
 import raysegment.augment, raysegment.models, raysegment.viz, raysegment.apps.engine_walkthrough
 cfg = parse_config({{"data": {{"root": sys.argv[1]}}, "model": {{"backbone": "{TINY_BACKBONE}", "decoder_channels": 8}},

@@ -7,8 +7,8 @@ from torch import nn
 from raysegment.config import EvalConfig, OptimConfig
 from raysegment.data import open_split
 from raysegment.engine import checkpoint as ckpt
+from raysegment.engine.epochs import fit
 from raysegment.engine.evaluate import evaluate, predict_logits
-from raysegment.engine.loop import fit
 from raysegment.engine.loss import segmentation_loss
 from raysegment.engine.schedule import lr_factor
 from raysegment.models.rebuild import load_model

@@ -20,7 +20,7 @@ from raysegment.data import open_split
 from raysegment.distributed.spec import TuneJob, load_spec
 from raysegment.distributed.trials import param_space, search_algorithm
 from raysegment.distributed.tune import format_table, run_search
-from raysegment.engine.loop import fit
+from raysegment.engine.epochs import fit
 from raysegment.errors import ConfigError
 from raysegment.registry import Registry
 

@@ -1,7 +1,7 @@
 """`raysegment loop DOMAIN`: one turn of the closed loop for a domain whose world drifted.
 
 1. the domain's captured traffic (`raysegment.registry.traffic`) becomes an unlabelled dataset, split into
-   images to adapt on and images held back to judge: a snapshot made inside the registry's store
+   images to adapt on and images held back to judge: a frozen copy made inside the registry's store
    (server-side copies) that every run reads in place, no download step;
 2. label-free search from the production model: AdaBN, and Tent at each learning rate, each scored
    with production on each held-back image by the paired consistency proxy (both over the classes
@@ -39,7 +39,7 @@ from raysegment.models.io import ModelMeta, save_model
 from raysegment.registry import Entry, Registry
 from raysegment.registry.intake import estimated_metrics, lineage_fit
 from raysegment.registry.promotion import CANDIDATE, promote_if_better, retire
-from raysegment.registry.traffic import Snapshot, TrafficStore
+from raysegment.registry.traffic import FrozenCapture, TrafficStore
 
 
 @dataclass
@@ -56,10 +56,16 @@ class LoopOutcome:
 
 
 def run_config(
-    meta: ModelMeta, production_dir: Path, data: Snapshot, out: Path, cfg: LoopConfig, method: str, lr: float = 1e-3
+    meta: ModelMeta,
+    production_dir: Path,
+    data: FrozenCapture,
+    out: Path,
+    cfg: LoopConfig,
+    method: str,
+    lr: float = 1e-3,
 ) -> RunConfig:
     """One method's adaptation run, typed, from the production model's own settings, on the
-    captured images where they lie (`data`, a snapshot in the registry's store)."""
+    captured images where they lie (`data`, frozen in the registry's store)."""
     return RunConfig(
         data=DataConfig(root=data.root, domain=data.domain, unlabelled=True, resize=meta.resize),
         model=meta.model.model_copy(
@@ -107,9 +113,9 @@ class LoopTurn:
         return self.outcome
 
     def search(
-        self, tmp: Path, data: Snapshot
+        self, tmp: Path, data: FrozenCapture
     ) -> tuple[str, dict[str, torch.nn.Module], list[tuple[str, RunConfig]], int]:
-        """Run every label-free try from production on the snapshot of the captured images, score
+        """Run every label-free try from production on the frozen copy of the captured images, score
         each against production on its held-back ones; returns (best, models, tries, held-back count)."""
         cfg, domain = self.cfg, self.domain
         model, meta, _ = self.registry.load(self.production.ref)
@@ -185,11 +191,11 @@ def run_loop(
             f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
         )
     meta = production.manifest.meta
-    data = turn.traffic.snapshot(domain, meta.dataset_info(), cfg.val_share, cfg.seed)
-    turn.lap("snapshot")
+    data = turn.traffic.freeze(domain, meta.dataset_info(), cfg.val_share, cfg.seed)
+    turn.lap("freeze")
     log(
-        f"[loop] {domain}: {data.images} captured images snapshotted in the store "
-        f"({turn.outcome.timings['snapshot']} s), read there: {data.root}"
+        f"[loop] {domain}: {data.images} captured images frozen in the store "
+        f"({turn.outcome.timings['freeze']} s), read there: {data.root}"
     )
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -219,7 +225,7 @@ def run_loop(
                 signatures=candidate_signatures(registry, production, winner, train, meta),
             )
     finally:
-        turn.traffic.drop_snapshot(data)
+        turn.traffic.drop_frozen(data)
     outcome.candidate, outcome.method = version, best
     registry.set_alias(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
     turn.lap("register")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from raysegment.config import SYNTH_DOMAINS, DataConfig, ModelConfig, OptimConfig, PretrainedConfig, RunConfig
 from raysegment.data import open_split, synth
+from raysegment.engine.epochs import fit
 from raysegment.engine.evaluate import evaluate
-from raysegment.engine.loop import fit
 from raysegment.engine.predict import segment
 from raysegment.models.rebuild import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights

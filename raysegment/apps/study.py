@@ -460,8 +460,8 @@ def unlabelled_target(study: Study, root: str) -> Study:
 def target_data(study: Study, target: str, registry: str | None, meta: ModelMeta) -> Iterator[tuple[Study, str]]:
     """The study and domain a target reads: the dataset's domain; for a plain folder of images, that
     folder laid out under `out/targets` (kept: registered versions are judged on it later); for
-    `traffic:<domain>` the domain's captured traffic, snapshotted inside the registry's store and read
-    there (split as the loop splits it), the snapshot dropped afterwards. The last two are unlabelled,
+    `traffic:<domain>` the domain's captured traffic, frozen inside the registry's store and read
+    there (split as the loop splits it), the frozen copy dropped afterwards. The last two are unlabelled,
     so judged by the proxy."""
     loop = LoopConfig()
     if is_image_folder(target):
@@ -479,11 +479,11 @@ def target_data(study: Study, target: str, registry: str | None, meta: ModelMeta
     captured = len(traffic.items(domain))
     if captured < 2:
         raise ConfigError(f"target {target}: {captured} captured images; at least 2 are needed")
-    data = traffic.snapshot(domain, meta.dataset_info(), loop.val_share, loop.seed)
+    data = traffic.freeze(domain, meta.dataset_info(), loop.val_share, loop.seed)
     try:
         yield unlabelled_target(study, data.root), domain
     finally:
-        traffic.drop_snapshot(data)
+        traffic.drop_frozen(data)
 
 
 def candidate_line(report: TargetReport, candidate: str) -> str:

@@ -30,7 +30,7 @@ from raysegment.config import RunConfig
 from raysegment.distributed.ingest import loader_factory, uses_ray_data
 from raysegment.engine.adapt import build_runner, open_val, with_target_scale
 from raysegment.engine.checkpoint import SELECTED
-from raysegment.engine.loop import EpochSink, epoch_line, run_epochs
+from raysegment.engine.epochs import EpochSink, epoch_line, run_epochs
 from raysegment.engine.method import Placement
 from raysegment.engine.runner import Runner
 from raysegment.errors import RaySegmentError
@@ -212,7 +212,7 @@ def build_trainer(
     keep: int = 2,
     epoch_hook: EpochHook | None = None,
 ) -> ray.train.torch.TorchTrainer:
-    """The one TorchTrainer of the project (a fine-tune, or one Tune trial): the engine loop per rank."""
+    """The one TorchTrainer of the project (a fine-tune, or one Tune trial): the engine's epochs per rank."""
     loop_config: dict[str, Any] = {"run": cfg.model_dump(mode="json")}
     if epoch_hook is not None:
         loop_config["epoch_hook"] = epoch_hook

@@ -2,7 +2,7 @@
 becomes a loss; the runner owns the rest): the device placement and (DDP) wrapping, precision,
 `torch.compile`, the optimiser and the lr schedule lr * decay**t, the epoch's steps, held-back
 scoring and best-epoch selection, and exact checkpoints. The one epoch loop
-(`engine.loop.run_epochs`) drives a runner in one process and on every Ray Train rank alike.
+(`engine.epochs.run_epochs`) drives a runner in one process and on every Ray Train rank alike.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Kept beside the registry, in the same store (a folder or `s3://`), under
     traffic/<domain>/reservoir.json       {"seen": n, "items": {slot: {"key", "time", "bytes"}}}
     traffic/<domain>/images/<uuid>.<ext>  the uploaded bytes, as received
     traffic/<domain>/shadow.json          {"candidate", "production", "pairs": [[candidate, production]]}
-    traffic/<domain>/snapshots/<id>/      a frozen copy of the captured images as a dataset (`snapshot`)
+    traffic/<domain>/snapshots/<id>/      a frozen copy of the captured images as a dataset (`freeze`)
 
 The reservoir (Vitter's algorithm R) keeps at most `max_images` images per domain, each of the
 `seen` requests equally likely to be among them, however long the service runs; images older than
@@ -43,14 +43,14 @@ class Captured:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class FrozenCapture:
     """Captured images frozen as an unlabelled raysegment-layout dataset inside the store:
     `open_split(root, domain, "train" | "val" | "all", unlabelled=True)` reads it where it lies."""
 
     root: str  # the dataset root: a folder, or an s3:// URI
     domain: str
     images: int
-    prefix: str  # its keys in the store (what `drop_snapshot` removes)
+    prefix: str  # its keys in the store (what `drop_frozen` removes)
 
 
 def _parse(data: bytes | None, empty: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +156,8 @@ class TrafficStore:
                 self.store.delete(key)
         return len(removed)
 
-    # --------------------------------------------------------------- snapshot
-    def snapshot(self, domain: str, info: DatasetInfo, val_share: float, seed: int) -> Snapshot:
+    # ----------------------------------------------------------------- freeze
+    def freeze(self, domain: str, info: DatasetInfo, val_share: float, seed: int) -> FrozenCapture:
         """The domain's captured images now, as a dataset that training reads in place: each image a
         store-side copy (S3 CopyObject, a hard link in a folder: no byte leaves the store), split
         into train and `val_share` held back (seeded), with `info` (the classes production predicts).
@@ -173,10 +173,10 @@ class TrafficStore:
         splits = {"train": sorted(stems[held:]), "val": sorted(stems[:held])}
         self.store.put(f"{prefix}/{domain}/splits.json", json.dumps(splits).encode())
         self.store.put(f"{prefix}/dataset.json", json.dumps(info.model_dump(mode="json")).encode())
-        return Snapshot(self.store.location(prefix), domain, len(stems), prefix)
+        return FrozenCapture(self.store.location(prefix), domain, len(stems), prefix)
 
-    def drop_snapshot(self, snapshot: Snapshot) -> None:
-        self.store.delete_tree(snapshot.prefix)
+    def drop_frozen(self, frozen: FrozenCapture) -> None:
+        self.store.delete_tree(frozen.prefix)
 
     # ------------------------------------------------------------------ shadow
     def record_shadow(self, domain: str, candidate: int, production: int, pairs: list[tuple[float, float]]) -> int:

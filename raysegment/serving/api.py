@@ -47,7 +47,7 @@ from raysegment.serving.schemas import (
     ErrorBody,
     Health,
     HistoryPage,
-    LoopTurn,
+    LoopTurnStatus,
     Segmentation,
     ShadowProgress,
     Snapshot,
@@ -194,31 +194,31 @@ async def roll_back(
     return RollbackResult(domain=domain, production=previous, previous=current, by=client.name)
 
 
-@router.post("/v1/domains/{domain}/loop", response_model=LoopTurn, status_code=202)
+@router.post("/v1/domains/{domain}/loop", response_model=LoopTurnStatus, status_code=202)
 async def start_loop(
     domain: str = DOMAIN,
     svc: Services = Depends(services),
     client: Client = Depends(ADMIN),
     __: None = Depends(only_query()),
-) -> LoopTurn:
+) -> LoopTurnStatus:
     """Start one loop turn (adapt to captured traffic, shadow, judged promotion); poll its id."""
     await svc.catalog.entry(domain)
     turn = svc.loops.start(domain, client.name)
-    return LoopTurn(**turn.report())
+    return turn.report()
 
 
-@router.get("/v1/domains/{domain}/loop/{turn_id}", response_model=LoopTurn)
+@router.get("/v1/domains/{domain}/loop/{turn_id}", response_model=LoopTurnStatus)
 async def loop_status(
     domain: str = DOMAIN,
     turn_id: str = Path(max_length=40),
     svc: Services = Depends(services),
     _: Client = Depends(READ),
     __: None = Depends(only_query()),
-) -> LoopTurn:
+) -> LoopTurnStatus:
     turn = svc.loops.get(turn_id)
     if turn.domain != domain:
         raise UnknownLoopTurn(f"loop turn {turn_id!r} is not {domain!r}'s")
-    return LoopTurn(**turn.report())
+    return turn.report()
 
 
 @router.post("/v1/domains/{domain}/adabn-snapshot", response_model=Snapshot)

@@ -13,13 +13,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from raysegment.serving.errors import Conflict, UnknownLoopTurn
+from raysegment.serving.schemas import LoopTurnStatus
 
 
 @dataclass
-class LoopTurn:
+class TurnProcess:
     id: str
     domain: str
     started_by: str
@@ -37,7 +37,7 @@ class LoopTurn:
             self.ended = time.time()
         return "succeeded" if code == 0 else "failed"
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> LoopTurnStatus:
         state = self.state()
         lines = self.log.read_text(errors="replace").splitlines() if self.log.is_file() else []
         outcome = None
@@ -46,27 +46,27 @@ class LoopTurn:
                 outcome = json.loads(lines[-1])
             except json.JSONDecodeError:
                 outcome = None
-        return {
-            "id": self.id,
-            "domain": self.domain,
-            "state": state,
-            "started_by": self.started_by,
-            "started": self.started,
-            "ended": self.ended,
-            "exit_code": self.process.returncode,
-            "log_tail": [line[:300] for line in lines[-20:]],
-            "outcome": outcome,
-            "notes": self.notes,
-        }
+        return LoopTurnStatus(
+            id=self.id,
+            domain=self.domain,
+            state=state,
+            started_by=self.started_by,
+            started=self.started,
+            ended=self.ended,
+            exit_code=self.process.returncode,
+            log_tail=[line[:300] for line in lines[-20:]],
+            outcome=outcome,
+            notes=self.notes,
+        )
 
 
-class LoopTurns:
+class TurnProcesses:
     def __init__(self, registry: str, timeout_s: float, keep: int = 64) -> None:
         self.registry, self.timeout_s, self.keep = registry, timeout_s, keep
-        self.turns: dict[str, LoopTurn] = {}
+        self.turns: dict[str, TurnProcess] = {}
         self.folder = Path(tempfile.mkdtemp(prefix="raysegment-loops-"))
 
-    def start(self, domain: str, actor: str) -> LoopTurn:
+    def start(self, domain: str, actor: str) -> TurnProcess:
         self._expire()
         running = [t for t in self.turns.values() if t.domain == domain and t.state() == "running"]
         if running:
@@ -81,7 +81,7 @@ class LoopTurns:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        turn = self.turns[turn_id] = LoopTurn(turn_id, domain, actor, time.time(), process, log)
+        turn = self.turns[turn_id] = TurnProcess(turn_id, domain, actor, time.time(), process, log)
         while len(self.turns) > self.keep:  # forget the oldest finished turns
             oldest = next((t for t in self.turns.values() if t.state() != "running"), None)
             if oldest is None:
@@ -89,7 +89,7 @@ class LoopTurns:
             del self.turns[oldest.id]
         return turn
 
-    def get(self, turn_id: str) -> LoopTurn:
+    def get(self, turn_id: str) -> TurnProcess:
         self._expire()
         turn = self.turns.get(turn_id)
         if turn is None:

@@ -88,7 +88,7 @@ class Rollback(BaseModel):
     by: str
 
 
-class LoopTurn(BaseModel):
+class LoopTurnStatus(BaseModel):
     id: str
     domain: str
     state: str = Field(description="running, succeeded or failed")

@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from raysegment.config import Method as MethodName
-from raysegment.config import RunConfig
+from raysegment.config import MethodName, RunConfig
 from raysegment.data import SegmentationDataset, open_labelled, open_split
 from raysegment.engine.adapt.batchnorm import adapt_batchnorm
 from raysegment.engine.adapt.methods import AdaBN, SelfTraining, Tent, tent_parameters
 from raysegment.engine.adapt.teacher import EMATeacher
+from raysegment.engine.epochs import train_in_process
 from raysegment.engine.finetune import Finetune
-from raysegment.engine.loop import train_in_process
 from raysegment.engine.method import Method, Placement, Wrap
 from raysegment.engine.runner import Runner
 from raysegment.engine.scale import pick_scale
@@ -96,7 +95,7 @@ def self_training(cfg: RunConfig, placement: Placement) -> Method:
     )
 
 
-# The one method table: `adapt.method` -> the method with its datasets opened (config.Method names them).
+# The one method table: `adapt.method` -> the method with its datasets opened (config.MethodName names them).
 METHODS: dict[MethodName, Callable[[RunConfig, Placement], Method]] = {
     "finetune": finetune,
     "adabn": label_free(AdaBN),
