@@ -235,19 +235,19 @@ async def adabn_snapshot(
         raise Conflict("online AdaBN is off", "start the app with online.adabn: true")
     svc.catalog.forget(domain)
     entry = await svc.catalog.entry(domain, version)
-    snap = await svc.models("batchnorm_snapshot", entry.ref)
-    if snap["images"] == 0:
+    snap = await svc.models.batchnorm_snapshot(entry.ref)
+    if snap.images == 0:
         raise Conflict("nothing to store", f"{entry.ref} has seen no images on this replica yet")
     registry, keep = svc.catalog.registry, svc.cfg.online.max_snapshots_per_domain
-    state, images = snap["state"], snap["images"]
+    state, images = snap.state, snap.images
     decision = await svc.catalog.write(domain, lambda: register_snapshot(registry, entry, state, images))
     pruned = await svc.catalog.write(domain, lambda: prune_snapshots(registry, domain, keep))
     return Snapshot(
         domain=domain,
         version=decision.version,
         parent=entry.ref,
-        images=snap["images"],
-        guard_restores=snap["restores"],
+        images=snap.images,
+        guard_restores=snap.restores,
         promoted=decision.promoted,
         reason=decision.reason,
         pruned=pruned,
@@ -302,7 +302,7 @@ async def segment_routed(
                 "routing is off", "name the domain (POST /v1/domains/{domain}/segment) or set closed_loop.routing_base"
             )
         upload = await read_upload(request, svc.cfg.limits)
-        route = await svc.models("route", loop.routing_base, upload.image.numpy())
+        route = await svc.models.route(loop.routing_base, upload.image.numpy())
         if route is None:
             raise Unroutable(f"no production version has a signature under {loop.routing_base}")
         svc.metrics.routes.inc(tags={"domain": route.domain, "unknown": str(route.unknown).lower()})
@@ -330,7 +330,7 @@ async def answer(
 ) -> Response:
     """Segment with `entry`'s model and answer in `format`; then, off the request's path, capture
     the image and (for a production request) mirror it to the domain's candidate."""
-    result = await svc.models("__call__", entry.ref, upload.image.numpy())
+    result = await svc.models.segment(entry.ref, upload.image.numpy())
     if not (route is not None and route.unknown):
         svc.mirror.capture(entry.domain, upload.body)
     share = svc.cfg.closed_loop.shadow_share
@@ -338,12 +338,12 @@ async def answer(
         candidate = await svc.catalog.candidate(entry.domain)
         if candidate is not None and candidate.version != entry.version:
             svc.mirror.shadow(candidate, entry, upload.image.numpy())
-    mask = result["mask"]
+    mask = result.mask
     headers = {
         "x-model-version": str(entry.version),
-        "x-model-id": result["model_id"],
-        "x-batch-size": str(result["batch_size"]),
-        "x-runtime": result.get("runtime", "torch"),
+        "x-model-id": result.model_id,
+        "x-batch-size": str(result.batch_size),
+        "x-runtime": result.runtime,
     }
     if route is not None:
         headers |= {
@@ -356,7 +356,7 @@ async def answer(
         body = Segmentation(
             domain=entry.domain,
             version=entry.version,
-            model_id=result["model_id"],
+            model_id=result.model_id,
             height=int(mask.shape[0]),
             width=int(mask.shape[1]),
             shares=class_shares(mask, meta.classes),

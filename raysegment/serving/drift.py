@@ -25,7 +25,7 @@ async def drift_report(svc: Services, domain: str) -> Drift:
     if not loop.drift_window:
         return Drift(drifted=None, detail="drift tracking is off (closed_loop.drift_window: 0)")
     try:
-        recent = await asyncio.wait_for(svc.models.once("drift", entry.ref), svc.cfg.limits.body_timeout_s)
+        recent = await asyncio.wait_for(svc.models.drift(entry.ref), svc.cfg.limits.body_timeout_s)
     except (TimeoutError, ServingError):
         return Drift(drifted=None, detail="no model replica answered")
     if recent is None:

@@ -57,7 +57,7 @@ class Mirror:
 
     async def _shadow(self, candidate: Entry, production: Entry, image: np.ndarray) -> None:
         try:
-            scores = await self.models("shadow_compare", candidate.ref, image, production.ref)
+            scores = await self.models.shadow_compare(candidate.ref, image, production.ref)
             await asyncio.to_thread(
                 self.traffic.record_shadow, candidate.domain, candidate.version, production.version, [scores]
             )

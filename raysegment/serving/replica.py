@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ class SegmentModels:
             answer = await asyncio.to_thread(self._onnx_runtime, model, entry) if runtime == "onnxruntime" else None
             return Loaded(model, meta.resize, meta.num_classes, answer if answer is not None else model)
 
-        async def segment_batch(model_ids: list[str], images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        async def segment_batch(model_ids: list[str], images: list[torch.Tensor]) -> list[Segmented]:
             return await self._segment_batch(model_ids, images)
 
         replicas = self.cfg.replicas
@@ -120,7 +121,7 @@ class SegmentModels:
         threads = max(1, round(self.cfg.replicas.cpus_per_replica))
         return OrtSegmenter.like(cast(Segmenter, model), found[0], threads, self.cfg.replicas.onnx_providers)
 
-    async def _segment_batch(self, model_ids: list[str], images: list[torch.Tensor]) -> list[dict[str, Any]]:
+    async def _segment_batch(self, model_ids: list[str], images: list[torch.Tensor]) -> list[Segmented]:
         """One forward per (model, image size) in the batch: Serve splits batches by the handle's model
         id (split topology); a fused replica's batch may hold several models."""
         masks: list[torch.Tensor] = [torch.empty(0)] * len(images)
@@ -130,12 +131,7 @@ class SegmentModels:
         for model_id, members in same_model.items():
             await self._segment_model(model_id, [images[k] for k in members], members, masks)
         return [
-            {
-                "mask": mask,
-                "model_id": model_id,
-                "batch_size": len(same_model[model_id]),
-                "runtime": self.runtimes.get(model_id, "torch"),
-            }
+            Segmented(mask, model_id, len(same_model[model_id]), self.runtimes.get(model_id, "torch"))
             for mask, model_id in zip(masks, model_ids, strict=True)
         ]
 
@@ -174,7 +170,8 @@ class SegmentModels:
         self.drift_batches[model_id] = batches + 1
         return batches % self.cfg.closed_loop.drift_every == 0
 
-    async def __call__(self, model_id: str, image: np.ndarray) -> dict[str, Any]:
+    async def segment_image(self, model_id: str, image: np.ndarray) -> Segmented:
+        """Segment one image with `model_id`, batched with the concurrent requests for it."""
         return await self.segment(model_id, received(image))
 
     def _adapter(self, model_id: str, loaded: Loaded) -> OnlineAdapter:
@@ -212,7 +209,7 @@ class SegmentModels:
         scores = paired_consistency([candidate.model, production.model], batch, candidate.num_classes)
         return scores[0], scores[1]
 
-    async def batchnorm_snapshot(self, model_id: str) -> dict[str, Any]:
+    async def batchnorm_snapshot(self, model_id: str) -> BatchNormSnapshot:
         """This replica's BatchNorm statistics for `model_id` and how many images shaped them."""
         loaded = await self.get_model(model_id)
         state = {
@@ -220,12 +217,30 @@ class SegmentModels:
         }
         adapter = self.adapters.get(model_id)
         restores = adapter.restores if adapter is not None else 0
-        return {
-            "model_id": model_id,
-            "images": self.adapted_images.get(model_id, 0),
-            "state": state,
-            "restores": restores,
-        }
+        return BatchNormSnapshot(model_id, self.adapted_images.get(model_id, 0), state, restores)
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """One image's answer from a model replica."""
+
+    mask: torch.Tensor  # (H, W) uint8 class ids at the upload's size
+    model_id: str
+    batch_size: int  # how many images of this model shared its forward
+    runtime: str  # torch or onnxruntime
+
+
+@dataclass(frozen=True)
+class BatchNormSnapshot:
+    """A replica's online-adapted BatchNorm statistics of one model, and what shaped them."""
+
+    model_id: str
+    images: int
+    state: dict[str, torch.Tensor]
+    restores: int  # how often the guard put the statistics back
+
+
+T = TypeVar("T")
 
 
 class ModelCalls:
@@ -238,25 +253,70 @@ class ModelCalls:
         self.handle = handle
         self.local = SegmentModels(cfg.model_dump()) if handle is None else None
 
-    async def once(self, method: str, model_id: str, *args: Any) -> Any:
-        try:
-            if self.local is not None:
-                return await getattr(self.local, method)(model_id, *args)
-            assert self.handle is not None
-            handle = self.handle if method == "__call__" else getattr(self.handle, method)
-            return await handle.options(multiplexed_model_id=model_id).remote(model_id, *args)
-        except REPLICA_GONE as exc:
-            raise ReplicaGone(f"{type(exc).__name__}; retry shortly") from exc
-        except RegistryError as exc:  # raised on the replica: the version's weights are corrupt or gone
-            raise DomainUnavailable(str(exc).strip().splitlines()[-1][:300]) from exc
+    def _routed(self, model_id: str) -> Any:  # a DeploymentHandle routed to a replica holding model_id
+        assert self.handle is not None
+        return self.handle.options(multiplexed_model_id=model_id)
 
-    async def __call__(self, method: str, model_id: str, *args: Any, attempts: int = 3) -> Any:
-        """Call the model deployment, retrying when the replica it picked has died."""
+    async def segment(self, model_id: str, image: np.ndarray) -> Segmented:
+        """`model_id`'s mask of `image` (batched with concurrent requests on the replica)."""
+
+        async def once() -> Segmented:
+            if self.local is not None:
+                return await self.local.segment_image(model_id, image)
+            return await self._routed(model_id).segment_image.remote(model_id, image)
+
+        return await self._retrying(once)
+
+    async def route(self, model_id: str, image: np.ndarray) -> Route | None:
+        """The nearest domain to `image` under the routing model `model_id`."""
+
+        async def once() -> Route | None:
+            if self.local is not None:
+                return await self.local.route(model_id, image)
+            return await self._routed(model_id).route.remote(model_id, image)
+
+        return await self._retrying(once)
+
+    async def drift(self, model_id: str) -> bytes | None:
+        """A replica's signature of `model_id`'s recent images (one try: the next poll asks again)."""
+
+        async def once() -> bytes | None:
+            if self.local is not None:
+                return await self.local.drift(model_id)
+            return await self._routed(model_id).drift.remote(model_id)
+
+        return await self._retrying(once, attempts=1)
+
+    async def shadow_compare(self, candidate_ref: str, image: np.ndarray, production_ref: str) -> tuple[float, float]:
+        """(candidate, production) consistency proxy on one mirrored image."""
+
+        async def once() -> tuple[float, float]:
+            if self.local is not None:
+                return await self.local.shadow_compare(candidate_ref, image, production_ref)
+            return await self._routed(candidate_ref).shadow_compare.remote(candidate_ref, image, production_ref)
+
+        return await self._retrying(once)
+
+    async def batchnorm_snapshot(self, model_id: str) -> BatchNormSnapshot:
+        """A replica's online-adapted BatchNorm statistics of `model_id`."""
+
+        async def once() -> BatchNormSnapshot:
+            if self.local is not None:
+                return await self.local.batchnorm_snapshot(model_id)
+            return await self._routed(model_id).batchnorm_snapshot.remote(model_id)
+
+        return await self._retrying(once)
+
+    async def _retrying(self, once: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+        """`once()`, retried when the replica it reached has died; a registry failure on the replica
+        (corrupt weights) is `DomainUnavailable`, a replica still gone after `attempts` `ReplicaGone`."""
         for attempt in range(attempts):
             try:
-                return await self.once(method, model_id, *args)
-            except ReplicaGone:
+                return await once()
+            except REPLICA_GONE as exc:
                 if attempt == attempts - 1:
-                    raise
+                    raise ReplicaGone(f"{type(exc).__name__}; retry shortly") from exc
                 await asyncio.sleep(0.5 * (attempt + 1))
+            except RegistryError as exc:  # raised on the replica: the version's weights are corrupt or gone
+                raise DomainUnavailable(str(exc).strip().splitlines()[-1][:300]) from exc
         raise AssertionError("unreachable")
