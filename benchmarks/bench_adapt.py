@@ -24,6 +24,7 @@ import torch
 from common import synthetic_source
 
 from raysegment.apps.study import format_table, run_study
+from raysegment.apps.study_config import StudyConfig
 from raysegment.config import LABEL_FREE_METHODS, STUDY_VARIANTS, SYNTH_DOMAINS
 from raysegment.data import synth
 
@@ -55,18 +56,19 @@ def main() -> None:
     )
     source_dir = synthetic_source(root, out, args.source_epochs)
     print(f"[bench] source model ready after {time.perf_counter() - start:.0f} s")
-    reports = run_study(
-        source_dir,
-        root,
-        "clear",
-        args.targets,
-        tuple(args.methods),
-        tuple(args.shots),
-        out=out,
+    cfg = StudyConfig(
+        source=str(source_dir),
+        data_root=str(root),
+        source_domain="clear",
+        targets=args.targets,
+        methods=tuple(args.methods),
+        shots=tuple(args.shots),
+        out=str(out),
         epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs, "oracle": args.ft_epochs},
         variants=tuple(args.variants),
         canary=args.canary,
     )
+    reports = run_study(cfg)
     print(format_table(reports))
     print(f"[bench] {time.perf_counter() - start:.0f} s in all; chart {out / 'adapt_miou.png'}")
 

@@ -23,6 +23,7 @@ import torch
 from common import synthetic_source
 
 from raysegment.apps.study import SOURCE, TargetReport, run_study
+from raysegment.apps.study_config import StudyConfig
 from raysegment.config import SYNTH_DOMAINS, ResizeConfig
 from raysegment.data import synth
 from raysegment.viz import bar_chart_png
@@ -35,16 +36,16 @@ def gap(report: TargetReport, candidate: str) -> float:
 
 
 def study(source: Path, root: Path, source_domain: str, target: str, args, out: Path, **kw) -> TargetReport:
-    (report,) = run_study(
-        source,
-        root,
-        source_domain,
-        [target],
-        out=out,
+    cfg = StudyConfig(
+        source=str(source),
+        data_root=str(root),
+        source_domain=source_domain,
+        targets=[target],
+        out=str(out),
         epochs={"self_training": args.st_epochs, "finetune": args.ft_epochs, "oracle": 3 * args.ft_epochs},
-        log=lambda line: None,
         **kw,
     )
+    (report,) = run_study(cfg, log=lambda line: None)
     return report
 
 

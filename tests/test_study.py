@@ -7,12 +7,20 @@ import re
 import pytest
 from conftest import TINY_BACKBONE, retina_root
 from PIL import Image
+from pydantic import ValidationError
 
 from raysegment.apps.study import TargetReport, format_table, run_study
+from raysegment.apps.study_config import StudyConfig
 from raysegment.config import CRITERIA
 from raysegment.data import open_split
 from raysegment.engine.policy import pick
-from raysegment.errors import ConfigError
+
+
+def compare(source, root, source_domain: str, targets: list[str], log=lambda line: None, **settings):
+    """`run_study` on a StudyConfig built from these, as the CLI builds it."""
+    settings = {k: str(v) if k == "out" else v for k, v in settings.items()}
+    cfg = StudyConfig(source=str(source), data_root=str(root), source_domain=source_domain, targets=targets, **settings)
+    return run_study(cfg, log=log)
 
 
 def test_gap_closed_is_the_share_of_source_to_oracle():
@@ -33,7 +41,7 @@ def test_the_proxy_keeps_the_source_unless_a_result_beats_it():
 
 def test_study_writes_table_results_and_chart(synth_root, source_model_dir, tmp_path):
     lines = []
-    reports = run_study(
+    reports = compare(
         source_model_dir,
         synth_root,
         "clear",
@@ -67,7 +75,7 @@ def test_study_judges_by_every_criterion_a_canary_and_a_picked_scale(odd_root, o
     labelled val image and a target scale picked without labels; every criterion scores every
     label-free candidate, and the table says how each ranks them against the test labels."""
     lines = []
-    (chase,) = run_study(
+    (chase,) = compare(
         odd_source_dir,
         odd_root,
         "drive",
@@ -96,8 +104,8 @@ def test_study_judges_by_every_criterion_a_canary_and_a_picked_scale(odd_root, o
 
 
 def test_study_refuses_an_unknown_variant(odd_root, odd_source_dir, tmp_path):
-    with pytest.raises(ConfigError, match="adabn-half"):
-        run_study(odd_source_dir, odd_root, "drive", ["chase"], variants=("nope",), out=tmp_path)
+    with pytest.raises(ValidationError, match="adabn-half"):
+        compare(odd_source_dir, odd_root, "drive", ["chase"], variants=("nope",), out=tmp_path)
 
 
 RETINA = retina_root()
@@ -252,7 +260,7 @@ def test_k_shot_rows_label_the_selected_images_and_self_train_with_them(odd_root
     """`--select active`: the k-shot rows label the images the source model ranks first (recorded),
     and with self-training among the methods each k also gets a row that self-trains with those k
     labels beside the pseudo-labelled rest."""
-    (chase,) = run_study(
+    (chase,) = compare(
         odd_source_dir,
         odd_root,
         "drive",

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from raysegment.distributed.tune import DomainOutcome
 
 from raysegment.apps.closed_loop import LoopOutcome, run_loop
-from raysegment.apps.study import epochs_per_method, run_study
 from raysegment.apps.study import format_table as format_study
+from raysegment.apps.study import run_study
+from raysegment.apps.study_config import StudyConfig, epochs_per_method
 from raysegment.config import (
     LABEL_FREE_METHODS,
     SYNTH_DOMAINS,
@@ -384,17 +385,17 @@ def run_demo(
             f"[demo] 4b/6 adaptation without labels ({', '.join(s.study_methods)}), with {list(s.study_shots)} "
             f"labels and with all labels (oracle), on {', '.join(study_on)}"
         )
-        reports = run_study(
-            source_dir,
-            data,
-            "clear",
-            study_on,
-            s.study_methods,
-            s.study_shots,
-            out=out / "adapt",
+        study = StudyConfig(
+            source=str(source_dir),
+            data_root=str(data),
+            source_domain="clear",
+            targets=study_on,
+            methods=tuple(s.study_methods),
+            shots=tuple(s.study_shots),
+            out=str(out / "adapt"),
             epochs=epochs_per_method(s.study_epochs),
-            log=log,
         )
+        reports = run_study(study, log=log)
         log(format_study(reports))
         stage("[demo] 5/6 Serve app up; one HTTP request per domain")
         url, serving = serve_registry(s, registry_uri), True

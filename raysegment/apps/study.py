@@ -25,15 +25,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from raysegment.apps.study_config import StudyConfig
 from raysegment.config import (
     CRITERIA,
-    LABEL_FREE_METHODS,
     STUDY_VARIANTS,
-    Layout,
     LoopConfig,
     ResizeConfig,
     RunConfig,
-    SelectStrategy,
     parse_config,
 )
 from raysegment.data import open_split
@@ -135,33 +133,23 @@ class TargetReport:
         return max(candidates, key=lambda c: candidates[c]) if candidates else None
 
 
-def study_config(
-    source: str | Path,
-    data_root: str | Path,
-    source_domain: str,
-    layout: str,
-    resize: ResizeConfig | None,
-    lr: float,
-    batch_size: int,
-    adapt_overrides: dict | None,
-) -> RunConfig:
+def base_run_config(cfg: StudyConfig, meta: ModelMeta, resize: ResizeConfig | None) -> RunConfig:
     """The base run every candidate starts from: the source model, at the working scale."""
-    _, meta = load_model(source)
     return parse_config(
         {
             "data": {
-                "root": str(data_root),
-                "domain": source_domain,
-                "layout": layout,
+                "root": cfg.data_root,
+                "domain": cfg.source_domain,
+                "layout": cfg.layout,
                 "resize": resize.model_dump() if resize else None,
             },
             "model": {
                 **meta.model.model_dump(mode="json"),
                 "freeze_depth": 0,
-                "pretrained": {"source": "checkpoint", "uri": str(source)},
+                "pretrained": {"source": "checkpoint", "uri": cfg.source},
             },
-            "optim": {"lr": lr, "batch_size": batch_size, "decay": 0.9},
-            "adapt": {"source_domain": source_domain, **(adapt_overrides or {})},
+            "optim": {"lr": cfg.lr, "batch_size": cfg.batch_size, "decay": 0.9},
+            "adapt": {"source_domain": cfg.source_domain} | ({"criterion": cfg.criterion} if cfg.criterion else {}),
         },
         "adapt study",
     )
@@ -197,40 +185,25 @@ def candidate_config(
     )
 
 
-def epochs_per_method(epochs: int = 8) -> dict[str, int]:
-    """The study's epochs per candidate from one number (the one rule `raysegment compare`, the demo
-    and the study's default share): Tent a quarter of them (it trains BatchNorm's affine parameters
-    only and its entropy objective collapses when run long), AdaBN none to speak of (one epoch of
-    no steps), self-training and few-shot fine-tuning all of them, and the oracle three times as many
-    (with every label it has the most to learn, and its best epoch on val labels is kept: it is the
-    upper reference every "gap closed" share is measured against)."""
-    return {"tent": max(1, epochs // 4), "self_training": epochs, "finetune": epochs, "oracle": 3 * epochs}
-
-
 @dataclass(frozen=True)
 class Study:
-    """One comparison's settings, shared by every target (see `run_study`)."""
+    """One comparison: its settings (`cfg`), and what they resolve to once, shared by every target."""
 
-    base: RunConfig
+    cfg: StudyConfig
+    base: RunConfig  # the source model's run at the working scale: every candidate's start
     source_model: Any
     num_classes: int
-    methods: tuple[str, ...]
-    shots: tuple[int, ...]
-    oracle: bool
-    out: Path
-    epochs: dict[str, int]
-    unlabelled: bool
-    variants: tuple[str, ...]
-    canary: int
-    target_short_sides: list[int] | None
-    select: SelectStrategy = "first"  # which k train images the k-shot rows label (engine.selection)
     confidence: ConfidenceFit | None = None  # the source val's confidence fit (estimates without labels)
-    select_seed: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
     @property
     def label_free(self) -> list[tuple[str, str, dict[str, float]]]:
         """(candidate name, method, adapt settings) of every label-free candidate."""
-        return [(m, m, {}) for m in self.methods] + [(v, *STUDY_VARIANTS[v]) for v in self.variants]
+        c = self.cfg
+        return [(m, m, {}) for m in c.methods] + [(v, *STUDY_VARIANTS[v]) for v in c.variants]
 
 
 class TargetRun:
@@ -241,13 +214,13 @@ class TargetRun:
         self.name = name or domain  # what the report and the run folders call it (`traffic:fog`)
         d, layout = study.base.data, study.base.data.layout
         self.val_images = open_split(d.root, domain, d.val_split, layout, unlabelled=True)
-        self.test = None if study.unlabelled else open_split(d.root, domain, d.test_split, layout)
+        self.test = None if study.cfg.unlabelled else open_split(d.root, domain, d.test_split, layout)
         has_labels = self.test is not None and self.test.labelled_count > 0
-        self.val = None if study.unlabelled else open_split(d.root, domain, d.val_split, layout)
+        self.val = None if study.cfg.unlabelled else open_split(d.root, domain, d.val_split, layout)
         self.val_labelled = self.val is not None and self.val.labelled_count > 0
-        if study.canary and not self.val_labelled:
-            raise ConfigError(f"--canary {study.canary}: {domain}'s val split has no labelled image to judge with")
-        self.canary_set = self.val.labelled(study.canary) if study.canary and self.val is not None else None
+        if study.cfg.canary and not self.val_labelled:
+            raise ConfigError(f"--canary {study.cfg.canary}: {domain}'s val split has no labelled image to judge with")
+        self.canary_set = self.val.labelled(study.cfg.canary) if study.cfg.canary and self.val is not None else None
         self.report = TargetReport(self.name, has_labels, criterion=study.base.adapt.criterion)
         if self.canary_set is not None:
             self.report.labels_used["canary"] = len(self.canary_set)
@@ -276,12 +249,12 @@ class TargetRun:
         """The study's config at the target scale picked without labels (`target_short_sides`), the
         unadapted source at that scale recorded as a candidate; else the study's config."""
         s, base = self.study, self.study.base
-        if not s.target_short_sides:
+        if not s.cfg.target_short_sides:
             return base
         start, d = time.perf_counter(), base.data
         train_images = open_split(d.root, self.domain, d.train_split, d.layout, unlabelled=True)
         picked, distances = pick_scale(
-            s.source_model, train_images, s.target_short_sides, batch_size=base.optim.batch_size
+            s.source_model, train_images, s.cfg.target_short_sides, batch_size=base.optim.batch_size
         )
         self.report.scale = {"short_side": float(picked.short_side or 0)} | {str(k): v for k, v in distances.items()}
         self.log(f"[adapt] {self.name:<8} target scale: short side {picked.short_side} ({scale_line(distances)})")
@@ -295,9 +268,9 @@ class TargetRun:
         for name, method, settings in s.label_free:
             start = time.perf_counter()
             runs = s.out / "runs" / self.name.replace(":", "_") / name
-            cfg = candidate_config(base, self.domain, runs, method, s.epochs.get(method, 1), unlabelled=True)
+            cfg = candidate_config(base, self.domain, runs, method, s.cfg.epochs_of(method), unlabelled=True)
             cfg = cfg.model_copy(
-                update={"adapt": cfg.adapt.model_copy(update={**settings, "canary": s.canary or None})}
+                update={"adapt": cfg.adapt.model_copy(update={**settings, "canary": s.cfg.canary or None})}
             )
             result = adapt(cfg, resume=False, progress=False, log=quiet)
             self.record(name, result.model, 0, time.perf_counter() - start, label_free=True, scale=cfg.data.resize)
@@ -313,14 +286,14 @@ class TargetRun:
 
     def run_labelled(self) -> None:
         s, d, quiet = self.study, self.study.base.data, (lambda line: None)
-        if s.unlabelled and (s.shots or s.oracle):
+        if s.cfg.unlabelled and (s.cfg.shots or s.cfg.oracle):
             self.log(f"[adapt] {self.name:<8} no k-shot or oracle rows: the target is read without labels")
             return
-        train = None if s.unlabelled else open_split(d.root, self.domain, d.train_split, d.layout)
+        train = None if s.cfg.unlabelled else open_split(d.root, self.domain, d.train_split, d.layout)
         available = train.labelled_count if train is not None else 0
-        order = self.label_order(train) if train is not None and available and s.shots else None
-        semi = "self_training" in s.methods
-        for k in [*s.shots, None] if s.oracle else list(s.shots):
+        order = self.label_order(train) if train is not None and available and s.cfg.shots else None
+        semi = "self_training" in s.cfg.methods
+        for k in [*s.cfg.shots, None] if s.cfg.oracle else list(s.cfg.shots):
             name = "oracle" if k is None else f"{k}-shot"
             if available == 0 or not self.val_labelled or (k is not None and k > available):
                 self.log(
@@ -329,9 +302,9 @@ class TargetRun:
                 )
                 continue
             chosen = order[:k] if order is not None and k is not None else None
-            rows = [(name, "finetune", s.epochs["oracle" if k is None else "finetune"])]
+            rows = [(name, "finetune", s.cfg.epochs_of("oracle" if k is None else "finetune"))]
             if semi and k is not None:  # the k labels beside the pseudo-labelled rest of the target
-                rows.append((f"{k}-shot self-training", "self_training", s.epochs["self_training"]))
+                rows.append((f"{k}-shot self-training", "self_training", s.cfg.epochs_of("self_training")))
             for row, method, epochs in rows:
                 start = time.perf_counter()
                 runs = s.out / "runs" / self.name.replace(":", "_") / row.replace("-", "_").replace(" ", "_")
@@ -344,81 +317,49 @@ class TargetRun:
         """The labelled train images in the order `select` would have them labelled (None: file
         order, the first k): ranked by the source model as if none had a mask."""
         s = self.study
-        if s.select == "first":
+        if s.cfg.select == "first":
             return None
         labelled, base = train.labelled(), s.base
         far_from = None
-        if s.select == "active-novel":
+        if s.cfg.select == "active-novel":
             a = base.adapt
             root, layout = a.source_root or base.data.root, a.source_layout or base.data.layout
             far_from = open_split(root, a.source_domain or "", base.data.train_split, layout, unlabelled=True)
         selection = select_images(
-            s.source_model, labelled, max(s.shots), s.select, base.data.resize, s.select_seed, far_from=far_from
+            s.source_model,
+            labelled,
+            max(s.cfg.shots),
+            s.cfg.select,
+            base.data.resize,
+            s.cfg.select_seed,
+            far_from=far_from,
         )
         self.report.selected = [labelled.stem(i) for i in selection.order]
-        self.log(f"[adapt] {self.name:<8} labels chosen {s.select}: {', '.join(self.report.selected[: max(s.shots)])}")
+        chosen = ", ".join(self.report.selected[: max(s.cfg.shots)])
+        self.log(f"[adapt] {self.name:<8} labels chosen {s.cfg.select}: {chosen}")
         return self.report.selected
 
 
 def run_study(
-    source: str | Path,
-    data_root: str | Path,
-    source_domain: str,
-    targets: list[str],
-    methods: tuple[str, ...] = LABEL_FREE_METHODS,
-    shots: tuple[int, ...] = (1, 5, 10),
-    oracle: bool = True,
-    out: str | Path = "adapt_out",
-    epochs: dict[str, int] | None = None,
-    lr: float = 1e-3,
-    batch_size: int = 8,
-    resize: ResizeConfig | None = None,
-    unlabelled: bool = False,
-    layout: Layout = "raysegment",
-    adapt_overrides: dict | None = None,
-    variants: tuple[str, ...] = (),
-    canary: int = 0,
-    target_short_sides: list[int] | None = None,
-    registry: str | None = None,
-    log: Callable[[str], Any] = print,
-    ship: Callable[[TargetRun], Any] | None = None,
-    select: SelectStrategy = "first",
-    select_seed: int = 0,
+    cfg: StudyConfig, log: Callable[[str], Any] = print, ship: Callable[[TargetRun], Any] | None = None
 ) -> list[TargetReport]:
-    """Run the whole comparison in this process; writes `results.json` and a PNG chart under `out`.
+    """Run the whole comparison in this process; writes `results.json` and a PNG chart under `cfg.out`.
 
-    `variants` (names of `config.STUDY_VARIANTS`) add label-free candidates; `canary` > 0 lets the first k
-    labelled val images judge the label-free candidates (and their epochs) instead of the proxy;
-    `target_short_sides` picks each target's working scale without labels (`engine.scale`) for
-    every label-free candidate, and adds the unadapted source at that scale as a candidate. A target
-    `traffic:<domain>` reads the domain's captured traffic beside `registry`, a plain folder of
-    images is read as an unlabelled domain named after it (`target_data`). `ship`, when given, is
-    called with each finished target (`apps.ship.ship_pick` registers its judge's pick)."""
-    unknown = [v for v in variants if v not in STUDY_VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown study variant(s) {unknown}; choose from {sorted(STUDY_VARIANTS)}")
-    source_model, meta = load_model(source)
-    resize = resize or meta.resize  # by default, the scale the source model was trained at
-    study = Study(
-        study_config(source, data_root, source_domain, layout, resize, lr, batch_size, adapt_overrides),
-        source_model,
-        meta.num_classes,
-        methods,
-        shots,
-        oracle,
-        Path(out),
-        {**epochs_per_method(), **(epochs or {})},
-        unlabelled,
-        variants,
-        canary,
-        target_short_sides,
-        select,
-        own_fit(source_model, str(data_root), source_domain, layout, resize),
-        select_seed,
-    )
+    `cfg.variants` (names of `config.STUDY_VARIANTS`) add label-free candidates; `cfg.canary` > 0
+    lets the first k labelled val images judge the label-free candidates (and their epochs) instead
+    of the proxy; `cfg.target_short_sides` picks each target's working scale without labels
+    (`engine.scale`) for every label-free candidate, and adds the unadapted source at that scale as
+    a candidate. A target `traffic:<domain>` reads the domain's captured traffic beside
+    `cfg.registry`, a plain folder of images is read as an unlabelled domain named after it
+    (`target_data`). `ship`, when given, is called with each finished target (`apps.ship.ship_pick`
+    registers its judge's pick)."""
+    source_model, meta = load_model(cfg.source)
+    resize = cfg.resize or meta.resize  # by default, the scale the source model was trained at
+    confidence = own_fit(source_model, cfg.data_root, cfg.source_domain, cfg.layout, resize)
+    study = Study(cfg, base_run_config(cfg, meta, resize), source_model, meta.num_classes, confidence)
     reports = []
-    for target in targets:
-        with target_data(study, target, registry, meta) as (target_study, domain):
+    for target in cfg.targets:
+        with target_data(study, target, cfg.registry, meta) as (target_study, domain):
             run = TargetRun(target_study, domain, log, name=domain if is_image_folder(target) else target)
             if is_image_folder(target):
                 log(f"[adapt] {target}: {len(run.val_images)} held-back images of domain {domain}, no labels read")
@@ -453,7 +394,8 @@ def unlabelled_target(study: Study, root: str) -> Study:
     a = base.adapt.model_copy(
         update={"source_root": base.adapt.source_root or base.data.root, "source_layout": base.data.layout}
     )
-    return replace(study, base=base.model_copy(update={"data": d, "adapt": a}), unlabelled=True)
+    unlabelled = study.cfg.model_copy(update={"unlabelled": True})
+    return replace(study, base=base.model_copy(update={"data": d, "adapt": a}), cfg=unlabelled)
 
 
 @contextmanager

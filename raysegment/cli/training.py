@@ -57,8 +57,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from raysegment.apps.study import epochs_per_method, format_table, run_study
-    from raysegment.config import ResizeConfig
+    from pydantic import ValidationError
+
+    from raysegment.apps.study import format_table, run_study
+    from raysegment.apps.study_config import StudyConfig, epochs_per_method
+    from raysegment.config import ResizeConfig, format_validation_error
 
     resize = None
     if args.short_side or args.scale:
@@ -75,29 +78,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
         def ship(run):  # noqa: ANN001, ANN202 (a TargetRun)
             return ship_pick(registry, run, source, meta, evidence)
 
-    reports = run_study(
-        args.source,
-        args.data,
-        args.source_domain,
-        args.targets,
-        tuple(args.methods),
-        tuple(args.shots),
-        oracle=not args.no_oracle,
-        out=args.out,
-        epochs=epochs_per_method(args.epochs),
-        lr=args.lr,
-        batch_size=args.batch_size,
-        resize=resize,
-        unlabelled=args.unlabelled,
-        layout=args.layout,
-        adapt_overrides={"criterion": args.criterion} if args.criterion else None,
-        variants=tuple(args.variants),
-        canary=args.canary,
-        target_short_sides=args.target_short_sides,
-        registry=args.registry,
-        ship=ship,
-        select=args.select,
-    )
+    try:
+        cfg = StudyConfig(
+            source=str(args.source),
+            data_root=str(args.data),
+            source_domain=args.source_domain,
+            targets=args.targets,
+            methods=tuple(args.methods),
+            shots=tuple(args.shots),
+            oracle=not args.no_oracle,
+            out=str(args.out),
+            epochs=epochs_per_method(args.epochs),
+            lr=args.lr,
+            batch_size=args.batch_size,
+            resize=resize,
+            unlabelled=args.unlabelled,
+            layout=args.layout,
+            criterion=args.criterion,
+            variants=tuple(args.variants),
+            canary=args.canary,
+            target_short_sides=args.target_short_sides,
+            registry=args.registry,
+            select=args.select,
+        )
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "raysegment compare")) from exc
+    reports = run_study(cfg, ship=ship)
     print(format_table(reports))
     print(f"results {Path(args.out) / 'results.json'}, chart {Path(args.out) / 'adapt_miou.png'}")
     if args.registry:
