@@ -108,7 +108,7 @@ def main() -> None:
         operations = {
             "one domain's versions (Registry.entries(domain))": lambda r: r.entries(last),
             "a search's registered winner (by lineage)": lambda r: [
-                e for e in r.entries(last) if e.manifest.lineage.trial_id == f"t{args.versions}"
+                e for e in r.entries(last) if e.lineage.trial_id == f"t{args.versions}"
             ],
             "remove one version (base check)": lambda r: r.remove(last, args.versions),
             "prune snapshots of one domain": lambda r: prune_snapshots(r, last, keep=1),

@@ -55,8 +55,8 @@ def delta_sizes(source_dir: Path, root: Path, tmp: Path) -> list[tuple[int, int,
         rows.append(
             (
                 depth,
-                reg.get_entry("fog", delta).manifest.bytes,
-                reg.get_entry(f"fog-full{depth}", full).manifest.bytes,
+                reg.get_entry("fog", delta).bytes,
+                reg.get_entry(f"fog-full{depth}", full).bytes,
             )
         )
     return rows

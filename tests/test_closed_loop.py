@@ -60,8 +60,8 @@ def test_the_winner_is_promoted_by_the_policy_recorded_and_rolled_back(tmp_path,
     assert outcome.scores["adabn"][0] > outcome.scores["adabn"][1]  # re-estimated statistics fix it
     assert set(outcome.timings) == {"freeze", "search", "register", "decide"}
     entry = drifted_registry.get_entry("fog", 2)
-    assert entry.manifest.lineage.loop is True and entry.manifest.lineage.target_labels == 0
-    assert set(entry.manifest.signatures) == {"own", "clear@1", "fog@1"}  # drift and routing keep working
+    assert entry.lineage.loop is True and entry.lineage.target_labels == 0
+    assert set(entry.signatures) == {"own", "clear@1", "fog@1"}  # drift and routing keep working
     assert drifted_registry.aliases("fog") == {"production": 2}
     steps = [r.get("loop", {}).get("step") or r.get("alias") for r in drifted_registry.history("fog")]
     assert steps == ["production", "start", "search", "candidate", "production"]
@@ -87,6 +87,6 @@ def test_the_loop_reads_traffic_captured_in_a_bucket_where_it_lies(tmp_path, s3_
     outcome = run_loop(reg.uri, "fog", QUICK, str(tmp_path), log=lines.append)
     assert outcome.promoted and outcome.candidate == 2, outcome
     assert any(f"read there: {s3_bucket}/registry/traffic/fog/snapshots/" in line for line in lines), lines
-    assert reg.get_entry("fog", 2).manifest.lineage.model_dump()["traffic_images"] == 12
+    assert reg.get_entry("fog", 2).lineage.model_dump()["traffic_images"] == 12
     assert reg.store.children("traffic/fog/snapshots") == []  # dropped after the turn
     assert not list(tmp_path.rglob("*.png")), "captured images were downloaded"

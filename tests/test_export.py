@@ -80,7 +80,7 @@ def test_an_export_lives_with_its_version_and_goes_when_it_goes(
     image = torch.rand(1, 3, 64, 128)
     with torch.no_grad():
         torch.testing.assert_close(OrtSegmenter.like(model, graph)(image), model(image), atol=1e-4, rtol=1e-4)
-    registry.register("fog", model, entry.manifest.meta, parent="fog@1")
+    registry.register("fog", model, entry.meta, parent="fog@1")
     Artifacts(registry.store).add(registry.get_entry("fog", 2), ONNX, graph, record.model_dump())
     registry.remove("fog", 2)
     assert Artifacts(registry.store).load(registry.get_entry("fog", 1), ONNX)[0] == graph  # fog@1 still uses it
@@ -106,7 +106,7 @@ def test_int8_ships_when_it_keeps_the_parents_accuracy_and_not_when_its_calibrat
     assert decision.promoted and decision.candidate_score >= decision.incumbent_score - 0.005, decision.reason
     assert registry.aliases("clear")["production"] == 2
     entry = registry.get_entry("clear", 2)
-    assert entry.manifest.lineage.method == "int8" and entry.manifest.tensors == 0  # no weights of its own
+    assert entry.lineage.method == "int8" and entry.tensors == 0  # no weights of its own
     graph, record = Artifacts(registry.store).load(entry, ONNX)
     assert record.quantization == "int8" and record.calibration_images == 7
     assert len(graph) < Artifacts(registry.store).load(registry.get_entry("clear", 1), ONNX)[0].__len__()
@@ -124,7 +124,7 @@ def test_int8_ships_when_it_keeps_the_parents_accuracy_and_not_when_its_calibrat
     assert last["incumbent"] == "clear@1" and last["judge"] == "labels"
     # The INT8 of a float version that is not production: a candidate, unjudged (nothing to replace yet)
     model, meta = load_model(source_model_dir)
-    registry.register("clear", model, meta, config=registry.get_entry("clear", 1).manifest.config, parent="clear@1")
+    registry.register("clear", model, meta, config=registry.get_entry("clear", 1).config, parent="clear@1")
     unjudged = quantize_version(registry, "clear@4", calibration=2, say=lambda line: None).decision
     assert not unjudged.promoted and unjudged.judge is None and unjudged.candidate_score is None
     assert "clear@4 is not production" in unjudged.reason

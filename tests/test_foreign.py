@@ -203,8 +203,8 @@ def test_an_adapted_smp_model_is_a_delta_on_its_imported_source_with_drift_signa
     version = registry.register("chase", adapted, meta, parent="drive@1", signatures=signatures)
     entry = registry.get_entry("chase", version)
     bn_tensors = sum(1 for k in adapted.state_dict() if "running_" in k or "num_batches_tracked" in k)
-    assert 0 < entry.manifest.tensors <= bn_tensors  # only the moved BatchNorm statistics are stored
-    assert set(entry.manifest.signatures) == {"own", "drive@1"}
+    assert 0 < entry.tensors <= bn_tensors  # only the moved BatchNorm statistics are stored
+    assert set(entry.signatures) == {"own", "drive@1"}
     loaded = registry.load("chase@1")[0]
     images = torch.rand(1, 3, 45, 61)
     with torch.no_grad():

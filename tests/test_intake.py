@@ -16,8 +16,8 @@ def test_a_model_folder_joins_a_registry_judged_against_production(cli, odd_root
     assert first.returncode == 0, first.stderr
     assert "drive@1 registered, now production: no model to beat" in first.stdout
     entry = Registry(registry).resolve("drive@1")
-    assert entry.manifest.lineage.judge == "labels" and entry.manifest.config["data"]["domain"] == "drive"
-    assert set(entry.manifest.signatures) == {"own"}  # serving can measure drift from it
+    assert entry.lineage.judge == "labels" and entry.config["data"]["domain"] == "drive"
+    assert set(entry.signatures) == {"own"}  # serving can measure drift from it
 
     model, meta = load_model(odd_source_dir)
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_a_version_is_estimated_with_the_confidence_fit_up_its_lineage(cli, odd_
     reg = Registry(registry)
     fit = lineage_fit(reg, "drive@1")
     assert fit is not None and fit.classes == ["background", "vessel"] and len(fit.thresholds) == 2
-    assert "estimated_miou" not in reg.resolve("drive@1").manifest.metrics  # its val is labelled: measured
+    assert "estimated_miou" not in reg.resolve("drive@1").metrics  # its val is labelled: measured
 
     model, meta = load_model(odd_source_dir)
     reg.register("raw", model, meta, parent="drive@1")  # a delta: the fit is found up its base
@@ -54,7 +54,7 @@ def test_a_version_is_estimated_with_the_confidence_fit_up_its_lineage(cli, odd_
     assert lineage_fit(reg, "raw@1") == fit
     added = cli("registry", "add", odd_source_dir, "--domain", "raw", "--data", odd_root, "--registry", registry)
     assert added.returncode == 0, added.stderr
-    metrics = Registry(registry).resolve("raw@2").manifest.metrics
+    metrics = Registry(registry).resolve("raw@2").metrics
     assert 0 <= metrics["estimated_miou_low"] <= metrics["estimated_miou"] <= metrics["estimated_miou_high"] <= 1
     assert {"estimated_iou.background", "estimated_iou.vessel"} <= set(metrics)
     assert lineage_fit(reg, "nowhere@1") is None

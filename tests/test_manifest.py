@@ -35,7 +35,7 @@ def test_a_manifest_of_the_first_format_still_loads(tmp_path):
     }
     path.write_text(json.dumps(old))
     entry = reg.get_entry("drive", 1)
-    m = entry.manifest
+    m = entry
     assert isinstance(m, ModelVersion) and m.version == 1 and m.signatures == {} and m.tensors == 0
     assert m.metrics == {"val_miou": 1.0, "score": 0.5} and m.lineage.method == "tent"
     assert m.lineage.judge == "proxy" and m.lineage.fact("traffic_images") == 40 and m.lineage.fact("nope") is None
@@ -46,7 +46,7 @@ def test_a_manifest_of_the_first_format_still_loads(tmp_path):
 def test_what_register_writes_is_what_the_type_reads(tmp_path):
     reg, path = _registered(tmp_path)
     written = json.loads(path.read_text())
-    assert ModelVersion.model_validate(written) == reg.get_entry("drive", 1).manifest
+    assert ModelVersion.model_validate(written) == reg.get_entry("drive", 1)
     assert set(written) >= {"domain", "version", "meta", "metrics", "sha256", "tensors", "bytes", "lineage"}
 
 

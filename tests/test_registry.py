@@ -68,7 +68,7 @@ def test_corrupt_weights_fail_the_hash_check(registry_uri, tmp_path, monkeypatch
     monkeypatch.setenv("RAYSEGMENT_CACHE", str(tmp_path / "cache"))
     reg = Registry(registry_uri)
     reg.register("night", _model(), META)
-    tamper(registry_uri, f"night/blobs/{reg.get_entry('night', 1).manifest.sha256}.safetensors")
+    tamper(registry_uri, f"night/blobs/{reg.get_entry('night', 1).sha256}.safetensors")
     with pytest.raises(RegistryError, match="does not match its manifest hash"):
         reg.load("night@1")
 
@@ -85,8 +85,8 @@ def test_delta_stores_only_changed_tensors_and_rebuilds(registry_uri):
     version = reg.register("fog", child, META, parent="clear@1")
     entry = reg.get_entry("fog", version)
     full = reg.get_entry("clear", 1)
-    assert entry.manifest.base is not None and entry.manifest.base.ref == "clear@1"
-    assert entry.manifest.bytes < full.manifest.bytes
+    assert entry.base is not None and entry.base.ref == "clear@1"
+    assert entry.bytes < full.bytes
     loaded, _, _ = reg.load(f"fog@{version}")
     for key, value in child.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -244,7 +244,7 @@ def test_remote_weights_are_cached_by_content_hash(s3_bucket, tmp_path, monkeypa
     monkeypatch.setenv("RAYSEGMENT_CACHE", str(cache))
     reg = Registry(f"{s3_bucket}/reg")
     reg.register("fog", _model(1), META)
-    digest = reg.get_entry("fog", 1).manifest.sha256
+    digest = reg.get_entry("fog", 1).sha256
     first, _, _ = reg.load("fog@1")
     assert [p.name for p in cache.iterdir()] == [f"{digest}.safetensors"]
     # A damaged local copy is never served: the hash check sends the replica back to the store.
@@ -314,7 +314,7 @@ def test_a_domains_versions_are_read_in_requests_that_do_not_grow_with_them(regi
     assert one == six == 2  # the listing and the index, for 1 version or 6
     entries = reg.entries("fog")
     assert [e.version for e in entries] == list(range(1, 7))
-    assert [e.manifest for e in entries] == [reg.get_entry("fog", v).manifest for v in range(1, 7)]
+    assert [e for e in entries] == [reg.get_entry("fog", v) for v in range(1, 7)]
     reg.remove("fog", 6)
     assert [e.version for e in Registry(registry_uri).entries("fog")] == list(range(1, 6))
 
@@ -330,7 +330,7 @@ def test_a_version_the_index_missed_is_still_listed(tmp_path):
     del doc["versions"]["3"]
     index.write_text(json.dumps(doc))
     assert [e.version for e in reg.entries("fog")] == [1, 2, 3]
-    assert reg.entries("fog")[2].manifest == reg.get_entry("fog", 3).manifest
+    assert reg.entries("fog")[2] == reg.get_entry("fog", 3)
     index.write_text("{not json")
     assert [e.version for e in reg.entries("fog")] == [1, 2, 3]
     reg.register("fog", _model(9), META)  # a registration starts the index again

@@ -241,8 +241,8 @@ def test_compare_registers_the_judges_pick_and_a_second_pick_must_beat_productio
     reg = Registry(registry)
     assert sorted(reg.domains()) == ["drive", "ward-7-photos"]  # the folder's name, made a domain name
     pick = reg.resolve("ward-7-photos@1")
-    assert pick.manifest.base.domain == "drive" and pick.manifest.lineage.target_labels == 0
-    assert pick.manifest.lineage.fact("study_candidate") in ("source-only", "adabn", "tent")
+    assert pick.base.domain == "drive" and pick.lineage.target_labels == 0
+    assert pick.lineage.fact("study_candidate") in ("source-only", "adabn", "tent")
     decision = next(r["decision"] for r in reg.history("ward-7-photos") if "decision" in r)
     assert decision["incumbent"] == "drive@1" and "study" in decision["evidence"]
     assert (tmp_path / "one" / "targets" / "ward-7-photos" / "splits.json").is_file()

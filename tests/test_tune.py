@@ -132,7 +132,7 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     (night,) = run_search(spec, log=lambda s: None)
     assert night.trials == 2
     entry = Registry(tmp_path / "registry").get_entry("night", night.version)
-    lineage, metrics = entry.manifest.lineage, entry.manifest.metrics
+    lineage, metrics = entry.lineage, entry.metrics
     assert lineage.method in ("adabn", "self_training") and lineage.method == night.config["method"]
     assert lineage.target_labels == 0 and lineage.judge == "proxy"
     assert metrics["score"] == pytest.approx(metrics["proxy_consistency"]) == pytest.approx(night.best_score)
@@ -144,8 +144,8 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     assert decision["incumbent_score"] == pytest.approx(1.0) and "does not beat" in decision["reason"]
     # The folder source was registered under its own domain with the signatures serving routes by.
     (source,) = registry.entries("clear")
-    assert source.manifest.lineage.method == "source" and source.manifest.signatures
-    assert source.manifest.lineage.fact("confidence_fit")["classes"] == meta.classes
+    assert source.lineage.method == "source" and source.signatures
+    assert source.lineage.fact("confidence_fit")["classes"] == meta.classes
 
 
 @pytest.mark.slow
@@ -192,14 +192,12 @@ def test_an_interrupted_search_resumes_and_registers_one_winner(ray_cluster, tmp
     reg = Registry(tmp_path / "registry")
     assert reg.versions("fog") == [fog.version]
     entry = reg.get_entry("fog", fog.version)
-    assert entry.manifest.lineage.trial_id == fog.trial_id
-    assert (
-        entry.manifest.base is not None and entry.manifest.base.ref == "clear@1"
-    )  # a delta on the source, in its own domain
-    assert entry.manifest.metrics["val_miou"] == pytest.approx(fog.best_score)
-    assert entry.manifest.config["model"]["freeze_depth"] == fog.config["freeze_depth"]
-    assert entry.manifest.lineage.method == "finetune" and entry.manifest.lineage.judge == "labels"
-    assert entry.manifest.lineage.target_labels == len(open_split(synth_root, "fog", "train"))
+    assert entry.lineage.trial_id == fog.trial_id
+    assert entry.base is not None and entry.base.ref == "clear@1"  # a delta on the source, in its own domain
+    assert entry.metrics["val_miou"] == pytest.approx(fog.best_score)
+    assert entry.config["model"]["freeze_depth"] == fog.config["freeze_depth"]
+    assert entry.lineage.method == "finetune" and entry.lineage.judge == "labels"
+    assert entry.lineage.target_labels == len(open_split(synth_root, "fog", "train"))
     assert fog.best_score > fog.source_score  # fog labels teach what clear's did not: the winner goes live
     assert reg.aliases("fog") == {"production": fog.version}
     reg.load(f"fog@{fog.version}")

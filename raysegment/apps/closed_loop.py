@@ -36,7 +36,7 @@ from raysegment.engine.policy import beats
 from raysegment.engine.proxies import paired_consistency_per_image
 from raysegment.engine.signature import Signature, domain_signature
 from raysegment.models.io import ModelMeta, save_model
-from raysegment.registry import Entry, Registry
+from raysegment.registry import ModelVersion, Registry
 from raysegment.registry.intake import estimated_metrics, lineage_fit
 from raysegment.registry.promotion import CANDIDATE, promote_if_better, retire
 from raysegment.registry.traffic import FrozenCapture, TrafficStore
@@ -78,10 +78,10 @@ def run_config(
 
 
 def candidate_signatures(
-    registry: Registry, production: Entry, model: torch.nn.Module, images: Any, meta: ModelMeta
+    registry: Registry, production: ModelVersion, model: torch.nn.Module, images: Any, meta: ModelMeta
 ) -> dict[str, Signature]:
     """The candidate's own signature and one under every model production's routing signature uses."""
-    kept = production.manifest.signatures
+    kept = production.signatures
     found = {"own": domain_signature(model, images, resize=meta.resize)}
     unders = [k for k in kept if k != "own"] + ([production.ref] if "own" in kept else [])
     for under in unders:
@@ -190,7 +190,7 @@ def run_loop(
         return turn.refuse(
             f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
         )
-    meta = production.manifest.meta
+    meta = production.meta
     data = turn.traffic.freeze(domain, meta.dataset_info(), cfg.val_share, cfg.seed)
     turn.lap("freeze")
     log(

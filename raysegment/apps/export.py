@@ -40,7 +40,7 @@ from raysegment.export.runtime import OrtSegmenter
 from raysegment.models.io import ModelMeta
 from raysegment.models.rebuild import load_model
 from raysegment.models.segmenter import Segmenter
-from raysegment.registry import Entry, Registry
+from raysegment.registry import ModelVersion, Registry
 from raysegment.registry.artifacts import ONNX, Artifacts, ExportRecord
 from raysegment.registry.promotion import Decision, promote_compressed
 
@@ -71,13 +71,13 @@ def folder_images(folder: str | Path, limit: int) -> list[torch.Tensor]:
     return [read_image(p) for p in paths[:limit]]
 
 
-def domain_images(entry: Entry, split: str, limit: int, folder: str | Path | None = None) -> list[torch.Tensor]:
+def domain_images(entry: ModelVersion, split: str, limit: int, folder: str | Path | None = None) -> list[torch.Tensor]:
     """Up to `limit` unlabelled images of the version's domain (uint8, (3,H,W)): from `folder`, else
     from `split` of the dataset its run config names."""
     if folder is not None:
         return folder_images(folder, limit)
     try:
-        data = RunConfig.model_validate(entry.manifest.config).data
+        data = RunConfig.model_validate(entry.config).data
         images = open_split(data.root, entry.domain, getattr(data, f"{split}_split"), data.layout, unlabelled=True)
     except (ValidationError, RaySegmentError) as exc:
         raise RaySegmentError(
@@ -170,7 +170,7 @@ def quantize_version(
     on held-back images with a tolerance of `max_drop` mIoU points (`promotion.promote_compressed`)."""
     loaded, meta, parent = registry.load(ref)
     model = cast(Segmenter, loaded)
-    if parent.manifest.lineage.method == INT8:
+    if parent.lineage.method == INT8:
         raise RaySegmentError(f"{parent.ref} is INT8 already; quantize its float parent")
     artifacts = Artifacts(registry.store)
     if artifacts.load(parent) is None:  # quantized from the checked float graph, exported first if need be
@@ -192,7 +192,7 @@ def quantize_version(
         model,  # the float weights: the torch runtime (and drift, routing) keep using them
         meta,
         {},
-        parent.manifest.config,
+        parent.config,
         parent=parent.ref,
         lineage={"method": INT8, "target_labels": 0, **facts},
     )

@@ -86,7 +86,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 0
     entry = reg.resolve(args.ref)
     if args.action == "show":
-        print(entry.manifest.model_dump_json(indent=2))
+        print(entry.model_dump_json(indent=2))
     elif args.action == "promote" and args.alias == "production":
         decision = promote_version(reg, entry.ref, force=args.force, actor=args.by or getpass.getuser())
         alias = "production" if decision.promoted else "candidate"

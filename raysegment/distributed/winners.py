@@ -124,7 +124,7 @@ def registered_version(registry: Registry, domain: str, search: str, trial_id: s
     """The version this search already registered for this trial (registration and `winner.json`
     are two writes: a search resumed between them must not register the winner twice)."""
     for entry in registry.entries(domain):
-        lineage = entry.manifest.lineage
+        lineage = entry.lineage
         if lineage.search == search and lineage.trial_id == trial_id:
             return entry.version
     return None

@@ -5,7 +5,7 @@ One way down, each module importing only those above it in this list:
 
 - `store`: the object store (a folder or S3) with the conditional writes the registry's atomicity
   rests on (create-only-if-absent, compare-and-swap).
-- `manifest`: `ModelVersion` (a version's typed manifest), `Entry` (one version: where it lives and
+- `manifest`: `ModelVersion` (a version's typed manifest), `ModelVersion` (one version: where it lives and
   its manifest), the per-domain manifest index, the registry's errors.
 - `cache`: remote weights cached on this machine by content hash, base versions' tensors shared.
 - `artifacts`: exports of versions (ONNX graphs) stored beside them.
@@ -17,7 +17,7 @@ One way down, each module importing only those above it in this list:
 The names below are what the rest of the package imports most; the others by their module.
 """
 
-from raysegment.registry.manifest import CorruptRegistry, Entry, RegistryError
+from raysegment.registry.manifest import CorruptRegistry, ModelVersion, RegistryError
 from raysegment.registry.versions import TRAFFIC, Registry, SharedBases, check_domain
 
-__all__ = ["TRAFFIC", "CorruptRegistry", "Entry", "Registry", "RegistryError", "SharedBases", "check_domain"]
+__all__ = ["TRAFFIC", "CorruptRegistry", "ModelVersion", "Registry", "RegistryError", "SharedBases", "check_domain"]

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from raysegment.registry.cache import cached_blob
-from raysegment.registry.manifest import Entry, RegistryError
+from raysegment.registry.manifest import ModelVersion, RegistryError
 from raysegment.registry.store import ObjectStore, update_json
 from raysegment.storage import sha256_hex
 
@@ -53,7 +53,7 @@ class Artifacts:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
-    def add(self, entry: Entry, name: str, graph: bytes, record: dict[str, Any]) -> ExportRecord:
+    def add(self, entry: ModelVersion, name: str, graph: bytes, record: dict[str, Any]) -> ExportRecord:
         """Store `graph` as `entry`'s export `name` (replacing an earlier one of that name)."""
         digest = sha256_hex(graph)
         self.store.put_new(self._graph_key(entry.domain, digest), graph)
@@ -66,11 +66,11 @@ class Artifacts:
         update_json(self.store, self._record_key(entry), change, self._parse)
         return made
 
-    def records(self, entry: Entry) -> dict[str, ExportRecord]:
+    def records(self, entry: ModelVersion) -> dict[str, ExportRecord]:
         doc = self._parse(self.store.get(self._record_key(entry)))
         return {name: ExportRecord.model_validate(raw) for name, raw in doc["exports"].items()}
 
-    def load(self, entry: Entry, name: str = ONNX) -> tuple[bytes, ExportRecord] | None:
+    def load(self, entry: ModelVersion, name: str = ONNX) -> tuple[bytes, ExportRecord] | None:
         """The graph of export `name` and its record, hash-checked; None when the version has none."""
         record = self.records(entry).get(name)
         if record is None:
@@ -91,7 +91,7 @@ class Artifacts:
             if raw.get("sha256") not in still_used:
                 self.store.delete(self._graph_key(domain, raw["sha256"]))
 
-    def digests(self, entries: list[Entry]) -> set[str]:
+    def digests(self, entries: list[ModelVersion]) -> set[str]:
         return {r.sha256 for e in entries for r in self.records(e).values()}
 
     @staticmethod
@@ -100,7 +100,7 @@ class Artifacts:
         return doc if isinstance(doc.get("exports"), dict) else {"exports": {}}
 
     @staticmethod
-    def _record_key(entry: Entry) -> str:
+    def _record_key(entry: ModelVersion) -> str:
         return f"{entry.domain}/exports/{entry.version:04d}.json"
 
     @staticmethod

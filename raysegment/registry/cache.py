@@ -11,16 +11,16 @@ from typing import Protocol
 
 import torch
 
-from raysegment.registry.manifest import Entry
+from raysegment.registry.manifest import ModelVersion
 from raysegment.storage import atomic_write_bytes, sha256_hex
 
 
 class StateSource(Protocol):
     """Where base versions' tensors come from (a `Registry`): the cache needs only these two reads."""
 
-    def get_entry(self, domain: str, version: int | str | None = None) -> Entry: ...
+    def get_entry(self, domain: str, version: int | str | None = None) -> ModelVersion: ...
 
-    def load_state(self, entry: Entry) -> dict[str, torch.Tensor]: ...
+    def load_state(self, entry: ModelVersion) -> dict[str, torch.Tensor]: ...
 
 
 CACHE_ENV = "RAYSEGMENT_CACHE"

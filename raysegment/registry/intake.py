@@ -55,11 +55,11 @@ def lineage_fit(registry: Registry, ref: str | None) -> ConfidenceFit | None:
             entry = registry.resolve(ref)
         except RegistryError:
             return None
-        fact = entry.manifest.lineage.fact(FIT_FACT)
+        fact = entry.lineage.fact(FIT_FACT)
         if fact:
             return ConfidenceFit(**fact)
-        base = entry.manifest.base
-        ref = base.ref if base else entry.manifest.lineage.parent
+        base = entry.base
+        ref = base.ref if base else entry.lineage.parent
     return None
 
 
@@ -126,7 +126,7 @@ def register_source(
     Without those images it is registered without signatures, and the log says so."""
     folder = Path(folder)
     for entry in registry.entries(domain):
-        if entry.manifest.lineage.source_path == str(folder):
+        if entry.lineage.source_path == str(folder):
             return entry.ref
     model, meta = load_model(folder)
     try:

@@ -1,5 +1,5 @@
-"""`ModelVersion`: the typed manifest of one registry version (`<domain>/versions/<NNNN>.json`),
-`Entry` (a manifest and where it lives) and `ManifestIndex` (every manifest of a domain in one document).
+"""`ModelVersion`: one registry version, its name and typed manifest (`<domain>/versions/<NNNN>.json`),
+and `ManifestIndex` (every manifest of a domain in one document).
 
 Every reader goes through it, so a field has one name and one type. It reads every manifest
 written so far: fields added later (`version`, `tensors`, `signatures`, lineage facts) default
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +33,8 @@ class CorruptRegistry(RegistryError):
 
 
 class VersionRef(BaseModel):
-    """A version of a domain: the base a delta is stored against."""
+    """A version of a domain by name (`domain@version`): what a delta's `base` points at, and what
+    every `ModelVersion` is."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -67,11 +67,12 @@ class Lineage(BaseModel):
         return (self.model_extra or {}).get(key)
 
 
-class ModelVersion(BaseModel):
+class ModelVersion(VersionRef):
+    """One registry version: its name (`ref`) and its manifest, the one type every reader gets."""
+
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    domain: str
-    version: int = 0  # manifests before numbered ones carried it only in their key
+    version: int = 0  # manifests before numbered ones carried it only in their key (filled from it)
     meta: ModelMeta
     metrics: dict[str, float] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)  # the RunConfig it was made with (validated by its users)
@@ -81,17 +82,6 @@ class ModelVersion(BaseModel):
     bytes: int = 0
     lineage: Lineage = Lineage()
     signatures: dict[str, str] = Field(default_factory=dict)  # "own" or a base ref -> signature digest
-
-
-@dataclass(frozen=True)
-class Entry:
-    domain: str
-    version: int
-    manifest: ModelVersion
-
-    @property
-    def ref(self) -> str:
-        return f"{self.domain}@{self.version}"
 
 
 class ManifestIndex:

@@ -32,7 +32,7 @@ from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.policy import beats
 from raysegment.errors import RaySegmentError
-from raysegment.registry.manifest import Entry, RegistryError
+from raysegment.registry.manifest import ModelVersion, RegistryError
 from raysegment.registry.versions import Registry
 
 PRODUCTION = "production"
@@ -125,8 +125,8 @@ def floor_breach(registry: Registry, domain: str, version: int, incumbent: str |
     incumbent's estimated mIoU), or None: within it, or either has no estimate."""
     if incumbent is None:
         return None
-    mine = registry.get_entry(domain, version).manifest.metrics
-    theirs = registry.resolve(incumbent).manifest.metrics
+    mine = registry.get_entry(domain, version).metrics
+    theirs = registry.resolve(incumbent).metrics
     high, floor = mine.get("estimated_miou_high"), theirs.get("estimated_miou")
     if high is None or floor is None or high >= floor:
         return None
@@ -157,14 +157,14 @@ def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
     return previous
 
 
-def held_back(candidate: Entry) -> tuple[RunConfig, Judge, SegmentationDataset | None] | None:
+def held_back(candidate: ModelVersion) -> tuple[RunConfig, Judge, SegmentationDataset | None] | None:
     """The run config, judge and held-back images (its run config's val split) a candidate is
     scored on; None without a usable run config, no images when its val split cannot be opened."""
     try:
-        cfg = RunConfig.model_validate(candidate.manifest.config)
+        cfg = RunConfig.model_validate(candidate.config)
     except ValidationError:
         return None
-    judge_name = candidate.manifest.lineage.judge or cfg.judge
+    judge_name = candidate.lineage.judge or cfg.judge
     d = cfg.data
     try:
         val = open_split(d.root, candidate.domain, d.val_split, d.layout, unlabelled=judge_name == "proxy")
@@ -173,7 +173,9 @@ def held_back(candidate: Entry) -> tuple[RunConfig, Judge, SegmentationDataset |
         return cfg, judge_name, None
 
 
-def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None, float | None, Judge, str | None]:
+def held_back_scores(
+    registry: Registry, candidate: ModelVersion
+) -> tuple[float | None, float | None, Judge, str | None]:
     """Score a registered candidate and the domain's production model on the candidate's held-back
     images by its judge: (candidate, incumbent, judge, incumbent ref). A candidate without a usable
     run config cannot be judged: its score is None."""
@@ -196,8 +198,8 @@ def held_back_scores(registry: Registry, candidate: Entry) -> tuple[float | None
 
 def promote_compressed(
     registry: Registry,
-    candidate: Entry,
-    parent: Entry,
+    candidate: ModelVersion,
+    parent: ModelVersion,
     compressed: torch.nn.Module,
     parent_model: torch.nn.Module,
     max_drop: float,
@@ -254,7 +256,9 @@ def promote_version(
 SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored from serving's online AdaBN
 
 
-def register_snapshot(registry: Registry, parent: Entry, statistics: dict[str, torch.Tensor], images: int) -> Decision:
+def register_snapshot(
+    registry: Registry, parent: ModelVersion, statistics: dict[str, torch.Tensor], images: int
+) -> Decision:
     """Store online-adapted BatchNorm statistics of `parent` as a new version and hand it to the
     policy. A snapshot is registered with its own (empty) metrics, never its parent's, and has no
     held-back score here, so it becomes `candidate`: production only by `promote_version`'s judge."""
@@ -265,7 +269,7 @@ def register_snapshot(registry: Registry, parent: Entry, statistics: dict[str, t
         model,
         meta,
         {},
-        parent.manifest.config,
+        parent.config,
         parent=parent.ref,
         lineage={"method": SNAPSHOT_METHOD, "target_labels": 0, "images": images},
     )
@@ -276,13 +280,11 @@ def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
     """Remove the oldest AdaBN snapshots of `domain` beyond `keep`; aliased ones (production,
     candidate) and bases of other versions are never removed. Returns the removed versions."""
     aliased = set(registry.aliases(domain).values())
-    used_as_base = {
-        e.manifest.base.version for e in registry.entries() if e.manifest.base and e.manifest.base.domain == domain
-    }
+    used_as_base = {e.base.version for e in registry.entries() if e.base and e.base.domain == domain}
     spare = [
         e.version
         for e in registry.entries(domain)
-        if e.version not in aliased and e.version not in used_as_base and e.manifest.lineage.method == SNAPSHOT_METHOD
+        if e.version not in aliased and e.version not in used_as_base and e.lineage.method == SNAPSHOT_METHOD
     ]
     doomed = spare[: max(len(spare) - keep, 0)]
     for version in doomed:

@@ -48,7 +48,6 @@ from raysegment.registry.cache import SharedBases, cached_blob
 from raysegment.registry.manifest import (
     INDEX_KEY,
     CorruptRegistry,
-    Entry,
     Lineage,
     ManifestIndex,
     ModelVersion,
@@ -203,7 +202,7 @@ class Registry:
 
     def remove(self, domain: str, version: int) -> None:
         entry = self.get_entry(domain, version)
-        users = [e.ref for e in self.entries() if e.manifest.base == VersionRef(domain=domain, version=version)]
+        users = [e.ref for e in self.entries() if e.base == VersionRef(domain=domain, version=version)]
         if users:
             raise RegistryError(f"{entry.ref} is the base of {', '.join(users)}; remove those first")
         aliased = [a for a, v in self.aliases(domain).items() if v == version]
@@ -215,12 +214,12 @@ class Registry:
         self.store.delete(self._version_key(domain, version, "json"))
         ManifestIndex(self.store, domain).put(version, None)
         left = self.entries(domain)
-        remaining = [e.manifest for e in left]
+        remaining = [e for e in left]
         Artifacts(self.store).drop(domain, version, Artifacts(self.store).digests(left))
-        if all(m.sha256 != entry.manifest.sha256 for m in remaining):
-            self.store.delete(self._blob_key(domain, entry.manifest.sha256))
+        if all(m.sha256 != entry.sha256 for m in remaining):
+            self.store.delete(self._blob_key(domain, entry.sha256))
         still_used = {d for m in remaining for d in m.signatures.values()}
-        for digest in set(entry.manifest.signatures.values()) - still_used:
+        for digest in set(entry.signatures.values()) - still_used:
             self.store.delete(self._signature_key(domain, digest))
 
     # ------------------------------------------------------------------- reads
@@ -234,7 +233,7 @@ class Registry:
     def aliases(self, domain: str) -> dict[str, int]:
         return dict(self._aliases_doc(domain)["aliases"])
 
-    def entries(self, domain: str | None = None) -> list[Entry]:
+    def entries(self, domain: str | None = None) -> list[ModelVersion]:
         """Every version of `domain`, or of every domain: per domain its listing and its index
         (a version the index misses is read from its manifest)."""
         found = []
@@ -243,7 +242,7 @@ class Registry:
             for v in self.versions(d):
                 raw = indexed.get(str(v))
                 where = f"{self.uri}/{d}/{INDEX_KEY} (version {v})"
-                found.append(Entry(d, v, self._manifest(d, v, raw, where)) if raw else self.get_entry(d, v))
+                found.append(self._manifest(d, v, raw, where) if raw else self.get_entry(d, v))
         return found
 
     def list(self) -> list[dict[str, Any]]:
@@ -255,19 +254,19 @@ class Registry:
                     "domain": entry.domain,
                     "version": entry.version,
                     "aliases": aliases,
-                    "metrics": entry.manifest.metrics,
-                    "bytes": entry.manifest.bytes,
-                    "base": entry.manifest.base.model_dump() if entry.manifest.base else None,
+                    "metrics": entry.metrics,
+                    "bytes": entry.bytes,
+                    "base": entry.base.model_dump() if entry.base else None,
                 }
             )
         return rows
 
-    def resolve(self, ref: str) -> Entry:
+    def resolve(self, ref: str) -> ModelVersion:
         """`domain@3`, `domain@production` or `domain` (= production, else the newest)."""
         domain, _, which = ref.partition("@")
         return self.get_entry(domain, which or None)
 
-    def get_entry(self, domain: str, version: int | str | None = None) -> Entry:
+    def get_entry(self, domain: str, version: int | str | None = None) -> ModelVersion:
         check_domain(domain)
         if version is None:
             aliases = self.aliases(domain)
@@ -286,37 +285,37 @@ class Registry:
                 f"domain {domain!r} has no version {version}; versions: {self.versions(domain) or 'none'}"
             )
         where = f"{self.uri}/{key}"
-        return Entry(domain, number, self._manifest(domain, number, _parse_json(data, where), where))
+        return self._manifest(domain, number, _parse_json(data, where), where)
 
     @staticmethod
     def _manifest(domain: str, version: int, raw: Any, where: str) -> ModelVersion:
         if not isinstance(raw, dict) or "meta" not in raw:
             raise CorruptRegistry(f"{where} is corrupt (no model meta)")
         try:
-            return ModelVersion.model_validate({"domain": domain, "version": version, **raw})
+            return ModelVersion.model_validate({**raw, "domain": domain, "version": version})  # named by its key
         except ValidationError as exc:
             raise CorruptRegistry(f"{where} is corrupt ({str(exc)[:300]})") from exc
 
-    def load_state(self, entry: Entry) -> dict[str, torch.Tensor]:
+    def load_state(self, entry: ModelVersion) -> dict[str, torch.Tensor]:
         """Full state dict of a version (its base's tensors overlaid by its own), hash-checked."""
         own = self._own_state(entry)
-        base = entry.manifest.base
+        base = entry.base
         if base is None:
             return own
         full = self.load_state(self.get_entry(base.domain, base.version))
         full.update(own)
         return full
 
-    def load(self, ref: str) -> tuple[torch.nn.Module, ModelMeta, Entry]:
+    def load(self, ref: str) -> tuple[torch.nn.Module, ModelMeta, ModelVersion]:
         from raysegment.models.rebuild import rebuild  # timm on first load, not on import: alias moves need none
 
         entry = self.resolve(ref)
-        meta = entry.manifest.meta
+        meta = entry.meta
         model = rebuild(meta)
         model.load_state_dict(self.load_state(entry))
         return model.eval(), meta, entry
 
-    def load_shared(self, ref: str, bases: SharedBases) -> tuple[torch.nn.Module, ModelMeta, Entry]:
+    def load_shared(self, ref: str, bases: SharedBases) -> tuple[torch.nn.Module, ModelMeta, ModelVersion]:
         """Load for inference, taking every tensor a version inherits from the one copy in `bases`.
 
         Models of many domains built on one base then hold only their own deltas in memory. The
@@ -325,19 +324,19 @@ class Registry:
         from raysegment.models.rebuild import rebuild
 
         entry = self.resolve(ref)
-        meta = entry.manifest.meta
+        meta = entry.meta
         own = self._own_state(entry)
-        base = entry.manifest.base
+        base = entry.base
         state = dict(bases.get(self, base.domain, base.version)) if base else {}
         state.update({k: v.to(bases.device) for k, v in own.items()})
         model = rebuild(meta)
         model.load_state_dict(state, assign=True)  # adopt the tensors themselves, no copy
         return model.eval().to(bases.device), meta, entry
 
-    def signature(self, entry: Entry, under: str = "own") -> Signature | None:
+    def signature(self, entry: ModelVersion, under: str = "own") -> Signature | None:
         """The version's signature under its own model ("own") or a base's ("domain@version"); None
         when it has none; hash-checked like weights."""
-        digest = entry.manifest.signatures.get(under)
+        digest = entry.signatures.get(under)
         if digest is None:
             return None
         data = self.store.get(self._signature_key(entry.domain, digest))
@@ -358,8 +357,8 @@ class Registry:
     def _blob_key(domain: str, digest: str) -> str:
         return f"{domain}/blobs/{digest}.safetensors"
 
-    def _own_state(self, entry: Entry) -> dict[str, torch.Tensor]:
-        digest = entry.manifest.sha256
+    def _own_state(self, entry: ModelVersion) -> dict[str, torch.Tensor]:
+        digest = entry.sha256
         data = self._weights(entry.domain, digest)
         if data is None:
             raise RegistryError(f"{entry.ref}: its weights ({digest[:12]}...) are missing from {self.uri}")

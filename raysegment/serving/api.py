@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from raysegment.registry import Entry, RegistryError
+from raysegment.registry import ModelVersion, RegistryError
 from raysegment.registry.artifacts import ONNX
 from raysegment.registry.promotion import (
     CANDIDATE,
@@ -326,7 +326,7 @@ def refused(svc: Services, exc: ServingError, domain: str | None, started: float
 
 
 async def answer(
-    svc: Services, entry: Entry, upload: Upload, format: Format, mirror: bool, route: Route | None = None
+    svc: Services, entry: ModelVersion, upload: Upload, format: Format, mirror: bool, route: Route | None = None
 ) -> Response:
     """Segment with `entry`'s model and answer in `format`; then, off the request's path, capture
     the image and (for a production request) mirror it to the domain's candidate."""
@@ -351,7 +351,7 @@ async def answer(
             "x-route-distance": f"{route.distance:.6f}",
             "x-route-unknown": str(route.unknown).lower(),
         }
-    meta = entry.manifest.meta
+    meta = entry.meta
     if format == "json":
         body = Segmentation(
             domain=entry.domain,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from raysegment.engine.signature import Signature
-from raysegment.registry import CorruptRegistry, Entry, Registry, RegistryError, check_domain
+from raysegment.registry import CorruptRegistry, ModelVersion, Registry, RegistryError, check_domain
 from raysegment.registry.artifacts import Artifacts
 from raysegment.registry.promotion import CANDIDATE, PRODUCTION
 from raysegment.registry.traffic import TrafficStore
@@ -63,9 +63,9 @@ def checked_domain(domain: str) -> str:
         raise BadDomainName(str(exc)) from exc
 
 
-def lineage(entry: Entry) -> dict[str, Any]:
+def lineage(entry: ModelVersion) -> dict[str, Any]:
     """What a version is and where it came from, as the API and the console show it."""
-    m = entry.manifest
+    m = entry
     return {
         "version": entry.version,
         "method": m.lineage.method,
@@ -99,12 +99,12 @@ class Catalog:
     async def domains(self) -> list[str]:
         return await self._cached(("domains",), self.registry.domains)
 
-    async def entry(self, domain: str, version: str = PRODUCTION) -> Entry:
+    async def entry(self, domain: str, version: str = PRODUCTION) -> ModelVersion:
         """domain + version/alias -> entry ("production" falls back to the newest version)."""
         checked_domain(domain)
         check_version(version)
 
-        def read() -> Entry:
+        def read() -> ModelVersion:
             which = version
             if version == PRODUCTION and PRODUCTION not in self.registry.aliases(domain):
                 return self.registry.get_entry(domain, None)
@@ -117,14 +117,14 @@ class Catalog:
         except RegistryError as exc:
             raise UnknownDomain(str(exc)) from exc
 
-    async def ref(self, ref: str) -> Entry:
+    async def ref(self, ref: str) -> ModelVersion:
         domain, _, version = ref.partition("@")
         return await self.entry(domain, version or PRODUCTION)
 
-    async def candidate(self, domain: str) -> Entry | None:
+    async def candidate(self, domain: str) -> ModelVersion | None:
         """The domain's `candidate` version, if any (absence cached like a hit)."""
 
-        def read() -> Entry | None:
+        def read() -> ModelVersion | None:
             try:
                 return self.registry.get_entry(domain, CANDIDATE)
             except RegistryError:
@@ -159,8 +159,8 @@ class Catalog:
         except RegistryError as exc:
             raise DomainUnavailable(str(exc)) from exc
 
-    async def training_signature(self, entry: Entry) -> Signature | None:
-        digest = entry.manifest.signatures.get("own")
+    async def training_signature(self, entry: ModelVersion) -> Signature | None:
+        digest = entry.signatures.get("own")
         return await self._cached(("signature", digest), lambda: self.registry.signature(entry), FOREVER)
 
     async def captured(self, domain: str) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.registry import Entry
+from raysegment.registry import ModelVersion
 from raysegment.registry.traffic import TrafficStore
 from raysegment.serving.config import ClosedLoop
 from raysegment.serving.imaging import sniff
@@ -45,7 +45,7 @@ class Mirror:
         if self.captures(domain):
             self._start(self._capture(domain, body))
 
-    def shadow(self, candidate: Entry, production: Entry, image: np.ndarray) -> None:
+    def shadow(self, candidate: ModelVersion, production: ModelVersion, image: np.ndarray) -> None:
         """Score `image` with the candidate and production (the answer came from production)."""
         self._start(self._shadow(candidate, production, image))
 
@@ -55,7 +55,7 @@ class Mirror:
         except Exception as exc:  # a failed capture must never reach the client: log and go on
             log.warning("capture for %s failed: %s: %s", domain, type(exc).__name__, exc)
 
-    async def _shadow(self, candidate: Entry, production: Entry, image: np.ndarray) -> None:
+    async def _shadow(self, candidate: ModelVersion, production: ModelVersion, image: np.ndarray) -> None:
         try:
             scores = await self.models.shadow_compare(candidate.ref, image, production.ref)
             await asyncio.to_thread(

@@ -33,7 +33,7 @@ from raysegment.export.runtime import OrtSegmenter
 from raysegment.models.freeze import is_batchnorm
 from raysegment.models.outputs import class_map
 from raysegment.models.segmenter import Segmenter
-from raysegment.registry import Entry, Registry, RegistryError, SharedBases
+from raysegment.registry import ModelVersion, Registry, RegistryError, SharedBases
 from raysegment.registry.artifacts import ONNX, Artifacts
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.errors import DomainUnavailable, ReplicaGone
@@ -112,7 +112,7 @@ class SegmentModels:
             max_batch_size=replicas.max_batch_size, batch_wait_timeout_s=replicas.batch_wait_timeout_s
         )(segment_batch)
 
-    def _onnx_runtime(self, model: torch.nn.Module, entry: Entry) -> OrtSegmenter | None:
+    def _onnx_runtime(self, model: torch.nn.Module, entry: ModelVersion) -> OrtSegmenter | None:
         """The version's ONNX export in a session of this replica's CPUs (None: it has none)."""
         found = Artifacts(self.registry.store).load(entry, ONNX)
         if found is None:

@@ -52,7 +52,7 @@ class RoutingTable:
             try:
                 entry = self.registry.get_entry(domain)
                 under = "own" if entry.ref == self.base_ref else self.base_ref
-                digest = entry.manifest.signatures.get(under)
+                digest = entry.signatures.get(under)
                 if digest is None:
                     continue
                 if digest not in self._by_hash:
