@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from common import synthetic_source
 
-from raysegment.apps.study import format_table, run_study
+from raysegment.apps.study import run_study
 from raysegment.apps.study_config import StudyConfig
+from raysegment.apps.study_report import format_table
 from raysegment.config import LABEL_FREE_METHODS, STUDY_VARIANTS, SYNTH_DOMAINS
 from raysegment.data import synth
 

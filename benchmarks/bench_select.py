@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from common import synthetic_source
 
-from raysegment.apps.study import SOURCE, TargetReport, run_study
+from raysegment.apps.study import run_study
 from raysegment.apps.study_config import StudyConfig
+from raysegment.apps.study_report import SOURCE, TargetReport
 from raysegment.config import SYNTH_DOMAINS, ResizeConfig
 from raysegment.data import synth
 from raysegment.viz import bar_chart_png

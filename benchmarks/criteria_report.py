@@ -17,7 +17,7 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from raysegment.apps.study import TargetReport, criterion_summary
+from raysegment.apps.study_report import TargetReport, criterion_summary
 from raysegment.config import CRITERIA
 from raysegment.viz import bar_chart_png
 

@@ -9,8 +9,9 @@ from conftest import TINY_BACKBONE, retina_root
 from PIL import Image
 from pydantic import ValidationError
 
-from raysegment.apps.study import TargetReport, format_table, run_study
+from raysegment.apps.study import run_study
 from raysegment.apps.study_config import StudyConfig
+from raysegment.apps.study_report import TargetReport, format_table
 from raysegment.config import CRITERIA
 from raysegment.data import open_split
 from raysegment.engine.policy import pick

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from raysegment.distributed.tune import DomainOutcome
 
 from raysegment.apps.closed_loop import LoopOutcome, run_loop
-from raysegment.apps.study import format_table as format_study
 from raysegment.apps.study import run_study
 from raysegment.apps.study_config import StudyConfig, epochs_per_method
+from raysegment.apps.study_report import format_table as format_study
 from raysegment.config import (
     LABEL_FREE_METHODS,
     SYNTH_DOMAINS,

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raysegment.apps.study import RESCALED, SOURCE, TargetRun
+from raysegment.apps.study import TargetRun
+from raysegment.apps.study_report import RESCALED, SOURCE
 from raysegment.config import LABEL_FREE_METHODS, Judge, RunConfig
 from raysegment.data import open_split
 from raysegment.engine.estimate import Estimate

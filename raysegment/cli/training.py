@@ -59,8 +59,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from raysegment.apps.study import format_table, run_study
+    from raysegment.apps.study import run_study
     from raysegment.apps.study_config import StudyConfig, epochs_per_method
+    from raysegment.apps.study_report import format_table
     from raysegment.config import ResizeConfig, format_validation_error
 
     resize = None
