@@ -8,7 +8,14 @@ from raysegment.config import parse_config
 from raysegment.engine.adapt import adapt
 from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry, RegistryError
-from raysegment.registry.promotion import judge, promote_if_better, promote_version, rollback
+from raysegment.registry.promotion import (
+    Measured,
+    force_production,
+    judge,
+    promote_if_better,
+    promote_version,
+    rollback,
+)
 
 
 def test_labels_may_tie_the_proxy_must_win():
@@ -67,8 +74,8 @@ def test_a_forced_promotion_names_who_forced_it(tmp_path, source_model_dir):
     model, meta = load_model(source_model_dir)
     reg.register("fog", model, meta)
     with pytest.raises(ValueError, match="actor"):
-        promote_if_better(reg, "fog", 1, None, None, "labels", force=True)
-    decision = promote_if_better(reg, "fog", 1, None, None, "labels", force=True, actor="carol")
+        force_production(reg, "fog", 1, actor="")
+    decision = force_production(reg, "fog", 1, actor="carol")
     assert (
         decision.promoted
         and decision.forced_by == "carol"
@@ -81,12 +88,12 @@ def test_the_do_no_harm_floor_refuses_a_winner_estimated_below_production(tmp_pa
     reg = Registry(tmp_path)
     model, meta = load_model(source_model_dir)
     reg.register("fog", model, meta, {"estimated_miou": 0.6, "estimated_miou_low": 0.55, "estimated_miou_high": 0.65})
-    assert promote_if_better(reg, "fog", 1, 0.5, None, "proxy").promoted
+    assert promote_if_better(reg, "fog", 1, Measured(0.5, None, "proxy")).promoted
     collapsed = {"estimated_miou": 0.3, "estimated_miou_low": 0.2, "estimated_miou_high": 0.4}
     reg.register("fog", model, meta, collapsed)
-    refused = promote_if_better(reg, "fog", 2, 0.9, 0.5, "proxy", "fog@1")
+    refused = promote_if_better(reg, "fog", 2, Measured(0.9, 0.5, "proxy", "fog@1"))
     assert not refused.promoted and "do-no-harm floor" in refused.reason and "beats" in refused.reason
     reg.register("fog", model, meta, {"estimated_miou": 0.58, "estimated_miou_low": 0.5, "estimated_miou_high": 0.66})
-    assert promote_if_better(reg, "fog", 3, 0.9, 0.5, "proxy", "fog@1").promoted  # within its interval
+    assert promote_if_better(reg, "fog", 3, Measured(0.9, 0.5, "proxy", "fog@1")).promoted  # within its interval
     reg.register("fog", model, meta)  # no estimate: the judge alone decides
-    assert promote_if_better(reg, "fog", 4, 0.9, 0.5, "proxy", "fog@3").promoted
+    assert promote_if_better(reg, "fog", 4, Measured(0.9, 0.5, "proxy", "fog@3")).promoted

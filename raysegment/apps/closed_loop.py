@@ -38,7 +38,7 @@ from raysegment.engine.signature import Signature, domain_signature
 from raysegment.models.io import ModelMeta, save_model
 from raysegment.registry import ModelVersion, Registry
 from raysegment.registry.intake import estimated_metrics, lineage_fit
-from raysegment.registry.promotion import CANDIDATE, promote_if_better, retire
+from raysegment.registry.promotion import CANDIDATE, Measured, promote_if_better, retire
 from raysegment.registry.traffic import FrozenCapture, TrafficStore
 
 
@@ -159,17 +159,8 @@ class LoopTurn:
                 sum(p for _, p in pairs) / len(pairs),
             )
             evidence = f"shadow traffic ({len(pairs)} pairs)"
-        decision = promote_if_better(
-            self.registry,
-            domain,
-            version,
-            best_score,
-            production_score,
-            "proxy",
-            production.ref,
-            cfg.margin,
-            evidence=evidence,
-        )
+        measured = Measured(best_score, production_score, "proxy", production.ref, cfg.margin)
+        decision = promote_if_better(self.registry, domain, version, measured, evidence=evidence)
         self.outcome.promoted, self.outcome.reason = decision.promoted, decision.reason
         if not decision.promoted:
             retire(self.registry, domain, version, decision.reason)

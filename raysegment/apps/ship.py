@@ -25,7 +25,7 @@ from raysegment.engine.signature import version_signatures
 from raysegment.models.io import ModelMeta
 from raysegment.registry import Registry
 from raysegment.registry.intake import estimate_as_metrics, register_source
-from raysegment.registry.promotion import PRODUCTION, Decision, promote_if_better, promote_version
+from raysegment.registry.promotion import PRODUCTION, Decision, Measured, promote_if_better, promote_version
 
 
 def pick_config(run: TargetRun, method: str, judge: Judge, resize: Any) -> RunConfig:
@@ -97,9 +97,8 @@ def ship_pick(
     )
     why = f"study {evidence}: {report.proxy_reason}"
     if registry.aliases(run.domain).get(PRODUCTION) is None:
-        decision = promote_if_better(
-            registry, run.domain, version, scores[pick], scores[SOURCE], judge, source_ref, evidence=why
-        )
+        measured = Measured(scores[pick], scores[SOURCE], judge, source_ref)
+        decision = promote_if_better(registry, run.domain, version, measured, evidence=why)
     else:
         decision = promote_version(registry, f"{run.domain}@{version}", evidence=why)
     alias = PRODUCTION if decision.promoted else "candidate"

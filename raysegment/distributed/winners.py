@@ -23,7 +23,7 @@ from raysegment.models.io import save_model
 from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
 from raysegment.registry.intake import estimated_metrics, lineage_fit, register_source
-from raysegment.registry.promotion import PRODUCTION, Decision, promote_if_better
+from raysegment.registry.promotion import PRODUCTION, Decision, Measured, promote_if_better
 from raysegment.storage import join, resolve
 
 
@@ -117,7 +117,7 @@ def judge_winner(
 ) -> Decision:
     """The one promotion policy: the winner against the domain's production model (else the source)."""
     incumbent, incumbent_score = incumbent_of(registry, domain, source.ref, source_val, val, run, judge)
-    return promote_if_better(registry, domain, version, score, incumbent_score, judge, incumbent)
+    return promote_if_better(registry, domain, version, Measured(score, incumbent_score, judge, incumbent))
 
 
 def registered_version(registry: Registry, domain: str, search: str, trial_id: str) -> int | None:

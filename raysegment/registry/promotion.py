@@ -1,8 +1,9 @@
 """Do no harm, in one place: the two doors by which a registry version becomes a domain's `production`.
 
-- `promote_if_better`, the policy: every path that puts a new model live goes through it (Tune
-  winners, `compare --registry` picks, `registry add`, `raysegment registry promote`, closed-loop
-  turns, INT8 exports, serving's online-AdaBN snapshots).
+- `promote_if_better`, the policy (and `force_production`, the judge overridden on the record):
+  every path that puts a new model live goes through it (Tune winners, `compare --registry` picks,
+  `registry add`, `raysegment registry promote`, closed-loop turns, INT8 exports, serving's
+  online-AdaBN snapshots).
 - `rollback`, its own audited door: production moves back to the version that held it before,
   one that this policy promoted then; recorded as a rollback with who asked.
 
@@ -75,48 +76,53 @@ def judge(
     )
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What the judge measured on held-back images: the candidate's score and the incumbent's
+    (None: no model to beat) by `judge`, the incumbent named by its ref. `margin`: by how much the
+    candidate must win (negative: by how much a compressed model may lose to its own parent).
+    No score or no judge: the judge could not run, and the candidate cannot win."""
+
+    candidate: float | None
+    incumbent: float | None
+    judge: Judge | None
+    incumbent_ref: str | None = None
+    margin: float = 0.0
+
+
 def promote_if_better(
-    registry: Registry,
-    domain: str,
-    version: int,
-    candidate_score: float | None,
-    incumbent_score: float | None,
-    judge_name: Judge | None,
-    incumbent: str | None = None,
-    margin: float = 0.0,
-    force: bool = False,
-    actor: str | None = None,
-    why: str | None = None,
-    evidence: str = "held-back images",
+    registry: Registry, domain: str, version: int, measured: Measured, evidence: str = "held-back images"
 ) -> Decision:
-    """Apply the policy: `production` when the candidate wins (or is forced), else `candidate`.
-    Only a forced promotion may come without a judge."""
-    if force:
-        if not actor:
-            raise ValueError("a forced promotion records who forced it: pass actor")
-        wins, reason = True, f"forced by {actor}" + (f": {why}" if why else "")
-    elif candidate_score is None or judge_name is None:
+    """Apply the policy: `production` when the candidate wins by its judge (and clears the
+    do-no-harm floor), else `candidate`; the decision and its reason enter the history."""
+    m = measured
+    if m.candidate is None or m.judge is None:
         wins, reason = False, "no held-back score: the judge could not run"
     else:
-        wins, reason = judge(candidate_score, incumbent_score, judge_name, margin)
-        below = floor_breach(registry, domain, version, incumbent) if wins else None
+        wins, reason = judge(m.candidate, m.incumbent, m.judge, m.margin)
+        below = floor_breach(registry, domain, version, m.incumbent_ref) if wins else None
         if below:
             wins, reason = False, f"{reason}, but {below}"
     decision = Decision(
-        domain,
-        version,
-        wins,
-        None if force else judge_name,
-        candidate_score,
-        incumbent_score,
-        incumbent,
-        reason,
-        actor if force else None,
-        evidence,
+        domain, version, wins, m.judge, m.candidate, m.incumbent, m.incumbent_ref, reason, evidence=evidence
     )
-    registry.set_alias(domain, version, PRODUCTION if wins else CANDIDATE, record={"decision": asdict(decision)})
-    if wins:
-        registry.drop_alias(domain, CANDIDATE, version)
+    return _record(registry, decision)
+
+
+def force_production(registry: Registry, domain: str, version: int, actor: str, why: str | None = None) -> Decision:
+    """Production without the judge, on the record: who forced it, and why."""
+    if not actor:
+        raise ValueError("a forced promotion records who forced it: pass actor")
+    reason = f"forced by {actor}" + (f": {why}" if why else "")
+    return _record(registry, Decision(domain, version, True, None, None, None, None, reason, forced_by=actor))
+
+
+def _record(registry: Registry, decision: Decision) -> Decision:
+    """Move the alias the decision says, with the decision in the history."""
+    alias = PRODUCTION if decision.promoted else CANDIDATE
+    registry.set_alias(decision.domain, decision.version, alias, record={"decision": asdict(decision)})
+    if decision.promoted:
+        registry.drop_alias(decision.domain, CANDIDATE, decision.version)
     return decision
 
 
@@ -215,21 +221,13 @@ def promote_compressed(
         return decision
     found = held_back(parent)
     if found is None or found[2] is None:
-        return promote_if_better(registry, candidate.domain, candidate.version, None, None, None, parent.ref)
+        return promote_if_better(registry, candidate.domain, candidate.version, Measured(None, None, None, parent.ref))
     cfg, judge_name, val = found[0], found[1], found[2]
     score, parent_score = (
         judged_scores(m, val, cfg, judge_name, parent_model)["score"] for m in (compressed, parent_model)
     )
-    return promote_if_better(
-        registry,
-        candidate.domain,
-        candidate.version,
-        score,
-        parent_score,
-        judge_name,
-        parent.ref,
-        margin=-max_drop / 100,
-    )
+    measured = Measured(score, parent_score, judge_name, parent.ref, margin=-max_drop / 100)
+    return promote_if_better(registry, candidate.domain, candidate.version, measured)
 
 
 def promote_version(
@@ -244,13 +242,10 @@ def promote_version(
     held-back images, then apply the policy; `force` skips the judge and records `actor` and `why`."""
     entry = registry.resolve(ref)
     if force:
-        return promote_if_better(
-            registry, entry.domain, entry.version, None, None, None, None, force=True, actor=actor, why=why
-        )
+        return force_production(registry, entry.domain, entry.version, actor or "", why)
     candidate, incumbent_score, judge_name, incumbent = held_back_scores(registry, entry)
-    return promote_if_better(
-        registry, entry.domain, entry.version, candidate, incumbent_score, judge_name, incumbent, evidence=evidence
-    )
+    measured = Measured(candidate, incumbent_score, judge_name, incumbent)
+    return promote_if_better(registry, entry.domain, entry.version, measured, evidence=evidence)
 
 
 SNAPSHOT_METHOD = "adabn_online"  # the lineage method of versions stored from serving's online AdaBN
@@ -273,7 +268,7 @@ def register_snapshot(
         parent=parent.ref,
         lineage={"method": SNAPSHOT_METHOD, "target_labels": 0, "images": images},
     )
-    return promote_if_better(registry, parent.domain, version, None, None, "proxy", parent.ref)
+    return promote_if_better(registry, parent.domain, version, Measured(None, None, "proxy", parent.ref))
 
 
 def prune_snapshots(registry: Registry, domain: str, keep: int) -> list[int]:
