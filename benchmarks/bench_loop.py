@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from raysegment.apps.closed_loop import run_loop
+from raysegment.distributed.closed_loop import run_loop
 from raysegment.config import EvalConfig, LoopConfig
 from raysegment.data import open_split
 from raysegment.engine.evaluate import evaluate

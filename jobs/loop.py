@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from raysegment.apps.closed_loop import run_loop
+from raysegment.distributed.closed_loop import run_loop
 from raysegment.distributed.spec import LoopJob, load_job_spec
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from conftest import miscalibrated
 
-from raysegment.apps.closed_loop import run_loop
 from raysegment.config import LoopConfig
 from raysegment.data import open_split
+from raysegment.distributed.closed_loop import run_loop
 from raysegment.engine.signature import version_signatures
 from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry

@@ -593,9 +593,9 @@ def test_the_domain_listing_shows_drift_when_traffic_leaves_the_training_images(
 def test_the_loop_promotes_on_shadow_evidence_while_production_answers(loop_served, synth_root, cli):
     import threading
 
-    from raysegment.apps.closed_loop import run_loop
     from raysegment.config import LoopConfig
     from raysegment.data import open_split
+    from raysegment.distributed.closed_loop import run_loop
     from raysegment.registry.traffic import TrafficStore
 
     url, root = loop_served
@@ -659,7 +659,7 @@ def admin_served(served, tmp_path_factory):
         registry=str(root),
         token_file=str(tokens),
         resolve_ttl_s=0.0,
-        replicas=Replicas(max_replicas=1, cpus_per_replica=0.1, ingress_cpus=0.05),
+        replicas=Replicas(max_replicas=1, cpus_per_replica=0.1, ingress_cpus=0.05, ingress_replicas=2),
         online=Online(adabn=True, momentum=0.5, max_snapshots_per_domain=1),
     )
     serve.run(build_app(cfg.model_dump()), name="admin", route_prefix="/admin")
@@ -766,6 +766,8 @@ def test_every_query_value_is_validated(admin_served, path, status, error):
 
 
 def test_a_loop_turn_started_over_http_reports_how_it_ended(admin_served):
+    """The turn runs in its own detached actor and keeps its status in the registry's store, so a
+    poll reaching either of the two gateway replicas reads it."""
     import time
 
     url, read, admin = (admin_served[k] for k in ("url", "read", "admin"))
@@ -773,10 +775,14 @@ def test_a_loop_turn_started_over_http_reports_how_it_ended(admin_served):
     assert started.status_code == 202 and started.json()["state"] == "running" and started.json()["started_by"] == "ops"
     turn = started.json()["id"]
     assert httpx.post(f"{url}/v1/domains/fog/loop", headers=admin).status_code == 409  # one at a time per domain
-    deadline, status = time.monotonic() + 180, started.json()
-    while status["state"] == "running" and time.monotonic() < deadline:  # a hang guard, not a speed bound
-        time.sleep(1)
-        status = httpx.get(f"{url}/v1/domains/fog/loop/{turn}", headers=read).json()
+    deadline, status, replicas = time.monotonic() + 180, started.json(), set()
+    while (status["state"] == "running" or len(replicas) < 2) and time.monotonic() < deadline:  # a hang guard
+        time.sleep(0.2)
+        polled = httpx.get(f"{url}/v1/domains/fog/loop/{turn}", headers=read)
+        status = polled.json()
+        assert polled.status_code == 200 and status["id"] == turn, status
+        replicas.add(polled.headers["x-gateway-replica"])
+    assert len(replicas) == 2, replicas  # both gateway replicas answered for the same turn
     assert status["state"] == "succeeded" and status["exit_code"] == 0, status
     outcome = status["outcome"]  # nothing was captured: the loop refuses, and says why
     assert outcome["promoted"] is False and "captured images" in outcome["reason"], outcome

@@ -100,7 +100,7 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2():
 
 
 def test_loop_specs_name_their_domains_and_the_registry(tmp_path):
-    from raysegment.apps.closed_loop import run_loop
+    from raysegment.distributed.closed_loop import run_loop
     from raysegment.errors import RaySegmentError
 
     local = load_spec(SPECS / "loop.yaml", LoopJob)

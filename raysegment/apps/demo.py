@@ -26,7 +26,6 @@ import httpx
 if TYPE_CHECKING:
     from raysegment.distributed.tune import DomainOutcome
 
-from raysegment.apps.closed_loop import LoopOutcome, run_loop
 from raysegment.apps.study import run_study
 from raysegment.apps.study_config import StudyConfig, epochs_per_method
 from raysegment.apps.study_report import format_table as format_study
@@ -44,6 +43,7 @@ from raysegment.config import (
     SearchConfig,
 )
 from raysegment.data import files, open_split, synth
+from raysegment.distributed.closed_loop import LoopOutcome, run_loop
 from raysegment.distributed.spec import TuneJob
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import RaySegmentError
@@ -336,6 +336,20 @@ def write_summary(summary: dict, out: Path, data: Path, registry_uri: str, setti
     )
 
 
+def demo_study(s: DemoSettings, source_dir: Path, data: Path, out: Path) -> StudyConfig:
+    """The demo's comparison: the registered source against every method on the study's targets."""
+    return StudyConfig(
+        source=str(source_dir),
+        data_root=str(data),
+        source_domain="clear",
+        targets=[t for t in s.targets if s.study_targets is None or t in s.study_targets],
+        methods=tuple(s.study_methods),
+        shots=tuple(s.study_shots),
+        out=str(out / "adapt"),
+        epochs=epochs_per_method(s.study_epochs),
+    )
+
+
 def run_demo(
     out: str | Path = "demo_out",
     settings: DemoSettings = DemoSettings(),
@@ -380,23 +394,12 @@ def run_demo(
         stage("[demo] 4/6 test-split mIoU: source-only vs registered winner")
         table, chart, text = score_winners(s, data, source_dir, outcomes, registry_uri, out)
         log(text)
-        study_on = [t for t in s.targets if s.study_targets is None or t in s.study_targets]
+        study = demo_study(s, source_dir, data, out)
         stage(
             f"[demo] 4b/6 adaptation without labels ({', '.join(s.study_methods)}), with {list(s.study_shots)} "
-            f"labels and with all labels (oracle), on {', '.join(study_on)}"
+            f"labels and with all labels (oracle), on {', '.join(study.targets)}"
         )
-        study = StudyConfig(
-            source=str(source_dir),
-            data_root=str(data),
-            source_domain="clear",
-            targets=study_on,
-            methods=tuple(s.study_methods),
-            shots=tuple(s.study_shots),
-            out=str(out / "adapt"),
-            epochs=epochs_per_method(s.study_epochs),
-        )
-        reports = run_study(study, log=log)
-        log(format_study(reports))
+        log(format_study(run_study(study, log=log)))
         stage("[demo] 5/6 Serve app up; one HTTP request per domain")
         url, serving = serve_registry(s, registry_uri), True
         served = request_each_target(s, url, data, out, log)

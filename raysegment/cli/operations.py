@@ -13,8 +13,8 @@ def cmd_loop(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from raysegment.apps.closed_loop import run_loop
     from raysegment.config import LoopConfig
+    from raysegment.distributed.closed_loop import run_loop
     from raysegment.distributed.spec import LoopJob, load_spec
 
     if args.spec:

@@ -33,7 +33,6 @@ from raysegment.serving.errors import (
     Conflict,
     ServingError,
     UnknownDomain,
-    UnknownLoopTurn,
     Unroutable,
     UploadRefused,
 )
@@ -203,22 +202,31 @@ async def start_loop(
 ) -> LoopTurnStatus:
     """Start one loop turn (adapt to captured traffic, shadow, judged promotion); poll its id."""
     await svc.catalog.entry(domain)
-    turn = svc.loops.start(domain, client.name)
-    return turn.report()
+    return await asyncio.to_thread(svc.loops.start, domain, client.name)
+
+
+def gateway_replica() -> str:
+    """This gateway replica's id (`in-process` outside a Serve replica)."""
+    try:
+        from ray import serve
+        from ray.serve.exceptions import RayServeException
+
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:  # not inside a replica
+        return "in-process"
 
 
 @router.get("/v1/domains/{domain}/loop/{turn_id}", response_model=LoopTurnStatus)
 async def loop_status(
+    response: Response,
     domain: str = DOMAIN,
     turn_id: str = Path(max_length=40),
     svc: Services = Depends(services),
     _: Client = Depends(READ),
     __: None = Depends(only_query()),
 ) -> LoopTurnStatus:
-    turn = svc.loops.get(turn_id)
-    if turn.domain != domain:
-        raise UnknownLoopTurn(f"loop turn {turn_id!r} is not {domain!r}'s")
-    return turn.report()
+    response.headers["x-gateway-replica"] = gateway_replica()  # any replica answers: the status is in the store
+    return await asyncio.to_thread(svc.loops.get, domain, turn_id)
 
 
 @router.post("/v1/domains/{domain}/adabn-snapshot", response_model=Snapshot)

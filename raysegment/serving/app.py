@@ -27,7 +27,7 @@ from raysegment.serving.catalog import Catalog
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.deps import Services
 from raysegment.serving.errors import ServingError
-from raysegment.serving.loops import TurnProcesses
+from raysegment.serving.loops import LoopTurns
 from raysegment.serving.metrics import ServingMetrics
 from raysegment.serving.mirror import Mirror
 from raysegment.serving.replica import ModelCalls, SegmentModels
@@ -66,7 +66,7 @@ def build_services(cfg: ServeConfig, handle: DeploymentHandle | None) -> Service
         models=models,
         mirror=Mirror(loop, traffic, models, metrics),
         tokens=TokenTable.read(cfg.token_file) if cfg.token_file and cfg.auth == "token" else None,
-        loops=TurnProcesses(cfg.registry, cfg.loop_timeout_s),
+        loops=LoopTurns(cfg.registry, cfg.loop_timeout_s),
         metrics=metrics,
     )
 

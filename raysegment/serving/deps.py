@@ -12,7 +12,7 @@ from raysegment.serving.auth import Client, TokenTable
 from raysegment.serving.catalog import Catalog
 from raysegment.serving.config import ServeConfig
 from raysegment.serving.errors import Forbidden, Unauthenticated, UnknownQueryParameter, UnknownToken
-from raysegment.serving.loops import TurnProcesses
+from raysegment.serving.loops import LoopTurns
 from raysegment.serving.metrics import ServingMetrics
 from raysegment.serving.mirror import Mirror
 from raysegment.serving.replica import ModelCalls
@@ -27,7 +27,7 @@ class Services:
     models: ModelCalls
     mirror: Mirror
     tokens: TokenTable | None
-    loops: TurnProcesses
+    loops: LoopTurns
     metrics: ServingMetrics
 
 
