@@ -31,8 +31,8 @@ def test_a_collapsed_model_scores_below_a_sound_one(synth_root, source_model_dir
     bench_adapt against what labels would pick.)"""
     source, meta = load_model(source_model_dir)
     images = open_split(synth_root, "clear", "val", unlabelled=True)
-    own = proxy_scores(source, source, images, meta.num_classes, confidence=0.5)
-    collapsed = proxy_scores(collapsed_model(meta.num_classes, 0), source, images, meta.num_classes, confidence=0.5)
+    own = proxy_scores(source, source, images, confidence=0.5)
+    collapsed = proxy_scores(collapsed_model(meta.num_classes, 0), source, images, confidence=0.5)
     assert own.agreement == 1.0 and 0 < own.consistency <= 1
     assert collapsed.score < own.score  # perfectly stable, but it dropped every class but one
     assert collapsed.criteria["entropy"] > 0.99 > own.criteria["entropy"]  # why entropy alone never decides
@@ -44,6 +44,6 @@ def test_proxies_are_deterministic_and_leave_the_global_rng_alone(synth_root, so
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    first = proxy_scores(source, source, images, meta.num_classes)
+    first = proxy_scores(source, source, images)
     assert torch.equal(torch.rand(1), expected_next)
-    assert proxy_scores(source, source, images, meta.num_classes) == first
+    assert proxy_scores(source, source, images) == first

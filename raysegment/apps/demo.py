@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -336,6 +336,20 @@ def write_summary(summary: dict, out: Path, data: Path, registry_uri: str, setti
     )
 
 
+def demo_data(s: DemoSettings, out: Path, log: Callable[[str], Any]) -> Path:
+    """The demo's synthetic domains: the source `clear` and every target."""
+    data = synth.generate(
+        out / "data",
+        domains=("clear", *s.targets),
+        images_per_domain=s.images_per_domain,
+        height=s.height,
+        width=s.width,
+    )
+    size = f"{s.height}x{s.width}"
+    log(f"[demo] 1/6 synthesised clear + {', '.join(s.targets)}: {s.images_per_domain} images each at {size}")
+    return data
+
+
 def demo_study(s: DemoSettings, source_dir: Path, data: Path, out: Path) -> StudyConfig:
     """The demo's comparison: the registered source against every method on the study's targets."""
     return StudyConfig(
@@ -374,15 +388,7 @@ def run_demo(
     def stage(line: str) -> None:
         log(f"{line}  [{time.perf_counter() - start:.0f} s]")
 
-    data = synth.generate(
-        out / "data",
-        domains=("clear", *s.targets),
-        images_per_domain=s.images_per_domain,
-        height=s.height,
-        width=s.width,
-    )
-    size = f"{s.height}x{s.width}"
-    log(f"[demo] 1/6 synthesised clear + {', '.join(s.targets)}: {s.images_per_domain} images each at {size}")
+    data = demo_data(s, out, log)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     use_serve_process_env()  # the demo's local Ray serves at the end
     started_ray, serving = ensure_ray(), False

@@ -163,14 +163,37 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tune)
 
 
-def add_compare(sub: argparse._SubParsersAction) -> None:
-    from raysegment.config import (  # `--help`: no torch
-        CRITERIA,
-        LABEL_FREE_METHODS,
-        LAYOUTS,
-        SELECT_STRATEGIES,
-        STUDY_VARIANTS,
+def judging_options(p: argparse.ArgumentParser) -> None:
+    """`compare`'s options on how candidates are read and judged."""
+    from raysegment.config import CRITERIA, LAYOUTS, STUDY_VARIANTS  # `--help`: no torch
+
+    p.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="read the targets as unlabelled: no target mask is opened, candidates are judged by the proxy",
     )
+    p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(STUDY_VARIANTS),
+        help="extra label-free candidates (partial AdaBN, class-balanced / MIC self-training)",
+    )
+    p.add_argument("--criterion", choices=list(CRITERIA), help="the proxy judge's criterion (default: the config's)")
+    p.add_argument(
+        "--canary", type=int, default=0, help="k labelled val images judge the label-free candidates (0: the proxy)"
+    )
+    p.add_argument(
+        "--target-short-sides",
+        nargs="+",
+        type=int,
+        help="pick each target's working scale among these short sides without labels (BatchNorm statistics)",
+    )
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    from raysegment.config import LABEL_FREE_METHODS, SELECT_STRATEGIES  # `--help`: no torch
 
     p = sub.add_parser("compare", help="compare adaptation methods per target domain: 0 labels, k labels, oracle")
     p.add_argument("--source", required=True, help="source model folder (raysegment train output)")
@@ -204,28 +227,6 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--short-side", type=int, help="working scale: resize so the short side has this many px")
     scale.add_argument("--scale", type=float, help="working scale: resize by this factor")
-    p.add_argument(
-        "--unlabelled",
-        action="store_true",
-        help="read the targets as unlabelled: no target mask is opened, candidates are judged by the proxy",
-    )
-    p.add_argument("--layout", default="raysegment", choices=list(LAYOUTS))
-    p.add_argument(
-        "--variants",
-        nargs="*",
-        default=[],
-        choices=sorted(STUDY_VARIANTS),
-        help="extra label-free candidates (partial AdaBN, class-balanced / MIC self-training)",
-    )
-    p.add_argument("--criterion", choices=list(CRITERIA), help="the proxy judge's criterion (default: the config's)")
-    p.add_argument(
-        "--canary", type=int, default=0, help="k labelled val images judge the label-free candidates (0: the proxy)"
-    )
-    p.add_argument(
-        "--target-short-sides",
-        nargs="+",
-        type=int,
-        help="pick each target's working scale among these short sides without labels (BatchNorm statistics)",
-    )
+    judging_options(p)
     p.add_argument("--out", default="adapt_out")
     p.set_defaults(func=cmd_compare)

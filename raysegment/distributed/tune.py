@@ -150,7 +150,7 @@ def search_domain(
     version, params = register_winner(
         spec, domain, best, source, source_val, registry, ray_storage, storage / f"winner-{domain}"
     )
-    decision = judge_winner(registry, domain, version, selected_score(best), source, source_val, val, spec.run, judge)
+    decision = judge_winner(registry, spec, domain, version, selected_score(best), source, source_val, val)
     if not decision.promoted:
         log(f"[tune] {domain}: {domain}@{version} kept out of production ({decision.reason} of {decision.incumbent})")
     outcome = DomainOutcome(

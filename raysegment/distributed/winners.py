@@ -106,17 +106,18 @@ def register_winner(
 
 def judge_winner(
     registry: Registry,
+    spec: TuneJob,
     domain: str,
     version: int,
     score: float,
     source: Source,
     source_val: float,
     val: Any,
-    run: RunConfig,
-    judge: Judge,
 ) -> Decision:
-    """The one promotion policy: the winner against the domain's production model (else the source)."""
-    incumbent, incumbent_score = incumbent_of(registry, domain, source.ref, source_val, val, run, judge)
+    """The one promotion policy: the winner against the domain's production model (else the source),
+    by the search's judge."""
+    judge = spec.search.judged_by
+    incumbent, incumbent_score = incumbent_of(registry, domain, source.ref, source_val, val, spec.run, judge)
     return promote_if_better(registry, domain, version, Measured(score, incumbent_score, judge, incumbent))
 
 

@@ -206,17 +206,8 @@ def criterion_scores(
                 twin = class_map(_at(c.model(resize_images(twin_full, size)).float(), common)).flip(-1)
                 mixed = class_map(_at(c.model(resize_images(mixed_full, size)).float(), common))
                 t.add_views(probs, pred, twin, mixed, picks.to(device))
-            ensemble = class_map(torch.stack(list(all_probs.values())).mean(0))
-            ref_conf, ref_pred = all_probs[reference.name].max(1)
-            sure = ref_conf > confidence
-            for c in candidates:
-                if c.name not in wanted:
-                    continue
-                t, pred = tallies[c.name], class_map(all_probs[c.name])
-                t.ensemble.update(pred, ensemble)
-                if sure.any():
-                    t.agreement.update(pred[sure], ref_pred[sure])
-                    t.agreement_updates += 1
+            scored_probs = [(tallies[n], p) for n, p in all_probs.items() if n in wanted]
+            _tally_agreements(scored_probs, all_probs, reference.name, confidence)
     reference_classes = tallies[reference.name].predicted
     scores = {
         c.name: tallies[c.name].scores(reference_classes, -hooks[c.name].distance_to_running(), pixel_generator)
@@ -225,6 +216,22 @@ def criterion_scores(
     }
     assert all(set(s) == set(CRITERIA) for s in scores.values())
     return scores
+
+
+def _tally_agreements(
+    scored: list[tuple[_Tally, torch.Tensor]], all_probs: dict[str, torch.Tensor], reference: str, confidence: float
+) -> None:
+    """One batch's agreement of each scored candidate (its tally, its probabilities) with the
+    ensemble of all candidates and with the reference's confident pixels."""
+    ensemble = class_map(torch.stack(list(all_probs.values())).mean(0))
+    ref_conf, ref_pred = all_probs[reference].max(1)
+    sure = ref_conf > confidence
+    for t, probs in scored:
+        pred = class_map(probs)
+        t.ensemble.update(pred, ensemble)
+        if sure.any():
+            t.agreement.update(pred[sure], ref_pred[sure])
+            t.agreement_updates += 1
 
 
 def judge_pick(scores: dict[str, dict[str, float]], criterion: str, reference: str) -> str:

@@ -45,7 +45,6 @@ def judged_scores(
         model,
         reference if reference is not None else model,
         held_back,
-        held_back.info.num_classes,
         cfg.adapt.proxy_confidence,
         device,
         cfg.eval.batch_size,

@@ -69,7 +69,6 @@ def proxy_scores(
     model: torch.nn.Module,
     reference: torch.nn.Module,
     images: SegmentationDataset,
-    num_classes: int,
     confidence: float = 0.9,
     device: torch.device | str = "cpu",
     batch_size: int = 8,
@@ -84,6 +83,7 @@ def proxy_scores(
     candidates = [Candidate("model", model, resize)]  # a model judged against itself runs once
     if reference is not model:
         candidates.insert(0, Candidate("reference", reference, resize))
+    num_classes = images.info.num_classes
     scores = criterion_scores(candidates, images, num_classes, device, batch_size, confidence, seed, {"model"})
     model.train(was_training)
     return ProxyScores(scores["model"], criterion)
