@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from raysegment.distributed.closed_loop import run_loop
 from raysegment.config import EvalConfig, LoopConfig
 from raysegment.data import open_split
+from raysegment.distributed.closed_loop import run_loop
 from raysegment.engine.evaluate import evaluate
 from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
