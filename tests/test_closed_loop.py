@@ -44,7 +44,7 @@ def test_too_little_traffic_is_refused_and_recorded(tmp_path, drifted_registry):
     outcome = run_loop(drifted_registry.uri, "fog", QUICK.model_copy(update={"min_images": 50}), str(tmp_path))
     assert outcome.candidate is None and "12 captured images" in outcome.reason
     assert drifted_registry.versions("fog") == [1]
-    assert drifted_registry.history("fog")[-1]["loop"]["step"] == "refused"
+    assert drifted_registry.history("fog")[-1].loop.step == "refused"
 
 
 def test_a_search_that_cannot_beat_production_registers_nothing(tmp_path, drifted_registry):
@@ -63,7 +63,7 @@ def test_the_winner_is_promoted_by_the_policy_recorded_and_rolled_back(tmp_path,
     assert entry.lineage.loop is True and entry.lineage.target_labels == 0
     assert set(entry.signatures) == {"own", "clear@1", "fog@1"}  # drift and routing keep working
     assert drifted_registry.aliases("fog") == {"production": 2}
-    steps = [r.get("loop", {}).get("step") or r.get("alias") for r in drifted_registry.history("fog")]
+    steps = [r.loop.step if r.loop else r.alias for r in drifted_registry.history("fog")]
     assert steps == ["production", "start", "search", "candidate", "production"]
     assert rollback(drifted_registry, "fog", actor="test") == 1
     assert drifted_registry.aliases("fog")["production"] == 1
@@ -75,7 +75,7 @@ def test_a_candidate_without_shadow_evidence_is_retired(tmp_path, drifted_regist
     assert not outcome.promoted and outcome.reason == "retired: 0 of 5 shadow images within 1 s"
     assert drifted_registry.aliases("fog") == {"production": 1}  # no candidate left, production untouched
     retired = drifted_registry.history("fog")[-1]
-    assert retired["alias"] == "candidate" and retired["retired"]["version"] == outcome.candidate
+    assert retired.alias == "candidate" and retired.retired.version == outcome.candidate
     assert drifted_registry.versions("fog") == [1, 2]  # the version stays registered, for the record
 
 

@@ -71,7 +71,7 @@ def test_pipeline_trains_tunes_registers_and_serves_with_no_shared_disk(ray_clus
     shown = summary["closed_loop"]
     assert shown["route"]["domain"] == "night" and not shown["route"]["unknown"]
     assert shown["loop"]["reason"] and shown["answered_by"]
-    steps = [r["loop"]["step"] for r in registry.history("night") if "loop" in r]
+    steps = [r.loop.step for r in registry.history("night") if r.loop]
     assert steps[:2] == ["start", "search"]
     if shown["loop"]["promoted"]:
         assert registry.aliases("night")["production"] == shown["loop"]["candidate"]

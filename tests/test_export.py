@@ -120,8 +120,8 @@ def test_int8_ships_when_it_keeps_the_parents_accuracy_and_not_when_its_calibrat
     )
     assert not lossy.decision.promoted and "below it" in lossy.decision.reason
     assert registry.aliases("clear") == {"production": 1, "candidate": 3}
-    (last,) = [r["decision"] for r in registry.history("clear") if r.get("decision", {}).get("version") == 3]
-    assert last["incumbent"] == "clear@1" and last["judge"] == "labels"
+    (last,) = [r.decision for r in registry.history("clear") if r.decision and r.decision.version == 3]
+    assert last.incumbent == "clear@1" and last.judge == "labels"
     # The INT8 of a float version that is not production: a candidate, unjudged (nothing to replace yet)
     model, meta = load_model(source_model_dir)
     registry.register("clear", model, meta, config=registry.get_entry("clear", 1).config, parent="clear@1")

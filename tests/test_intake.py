@@ -28,8 +28,8 @@ def test_a_model_folder_joins_a_registry_judged_against_production(cli, odd_root
     assert worse.returncode == 0, worse.stderr
     assert "drive@2 registered, now candidate: labels score" in worse.stdout and "does not beat" in worse.stdout
     assert Registry(registry).aliases("drive") == {"production": 1, "candidate": 2}
-    decisions = [r["decision"] for r in Registry(registry).history("drive") if "decision" in r]
-    assert [d["promoted"] for d in decisions] == [True, False]
+    decisions = [r.decision for r in Registry(registry).history("drive") if r.decision]
+    assert [d.promoted for d in decisions] == [True, False]
 
     unjudged = cli("registry", "add", broken, "--domain", "chase", "--alias", "candidate", "--registry", registry)
     assert unjudged.returncode == 0 and "chase@1 registered as candidate (not judged)" in unjudged.stdout

@@ -8,6 +8,7 @@ from raysegment.config import parse_config
 from raysegment.engine.adapt import adapt
 from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry, RegistryError
+from raysegment.registry.audit import RolledBack
 from raysegment.registry.promotion import (
     Measured,
     force_production,
@@ -65,8 +66,8 @@ def test_only_a_candidate_that_beats_production_on_held_back_labels_goes_live(sy
     with pytest.raises(RegistryError, match="first production version"):
         rollback(reg, "night")
     moves = reg.history("night")
-    assert [m["alias"] for m in moves] == ["production", "candidate", "production", "production"]
-    assert moves[-1]["rollback"] == {"from": 3, "by": "bob"} and moves[1]["decision"]["promoted"] is False
+    assert [m.alias for m in moves] == ["production", "candidate", "production", "production"]
+    assert moves[-1].rollback == RolledBack(from_=3, by="bob") and moves[1].decision.promoted is False
 
 
 def test_a_forced_promotion_names_who_forced_it(tmp_path, source_model_dir):
@@ -76,11 +77,7 @@ def test_a_forced_promotion_names_who_forced_it(tmp_path, source_model_dir):
     with pytest.raises(ValueError, match="actor"):
         force_production(reg, "fog", 1, actor="")
     decision = force_production(reg, "fog", 1, actor="carol")
-    assert (
-        decision.promoted
-        and decision.forced_by == "carol"
-        and reg.history("fog")[0]["decision"]["forced_by"] == "carol"
-    )
+    assert decision.promoted and decision.forced_by == "carol" and reg.history("fog")[0].decision.forced_by == "carol"
 
 
 def test_the_do_no_harm_floor_refuses_a_winner_estimated_below_production(tmp_path, source_model_dir):

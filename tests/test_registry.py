@@ -54,7 +54,7 @@ def test_register_get_promote_and_list(registry_uri):
         reg.resolve("fog@staging")
     with pytest.raises(RegistryError, match="no version 9"):
         reg.get_entry("fog", 9)
-    assert [(h["alias"], h["version"], h["previous"]) for h in reg.history("fog")] == [("production", 1, None)]
+    assert [(h.alias, h.version, h.previous) for h in reg.history("fog")] == [("production", 1, None)]
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b", "fog\n", "fog\nbar"])
@@ -163,7 +163,7 @@ def test_registry_cli(tmp_path, cli):
     assert judged.returncode == 0 and "fog@2 is now candidate: no held-back score" in judged.stdout
     forced = run("promote", "fog@2", "--force", "--by", "alice")
     assert forced.returncode == 0 and "is now production: forced by alice" in forced.stdout
-    assert Registry(tmp_path).history("fog")[-1]["decision"]["forced_by"] == "alice"
+    assert Registry(tmp_path).history("fog")[-1].decision.forced_by == "alice"
     listing = run("ls").stdout.splitlines()
     assert listing[0].startswith("fog@1 - ") and "miou=0.42" in listing[0] and listing[1].startswith("fog@2 ")
     assert "production" in listing[1]

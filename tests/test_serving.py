@@ -740,7 +740,7 @@ def test_online_adabn_follows_the_endpoint_images_and_stores_a_version(admin_ser
     assert reg.aliases("dusk") == {"production": 1, "candidate": 4}  # a snapshot is a candidate, never production
     assert reg.versions("dusk") == [1, 3, 4]  # the oldest spare snapshot went; production never does
     assert entry.metrics == {}  # its own metrics (none measured), not its parent's
-    assert reg.history("dusk")[-1]["decision"]["reason"].startswith("no held-back score")
+    assert reg.history("dusk")[-1].decision.reason.startswith("no held-back score")
     before, after = reg.load_state(reg.get_entry("dusk", 1)), reg.load_state(entry)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("running_" in k or "num_batches" in k for k in changed)  # statistics only

@@ -244,17 +244,17 @@ def test_compare_registers_the_judges_pick_and_a_second_pick_must_beat_productio
     pick = reg.resolve("ward-7-photos@1")
     assert pick.base.domain == "drive" and pick.lineage.target_labels == 0
     assert pick.lineage.fact("study_candidate") in ("source-only", "adabn", "tent")
-    decision = next(r["decision"] for r in reg.history("ward-7-photos") if "decision" in r)
-    assert decision["incumbent"] == "drive@1" and "study" in decision["evidence"]
+    decision = next(r.decision for r in reg.history("ward-7-photos") if r.decision)
+    assert decision.incumbent == "drive@1" and "study" in decision.evidence
     assert (tmp_path / "one" / "targets" / "ward-7-photos" / "splits.json").is_file()
     assert not (tmp_path / "one" / "targets" / "ward-7-photos" / "masks").exists()
 
     second = cli(*args, "--out", tmp_path / "two")
     assert second.returncode == 0, second.stderr
     assert reg.versions("drive") == [1]  # the source is registered once
-    decisions = [r["decision"] for r in reg.history("ward-7-photos") if "decision" in r]
-    if decisions[0]["promoted"]:  # the second pick faced production, scored on its held-back images
-        assert decisions[1]["incumbent"] == "ward-7-photos@1"
+    decisions = [r.decision for r in reg.history("ward-7-photos") if r.decision]
+    if decisions[0].promoted:  # the second pick faced production, scored on its held-back images
+        assert decisions[1].incumbent == "ward-7-photos@1"
 
 
 def test_k_shot_rows_label_the_selected_images_and_self_train_with_them(odd_root, odd_source_dir, tmp_path):

@@ -139,9 +139,9 @@ def test_label_free_search_is_judged_by_the_proxy(ray_cluster, tmp_path, synth_r
     # estimated on night's held-back images, with the confidence fit of the source's labelled val
     assert 0 <= metrics["estimated_miou_low"] <= metrics["estimated_miou"] <= metrics["estimated_miou_high"] <= 1
     assert night.version == 2 and registry.aliases("night") == {"production": 1, "candidate": 2}
-    (decision,) = [r["decision"] for r in registry.history("night") if r.get("decision", {}).get("version") == 2]
-    assert decision["judge"] == "proxy" and decision["incumbent"] == "night@1" and not decision["promoted"]
-    assert decision["incumbent_score"] == pytest.approx(1.0) and "does not beat" in decision["reason"]
+    (decision,) = [r.decision for r in registry.history("night") if r.decision and r.decision.version == 2]
+    assert decision.judge == "proxy" and decision.incumbent == "night@1" and not decision.promoted
+    assert decision.incumbent_score == pytest.approx(1.0) and "does not beat" in decision.reason
     # The folder source was registered under its own domain with the signatures serving routes by.
     (source,) = registry.entries("clear")
     assert source.lineage.method == "source" and source.signatures

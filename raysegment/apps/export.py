@@ -42,7 +42,8 @@ from raysegment.models.rebuild import load_model
 from raysegment.models.segmenter import Segmenter
 from raysegment.registry import ModelVersion, Registry
 from raysegment.registry.artifacts import ONNX, Artifacts, ExportRecord
-from raysegment.registry.promotion import Decision, promote_compressed
+from raysegment.registry.audit import Decision
+from raysegment.registry.promotion import promote_compressed
 
 log = logging.getLogger(__name__)
 CHECK_IMAGES = 4  # images of the domain the agreement is measured on (each at two sizes)

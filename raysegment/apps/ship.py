@@ -24,8 +24,9 @@ from raysegment.engine.estimate import Estimate
 from raysegment.engine.signature import version_signatures
 from raysegment.models.io import ModelMeta
 from raysegment.registry import Registry
+from raysegment.registry.audit import Decision
 from raysegment.registry.intake import estimate_as_metrics, register_source
-from raysegment.registry.promotion import PRODUCTION, Decision, Measured, promote_if_better, promote_version
+from raysegment.registry.promotion import PRODUCTION, Measured, promote_if_better, promote_version
 
 
 def pick_config(run: TargetRun, method: str, judge: Judge, resize: Any) -> RunConfig:

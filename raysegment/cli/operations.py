@@ -82,7 +82,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 0
     if args.action == "history":
         for record in reg.history(args.ref):
-            print(json.dumps(record, sort_keys=True))
+            print(json.dumps(record.model_dump(mode="json"), sort_keys=True))
         return 0
     entry = reg.resolve(args.ref)
     if args.action == "show":
@@ -108,6 +108,7 @@ def registry_add(reg, args: argparse.Namespace) -> int:  # noqa: ANN001 (a Regis
     only `candidate`, with `--alias candidate`)."""
     import getpass
 
+    from raysegment.registry.audit import Added, AuditRecord
     from raysegment.registry.intake import register_folder
     from raysegment.registry.promotion import CANDIDATE, promote_version
 
@@ -119,7 +120,7 @@ def registry_add(reg, args: argparse.Namespace) -> int:  # noqa: ANN001 (a Regis
     version = register_folder(reg, args.ref, args.domain, args.data, args.layout, log=say)
     ref = f"{args.domain}@{version}"
     if args.alias == CANDIDATE:
-        reg.set_alias(args.domain, version, CANDIDATE, record={"added": {"by": args.by or getpass.getuser()}})
+        reg.set_alias(args.domain, version, CANDIDATE, record=AuditRecord(added=Added(by=args.by or getpass.getuser())))
         print(f"{ref} registered as {CANDIDATE} (not judged)")
         return 0
     decision = promote_version(reg, ref)

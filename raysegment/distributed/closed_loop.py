@@ -37,6 +37,7 @@ from raysegment.engine.proxies import paired_consistency_per_image
 from raysegment.engine.signature import Signature, domain_signature
 from raysegment.models.io import ModelMeta, save_model
 from raysegment.registry import ModelVersion, Registry
+from raysegment.registry.audit import AuditRecord, LoopStep
 from raysegment.registry.intake import estimated_metrics, lineage_fit
 from raysegment.registry.promotion import CANDIDATE, Measured, promote_if_better, retire
 from raysegment.registry.traffic import FrozenCapture, TrafficStore
@@ -103,12 +104,12 @@ class LoopTurn:
         self.outcome.timings[stage] = round(time.monotonic() - self.clock, 2)
         self.clock = time.monotonic()
 
-    def note(self, step: str, **facts: Any) -> None:
-        self.registry.note(self.domain, {"loop": {"step": step, **facts}})
+    def note(self, step: LoopStep) -> None:
+        self.registry.note(self.domain, AuditRecord(loop=step))
 
     def refuse(self, reason: str) -> LoopOutcome:
         self.outcome.reason = reason
-        self.note("refused", reason=reason, production=self.production.ref)
+        self.note(LoopStep(step="refused", reason=reason, production=self.production.ref))
         self.log(f"[loop] {self.domain}: refused: {reason}")
         return self.outcome
 
@@ -135,7 +136,7 @@ class LoopTurn:
             self.log(f"[loop] {domain}: {name}: proxy {100 * ours:.2f} vs production {100 * theirs:.2f}")
         self.lap("search")
         best = max(results, key=lambda n: self.outcome.scores[n][0] - self.outcome.scores[n][1])
-        self.note("search", scores=self.outcome.scores, best=best)
+        self.note(LoopStep(step="search", scores=self.outcome.scores, best=best))
         return best, results, tries, len(val)
 
     def decide(self, version: int, method: str) -> LoopOutcome:
@@ -176,7 +177,7 @@ def run_loop(
     turn = LoopTurn(registry_uri, domain, cfg, log)
     registry, production, outcome = turn.registry, turn.production, turn.outcome
     captured = len(turn.traffic.items(domain))
-    turn.note("start", production=production.ref, captured=captured)
+    turn.note(LoopStep(step="start", production=production.ref, captured=captured))
     if captured < cfg.min_images:
         return turn.refuse(
             f"{captured} captured images, the loop needs {cfg.min_images} (capture_domains in the Serve config)"
@@ -218,7 +219,7 @@ def run_loop(
     finally:
         turn.traffic.drop_frozen(data)
     outcome.candidate, outcome.method = version, best
-    registry.set_alias(domain, version, CANDIDATE, record={"loop": {"step": "candidate", "method": best}})
+    registry.set_alias(domain, version, CANDIDATE, record=AuditRecord(loop=LoopStep(step="candidate", method=best)))
     turn.lap("register")
     log(f"[loop] {domain}: {domain}@{version} ({best}) is the candidate")
     return turn.decide(version, best)

@@ -22,8 +22,9 @@ from raysegment.errors import RaySegmentError
 from raysegment.models.io import save_model
 from raysegment.models.rebuild import load_model
 from raysegment.registry import Registry
+from raysegment.registry.audit import Decision
 from raysegment.registry.intake import estimated_metrics, lineage_fit, register_source
-from raysegment.registry.promotion import PRODUCTION, Decision, Measured, promote_if_better
+from raysegment.registry.promotion import PRODUCTION, Measured, promote_if_better
 from raysegment.storage import join, resolve
 
 

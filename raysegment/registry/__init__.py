@@ -5,8 +5,9 @@ One way down, each module importing only those above it in this list:
 
 - `store`: the object store (a folder or S3) with the conditional writes the registry's atomicity
   rests on (create-only-if-absent, compare-and-swap).
-- `manifest`: `ModelVersion` (a version's typed manifest), `ModelVersion` (one version: where it lives and
-  its manifest), the per-domain manifest index, the registry's errors.
+- `manifest`: `ModelVersion` (one version: its name and typed manifest), `VersionRef`, the
+  per-domain manifest index, the registry's errors.
+- `audit`: `AuditRecord`, one typed entry of a domain's history, and the promotion's `Decision`.
 - `cache`: remote weights cached on this machine by content hash, base versions' tensors shared.
 - `artifacts`: exports of versions (ONNX graphs) stored beside them.
 - `versions`: `Registry`, registering, loading, aliasing and removing versions.

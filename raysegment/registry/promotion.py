@@ -23,7 +23,7 @@ because a label-free score can rise while the segmentation collapses (entropy mi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from pydantic import ValidationError
@@ -33,27 +33,12 @@ from raysegment.data import SegmentationDataset, open_split
 from raysegment.engine.judge import judged_scores
 from raysegment.engine.policy import beats
 from raysegment.errors import RaySegmentError
+from raysegment.registry.audit import AuditRecord, Decision, Retired, RolledBack
 from raysegment.registry.manifest import ModelVersion, RegistryError
 from raysegment.registry.versions import Registry
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Why a version did or did not become production; what the audit history records."""
-
-    domain: str
-    version: int
-    promoted: bool
-    judge: Judge | None  # None: forced, nothing judged
-    candidate_score: float | None
-    incumbent_score: float | None
-    incumbent: str | None  # the ref the candidate was judged against
-    reason: str
-    forced_by: str | None = None
-    evidence: str = "held-back images"  # what the scores were measured on (or "shadow traffic (N pairs)")
 
 
 def judge(
@@ -104,7 +89,15 @@ def promote_if_better(
         if below:
             wins, reason = False, f"{reason}, but {below}"
     decision = Decision(
-        domain, version, wins, m.judge, m.candidate, m.incumbent, m.incumbent_ref, reason, evidence=evidence
+        domain=domain,
+        version=version,
+        promoted=wins,
+        judge=m.judge,
+        candidate_score=m.candidate,
+        incumbent_score=m.incumbent,
+        incumbent=m.incumbent_ref,
+        reason=reason,
+        evidence=evidence,
     )
     return _record(registry, decision)
 
@@ -114,13 +107,13 @@ def force_production(registry: Registry, domain: str, version: int, actor: str, 
     if not actor:
         raise ValueError("a forced promotion records who forced it: pass actor")
     reason = f"forced by {actor}" + (f": {why}" if why else "")
-    return _record(registry, Decision(domain, version, True, None, None, None, None, reason, forced_by=actor))
+    return _record(registry, Decision(domain=domain, version=version, promoted=True, reason=reason, forced_by=actor))
 
 
 def _record(registry: Registry, decision: Decision) -> Decision:
     """Move the alias the decision says, with the decision in the history."""
     alias = PRODUCTION if decision.promoted else CANDIDATE
-    registry.set_alias(decision.domain, decision.version, alias, record={"decision": asdict(decision)})
+    registry.set_alias(decision.domain, decision.version, alias, record=AuditRecord(decision=decision))
     if decision.promoted:
         registry.drop_alias(decision.domain, CANDIDATE, decision.version)
     return decision
@@ -145,21 +138,25 @@ def floor_breach(registry: Registry, domain: str, version: int, incumbent: str |
 def retire(registry: Registry, domain: str, version: int, reason: str) -> None:
     """A candidate that lost (or could not be judged) stops being `candidate`; the version stays
     registered, and the reason enters the history."""
-    registry.drop_alias(domain, CANDIDATE, version, record={"retired": {"version": version, "reason": reason}})
+    registry.drop_alias(domain, CANDIDATE, version, record=AuditRecord(retired=Retired(version=version, reason=reason)))
 
 
 def rollback(registry: Registry, domain: str, actor: str | None = None) -> int:
     """Move `production` back to the version that held it before the current one took over; returns
     it. Repeated rollbacks walk further back through the promotions (rollbacks are not promotions)."""
     current = registry.aliases(domain).get(PRODUCTION)
-    promoted = [r["version"] for r in registry.history(domain) if r.get("alias") == PRODUCTION and "rollback" not in r]
+    promoted = [
+        r.version
+        for r in registry.history(domain)
+        if r.alias == PRODUCTION and r.version is not None and not r.rollback
+    ]
     if current not in promoted:
         raise RegistryError(f"{domain}: production {current} has no promotion in the history to roll back")
     position = len(promoted) - 1 - promoted[::-1].index(current)
     if position == 0:
         raise RegistryError(f"{domain}: {domain}@{current} was the first production version; nothing to roll back to")
     previous = promoted[position - 1]
-    registry.set_alias(domain, previous, PRODUCTION, record={"rollback": {"from": current, "by": actor}})
+    registry.set_alias(domain, previous, PRODUCTION, record=AuditRecord(rollback=RolledBack(from_=current, by=actor)))
     return previous
 
 
@@ -216,8 +213,10 @@ def promote_compressed(
     is not production, it becomes `candidate` unjudged (the policy judges it when it is promoted)."""
     if registry.aliases(parent.domain).get(PRODUCTION) != parent.version:  # nothing to judge against yet
         reason = f"its float parent {parent.ref} is not production: promote the parent first"
-        decision = Decision(candidate.domain, candidate.version, False, None, None, None, parent.ref, reason)
-        registry.set_alias(candidate.domain, candidate.version, CANDIDATE, record={"decision": asdict(decision)})
+        decision = Decision(
+            domain=candidate.domain, version=candidate.version, promoted=False, incumbent=parent.ref, reason=reason
+        )
+        registry.set_alias(candidate.domain, candidate.version, CANDIDATE, record=AuditRecord(decision=decision))
         return decision
     found = held_back(parent)
     if found is None or found[2] is None:

@@ -44,6 +44,7 @@ from safetensors.torch import load, save
 from raysegment.engine.signature import Signature
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.registry.artifacts import Artifacts  # a version's exports go with it
+from raysegment.registry.audit import AuditRecord
 from raysegment.registry.cache import SharedBases, cached_blob
 from raysegment.registry.manifest import (
     INDEX_KEY,
@@ -148,30 +149,23 @@ class Registry:
             return version
         raise RegistryError(f"{domain}: no free version number after {REGISTER_ATTEMPTS} attempts")
 
-    def set_alias(self, domain: str, version: int, alias: str, record: dict | None = None) -> None:
-        """Point `alias` at a version and record the move in the domain's history, in one
-        compare-and-swap, so concurrent moves never lose one another. The low-level move, with no
-        default: which version may become `production` is the promotion policy's call
+    def set_alias(self, domain: str, version: int, alias: str, record: AuditRecord | None = None) -> None:
+        """Point `alias` at a version and record the move (with `record`'s cause) in the domain's
+        history, in one compare-and-swap, so concurrent moves never lose one another. The low-level
+        move, with no default: which version may become `production` is the promotion policy's call
         (`raysegment.registry.promotion`), and every move there goes through it or `rollback`."""
         entry = self.get_entry(domain, version)
         check_domain(alias)
 
         def move(doc: dict[str, Any]) -> bool:
-            doc["history"].append(
-                {
-                    "time": time.time(),
-                    "alias": alias,
-                    "version": entry.version,
-                    "previous": doc["aliases"].get(alias),
-                    **(record or {}),
-                }
-            )
+            moved = {"alias": alias, "version": entry.version, "previous": doc["aliases"].get(alias)}
+            doc["history"].append(_stamped(record, moved))
             doc["aliases"][alias] = entry.version
             return True
 
         self._update_aliases(domain, move)
 
-    def drop_alias(self, domain: str, alias: str, version: int, record: dict | None = None) -> None:
+    def drop_alias(self, domain: str, alias: str, version: int, record: AuditRecord | None = None) -> None:
         """Remove `alias` if it still points at `version` (a candidate that went live or was retired);
         with `record`, the removal enters the history too."""
 
@@ -180,25 +174,27 @@ class Registry:
                 return False
             del doc["aliases"][alias]
             if record is not None:
-                doc["history"].append(
-                    {"time": time.time(), "alias": alias, "version": None, "previous": version, **record}
-                )
+                doc["history"].append(_stamped(record, {"alias": alias, "version": None, "previous": version}))
             return True
 
         self._update_aliases(domain, drop)
 
-    def note(self, domain: str, record: dict[str, Any]) -> None:
+    def note(self, domain: str, record: AuditRecord) -> None:
         """Append an audit record that moves no alias (a step of `raysegment loop`, say)."""
 
         def append(doc: dict[str, Any]) -> bool:
-            doc["history"].append({"time": time.time(), **record})
+            doc["history"].append(_stamped(record, {}))
             return True
 
         self._update_aliases(domain, append)
 
-    def history(self, domain: str) -> list[dict[str, Any]]:
+    def history(self, domain: str) -> list[AuditRecord]:
         """Every alias move of a domain and every note, oldest first (an audit record each)."""
-        return self._aliases_doc(domain)["history"]
+        key = f"{check_domain(domain)}/{ALIASES}"
+        try:
+            return [AuditRecord.model_validate(r) for r in self._aliases_doc(domain)["history"]]
+        except ValidationError as exc:
+            raise CorruptRegistry(f"{self.uri}/{key} has a history record that is not an audit record: {exc}") from exc
 
     def remove(self, domain: str, version: int) -> None:
         entry = self.get_entry(domain, version)
@@ -401,3 +397,9 @@ class Registry:
         """One past every number ever used, removed versions included: numbers are never reused."""
         found = (VERSION_KEY_RE.fullmatch(name) for name in self.store.children(f"{domain}/versions"))
         return max((int(m.group(1)) for m in found if m), default=0) + 1
+
+
+def _stamped(record: AuditRecord | None, moved: dict[str, Any]) -> dict[str, Any]:
+    """The stored form of `record` (or a bare move), timed now, with what moved."""
+    stamped = (record or AuditRecord()).model_copy(update={"time": time.time(), **moved})
+    return stamped.model_dump(mode="json")

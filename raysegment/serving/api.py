@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse, Response
 
 from raysegment.registry import ModelVersion, RegistryError
 from raysegment.registry.artifacts import ONNX
+from raysegment.registry.audit import Decision
 from raysegment.registry.promotion import (
     CANDIDATE,
     PRODUCTION,
-    Decision,
     promote_version,
     prune_snapshots,
     register_snapshot,
@@ -102,7 +102,7 @@ async def summary(svc: Services, domain: str, with_drift: bool = True) -> dict[s
     if svc.mirror.captures(domain):
         shown["captured"] = await svc.catalog.captured(domain)
     history = await svc.catalog.history(domain)
-    decisions = [r for r in history if "decision" in r or "rollback" in r or "retired" in r]
+    decisions = [r for r in history if r.decides]
     shown["last_decision"] = decisions[-1] if decisions else None
     return shown
 

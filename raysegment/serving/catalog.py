@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from raysegment.engine.signature import Signature
 from raysegment.registry import CorruptRegistry, ModelVersion, Registry, RegistryError, check_domain
 from raysegment.registry.artifacts import Artifacts
+from raysegment.registry.audit import AuditRecord
 from raysegment.registry.promotion import CANDIDATE, PRODUCTION
 from raysegment.registry.traffic import TrafficStore
 from raysegment.serving.errors import BadDomainName, BadVersion, DomainUnavailable, UnknownDomain
@@ -153,7 +154,7 @@ class Catalog:
 
         return await self._cached(("exports", domain, version), read)
 
-    async def history(self, domain: str) -> list[dict[str, Any]]:
+    async def history(self, domain: str) -> list[AuditRecord]:
         try:
             return await self._cached(("history", domain), lambda: self.registry.history(domain))
         except RegistryError as exc:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from raysegment.registry.audit import AuditRecord
+
 
 class ErrorBody(BaseModel):
     error: str
@@ -60,7 +62,7 @@ class DomainListing(BaseModel):
     runtime: str | None = Field(None, description="what runs production: torch, onnxruntime, or torch as a fallback")
     drift: Drift | None = None
     captured: int | None = None
-    last_decision: dict[str, Any] | None = None
+    last_decision: AuditRecord | None = None
     error: str | None = None
     detail: str | None = None
 
@@ -78,7 +80,7 @@ class HistoryPage(BaseModel):
     domain: str
     total: int
     offset: int
-    records: list[dict[str, Any]]
+    records: list[AuditRecord]
 
 
 class Rollback(BaseModel):
