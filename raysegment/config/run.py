@@ -1,15 +1,10 @@
-"""Run configuration: one pydantic tree, validated once at the boundary (YAML or CLI).
-
-Inside the library, code trusts a config it is handed. A wrong key is an error, not a silent
-default (`extra="forbid"`).
-"""
+"""`RunConfig`: what one training or adaptation run does (data, model, optimiser, augmentation,
+evaluation, scale, adaptation), one pydantic tree."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,43 +12,26 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     model_validator,
 )
 
-from raysegment.errors import ConfigError
-
-# The one list of each kind of name: the Literal types validate configs, the tuples feed CLIs and searches.
-Decoder = Literal["fpn", "unet", "deeplabv3plus", "segformer"]
-Library = Literal["raysegment", "smp", "torchvision"]  # who builds the model (models.foreign for the last two)
-MethodName = Literal["finetune", "adabn", "tent", "self_training"]
-Judge = Literal["labels", "proxy"]  # what scores a result on held-back images (engine.judge, engine.policy)
-Layout = Literal["raysegment", "cityscapes", "acdc"]
-LAYOUTS: tuple[str, ...] = get_args(Layout)
-METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
-LABEL_FREE_METHODS: tuple[str, ...] = tuple(m for m in METHOD_NAMES if m != "finetune")
-# Label-free selection criteria (engine.criteria); the proxy judge scores by `adapt.criterion`.
-Criterion = Literal["consistency", "entropy", "infomax", "ensemble", "snd", "mixval", "bn_distance", "agreement"]
-CRITERIA: tuple[str, ...] = get_args(Criterion)
-# `raysegment compare --variants`: label-free candidates beyond the plain methods, name -> (method, adapt
-# settings). The judge picks among all candidates, so each is a setting "the judge picks".
-STUDY_VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
-    "adabn-half": ("adabn", {"bn_mix": 0.5}),
-    "tent-half": ("tent", {"bn_mix": 0.5}),
-    "self_training-cb": ("self_training", {"pseudo_class_portion": 0.5}),
-    "self_training-mic": ("self_training", {"pseudo_class_portion": 0.5, "mask_ratio": 0.5}),
-}
-SelectStrategy = Literal["active", "active-novel", "random", "first"]  # engine.selection: which target images to label
-SELECT_STRATEGIES: tuple[str, ...] = get_args(SelectStrategy)
-PUBLIC_SETS = ("drive", "chase", "hrf", "camvid")  # `raysegment data import`: data.importers.IMPORTERS
-SYNTH_DOMAINS = ("clear", "fog", "night", "rain", "sensor", "texture")  # `raysegment data synth`: source + 5 shifts
+from raysegment.config.names import (
+    Criterion,
+    Decoder,
+    Judge,
+    Layout,
+    Library,
+    MethodName,
+)
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Every config section: a wrong key is an error, and a built config never changes (`model_copy`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
-class ResizeConfig(_Strict):
+class ResizeConfig(Strict):
     """The scale a model works at: images are resized on the training device, predictions are scored
     (and served) at full resolution. Exactly one of the two is set."""
 
@@ -74,7 +52,7 @@ class ResizeConfig(_Strict):
         return self.short_side / min(height, width)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     root: str = Field(description="dataset root: a folder, or an object-store URI (s3://bucket/prefix)")
     layout: Layout = "raysegment"
     domain: str = Field("clear", description="domain folder (raysegment), ACDC condition, or 'cityscapes'")
@@ -100,7 +78,7 @@ class DataConfig(_Strict):
     decode_cpus: PositiveFloat = Field(0.5, description="CPUs one Ray Data decode task reserves (ray_data ingest)")
 
 
-class PretrainedConfig(_Strict):
+class PretrainedConfig(Strict):
     """Where backbone (or whole-model) weights come from."""
 
     source: Literal["none", "imagenet", "timm", "file", "checkpoint"] = Field(
@@ -116,7 +94,7 @@ class PretrainedConfig(_Strict):
 BUNDLED_BACKBONE = "efficientnet_lite0"  # the backbone whose ImageNet weights ship with raysegment
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     library: Library = Field(
         "raysegment",
         description="raysegment: a timm backbone under one of raysegment's decoders; smp: "
@@ -158,7 +136,7 @@ class ModelConfig(_Strict):
         return self.model_copy(update={"pretrained": PretrainedConfig()})
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(1e-4, ge=0)
@@ -182,7 +160,7 @@ class OptimConfig(_Strict):
     seed: int = 0
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     crop: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(H, W) training crop; None keeps the size")
     crop_scale: tuple[float, float] = (0.5, 1.0)
     hflip: bool = True
@@ -193,14 +171,14 @@ class AugmentConfig(_Strict):
     noise_std: float = Field(0.02, ge=0, le=0.5)
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     mode: Literal["whole", "slide"] = "whole"
     window: tuple[PositiveInt, PositiveInt] | None = Field(None, description="sliding window (H, W); default = crop")
     overlap: float = Field(1 / 3, ge=0, lt=1)
     batch_size: PositiveInt = 8
 
 
-class ScaleConfig(_Strict):
+class ScaleConfig(Strict):
     """How Ray Train spreads one fine-tune (ignored by the one-process engine)."""
 
     num_workers: PositiveInt = 1
@@ -214,7 +192,7 @@ class ScaleConfig(_Strict):
     start_timeout_s: float = Field(120.0, gt=0, description="fail if the workers' resources never appear")
 
 
-class AdaptConfig(_Strict):
+class AdaptConfig(Strict):
     """How a source model is adapted to the target domain named by `data.domain`.
 
     `finetune` trains on the target's labelled images (`data.labelled_limit` of them); `adabn`,
@@ -288,7 +266,7 @@ def default_judge(methods: list[MethodName], canary: bool = False) -> Judge:
     return "labels" if canary or "finetune" in methods else "proxy"
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -336,106 +314,3 @@ class RunConfig(_Strict):
                 "choose a label-free method (adabn, tent, self_training)"
             )
         return self
-
-
-class SearchConfig(_Strict):
-    """Per-domain hyper-parameter search (Ray Tune). Ranges are inclusive."""
-
-    decay: tuple[float, float] = Field((0.85, 0.999), description="uniform range of the lr decay")
-    lr: tuple[PositiveFloat, PositiveFloat] = Field((1e-4, 3e-3), description="log-uniform range")
-    freeze_depth: list[NonNegativeInt] | None = Field(None, description="choices; default 0..number of stages")
-    decoder: list[Decoder] | None = Field(
-        None, description="choices; default the run's decoder (a checkpoint source fixes the decoder)"
-    )
-    jitter: list[float] = Field([0.0, 0.2, 0.4], description="augmentation strength choices")
-    method: list[MethodName] = Field(
-        ["finetune"], description="adaptation methods to try (label-free ones need no target labels)"
-    )
-    ema_alpha: list[float] = Field([0.99, 0.999], description="self_training teacher EMA choices")
-    fda_beta: list[float] = Field([0.0, 0.01], description="self_training FDA window choices")
-    judge: Judge | None = Field(
-        None,
-        description="what scores every trial of a domain: target val labels, or the unsupervised proxy "
-        "(default: labels when finetune is searched, else proxy, so trials stay comparable)",
-    )
-
-    @property
-    def judged_by(self) -> Judge:
-        return self.judge or default_judge(self.method)
-
-    num_samples: PositiveInt = 8
-    max_epochs: PositiveInt = 8
-    early_stopping: bool = Field(True, description="ASHA; False runs every trial to max_epochs (FIFO)")
-    grace_period: PositiveInt = 2
-    reduction_factor: float = Field(2.0, gt=1)
-    searcher: Literal["random", "tpe"] = Field(
-        "random",
-        description="how trial configs are drawn: independently at random, or by Optuna's TPE, which "
-        "proposes each new trial from the scores of the ones before it (ASHA still stops the weak ones)",
-    )
-    max_concurrent_trials: PositiveInt | None = Field(None, description="default: what the cluster's CPUs fit")
-    seed: int = 0
-
-
-LoopMethod = Literal["adabn", "tent"]  # label-free methods that need nothing but the captured images
-
-
-class LoopConfig(_Strict):
-    """`raysegment loop DOMAIN`: adapt production to its captured traffic, shadow, then promote or retire.
-    Self-training is not searched here: it learns from source labels, which captured traffic lacks."""
-
-    methods: list[LoopMethod] = Field(["adabn", "tent"], min_length=1, description="label-free methods to try")
-    tent_lr: list[PositiveFloat] = Field([1e-4, 1e-3], description="Tent learning rates tried (one run each)")
-    epochs: PositiveInt = Field(2, description="Tent epochs over the captured train images")
-    batch_size: PositiveInt = 8
-    min_images: PositiveInt = Field(8, description="fewer captured images than this: the loop refuses to run")
-    val_share: float = Field(0.25, gt=0, lt=1, description="captured images held back to judge the search")
-    shadow_images: NonNegativeInt = Field(
-        16, description="mirrored requests the candidate must be compared on before a decision (0: no shadow)"
-    )
-    shadow_timeout_s: PositiveFloat = Field(600, description="without enough shadow images by then: retired")
-    shadow_poll_s: PositiveFloat = 2.0
-    margin: float = Field(0.0, ge=0, description="the candidate's proxy must beat production's by more than this")
-    seed: int = 0
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: `source: a.b.c: message`."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{where}: {err['msg']}")
-    return f"{source}: " + "; ".join(parts)
-
-
-def parse_config(data: dict, source: str = "config") -> RunConfig:
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
-
-
-def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
-    """Parse a YAML file that must hold a mapping; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read a YAML run config; `overrides` is a nested dict merged on top."""
-    return parse_config(deep_merge(read_yaml_mapping(path), overrides or {}), str(path))
-
-
-def deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
