@@ -10,7 +10,7 @@ from conftest import TINY_BACKBONE
 from raysegment.config import CRITERIA, ModelConfig, ResizeConfig
 from raysegment.data import open_split
 from raysegment.engine.adapt import adapt_batchnorm
-from raysegment.engine.criteria import Candidate, criterion_quality, criterion_scores, judge_pick
+from raysegment.engine.criteria import Candidate, Scoring, criterion_quality, criterion_scores, judge_pick
 from raysegment.models.rebuild import load_model
 from raysegment.models.segmenter import build_segmenter
 
@@ -29,9 +29,9 @@ def test_every_criterion_scores_every_candidate_and_repeats_itself(synth_root, s
     night = open_split(synth_root, "night", "val", unlabelled=True)
     candidates = [Candidate("source", source), Candidate("collapsed", _collapsed(meta.num_classes))]
     state = torch.random.get_rng_state()
-    first = criterion_scores(candidates, night, meta.num_classes)
+    first = criterion_scores(candidates, night)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG stream is left alone
-    assert criterion_scores(candidates, night, meta.num_classes) == first
+    assert criterion_scores(candidates, night) == first
     assert set(first) == {"source", "collapsed"} and all(set(s) == set(CRITERIA) for s in first.values())
     assert all(math.isfinite(v) for s in first.values() for v in s.values())
 
@@ -45,7 +45,6 @@ def test_a_collapsed_model_loses_by_every_criterion_that_sees_classes(synth_root
     scores = criterion_scores(
         [Candidate("source", source), Candidate("other", source), Candidate("collapsed", collapsed)],
         clear,
-        meta.num_classes,
     )
     for criterion in ("consistency", "infomax", "ensemble", "agreement"):
         assert scores["collapsed"][criterion] < scores["source"][criterion], criterion
@@ -57,7 +56,7 @@ def test_adabn_on_the_judged_images_brings_the_batchnorm_distance_to_zero(synth_
     adapted, _ = load_model(source_model_dir)
     night = open_split(synth_root, "night", "val", unlabelled=True)
     adapt_batchnorm(adapted, night, batch_size=8)  # one batch: the running stats are the images' own
-    scores = criterion_scores([Candidate("source", source), Candidate("adabn", adapted)], night, meta.num_classes)
+    scores = criterion_scores([Candidate("source", source), Candidate("adabn", adapted)], night)
     # near zero, not zero: BatchNorm keeps the unbiased variance, which differs on the deep 2x4 maps
     assert scores["adabn"]["bn_distance"] > 0.05 * scores["source"]["bn_distance"]
 
@@ -67,7 +66,7 @@ def test_candidates_at_other_scales_are_judged_on_the_same_pixels(odd_root, odd_
     source, meta = load_model(odd_source_dir)
     chase = open_split(odd_root, "chase", "val", unlabelled=True)
     half = Candidate("half", source, ResizeConfig(scale=0.5))
-    scores = criterion_scores([Candidate("source", source), half], chase, meta.num_classes, batch_size=1)
+    scores = criterion_scores([Candidate("source", source), half], chase, scoring=Scoring(batch_size=1))
     assert all(0 <= scores["half"][c] <= 1 for c in ("consistency", "ensemble", "mixval", "snd"))
 
 

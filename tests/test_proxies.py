@@ -5,6 +5,7 @@ from conftest import TINY_BACKBONE
 
 from raysegment.config import ModelConfig
 from raysegment.data import open_split
+from raysegment.engine.criteria import Scoring
 from raysegment.engine.proxies import mean_iou_over, proxy_scores
 from raysegment.models.rebuild import load_model
 from raysegment.models.segmenter import build_segmenter
@@ -31,8 +32,8 @@ def test_a_collapsed_model_scores_below_a_sound_one(synth_root, source_model_dir
     bench_adapt against what labels would pick.)"""
     source, meta = load_model(source_model_dir)
     images = open_split(synth_root, "clear", "val", unlabelled=True)
-    own = proxy_scores(source, source, images, confidence=0.5)
-    collapsed = proxy_scores(collapsed_model(meta.num_classes, 0), source, images, confidence=0.5)
+    own = proxy_scores(source, source, images, scoring=Scoring(confidence=0.5))
+    collapsed = proxy_scores(collapsed_model(meta.num_classes, 0), source, images, scoring=Scoring(confidence=0.5))
     assert own.agreement == 1.0 and 0 < own.consistency <= 1
     assert collapsed.score < own.score  # perfectly stable, but it dropped every class but one
     assert collapsed.criteria["entropy"] > 0.99 > own.criteria["entropy"]  # why entropy alone never decides

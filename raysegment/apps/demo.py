@@ -13,19 +13,17 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 if TYPE_CHECKING:
     from raysegment.distributed.tune import DomainOutcome
 
+from raysegment.apps.demo_service import request_each_target, serve_registry, show_closed_loop
 from raysegment.apps.study import run_study
 from raysegment.apps.study_config import StudyConfig, epochs_per_method
 from raysegment.apps.study_report import format_table as format_study
@@ -34,7 +32,6 @@ from raysegment.config import (
     SYNTH_DOMAINS,
     DataConfig,
     EvalConfig,
-    LoopConfig,
     ModelConfig,
     OptimConfig,
     PretrainedConfig,
@@ -42,8 +39,7 @@ from raysegment.config import (
     ScaleConfig,
     SearchConfig,
 )
-from raysegment.data import files, open_split, synth
-from raysegment.distributed.closed_loop import LoopOutcome, run_loop
+from raysegment.data import open_split, synth
 from raysegment.distributed.spec import TuneJob
 from raysegment.engine.evaluate import evaluate
 from raysegment.errors import RaySegmentError
@@ -51,7 +47,6 @@ from raysegment.models.io import save_model
 from raysegment.models.rebuild import load_model
 from raysegment.models.weights_import import bundled_efficientnet_lite0, import_weights
 from raysegment.registry import Registry
-from raysegment.registry.traffic import NEW_POOL, TrafficStore
 from raysegment.storage import join
 from raysegment.viz import bar_chart_png
 
@@ -76,63 +71,6 @@ def ray_console_to(path: Path) -> Iterator[Callable[[str], None]]:
         finally:
             for name, handlers in saved.items():
                 logging.getLogger(name).handlers = handlers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def show_closed_loop(url: str, registry_uri: str, data: Path, domain: str, routed_from: str, log) -> dict:
-    """On the running service: one request without a domain; `domain`'s train images as live traffic
-    (captured), its drift; then one loop turn while its test images keep coming (mirrored to the
-    candidate). Returns what was shown."""
-    import threading
-
-    image = open_split(data, routed_from, "test").samples[0][0]
-    route = httpx.post(f"{url}/v1/segment?format=json", content=files.read(image), timeout=120).json()["route"]
-    verdict = "unknown" if route["unknown"] else ("right" if route["domain"] == routed_from else "wrong")
-    log(
-        f"  POST {url}/v1/segment (a {routed_from} image, no domain) -> {route['domain']} ({verdict}), "
-        f"distance {route['distance']:.3f}"
-    )
-    traffic = TrafficStore(registry_uri)
-    seen = traffic.seen(domain)
-    train = [files.read(p) for p, _ in open_split(data, domain, "train").samples]
-    for body in train:
-        httpx.post(f"{url}/v1/domains/{domain}/segment", content=body, timeout=120).raise_for_status()
-    deadline = time.monotonic() + 120
-    while traffic.seen(domain) < seen + len(train) and time.monotonic() < deadline:
-        time.sleep(0.2)  # captures land just after the answers
-    drift = httpx.get(f"{url}/v1/domains", timeout=120).json()["domains"][domain].get("drift", {})
-    log(f"  {len(train)} {domain} requests captured ({len(traffic.items(domain))} kept); drift: {json.dumps(drift)}")
-    cfg = LoopConfig(tent_lr=[1e-3], epochs=1, min_images=4, shadow_images=8, shadow_timeout_s=300, shadow_poll_s=0.5)
-    done: list[LoopOutcome] = []
-    turn = threading.Thread(target=lambda: done.append(run_loop(registry_uri, domain, cfg, log=log)), daemon=True)
-    turn.start()
-    live = [files.read(p) for p, _ in open_split(data, domain, "test").samples]
-    answered: list[int] = []
-    while turn.is_alive():
-        reply = httpx.post(f"{url}/v1/domains/{domain}/segment", content=live[len(answered) % len(live)], timeout=120)
-        answered.append(int(reply.headers.get("x-model-version", 0)))
-    turn.join()
-    if not done:
-        raise RaySegmentError(f"the loop on {domain} failed; see the log above")
-    outcome = done[0]
-    verdict = f"promoted {domain}@{outcome.candidate}" if outcome.promoted else "no promotion"
-    log(
-        f"  loop on {domain}: {verdict} ({outcome.reason}); {len(answered)} live requests meanwhile, answered by "
-        f"versions {sorted(set(answered))}; timings {outcome.timings}"
-    )
-    log(f"  audit trail: raysegment registry history {domain} --registry {registry_uri}")
-    return {
-        "route": route,
-        "routed_from": routed_from,
-        "drift": drift,
-        "loop": asdict(outcome),
-        "answered_by": answered,
-    }
 
 
 @dataclass(frozen=True)
@@ -274,55 +212,6 @@ def score_winners(
     return table, chart, "\n".join(lines)
 
 
-def serve_registry(settings: DemoSettings, registry_uri: str) -> str:
-    """The Serve app on the demo's registry, on a free loopback port; returns its URL."""
-    from ray import serve
-
-    from raysegment.serving.app import build_app
-    from raysegment.serving.config import ClosedLoop, Replicas, ServeConfig
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = ServeConfig(
-        registry=registry_uri,
-        auth="none",
-        replicas=Replicas(max_replicas=1, cpus_per_replica=0.5, max_models_per_replica=len(settings.targets) + 3),
-        closed_loop=ClosedLoop(
-            routing_base=Registry(registry_uri).get_entry("clear").ref,
-            capture_domains=[settings.loop_domain, NEW_POOL],
-            shadow_share=1.0,
-            drift_window=16,
-            drift_every=1,  # the demo's traffic is a few dozen images: use every one
-        ),
-    )
-    serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
-    return f"http://127.0.0.1:{port}"
-
-
-def request_each_target(settings: DemoSettings, url: str, data: Path, out: Path, log) -> dict[str, dict]:
-    """One overlay and one JSON answer per target domain, from the live endpoint."""
-    served = {}
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
-    for domain in settings.targets:
-        image_path = open_split(data, domain, "test").samples[0][0]
-        body = files.read(image_path)
-        reply = httpx.post(
-            f"{url}/v1/domains/{domain}/segment?format=overlay",
-            content=body,
-            headers={"content-type": "image/png"},
-            timeout=120,
-        )
-        reply.raise_for_status()
-        (out / "overlays" / f"{domain}.png").write_bytes(reply.content)
-        shares = httpx.post(f"{url}/v1/domains/{domain}/segment?format=json", content=body, timeout=120).json()
-        served[domain] = {"version": shares["version"], "shares": shares["shares"], "image": files.name(image_path)}
-        log(
-            f"  POST {url}/v1/domains/{domain}/segment -> {domain}@{shares['version']}, overlay "
-            f"{out / 'overlays' / (domain + '.png')}"
-        )
-    return served
-
-
 def write_summary(summary: dict, out: Path, data: Path, registry_uri: str, settings: DemoSettings, log) -> None:
     """`results.json`, and how to serve the demo's registry again."""
     (out / "results.json").write_text(json.dumps(summary, indent=2))
@@ -364,6 +253,15 @@ def demo_study(s: DemoSettings, source_dir: Path, data: Path, out: Path) -> Stud
     )
 
 
+def compare_methods(study: StudyConfig, stage: Callable[[str], None], log: Callable[[str], Any]) -> None:
+    """The method comparison's stage: its table, on the console."""
+    stage(
+        f"[demo] 4b/6 adaptation without labels ({', '.join(study.methods)}), with "
+        f"{list(study.shots)} labels and with all labels (oracle), on {', '.join(study.targets)}"
+    )
+    log(format_study(run_study(study, log=log)))
+
+
 def run_demo(
     out: str | Path = "demo_out",
     settings: DemoSettings = DemoSettings(),
@@ -400,15 +298,10 @@ def run_demo(
         stage("[demo] 4/6 test-split mIoU: source-only vs registered winner")
         table, chart, text = score_winners(s, data, source_dir, outcomes, registry_uri, out)
         log(text)
-        study = demo_study(s, source_dir, data, out)
-        stage(
-            f"[demo] 4b/6 adaptation without labels ({', '.join(s.study_methods)}), with {list(s.study_shots)} "
-            f"labels and with all labels (oracle), on {', '.join(study.targets)}"
-        )
-        log(format_study(run_study(study, log=log)))
+        compare_methods(demo_study(s, source_dir, data, out), stage, log)
         stage("[demo] 5/6 Serve app up; one HTTP request per domain")
-        url, serving = serve_registry(s, registry_uri), True
-        served = request_each_target(s, url, data, out, log)
+        url, serving = serve_registry(registry_uri, s.targets, s.loop_domain), True
+        served = request_each_target(s.targets, url, data, out, log)
         stage(f"[demo] 5b/6 closed loop: routing without a domain; {s.loop_domain}'s traffic -> loop -> shadow")
         closed_loop = show_closed_loop(url, registry_uri, data, s.loop_domain, s.targets[0], log)
     finally:

@@ -37,6 +37,7 @@ from raysegment.data.folder import domain_name, image_folder_domain, is_image_fo
 from raysegment.engine.adapt import adapt
 from raysegment.engine.criteria import (
     Candidate,
+    Scoring,
     criterion_scores,
 )
 from raysegment.engine.estimate import ConfidenceFit, estimate_miou
@@ -109,7 +110,6 @@ class Study:
     cfg: StudyConfig
     base: RunConfig  # the source model's run at the working scale: every candidate's start
     source_model: Any
-    num_classes: int
     confidence: ConfidenceFit | None = None  # the source val's confidence fit (estimates without labels)
 
     @property
@@ -192,13 +192,8 @@ class TargetRun:
             result = adapt(cfg, resume=False, progress=False, log=quiet)
             self.record(name, result.model, 0, time.perf_counter() - start, label_free=True, scale=cfg.data.resize)
         c = s.base
-        scores = criterion_scores(
-            self.judged,
-            self.val_images,
-            s.num_classes,
-            batch_size=c.eval.batch_size,
-            confidence=c.adapt.proxy_confidence,
-        )
+        scoring = Scoring(confidence=c.adapt.proxy_confidence, batch_size=c.eval.batch_size)
+        scores = criterion_scores(self.judged, self.val_images, scoring=scoring)
         self.report.proxy = {name: {**sc, "score": sc[self.report.criterion]} for name, sc in scores.items()}
 
     def run_labelled(self) -> None:
@@ -273,7 +268,7 @@ def run_study(
     source_model, meta = load_model(cfg.source)
     resize = cfg.resize or meta.resize  # by default, the scale the source model was trained at
     confidence = own_fit(source_model, cfg.data_root, cfg.source_domain, cfg.layout, resize)
-    study = Study(cfg, base_run_config(cfg, meta, resize), source_model, meta.num_classes, confidence)
+    study = Study(cfg, base_run_config(cfg, meta, resize), source_model, confidence)
     reports = []
     for target in cfg.targets:
         with target_data(study, target, cfg.registry, meta) as (target_study, domain):

@@ -58,6 +58,16 @@ class Candidate:
     resize: ResizeConfig | None = None
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How the criteria are measured: the reference's confidence above which its pixels count for
+    `agreement`, images per forward, and the seed of the perturbation and the sampled pixels."""
+
+    confidence: float = 0.9
+    batch_size: int = 8
+    seed: int = 0
+
+
 def perturbation(device: torch.device) -> torch.nn.Module:
     """The photometric nuisance the consistency criterion asks a model to be stable under."""
     return K.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0).to(device)
@@ -161,11 +171,8 @@ def _soft_neighbourhood_density(features: torch.Tensor) -> float:
 def criterion_scores(
     candidates: Sequence[Candidate],
     images: SegmentationDataset,
-    num_classes: int,
     device: torch.device | str = "cpu",
-    batch_size: int = 8,
-    confidence: float = 0.9,
-    seed: int = 0,
+    scoring: Scoring = Scoring(),
     scored: Collection[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """candidate name -> criterion -> score (higher is better), on the images of `images` (masks
@@ -174,7 +181,7 @@ def criterion_scores(
     `scored` (all when None) get scores: the others run one forward per batch, not three (their
     clean predictions still count for the ensemble, the reference's classes and agreement).
     Deterministic for a seed, and the global RNG is left as it was."""
-    device = torch.device(device)
+    device, num_classes = torch.device(device), images.info.num_classes
     images = images.without_labels()
     for c in candidates:
         c.model.to(device).eval()
@@ -182,11 +189,11 @@ def criterion_scores(
     tallies = {c.name: _Tally(num_classes, device) for c in candidates}
     hooks = {c.name: InputStatistics(c.model) for c in candidates}
     perturb = perturbation(device)
-    pixel_generator = torch.Generator().manual_seed(seed)
+    pixel_generator = torch.Generator().manual_seed(scoring.seed)
     reference = candidates[0]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for x, _, (h, w) in scaled_batches(images, batch_size, None, device):
+        torch.manual_seed(scoring.seed)
+        for x, _, (h, w) in scaled_batches(images, scoring.batch_size, None, device):
             common = scaled_size(h, w, reference.resize)
             twin_full = perturb(x).flip(-1)
             partner = x.roll(1, 0) if x.shape[0] > 1 else x.flip(-2)
@@ -207,7 +214,7 @@ def criterion_scores(
                 mixed = class_map(_at(c.model(resize_images(mixed_full, size)).float(), common))
                 t.add_views(probs, pred, twin, mixed, picks.to(device))
             scored_probs = [(tallies[n], p) for n, p in all_probs.items() if n in wanted]
-            _tally_agreements(scored_probs, all_probs, reference.name, confidence)
+            _tally_agreements(scored_probs, all_probs, reference.name, scoring.confidence)
     reference_classes = tallies[reference.name].predicted
     scores = {
         c.name: tallies[c.name].scores(reference_classes, -hooks[c.name].distance_to_running(), pixel_generator)

@@ -12,6 +12,7 @@ import torch
 
 from raysegment.config import Judge, RunConfig
 from raysegment.data import SegmentationDataset
+from raysegment.engine.criteria import Scoring
 from raysegment.engine.evaluate import evaluate
 from raysegment.engine.proxies import proxy_scores
 
@@ -45,10 +46,9 @@ def judged_scores(
         model,
         reference if reference is not None else model,
         held_back,
-        cfg.adapt.proxy_confidence,
         device,
-        cfg.eval.batch_size,
         cfg.data.resize,
-        criterion=cfg.adapt.criterion,
+        cfg.adapt.criterion,
+        Scoring(confidence=cfg.adapt.proxy_confidence, batch_size=cfg.eval.batch_size),
     )
     return {**proxies.as_metrics(), "score": proxies.score}

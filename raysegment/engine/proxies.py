@@ -28,7 +28,7 @@ import torch
 
 from raysegment.config import ResizeConfig
 from raysegment.data.dataset import SegmentationDataset
-from raysegment.engine.criteria import Candidate, criterion_scores, iou_metric, mean_iou_over, perturbation
+from raysegment.engine.criteria import Candidate, Scoring, criterion_scores, iou_metric, mean_iou_over, perturbation
 from raysegment.engine.evaluate import scaled_batches
 from raysegment.errors import ConfigError
 from raysegment.models.outputs import class_map
@@ -69,12 +69,10 @@ def proxy_scores(
     model: torch.nn.Module,
     reference: torch.nn.Module,
     images: SegmentationDataset,
-    confidence: float = 0.9,
     device: torch.device | str = "cpu",
-    batch_size: int = 8,
     resize: ResizeConfig | None = None,
-    seed: int = 0,
     criterion: str = "consistency",
+    scoring: Scoring = Scoring(),
 ) -> ProxyScores:
     """Score `model` against `reference` (the source model) on the images of `images` (masks never
     read), by every criterion of `engine.criteria`; `score` is `criterion`'s. Deterministic for a
@@ -83,8 +81,7 @@ def proxy_scores(
     candidates = [Candidate("model", model, resize)]  # a model judged against itself runs once
     if reference is not model:
         candidates.insert(0, Candidate("reference", reference, resize))
-    num_classes = images.info.num_classes
-    scores = criterion_scores(candidates, images, num_classes, device, batch_size, confidence, seed, {"model"})
+    scores = criterion_scores(candidates, images, device, scoring, {"model"})
     model.train(was_training)
     return ProxyScores(scores["model"], criterion)
 

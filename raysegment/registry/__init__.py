@@ -7,7 +7,8 @@ One way down, each module importing only those above it in this list:
   rests on (create-only-if-absent, compare-and-swap).
 - `manifest`: `ModelVersion` (one version: its name and typed manifest), `VersionRef`, the
   per-domain manifest index, the registry's errors.
-- `audit`: `AuditRecord`, one typed entry of a domain's history, and the promotion's `Decision`.
+- `audit`: a domain's `aliases.json`: its aliases and history, one typed `AuditRecord` per entry
+  (the promotion's `Decision`, a rollback, a retirement, a loop step).
 - `cache`: remote weights cached on this machine by content hash, base versions' tensors shared.
 - `artifacts`: exports of versions (ONNX graphs) stored beside them.
 - `versions`: `Registry`, registering, loading, aliasing and removing versions.

@@ -1,5 +1,5 @@
-"""Audit records: one typed entry of a domain's history (`<domain>/aliases.json`), for every door
-that moves an alias or decides about a version.
+"""A domain's `aliases.json`: its aliases and their audit history, one typed `AuditRecord` per
+entry, for every door that moves an alias or decides about a version.
 
 A record says what moved (`alias`, `version`, `previous`) and why, in exactly one of:
 `decision` (the promotion policy's verdict), `rollback`, `retired` (a candidate that lost),
@@ -9,12 +9,16 @@ Records written before this type existed read as it too; keys it does not know s
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from raysegment.config import Judge
+from raysegment.registry.manifest import CorruptRegistry
+
+ALIASES = "aliases.json"  # <domain>/aliases.json: {"aliases": {name: version}, "history": [records]}
 
 
 class Decision(BaseModel):
@@ -106,3 +110,26 @@ class AuditRecord(BaseModel):
     def _present(self, handler: Any) -> dict[str, Any]:
         """Absent causes are left out, so each stored record says only what happened."""
         return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def parse_aliases(data: bytes | None, where: str) -> dict[str, Any]:
+    """The aliases document read from `where` (None: none yet); `CorruptRegistry` when it is not one."""
+    if data is None:
+        return {"aliases": {}, "history": []}
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptRegistry(f"{where} is corrupt ({exc})") from exc
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("aliases"), dict)
+        or not all(isinstance(v, int) for v in doc["aliases"].values())
+        or not isinstance(doc.get("history"), list)
+    ):
+        raise CorruptRegistry(f"{where} is corrupt (not aliases -> versions with a history)")
+    return doc
+
+
+def stamped(record: AuditRecord | None, moved: dict[str, Any]) -> dict[str, Any]:
+    """The stored form of `record` (or a bare move), timed now, with what moved."""
+    return (record or AuditRecord()).model_copy(update={"time": time.time(), **moved}).model_dump(mode="json")

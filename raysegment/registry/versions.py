@@ -44,7 +44,7 @@ from safetensors.torch import load, save
 from raysegment.engine.signature import Signature
 from raysegment.models.io import ModelMeta, state_dict_for_saving
 from raysegment.registry.artifacts import Artifacts  # a version's exports go with it
-from raysegment.registry.audit import AuditRecord
+from raysegment.registry.audit import ALIASES, AuditRecord, parse_aliases, stamped
 from raysegment.registry.cache import SharedBases, cached_blob
 from raysegment.registry.manifest import (
     INDEX_KEY,
@@ -61,7 +61,6 @@ from raysegment.storage import sha256_hex
 TRAFFIC = "traffic"  # the registry root's folder of captured requests (raysegment.registry.traffic), never a domain
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # matched whole (fullmatch): no trailing newline
 VERSION_KEY_RE = re.compile(r"(\d{4,})\.(json|removed)")  # a version's manifest, or its tombstone
-ALIASES = "aliases.json"
 REGISTER_ATTEMPTS = 1000
 
 
@@ -159,7 +158,7 @@ class Registry:
 
         def move(doc: dict[str, Any]) -> bool:
             moved = {"alias": alias, "version": entry.version, "previous": doc["aliases"].get(alias)}
-            doc["history"].append(_stamped(record, moved))
+            doc["history"].append(stamped(record, moved))
             doc["aliases"][alias] = entry.version
             return True
 
@@ -174,7 +173,7 @@ class Registry:
                 return False
             del doc["aliases"][alias]
             if record is not None:
-                doc["history"].append(_stamped(record, {"alias": alias, "version": None, "previous": version}))
+                doc["history"].append(stamped(record, {"alias": alias, "version": None, "previous": version}))
             return True
 
         self._update_aliases(domain, drop)
@@ -183,7 +182,7 @@ class Registry:
         """Append an audit record that moves no alias (a step of `raysegment loop`, say)."""
 
         def append(doc: dict[str, Any]) -> bool:
-            doc["history"].append(_stamped(record, {}))
+            doc["history"].append(stamped(record, {}))
             return True
 
         self._update_aliases(domain, append)
@@ -370,26 +369,13 @@ class Registry:
 
     def _aliases_doc(self, domain: str) -> dict[str, Any]:
         key = f"{check_domain(domain)}/{ALIASES}"
-        return self._parse_aliases(self.store.get(key), key)
-
-    def _parse_aliases(self, data: bytes | None, key: str) -> dict[str, Any]:
-        if data is None:
-            return {"aliases": {}, "history": []}
-        doc = _parse_json(data, f"{self.uri}/{key}")
-        if (
-            not isinstance(doc, dict)
-            or not isinstance(doc.get("aliases"), dict)
-            or not all(isinstance(v, int) for v in doc["aliases"].values())
-            or not isinstance(doc.get("history"), list)
-        ):
-            raise CorruptRegistry(f"{self.uri}/{key} is corrupt (not aliases -> versions with a history)")
-        return doc
+        return parse_aliases(self.store.get(key), f"{self.uri}/{key}")
 
     def _update_aliases(self, domain: str, change: Any) -> None:
         """Change a domain's aliases document by compare-and-swap (concurrent moves never lose one another)."""
         key = f"{check_domain(domain)}/{ALIASES}"
         try:
-            update_json(self.store, key, change, lambda data: self._parse_aliases(data, key))
+            update_json(self.store, key, change, lambda data: parse_aliases(data, f"{self.uri}/{key}"))
         except StoreError as exc:
             raise RegistryError(f"{domain}: {exc}") from exc
 
@@ -397,9 +383,3 @@ class Registry:
         """One past every number ever used, removed versions included: numbers are never reused."""
         found = (VERSION_KEY_RE.fullmatch(name) for name in self.store.children(f"{domain}/versions"))
         return max((int(m.group(1)) for m in found if m), default=0) + 1
-
-
-def _stamped(record: AuditRecord | None, moved: dict[str, Any]) -> dict[str, Any]:
-    """The stored form of `record` (or a bare move), timed now, with what moved."""
-    stamped = (record or AuditRecord()).model_copy(update={"time": time.time(), **moved})
-    return stamped.model_dump(mode="json")

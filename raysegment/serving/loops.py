@@ -12,12 +12,10 @@ died, is ended by whichever replica polls it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 import uuid
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -84,7 +82,7 @@ class TurnRunner:
 
         try:
             outcome = run_loop(registry_uri, started.domain, LoopConfig(), log=log)
-            end = {"state": "succeeded", "exit_code": 0, "outcome": json.loads(json.dumps(asdict(outcome)))}
+            end: dict[str, Any] = {"state": "succeeded", "exit_code": 0, "outcome": outcome}
         except Exception as exc:  # the turn's failure is its record's, not the service's
             log(f"{type(exc).__name__}: {str(exc)[:300]}")
             end = {"state": "failed", "exit_code": 1}

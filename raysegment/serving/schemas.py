@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from raysegment.distributed.closed_loop import LoopOutcome
 from raysegment.registry.audit import AuditRecord
 
 
@@ -93,13 +94,13 @@ class Rollback(BaseModel):
 class LoopTurnStatus(BaseModel):
     id: str
     domain: str
-    state: str = Field(description="running, succeeded or failed")
+    state: Literal["running", "succeeded", "failed"]
     started_by: str
     started: float
     ended: float | None = None
     exit_code: int | None = None
     log_tail: list[str] = []
-    outcome: dict[str, Any] | None = None
+    outcome: LoopOutcome | None = None  # the turn's report, once it succeeded
     notes: list[str] = []
 
 
