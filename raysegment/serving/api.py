@@ -69,7 +69,7 @@ async def healthz(svc: Services = Depends(services)) -> Health:
     """`degraded` (with the broken domains named) when some domain's registry files are corrupt."""
     names = await svc.catalog.domains()
     listings = await asyncio.gather(*(svc.catalog.listing(d) for d in names))
-    broken = [d for d, shown in zip(names, listings) if "error" in shown]
+    broken = [d for d, shown in zip(names, listings) if shown.error]
     return Health(status="degraded" if broken else "ok", domains=len(names), unavailable=broken or None)
 
 
@@ -88,23 +88,22 @@ async def served_runtime(svc: Services, domain: str, production: int) -> str:
     return runtime
 
 
-async def summary(svc: Services, domain: str, with_drift: bool = True) -> dict[str, Any]:
+async def summary(svc: Services, domain: str, with_drift: bool = True) -> DomainListing:
     """One domain as the overview shows it: versions, aliases, drift, captured traffic, last decision."""
-    shown = dict(await svc.catalog.listing(domain))
-    if "error" in shown:
+    shown = await svc.catalog.listing(domain)
+    if shown.error:
         return shown
-    aliases = shown["aliases"]
-    shown["production"], shown["candidate"] = aliases.get(PRODUCTION), aliases.get(CANDIDATE)
-    if shown["production"] is not None:
-        shown["runtime"] = await served_runtime(svc, domain, shown["production"])
+    production, candidate = shown.aliases.get(PRODUCTION), shown.aliases.get(CANDIDATE)
+    more: dict[str, Any] = {"production": production, "candidate": candidate}
+    if production is not None:
+        more["runtime"] = await served_runtime(svc, domain, production)
     if with_drift:
-        shown["drift"] = await drift_report(svc, domain)
+        more["drift"] = await drift_report(svc, domain)
     if svc.mirror.captures(domain):
-        shown["captured"] = await svc.catalog.captured(domain)
-    history = await svc.catalog.history(domain)
-    decisions = [r for r in history if r.decides]
-    shown["last_decision"] = decisions[-1] if decisions else None
-    return shown
+        more["captured"] = await svc.catalog.captured(domain)
+    decisions = [r for r in await svc.catalog.history(domain) if r.decides]
+    more["last_decision"] = decisions[-1] if decisions else None
+    return shown.model_copy(update=more)
 
 
 @router.get("/v1/domains", response_model=Domains, response_model_exclude_none=True)
@@ -113,7 +112,7 @@ async def domains(
 ) -> Domains:
     names = await svc.catalog.domains()
     shown = await asyncio.gather(*(summary(svc, d) for d in names))
-    return Domains(domains={d: DomainListing.model_validate(s) for d, s in zip(names, shown)})
+    return Domains(domains=dict(zip(names, shown)))
 
 
 @router.get("/v1/domains/{domain}", response_model=DomainDetail, response_model_exclude_none=True)
@@ -124,17 +123,17 @@ async def domain_detail(
     if checked_domain(domain) not in await svc.catalog.domains():
         raise UnknownDomain(f"no domain {domain!r} in the registry")
     shown = await summary(svc, domain)
-    candidate, production = shown.get("candidate"), shown.get("production")
+    candidate, production, shadow = shown.candidate, shown.production, None
     if candidate is not None and production is not None and candidate != production:
         pairs = await svc.catalog.shadow(domain, candidate, production)
-        shown["shadow"] = ShadowProgress(
+        shadow = ShadowProgress(
             candidate=candidate,
             production=production,
             pairs=len(pairs),
             candidate_mean=round(sum(c for c, _ in pairs) / len(pairs), 6) if pairs else None,
             production_mean=round(sum(p for _, p in pairs) / len(pairs), 6) if pairs else None,
         )
-    return DomainDetail(domain=domain, **shown)
+    return DomainDetail(**dict(shown), domain=domain, shadow=shadow)
 
 
 @router.get("/v1/domains/{domain}/history", response_model=HistoryPage)

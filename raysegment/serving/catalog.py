@@ -17,6 +17,7 @@ from raysegment.registry.audit import AuditRecord
 from raysegment.registry.promotion import CANDIDATE, PRODUCTION
 from raysegment.registry.traffic import TrafficStore
 from raysegment.serving.errors import BadDomainName, BadVersion, DomainUnavailable, UnknownDomain
+from raysegment.serving.schemas import DomainListing, Version
 
 T = TypeVar("T")
 FOREVER = float("inf")
@@ -64,20 +65,19 @@ def checked_domain(domain: str) -> str:
         raise BadDomainName(str(exc)) from exc
 
 
-def lineage(entry: ModelVersion) -> dict[str, Any]:
+def lineage(entry: ModelVersion) -> Version:
     """What a version is and where it came from, as the API and the console show it."""
-    m = entry
-    return {
-        "version": entry.version,
-        "method": m.lineage.method,
-        "target_labels": m.lineage.target_labels,
-        "judge": m.lineage.judge,
-        "parent": m.lineage.parent,
-        "metrics": m.metrics,
-        "bytes": m.bytes,
-        "base": m.base.model_dump() if m.base else None,
-        "time": m.lineage.time,
-    }
+    return Version(
+        version=entry.version,
+        method=entry.lineage.method,
+        target_labels=entry.lineage.target_labels,
+        judge=entry.lineage.judge,
+        parent=entry.lineage.parent,
+        metrics=entry.metrics,
+        bytes=entry.bytes,
+        base=entry.base,
+        time=entry.lineage.time,
+    )
 
 
 class Catalog:
@@ -133,15 +133,15 @@ class Catalog:
 
         return await self._cached(("candidate", domain), read)
 
-    async def listing(self, domain: str) -> dict[str, Any]:
+    async def listing(self, domain: str) -> DomainListing:
         """Versions with lineage and aliases; `error` when the domain's files are corrupt."""
 
-        def read() -> dict[str, Any]:
+        def read() -> DomainListing:
             try:
                 versions = [lineage(e) for e in self.registry.entries(domain)]
-                return {"versions": versions, "aliases": self.registry.aliases(domain)}
+                return DomainListing(versions=versions, aliases=self.registry.aliases(domain))
             except RegistryError as exc:
-                return {"error": "domain unavailable", "detail": str(exc)[:300]}
+                return DomainListing(error="domain unavailable", detail=str(exc)[:300])
 
         return await self._cached(("listing", domain), read)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from raysegment.distributed.closed_loop import LoopOutcome
 from raysegment.registry.audit import AuditRecord
+from raysegment.registry.manifest import VersionRef
 
 
 class ErrorBody(BaseModel):
@@ -32,9 +33,9 @@ class Version(BaseModel):
     target_labels: int | None = Field(None, description="target labels used (0: label-free)")
     judge: str | None = None
     parent: str | None = None
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
     bytes: int | None = None
-    base: dict[str, Any] | None = None
+    base: VersionRef | None = None
     time: float | None = None
 
 
