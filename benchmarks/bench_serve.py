@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -193,7 +194,7 @@ def compare_runtimes(
     return rates
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--height", type=int, default=128)
@@ -216,141 +217,200 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--pairs", type=int, default=3, help="turns of (best batched cell, in-process limit)")
     parser.add_argument("--runtimes", action="store_true", help="only: runtime torch vs onnxruntime, --pairs turns")
-    args = parser.parse_args()
-    gpu = args.device == "cuda"
-    cpus = (os.cpu_count() or 2) if gpu else 2
-    replicas = args.replicas or (1 if gpu else cpus)
-    ingress_cpus = 0.1 if args.topology == "split" else 0.0
-    # Ray schedules by these numbers: the replicas and the gateways together must fit the node.
-    cpus_per_replica = (
-        1.0 if gpu else round((cpus - ingress_cpus * args.ingress + 1e-9) // (0.05 * replicas) * 0.05, 2)
-    )  # a GPU replica's CPU only batches and copies
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "registry"
-        make_registry(root)
-        # A rendered street scene: compresses like a photo, unlike noise.
-        scene = synth.render_scene(np.random.default_rng(0), args.height, args.width)
-        image = torch.from_numpy((scene.image * 255).round().astype(np.uint8)).permute(2, 0, 1).contiguous()
-        buf = io.BytesIO()
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, "PNG")
-        body = buf.getvalue()
-        own = InProcess(root, image, torch.device(args.device), cpus)
-        limits = [own.rate(args.seconds)]
-        kinds = [own.last]
-        use_serve_process_env()
-        ray.init(address="local", num_cpus=cpus, num_gpus=1 if gpu else 0, log_to_driver=False)
-        port = 18000 + os.getpid() % 1000
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
-        if args.runtimes:
-            replicas_cfg = Replicas(
-                max_batch_size=8,
-                max_replicas=replicas,
-                min_replicas=replicas,
-                cpus_per_replica=cpus_per_replica,
-                ingress_cpus=ingress_cpus,
-                ingress_replicas=args.ingress,
-                topology=args.topology,
-            )
-            conc = max(args.concurrency)
-            rates = compare_runtimes(root, body, replicas_cfg, url, args.seconds, args.pairs, conc)
-            serve.shutdown()
-            ray.shutdown()
-            ratios = sorted(o / t for o, t in zip(rates["onnxruntime"], rates["torch"]))
-            print(
-                f"{args.height}x{args.width} PNG, 4 domains, concurrency {conc}, {replicas} replica(s) x "
-                f"{cpus_per_replica:.2f} CPU, {args.topology}: onnxruntime / torch per turn "
-                + ", ".join(f"{r:.2f}" for r in ratios)
-                + f"; median {statistics.median(ratios):.2f} (goal >= 1.3)"
-            )
-            own.close()
-            return
-        rows, pairs = [], []
-        for label, batch in (("batched", 8), ("unbatched", 1)):
-            cfg = ServeConfig(
-                registry=str(root),
-                auth="none",
-                replicas=Replicas(
-                    max_batch_size=batch,
-                    max_replicas=replicas,
-                    min_replicas=replicas,
-                    cpus_per_replica=cpus_per_replica,
-                    ingress_cpus=ingress_cpus,
-                    gpus_per_replica=1 if gpu else 0,
-                    ingress_replicas=args.ingress,
-                    max_models_per_replica=8,
-                    topology=args.topology,
-                ),
-                closed_loop=ClosedLoop() if args.drift_window is None else ClosedLoop(drift_window=args.drift_window),
-            )
-            serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
-            for mix in (["d0"], DOMAINS[:4]):
-                load(url, body, mix, 2, 1.0)  # warm the models
-                for conc in args.concurrency:
-                    rps, p50, p99, errors = load(url, body, mix, conc, args.seconds)
-                    rows.append((label, len(mix), conc, rps, p50, p99, errors))
-            limits.append(own.rate(args.seconds))
-            kinds.append(own.last)
-            if label == "batched":
-                # The headline: the best batched cell and the in-process limit, measured in turns.
-                _, n_best, conc_best = max(rows, key=lambda r: r[3])[:3]
-                for _ in range(args.pairs):
-                    serve_rps = load(url, body, DOMAINS[:n_best], conc_best, args.seconds)[0]
-                    pairs.append((serve_rps, own.rate(args.seconds), *own.last))
-                memory = []
-                for n in (1, 4, 8):
-                    load(url, body, DOMAINS[:n], 4, 1.5)
-                    memory.append((n, replica_rss_mb()))
-            serve.delete("raysegment")
-        serve.shutdown()
-        ray.shutdown()
-        own.close()
+    return parser.parse_args()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the app runs on: CPUs, whether a GPU, and the replicas Ray must fit on the node."""
+
+    gpu: bool
+    cpus: int
+    replicas: int
+    ingress_cpus: float
+    cpus_per_replica: float
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Layout:
+        gpu = args.device == "cuda"
+        cpus = (os.cpu_count() or 2) if gpu else 2
+        replicas = args.replicas or (1 if gpu else cpus)
+        ingress_cpus = 0.1 if args.topology == "split" else 0.0
+        # Ray schedules by these numbers: the replicas and the gateways together must fit the node;
+        # a GPU replica's CPU only batches and copies.
+        per_replica = 1.0 if gpu else round((cpus - ingress_cpus * args.ingress + 1e-9) // (0.05 * replicas) * 0.05, 2)
+        return cls(gpu, cpus, replicas, ingress_cpus, per_replica)
+
+    def replicas_config(self, args: argparse.Namespace, batch: int) -> Replicas:
+        return Replicas(
+            max_batch_size=batch,
+            max_replicas=self.replicas,
+            min_replicas=self.replicas,
+            cpus_per_replica=self.cpus_per_replica,
+            ingress_cpus=self.ingress_cpus,
+            gpus_per_replica=1 if self.gpu else 0,
+            ingress_replicas=args.ingress,
+            max_models_per_replica=8,
+            topology=args.topology,
+        )
+
+
+def scene_png(height: int, width: int) -> tuple[torch.Tensor, bytes]:
+    """A rendered street scene (compresses like a photo, unlike noise): the image and its PNG."""
+    scene = synth.render_scene(np.random.default_rng(0), height, width)
+    image = torch.from_numpy((scene.image * 255).round().astype(np.uint8)).permute(2, 0, 1).contiguous()
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, "PNG")
+    return image, buf.getvalue()
+
+
+@dataclass
+class Measured:
+    """Every figure of a run: the in-process limits around the apps, the apps' cells, the
+    headline turns (best batched cell, limit) and the replica's memory."""
+
+    limits: list[float] = field(default_factory=list)
+    kinds: list[tuple[float, float]] = field(default_factory=list)
+    rows: list[tuple[str, int, int, float, float, float, int]] = field(default_factory=list)
+    pairs: list[tuple[float, ...]] = field(default_factory=list)
+    memory: list[tuple[int, float]] = field(default_factory=list)
+    best_cell: tuple[int, int] = (1, 1)  # (domains, concurrency)
+
+    def limit(self, own: InProcess, seconds: float) -> None:
+        self.limits.append(own.rate(seconds))
+        self.kinds.append(own.last)
+
+
+def measure_apps(
+    args: argparse.Namespace, layout: Layout, root: Path, body: bytes, url: str, own: InProcess
+) -> tuple[Measured, ServeConfig]:
+    """The batched app, then the unbatched one: every (domains, concurrency) cell, the limit
+    after each, and for the batched app the headline turns and the replica's memory."""
+    found = Measured()
+    found.limit(own, args.seconds)
+    for label, batch in (("batched", 8), ("unbatched", 1)):
+        cfg = ServeConfig(
+            registry=str(root),
+            auth="none",
+            replicas=layout.replicas_config(args, batch),
+            closed_loop=ClosedLoop() if args.drift_window is None else ClosedLoop(drift_window=args.drift_window),
+        )
+        serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
+        for mix in (["d0"], DOMAINS[:4]):
+            load(url, body, mix, 2, 1.0)  # warm the models
+            for conc in args.concurrency:
+                rps, p50, p99, errors = load(url, body, mix, conc, args.seconds)
+                found.rows.append((label, len(mix), conc, rps, p50, p99, errors))
+        found.limit(own, args.seconds)
+        if label == "batched":
+            # The headline: the best batched cell and the in-process limit, measured in turns.
+            _, n_best, conc_best = max(found.rows, key=lambda r: r[3])[:3]
+            found.best_cell = (n_best, conc_best)
+            for _ in range(args.pairs):
+                serve_rps = load(url, body, DOMAINS[:n_best], conc_best, args.seconds)[0]
+                found.pairs.append((serve_rps, own.rate(args.seconds), *own.last))
+            for n in (1, 4, 8):
+                load(url, body, DOMAINS[:n], 4, 1.5)
+                found.memory.append((n, replica_rss_mb()))
+        serve.delete("raysegment")
+    return found, cfg
+
+
+def report_runtimes(args: argparse.Namespace, layout: Layout, rates: dict[str, list[float]], conc: int) -> None:
+    ratios = sorted(o / t for o, t in zip(rates["onnxruntime"], rates["torch"]))
+    print(
+        f"{args.height}x{args.width} PNG, 4 domains, concurrency {conc}, {layout.replicas} replica(s) x "
+        f"{layout.cpus_per_replica:.2f} CPU, {args.topology}: onnxruntime / torch per turn "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + f"; median {statistics.median(ratios):.2f} (goal >= 1.3)"
+    )
+
+
+def report(args: argparse.Namespace, layout: Layout, found: Measured, cfg: ServeConfig) -> None:
+    gpu, cpus = layout.gpu, layout.cpus
     gateways = args.ingress if args.topology == "split" else 0
     print(
         f"{args.height}x{args.width} PNG, EfficientNet-Lite0 + FPN, {cpus} CPUs, "
         f"{torch.cuda.get_device_name() if gpu else 'no GPU'}, {args.topology} topology, {gateways} gateway(s), "
-        f"{replicas} model replica(s) x {cpus_per_replica:.2f} CPU, "
+        f"{layout.replicas} model replica(s) x {layout.cpus_per_replica:.2f} CPU, "
         f"drift window {cfg.closed_loop.drift_window} (one batch in {cfg.closed_loop.drift_every}), loopback, "
         f"{args.seconds:.0f} s per cell"
     )
     print(
         "limit outside Serve (best of batch 1/8) before, between and after the two apps: "
-        + ", ".join(f"{x:.1f}" for x in limits)
+        + ", ".join(f"{x:.1f}" for x in found.limits)
         + " img/s; each row is divided by the mean of the two around it"
     )
     if not gpu:
         print(
             f"  of which one process x {cpus} threads / {cpus} processes x 1 thread: "
-            + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in kinds)
+            + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in found.kinds)
         )
-    print(
-        f"{'app':<10} {'domains':>7} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'vs limit':>8}"
-    )
-    around = {"batched": (limits[0] + limits[1]) / 2, "unbatched": (limits[1] + limits[2]) / 2}
-    for label, n, conc, rps, p50, p99, errors in rows:
-        ratio = rps / around[label]
-        print(f"{label:<10} {n:>7} {conc:>4} {rps:>7.1f} {p50:>7.0f} {p99:>7.0f} {errors:>6} {ratio:>8.2f}")
-    best = {lab: max(r[3] for r in rows if r[0] == lab) for lab in ("batched", "unbatched")}
+    report_rows(found)
+    n_best, conc_best = found.best_cell
     print(
         f"best batched cell ({n_best} domain(s), concurrency {conc_best}) and the limit in turns: "
-        + ", ".join(f"{p[0]:.1f}/{p[1]:.1f}" for p in pairs)
+        + ", ".join(f"{p[0]:.1f}/{p[1]:.1f}" for p in found.pairs)
         + " img/s"
     )
     kinds_of_limit = [(1, "the limit")]
     if not gpu:  # the issue's limit was one process's forward; say both
         kinds_of_limit += [(2, f"1 process x {cpus} threads"), (3, f"{cpus} processes x 1 thread")]
     for column, name in kinds_of_limit:
-        ratios = sorted(p[0] / p[column] for p in pairs)
+        ratios = sorted(p[0] / p[column] for p in found.pairs)
         print(
             f"best batched / {name}, median of {len(ratios)} turns: {statistics.median(ratios):.2f} "
             f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; goal >= 0.85)"
         )
+    for n, mb in found.memory:
+        print(f"RSS of one model replica with {n} domain(s) loaded: {mb:.0f} MB")
+
+
+def report_rows(found: Measured) -> None:
+    """Each cell, divided by the mean of the limits measured before and after its app."""
+    print(
+        f"{'app':<10} {'domains':>7} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'vs limit':>8}"
+    )
+    limits = found.limits
+    around = {"batched": (limits[0] + limits[1]) / 2, "unbatched": (limits[1] + limits[2]) / 2}
+    for label, n, conc, rps, p50, p99, errors in found.rows:
+        ratio = rps / around[label]
+        print(f"{label:<10} {n:>7} {conc:>4} {rps:>7.1f} {p50:>7.0f} {p99:>7.0f} {errors:>6} {ratio:>8.2f}")
+    best = {lab: max(r[3] for r in found.rows if r[0] == lab) for lab in ("batched", "unbatched")}
     print(
         f"best batched / best unbatched:   {best['batched'] / best['unbatched']:.2f} "
         "(goal >= 3 on a GPU; CPU as measured)"
     )
-    for n, mb in memory:
-        print(f"RSS of one model replica with {n} domain(s) loaded: {mb:.0f} MB")
+
+
+def main() -> None:
+    args = parse_args()
+    layout = Layout.of(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "registry"
+        make_registry(root)
+        image, body = scene_png(args.height, args.width)
+        own = InProcess(root, image, torch.device(args.device), layout.cpus)
+        use_serve_process_env()
+        ray.init(address="local", num_cpus=layout.cpus, num_gpus=1 if layout.gpu else 0, log_to_driver=False)
+        port = 18000 + os.getpid() % 1000
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if args.runtimes:
+                conc = max(args.concurrency)
+                replicas = layout.replicas_config(args, 8)
+                rates = compare_runtimes(root, body, replicas, url, args.seconds, args.pairs, conc)
+            else:
+                found, cfg = measure_apps(args, layout, root, body, url, own)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            own.close()
+    if args.runtimes:
+        report_runtimes(args, layout, rates, conc)
+    else:
+        report(args, layout, found, cfg)
 
 
 if __name__ == "__main__":
