@@ -44,7 +44,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
-	$(BIN)/mypy raysegment
+	$(BIN)/mypy raysegment benchmarks examples jobs  # benchmarks rot unseen otherwise (bench_tune did)
 
 test: lint browser $(LS_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --timeout=900 --durations=40

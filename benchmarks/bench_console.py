@@ -55,11 +55,41 @@ def build_registry(root: Path, domains: int, versions: int) -> float:
         name = f"site-{d:02d}"
         for v in range(1, versions + 1):
             with torch.no_grad():
-                model.head.bias.add_(0.01)
+                model.head.bias.add_(0.01)  # type: ignore[union-attr]  # the head's conv has a bias
             parent = f"{name}@1" if v > 1 else None
             reg.register(name, model, META, {"val_miou": 0.6 + v / 100}, parent=parent, lineage={"method": "adabn"})
             reg.set_alias(name, v, "production" if v <= versions - 1 else "candidate")
     return time.perf_counter() - start
+
+
+def time_loads(url: str, token: str, args: argparse.Namespace, out: Path) -> tuple[list[float], list[float]]:
+    """`args.loads` times: the overview's API call, then the page in Chromium until its last row
+    is drawn; (API seconds, page seconds), and a screenshot of the last load."""
+    api, page_times = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        page.goto(f"{url}/ui")
+        page.evaluate(f"sessionStorage.setItem('raysegment.token', {json.dumps(token)})")
+        for k in range(args.loads):
+            if k:
+                time.sleep(1.5)  # past the gateway's 1 s cache: every load reads the registry again
+            t = time.perf_counter()
+            r = httpx.get(f"{url}/v1/domains", headers={"authorization": f"Bearer {token}"}, timeout=120)
+            api.append(time.perf_counter() - t)
+            assert r.status_code == 200 and len(r.json()["domains"]) == args.domains
+            time.sleep(1.5)
+            t = time.perf_counter()
+            page.goto(f"{url}/ui#/")
+            page.reload()
+            last = f"site-{args.domains - 1:02d}"  # a locator, not eval: the page's CSP forbids eval
+            page.wait_for_selector(f"#overview tr[data-domain='{last}'] td.production", timeout=120_000)
+            assert page.locator("#overview tbody tr").count() == args.domains
+            page_times.append(time.perf_counter() - t)
+            print(f"load {k + 1}: API {api[-1]:.2f} s, page {page_times[-1]:.2f} s", flush=True)
+        page.screenshot(path=str(out / "overview-50x10.png"), full_page=False)
+        browser.close()
+    return api, page_times
 
 
 def main() -> None:
@@ -84,32 +114,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         cfg = ServeConfig(registry=str(root), token_file=str(Path(tmp) / "tokens"), replicas=Replicas(max_replicas=1))
         serve.run(build_app(cfg.model_dump()), name="raysegment", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        api, page_times = [], []
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            page.goto(f"{url}/ui")
-            page.evaluate(f"sessionStorage.setItem('raysegment.token', {json.dumps(token)})")
-            for k in range(args.loads):
-                if k:
-                    time.sleep(1.5)  # past the gateway's 1 s cache: every load reads the registry again
-                t = time.perf_counter()
-                r = httpx.get(f"{url}/v1/domains", headers={"authorization": f"Bearer {token}"}, timeout=120)
-                api.append(time.perf_counter() - t)
-                assert r.status_code == 200 and len(r.json()["domains"]) == args.domains
-                time.sleep(1.5)
-                t = time.perf_counter()
-                page.goto(f"{url}/ui#/")
-                page.reload()
-                last = f"site-{args.domains - 1:02d}"  # a locator, not eval: the page's CSP forbids eval
-                page.wait_for_selector(f"#overview tr[data-domain='{last}'] td.production", timeout=120_000)
-                assert page.locator("#overview tbody tr").count() == args.domains
-                page_times.append(time.perf_counter() - t)
-                print(f"load {k + 1}: API {api[-1]:.2f} s, page {page_times[-1]:.2f} s", flush=True)
-            page.screenshot(path=str(out / "overview-50x10.png"), full_page=False)
-            browser.close()
+        api, page_times = time_loads(f"http://127.0.0.1:{port}", token, args, out)
         serve.shutdown()
         ray.shutdown()
     summary = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from raysegment.models.outputs import class_map
 from raysegment.models.rebuild import load_model
 from raysegment.viz import curves_png
 
-CONFIGS = {  # name: (method, guard)
+CONFIGS: dict[str, tuple[Literal["none", "adabn", "tent"], bool]] = {  # name: (method, guard)
     "static": ("none", False),
     "adabn": ("adabn", False),
     "adabn+guard": ("adabn", True),

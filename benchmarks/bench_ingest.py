@@ -19,10 +19,10 @@ import json
 import os
 import platform
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,15 +47,15 @@ def cityscapes_sized(out: Path, images: int, seed: int = 0) -> Path:
     (root / "dataset.json").write_bytes((small / "dataset.json").read_bytes())
     rng = np.random.default_rng(seed)
     for path in sorted((small / "clear" / "images").glob("*.png")):
-        image = Image.open(path).convert("RGB").resize((2048, 1024), Image.BICUBIC)
+        image = Image.open(path).convert("RGB").resize((2048, 1024), Image.Resampling.BICUBIC)
         noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 6, (1024, 2048, 3)).astype(np.int16)
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "clear" / "images" / path.name)
-        mask = Image.open(small / "clear" / "masks" / path.name).resize((2048, 1024), Image.NEAREST)
+        mask = Image.open(small / "clear" / "masks" / path.name).resize((2048, 1024), Image.Resampling.NEAREST)
         mask.save(root / "clear" / "masks" / path.name)
     return root
 
 
-def start_s3() -> tuple[object, str]:
+def start_s3() -> tuple[Any, str]:
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -116,7 +116,7 @@ def worker_class():
                 rates.append(seen / (time.perf_counter() - start))
             return {"images_per_s": rates, "loader": type(loader).__name__}
 
-        def train(self, cfg_json: dict) -> dict:
+        def train(self, cfg_json: dict) -> list[dict[str, float]]:
             from raysegment.config import RunConfig
             from raysegment.distributed.ingest import loader_factory
             from raysegment.engine.adapt import build_runner
@@ -129,7 +129,7 @@ def worker_class():
     return TrainingWorker
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--batch", type=int, default=4)
@@ -139,56 +139,35 @@ def main() -> None:
         "--epochs", type=int, default=3, help="delivery passes per source (the first warms up), then 1 training epoch"
     )
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return parser.parse_args()
+
+
+def measure(worker: Any, name: str, cfg: dict, passes: int) -> dict:
+    """One source: its delivery passes and training epochs in the worker, the medians after the first."""
     import ray
 
-    server, endpoint = start_s3()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        local = cityscapes_sized(Path(tmp), args.images)
-        png_mb = np.mean([p.stat().st_size for p in (local / "clear" / "images").glob("*.png")]) / 2**20
-        import boto3
+    delivered = ray.get(worker.deliver.remote(cfg, passes))
+    epochs = ray.get(worker.train.remote(cfg))
+    steady = delivered["images_per_s"][1:] or delivered["images_per_s"]
+    trained = [e["images_per_s"] for e in epochs]
+    found = {
+        "delivered_images_per_s": float(np.median(steady)),
+        "delivered_runs": delivered["images_per_s"],
+        "loader": delivered["loader"],
+        "train_images_per_s": float(np.median(trained[1:] or trained)),
+        "train_epochs_images_per_s": trained,
+    }
+    print(
+        f"{name:>18}: delivered {found['delivered_images_per_s']:.2f} img/s "
+        f"(passes {', '.join(f'{r:.2f}' for r in delivered['images_per_s'])}), "
+        f"training {found['train_images_per_s']:.2f} img/s "
+        f"(epochs {', '.join(f'{r:.2f}' for r in trained)})",
+        flush=True,
+    )
+    return found
 
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
-        remote = upload_tree(local, "s3://bench/cityscapes-sized")
-        print(
-            f"{args.images} frames of 1024x2048 ({png_mb:.2f} MB per PNG) in {local} and {remote} "
-            f"({time.perf_counter() - t0:.0f} s to make)",
-            flush=True,
-        )
-        ray.init(
-            address="local",
-            num_cpus=2,
-            log_to_driver=False,
-            include_dashboard=False,
-            runtime_env={"env_vars": {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}},
-        )
-        worker = worker_class().remote()
-        sources = {"folder+DataLoader": (str(local), "loader"), "s3+Ray Data": (remote, "ray_data")}
-        results: dict[str, dict] = {}
-        for name, (root, ingest) in sources.items():
-            cfg = run_config(root, args, Path(tmp), ingest).model_dump(mode="json")
-            delivered = ray.get(worker.deliver.remote(cfg, args.epochs))
-            epochs = ray.get(worker.train.remote(cfg))
-            steady = delivered["images_per_s"][1:] or delivered["images_per_s"]
-            trained = [e["images_per_s"] for e in epochs]
-            results[name] = {
-                "delivered_images_per_s": float(np.median(steady)),
-                "delivered_runs": delivered["images_per_s"],
-                "loader": delivered["loader"],
-                "train_images_per_s": float(np.median(trained[1:] or trained)),
-                "train_epochs_images_per_s": trained,
-            }
-            print(
-                f"{name:>18}: delivered {results[name]['delivered_images_per_s']:.2f} img/s "
-                f"(passes {', '.join(f'{r:.2f}' for r in delivered['images_per_s'])}), "
-                f"training {results[name]['train_images_per_s']:.2f} img/s "
-                f"(epochs {', '.join(f'{r:.2f}' for r in trained)})",
-                flush=True,
-            )
-        ray.shutdown()
-    server.stop()
+
+def report(args: argparse.Namespace, png_mb: float, results: dict[str, dict]) -> None:
     local_r, s3_r = results["folder+DataLoader"], results["s3+Ray Data"]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
@@ -210,5 +189,41 @@ def main() -> None:
         (args.out / "bench_ingest.json").write_text(json.dumps(summary, indent=2))
 
 
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import boto3
+    import ray
+
+    server, endpoint = start_s3()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        local = cityscapes_sized(Path(tmp), args.images)
+        png_mb = float(np.mean([p.stat().st_size for p in (local / "clear" / "images").glob("*.png")]) / 2**20)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+        remote = upload_tree(local, "s3://bench/cityscapes-sized")
+        print(
+            f"{args.images} frames of 1024x2048 ({png_mb:.2f} MB per PNG) in {local} and {remote} "
+            f"({time.perf_counter() - t0:.0f} s to make)",
+            flush=True,
+        )
+        ray.init(
+            address="local",
+            num_cpus=2,
+            log_to_driver=False,
+            include_dashboard=False,
+            runtime_env={"env_vars": {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}},
+        )
+        worker = worker_class().remote()
+        sources = {"folder+DataLoader": (str(local), "loader"), "s3+Ray Data": (remote, "ray_data")}
+        results = {
+            name: measure(worker, name, run_config(root, args, Path(tmp), ingest).model_dump(mode="json"), args.epochs)
+            for name, (root, ingest) in sources.items()
+        }
+        ray.shutdown()
+    server.stop()
+    report(args, png_mb, results)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

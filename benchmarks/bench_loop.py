@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from raysegment.config import EvalConfig, LoopConfig
-from raysegment.data import open_split
+from raysegment.data import files, open_split
 from raysegment.distributed.closed_loop import run_loop
 from raysegment.engine.evaluate import evaluate
 from raysegment.models.rebuild import load_model
@@ -33,7 +33,7 @@ def one_turn(source_dir: Path, root: Path, domain: str, cfg: LoopConfig, work: P
     reg.set_alias(domain, 1, "production")
     traffic = TrafficStore(reg.uri)
     for path, _ in open_split(root, domain, "train").samples:
-        traffic.capture(domain, path.read_bytes(), path.suffix.lstrip("."))
+        traffic.capture(domain, files.read(path), files.name(path).rsplit(".", 1)[-1])
     outcome = run_loop(reg.uri, domain, cfg, str(work), log=lambda line: None)
     test = open_split(root, domain, "test").labelled()
     scored = {"production": evaluate(model, test, EvalConfig(), resize=meta.resize).miou}  # at its working scale

@@ -29,7 +29,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from raysegment.config import ModelConfig, PretrainedConfig  # noqa: E402
-from raysegment.data import DatasetInfo, open_split, synth  # noqa: E402
+from raysegment.data import DatasetInfo, files, open_split, synth  # noqa: E402
 from raysegment.engine.signature import version_signatures  # noqa: E402
 from raysegment.models.io import ModelMeta  # noqa: E402
 from raysegment.models.segmenter import build_segmenter
@@ -91,7 +91,7 @@ def main() -> None:
     use_serve_process_env()
     with tempfile.TemporaryDirectory() as tmp_name:
         registry, root = build_registry(Path(tmp_name))
-        bodies = [path.read_bytes() for path, _ in open_split(root, "fog", "test").samples]
+        bodies = [files.read(path) for path, _ in open_split(root, "fog", "test").samples]
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -37,7 +37,7 @@ class CountingStore:
     """The registry's store, counting the requests each method makes."""
 
     def __init__(self, store: Any) -> None:
-        self._store, self.counts = store, collections.Counter()
+        self._store, self.counts = store, collections.Counter[str]()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
@@ -62,7 +62,7 @@ def populate(uri: str, domains: int, versions: int) -> None:
         reg.register(domain, model, meta, lineage={"method": "source"})
         for v in range(2, versions + 1):
             with torch.no_grad():
-                model.head.bias.add_(0.01)
+                model.head.bias.add_(0.01)  # type: ignore[union-attr]  # the head's conv has a bias
             method = "adabn_online" if v % 4 == 0 else "finetune"
             reg.register(
                 domain,

@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import synthetic_source
@@ -48,8 +49,9 @@ def img_per_s(model: torch.nn.Module, batch: int, size: tuple[int, int], seconds
     return n * batch / (time.perf_counter() - start)
 
 
-def runtimes(model, graph: bytes, int8: bytes | None) -> dict[str, torch.nn.Module]:
-    found: dict[str, torch.nn.Module] = {"torch eager": model}
+def runtimes(model, graph: bytes, int8: bytes | None) -> dict[str, Any]:
+    # torch eager, torch.compile and ONNX Runtime segmenters: each is called, and evaluated, like the model
+    found: dict[str, Any] = {"torch eager": model}
     try:
         compiled = torch.compile(model)
         with torch.no_grad():

@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,48 +52,21 @@ def study(source: Path, root: Path, source_domain: str, target: str, args, out: 
 
 
 def bench_target(source: Path, root: Path, source_domain: str, target: str, args, out: Path, resize=None) -> dict:
-    shots = tuple(args.shots)
-    start = time.perf_counter()
-    common = {"resize": resize, "lr": args.lr, "batch_size": args.batch_size}
-    active = study(
-        source, root, source_domain, target, args, out / target / "active", shots=shots, select="active", **common
+    shots, start = tuple(args.shots), time.perf_counter()
+    run = partial(
+        study, source, root, source_domain, target, args, resize=resize, lr=args.lr, batch_size=args.batch_size
     )
+    active = run(out / target / "active", shots=shots, select="active")
+    first = run(out / target / "first", methods=(), shots=shots, oracle=False, select="first")
+    randoms = [
+        run(out / target / f"random{seed}", methods=(), shots=shots, oracle=False, select="random", select_seed=seed)
+        for seed in range(args.seeds)
+    ]
     rows: dict[str, dict] = {"active": {}, "first": {}, "random": {}, "active+st": {}}
     for k in shots:
         rows["active"][k] = active.test_miou.get(f"{k}-shot")
         rows["active+st"][k] = active.test_miou.get(f"{k}-shot self-training")
-    first = study(
-        source,
-        root,
-        source_domain,
-        target,
-        args,
-        out / target / "first",
-        methods=(),
-        shots=shots,
-        oracle=False,
-        select="first",
-        **common,
-    )
-    for k in shots:
         rows["first"][k] = first.test_miou.get(f"{k}-shot")
-    randoms = [
-        study(
-            source,
-            root,
-            source_domain,
-            target,
-            args,
-            out / target / f"random{seed}",
-            methods=(),
-            shots=shots,
-            oracle=False,
-            select="random",
-            select_seed=seed,
-            **common,
-        )
-        for seed in range(args.seeds)
-    ]
     for k in shots:
         values = [r.test_miou[f"{k}-shot"] for r in randoms if f"{k}-shot" in r.test_miou]
         rows["random"][k] = {"mean": statistics.mean(values), "spread": statistics.pstdev(values), "runs": values}

@@ -155,7 +155,8 @@ def replica_rss_mb() -> float:
     from ray.util.state import list_actors
 
     alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
-    pids = [a.pid for a in alive if any(name in (a.class_name or "") for name in ("SegmentModels", "SegmentService"))]
+    replicas = ("SegmentModels", "SegmentService")
+    pids = [a.pid for a in alive if a.pid is not None and any(n in (a.class_name or "") for n in replicas)]
     return sum(_rss_kb(pid) for pid in pids) / 1e3 / max(len(pids), 1)
 
 

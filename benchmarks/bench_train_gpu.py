@@ -102,7 +102,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device={name} batch={args.batch} size={h}x{w} amp={cfg.optim.amp if device.type == 'cuda' else 'none'} "
-        f"loader_workers={runner.method.loader.num_workers} compile={args.compile} steps={args.steps}"
+        f"loader_workers={getattr(runner.method.loader, 'num_workers', 'n/a')} "
+        f"compile={args.compile} steps={args.steps}"
     )
     print(f"engine (decode -> device -> augment -> step) {engine:8.1f} img/s")
     print(f"model alone (synthetic device tensors)      {pure:8.1f} img/s")

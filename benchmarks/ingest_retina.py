@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +99,8 @@ def main() -> None:
             for where, root in (("folder", str(args.retina)), ("s3", bucket)):
                 cfg = adapt_config(root, str(source), method, work / f"{method}-{where}", args.epochs)
                 result = train_on_ray(cfg, name=f"{method}-{where}")
+                if result.model_dir is None:
+                    raise SystemExit(f"{method} on {where} left no model in {result.storage_dir}")
                 model, _ = load_model(result.model_dir)
                 rows.append(
                     {
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

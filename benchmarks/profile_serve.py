@@ -56,7 +56,7 @@ def serve_pids() -> dict[str, int]:
     for actor in alive:
         name = actor.class_name or ""
         for key in ("ProxyActor", "Gateway", "SegmentModels", "SegmentService"):
-            if key in name:
+            if key in name and actor.pid is not None:
                 label = "model replica" if key in ("SegmentModels", "SegmentService") else key
                 n = sum(1 for k in found if k.startswith(label))
                 found[f"{label} {n + 1}" if label == "model replica" else label] = actor.pid
@@ -112,13 +112,13 @@ def record(
         proc.wait(timeout=seconds + 60)
     elapsed = time.monotonic() - start
     used = {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
-    busy, idle, steal = (b - a for a, b in zip(ticks, node_ticks()))
+    busy, _, steal = (b - a for a, b in zip(ticks, node_ticks()))  # busy, idle, stolen ticks
     mine = set(pids.values())
-    rest = collections.Counter()
+    rest: dict[str, float] = collections.defaultdict(float)
     for pid, (args, cpu) in every_process().items():
         if pid not in mine and pid in others:
             rest[" ".join(args.split()[:2])[:60]] += (cpu - others[pid][1]) / elapsed
-    for args, cpu in rest.most_common(6):
+    for args, cpu in sorted(rest.items(), key=lambda item: -item[1])[:6]:
         used[f"(other: {args})"] = cpu
     used["(whole machine, busy)"] = busy / os.sysconf("SC_CLK_TCK") / elapsed
     used["(whole machine, stolen by the hypervisor)"] = steal / os.sysconf("SC_CLK_TCK") / elapsed

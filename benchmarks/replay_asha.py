@@ -19,6 +19,7 @@ import itertools
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -28,8 +29,8 @@ from raysegment.viz import curves_png
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
     """Spearman's rho (ties broken by order: scores here are floats)."""
-    ranks = [np.argsort(np.argsort(x)) for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
+    ranks = [np.argsort(np.argsort(x)).astype(np.float64) for x in (a, b)]
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
 def replay(
@@ -38,7 +39,8 @@ def replay(
     """(best score reached, epochs spent) had ASHA run this search."""
     np.random.seed(seed)  # Ray draws brackets from numpy's global generator
     max_t = max(len(c) for c in curves.values())
-    asha = ASHAScheduler(
+    # Fed stand-in trials (the scheduler reads only their trial_id) and no controller: untyped on purpose.
+    asha: Any = ASHAScheduler(
         time_attr="epoch", metric="score", mode="max", max_t=max_t, grace_period=grace,
         reduction_factor=rf, brackets=brackets,
     )  # fmt: skip

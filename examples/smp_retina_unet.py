@@ -50,8 +50,8 @@ def load_split(root: Path, domain: str, split: str, short_side: int) -> list[tup
         mask = Image.open(root / domain / "masks" / f"{stem}.png")
         scale = short_side / min(image.size)
         size = (round(image.width * scale), round(image.height * scale))
-        x = torch.from_numpy(np.asarray(image.resize(size, Image.BILINEAR))).permute(2, 0, 1).float() / 255
-        y = torch.from_numpy(np.asarray(mask.resize(size, Image.NEAREST)).astype(np.int64))
+        x = torch.from_numpy(np.asarray(image.resize(size, Image.Resampling.BILINEAR))).permute(2, 0, 1).float() / 255
+        y = torch.from_numpy(np.asarray(mask.resize(size, Image.Resampling.NEAREST)).astype(np.int64))
         pairs.append((x, y))
     return pairs
 
