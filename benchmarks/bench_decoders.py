@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,13 +49,27 @@ def images_per_second(model: torch.nn.Module, height: int, width: int, batch: in
     return batch / statistics.median(times)
 
 
-def train_and_score(root: Path, domain: str, targets: list[str], library: str, name: str, args, out: Path,
-                    resize: ResizeConfig | None, epochs: int, size: tuple[int, int]) -> dict:  # fmt: skip
+@dataclass(frozen=True)
+class Setting:
+    """Where each decoder trains and is scored: the data, the source domain, the targets scored
+    source-only, the working scale, the epochs and the image size of the speed test."""
+
+    root: Path
+    domain: str
+    targets: list[str]
+    resize: ResizeConfig | None
+    epochs: int
+    size: tuple[int, int]
+    out: Path
+
+
+def train_and_score(where: Setting, library: str, name: str, args: argparse.Namespace) -> dict:
+    root, domain, resize, out = where.root, where.domain, where.resize, where.out
     cfg = parse_config(
         {
             "data": {"root": str(root), "domain": domain, "resize": resize.model_dump() if resize else None},
             "model": model_section(library, name),
-            "optim": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "decay": 0.95},
+            "optim": {"epochs": where.epochs, "batch_size": args.batch_size, "lr": args.lr, "decay": 0.95},
             "output_dir": str(out / f"{library}-{name}"),
         }
     )
@@ -63,7 +78,9 @@ def train_and_score(root: Path, domain: str, targets: list[str], library: str, n
                  log=lambda line: None)  # fmt: skip
     seconds = time.perf_counter() - start
     model = runner.selected_model()
-    scores = {d: evaluate(model, open_split(root, d, "test"), cfg.eval, resize=resize).miou for d in [domain, *targets]}
+    scores = {
+        d: evaluate(model, open_split(root, d, "test"), cfg.eval, resize=resize).miou for d in [domain, *where.targets]
+    }
     params = sum(p.numel() for p in model.parameters())
     return {
         "library": library,
@@ -71,7 +88,7 @@ def train_and_score(root: Path, domain: str, targets: list[str], library: str, n
         "test_miou": scores,
         "params": params,
         "train_seconds": seconds,
-        "images_per_second": images_per_second(model, *size),
+        "images_per_second": images_per_second(model, *where.size),
     }
 
 
@@ -106,11 +123,10 @@ def main() -> None:
     root = synth.generate(out / "data", ("clear", *targets), args.images, 64, 128, seed=0)
     sections = []
     synthetic = []
+    where = Setting(root, "clear", targets, None, args.epochs, (64, 128), out)
     for ours, theirs in PAIRS:
         for library, name in (("raysegment", ours), ("smp", theirs)):
-            synthetic.append(
-                train_and_score(root, "clear", targets, library, name, args, out, None, args.epochs, (64, 128))
-            )
+            synthetic.append(train_and_score(where, library, name, args))
             print(json.dumps(synthetic[-1]), flush=True)
     sections.append(
         "## Synthetic (64x128, source clear, source-only on the targets)\n\n" + table(synthetic, ["clear", *targets])
@@ -118,10 +134,10 @@ def main() -> None:
     retina = []
     if args.retina:
         resize = ResizeConfig(short_side=args.retina_short_side)
+        where = Setting(Path(args.retina), "drive", ["chase"], resize, args.retina_epochs, (320, 320), out / "retina")
         for ours, theirs in PAIRS:
             for library, name in (("raysegment", ours), ("smp", theirs)):
-                where = (Path(args.retina), "drive", ["chase"], library, name, args, out / "retina")
-                retina.append(train_and_score(*where, resize, args.retina_epochs, (320, 320)))
+                retina.append(train_and_score(where, library, name, args))
                 print(json.dumps(retina[-1]), flush=True)
         sections.append(
             "## Retina (DRIVE source, short side 320; CHASE source-only)\n\n" + table(retina, ["drive", "chase"])
