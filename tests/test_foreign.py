@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +78,41 @@ def tv_folder(tmp_path_factory, odd_root):
     torch.save(original_torchvision().state_dict(), tmp / "deeplab.pth")
     cfg = ModelConfig(library="torchvision", arch="deeplabv3_mobilenet_v3_large")
     return import_model(tmp / "deeplab.pth", cfg, read_info(odd_root / "dataset.json", 2), tmp / "model").folder, None
+
+
+BYO_DOC = Path(__file__).resolve().parents[1] / "docs" / "bring-your-own-model.md"
+
+
+def doc_import_command() -> str:
+    """The `raysegment import-model` command of docs/bring-your-own-model.md, its continuation lines joined."""
+    block = re.search(r"\n    (raysegment import-model .*?)\n\n", BYO_DOC.read_text(), re.S)
+    assert block, "docs/bring-your-own-model.md lost its import-model command"
+    return " ".join(part.strip() for part in block.group(1).split("\\\n"))
+
+
+def test_the_docs_import_command_run_as_a_user_runs_it(tmp_path, odd_root):
+    """The guide's command, as written, by the installed `raysegment` entry point in a fresh folder
+    holding what it names (an SMP Unet on EfficientNet-Lite0 saved by torch.save, a dataset.json):
+    the model folder is there, and it gives the original's logits at the scale the command set."""
+    import segmentation_models_pytorch as smp
+
+    command = doc_import_command()
+    net = _trained_looking(
+        smp.create_model("Unet", encoder_name="tu-efficientnet_lite0", encoder_weights=None, classes=2)
+    )
+    torch.save(net.state_dict(), tmp_path / "unet.pth")
+    (tmp_path / "data" / "retina").mkdir(parents=True)
+    shutil.copy(odd_root / "dataset.json", tmp_path / "data" / "retina" / "dataset.json")
+    entry_point = Path(sys.executable).parent / "raysegment"
+    env = {**os.environ, "PATH": f"{entry_point.parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (tmp_path / "models" / "unet").iterdir()} >= {"model.json", "model.safetensors"}
+    model, meta = load_model(tmp_path / "models" / "unet")
+    assert meta.classes == ["background", "vessel"] and meta.resize.short_side == 320
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert float((net((images - model.mean) / model.std) - model(images)).abs().max()) <= 1e-5
 
 
 def test_an_imported_smp_checkpoint_gives_the_original_logits(smp_folder):
