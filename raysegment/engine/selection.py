@@ -48,11 +48,11 @@ class ImageEvidence:
 
 
 @torch.no_grad()
-def image_evidence(
+def decoder_features(
     model: Segmenter, image: torch.Tensor, resize: ResizeConfig | None, device: torch.device | str = "cpu"
-) -> ImageEvidence:
-    """image (3,H,W) uint8 -> its embedding, uncertainty and predicted mask; `model` is a Segmenter
-    (encoder -> decoder -> 1x1 head), read at the decoder's output."""
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """image (3,H,W) uint8 -> the decoder's features (1, D, fh, fw) of the image at its working
+    scale (the stride padding cropped off), and that working size."""
     model.eval()
     h, w = image.shape[-2:]
     x = resize_images(to_float(image.unsqueeze(0).to(device)), scaled_size(h, w, resize))
@@ -60,7 +60,22 @@ def image_evidence(
     features, (ph, pw) = model.padded_features(x)  # (1, D, fh, fw) of the stride-padded image
     fh, fw = features.shape[-2:]
     keep_h, keep_w = math.ceil(sh * fh / ph), math.ceil(sw * fw / pw)
-    features = features[..., :keep_h, :keep_w].float()
+    return features[..., :keep_h, :keep_w].float(), (sh, sw)
+
+
+def descriptor(features: torch.Tensor) -> torch.Tensor:
+    """(D,) unit-length mean of an image's decoder features: what the image looks like."""
+    return F.normalize(features[0].flatten(1).mean(1), dim=0)
+
+
+@torch.no_grad()
+def image_evidence(
+    model: Segmenter, image: torch.Tensor, resize: ResizeConfig | None, device: torch.device | str = "cpu"
+) -> ImageEvidence:
+    """image (3,H,W) uint8 -> its embedding, uncertainty and predicted mask; `model` is a Segmenter
+    (encoder -> decoder -> 1x1 head), read at the decoder's output."""
+    h, w = image.shape[-2:]
+    features, (sh, sw) = decoder_features(model, image, resize, device)
     logits = model.head(features)  # (1, C, fh, fw)
     probs = logits.softmax(1)[0].flatten(1)  # (C, P)
     num_classes = probs.shape[0]
@@ -75,8 +90,7 @@ def image_evidence(
     embedding = (grad * pixel_weight) @ features[0].flatten(1).T  # (C, D)
     full = F.interpolate(logits, size=(sh, sw), mode="bilinear", align_corners=False)
     prediction = class_map(F.interpolate(full, size=(h, w), mode="bilinear", align_corners=False))[0]
-    descriptor = F.normalize(features[0].flatten(1).mean(1), dim=0)
-    return ImageEvidence(embedding.flatten().cpu(), uncertainty, prediction.cpu(), descriptor.cpu())
+    return ImageEvidence(embedding.flatten().cpu(), uncertainty, prediction.cpu(), descriptor(features).cpu())
 
 
 SOURCE_SAMPLE = 64  # source images described for `source_novelty` (evenly spaced: seconds, not minutes)
@@ -92,8 +106,11 @@ def source_novelty(
     """(N,) in [0, 1] per target image: cosine distance to its nearest source image, over the largest."""
     unlabelled = source.without_labels()
     step = max(1, math.ceil(len(unlabelled) / SOURCE_SAMPLE))
-    seen = torch.stack(
-        [image_evidence(model, unlabelled[i][0], resize, device).descriptor for i in range(0, len(unlabelled), step)]
+    seen = torch.stack(  # the source images' descriptors only: no embedding or mask is needed of them
+        [
+            descriptor(decoder_features(model, unlabelled[i][0], resize, device)[0]).cpu()
+            for i in range(0, len(unlabelled), step)
+        ]
     )
     distance = 1 - (torch.stack([e.descriptor for e in target]) @ seen.T).max(1).values
     distance = distance.clamp_min(0)

@@ -97,7 +97,9 @@ def _one_value_after(module: nn.Module, inputs: tuple, output: object) -> None:
 
 def tolerate_single_values(model: nn.Module) -> None:
     """Let every BatchNorm of `model` take a one-value-per-channel input in training mode
-    (`_one_value_before`): adaptation groups images by size, so batches of one image happen."""
+    (`_one_value_before`): adaptation groups images by size, so batches of one image happen, and a
+    foreign model's pooled branch (DeepLabV3's ASPP) then holds one value per channel. Foreign models
+    only (`segmenter._build`): the hooks would cost every forward of raysegment's own for nothing."""
     for module in model.modules():
         if is_batchnorm(module):
             module.register_forward_pre_hook(_one_value_before)

@@ -68,7 +68,7 @@ def checked(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], cfg: M
         lines.append(
             f"fix: the checkpoint predicts {given[head[0]].shape[0]} classes: pass --classes {given[head[0]].shape[0]}"
         )
-    elif missing or unexpected or wrong:
+    else:
         lines.append("fix: check --library, --arch and --encoder against the code that trained it")
     raise WeightsError("; ".join(lines))
 

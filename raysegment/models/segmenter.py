@@ -55,7 +55,6 @@ class Segmenter(nn.Module):
         self.num_classes = head.out_channels
         self.freeze_depth = freeze_depth
         self._frozen = freezing.freeze(encoder, freeze_depth)
-        freezing.tolerate_single_values(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features, padded = self.padded_features(images)
@@ -159,7 +158,11 @@ def _build(cfg: ModelConfig, num_classes: int, freeze_depth: int) -> Segmenter:
         from raysegment.models.foreign import build_foreign
 
         encoder, decoder, head, stride = build_foreign(cfg, num_classes)
-        return Segmenter(encoder, decoder, head, freeze_depth, stride)
+        model = Segmenter(encoder, decoder, head, freeze_depth, stride)
+        # Their DeepLabV3 heads pool to one value per channel before a BatchNorm (raysegment's own ASPP
+        # pools without one): batches of one image must not fail in training mode.
+        freezing.tolerate_single_values(model)
+        return model
     encoder = create_encoder(cfg)
     info = freezing.feature_info(encoder)
     decoder = DECODERS[cfg.decoder](info.channels(), info.reduction(), cfg.decoder_channels)
